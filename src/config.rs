@@ -1,0 +1,179 @@
+//! Every option of a relay node, its environment variable and its default, in
+//! one place. `lobby-relay serve --help` prints this.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, for a terminal.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Options of `lobby-relay serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address and port to accept WebSocket connections on (paths `/` and
+    /// `/ws`).
+    #[arg(long, env = "LOBBY_RELAY_LISTEN", default_value = "0.0.0.0:8765")]
+    pub listen: SocketAddr,
+
+    /// Redis to share lobbies with other nodes, e.g. `redis://127.0.0.1:6379/`
+    /// (`rediss://` for TLS). Without it the node runs alone, with lobbies in
+    /// memory.
+    #[arg(long, env = "LOBBY_RELAY_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// This node's name in logs and in Redis records: letters, digits, `.`,
+    /// `_`, `-` (at most 64). Each node of a cluster needs its own. Default: a
+    /// random `node-xxxxxxxx`.
+    #[arg(long, env = "LOBBY_RELAY_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+
+    /// Players per lobby (2 to 64). All nodes of a cluster must agree.
+    #[arg(
+        long,
+        env = "LOBBY_RELAY_LOBBY_CAPACITY",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u8).range(2..=64)
+    )]
+    pub lobby_capacity: u8,
+
+    /// Largest WebSocket message accepted from a client, in bytes (256 to
+    /// 16777216). A larger one gets `message_too_large` and close 1009.
+    #[arg(
+        long,
+        env = "LOBBY_RELAY_MAX_MESSAGE_BYTES",
+        default_value_t = 16384,
+        value_parser = clap::value_parser!(u32).range(256..=16 * 1024 * 1024)
+    )]
+    pub max_message_bytes: u32,
+
+    /// Log line format.
+    #[arg(long, env = "LOBBY_RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Frames that may wait for one slow client before it is disconnected
+    /// (close 1008, "too slow"). Bounds the memory a client that stops
+    /// reading can hold.
+    #[arg(
+        long,
+        env = "LOBBY_RELAY_OUTBOUND_QUEUE",
+        default_value_t = 512,
+        value_parser = clap::value_parser!(u32).range(8..=65536)
+    )]
+    pub outbound_queue: u32,
+
+    /// A connection silent for this long is closed (1001, "idle timeout");
+    /// after half of it the relay sends a WebSocket ping, which a live client
+    /// answers automatically. E.g. `30s`, `2m`.
+    #[arg(long, env = "LOBBY_RELAY_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Most connections this node serves at once; further ones are closed at
+    /// once with 1013 ("try again later").
+    #[arg(long, env = "LOBBY_RELAY_MAX_CONNECTIONS", default_value_t = 20000)]
+    pub max_connections: u32,
+
+    /// On SIGTERM/SIGINT, how long to wait for connections to close (1012)
+    /// and leave their lobbies before exiting anyway.
+    #[arg(long, env = "LOBBY_RELAY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// A node's settings once resolved (defaults filled in).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_id: String,
+    pub lobby_capacity: u8,
+    pub max_message_bytes: usize,
+    pub outbound_queue: usize,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_timeout: Duration,
+}
+
+impl ServeArgs {
+    /// The settings of the node these arguments describe.
+    pub fn config(&self) -> Config {
+        Config {
+            node_id: self
+                .node_id
+                .clone()
+                .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>())),
+            lobby_capacity: self.lobby_capacity,
+            max_message_bytes: self.max_message_bytes as usize,
+            outbound_queue: self.outbound_queue as usize,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections as usize,
+            shutdown_timeout: self.shutdown_timeout,
+        }
+    }
+}
+
+impl Default for Config {
+    /// The defaults of `lobby-relay serve`, with a generated node id.
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        Defaults::parse_from(["lobby-relay"]).serve.config()
+    }
+}
+
+fn parse_node_id(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("use 1 to 64 letters, digits, '.', '_' or '-'".into())
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 500ms, 2m)"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids() {
+        assert!(parse_node_id("relay-1.eu_west").is_ok());
+        assert!(parse_node_id("").is_err());
+        assert!(parse_node_id("a/b").is_err());
+        assert!(parse_node_id(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::default();
+        assert_eq!(c.lobby_capacity, 2);
+        assert_eq!(c.max_message_bytes, 16384);
+        assert!(c.node_id.starts_with("node-"));
+    }
+}

@@ -1,0 +1,209 @@
+//! The node's local view of its lobbies: which connections of *this* node are
+//! members of which lobby, and the delivery of lobby events to them.
+//!
+//! The lobby store (memory or Redis) decides membership; the hub only fans
+//! the store's [`LobbyEvent`]s out to local connections. Locks here are std
+//! mutexes held for a few pointer operations and never across an `.await`;
+//! delivery itself never waits (see [`Outbox::deliver`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::lobby::{LobbyEvent, MemberId};
+use crate::outbox::Outbox;
+use crate::passphrase::LobbyId;
+use crate::protocol;
+
+/// Every lobby that has at least one member on this node.
+#[derive(Debug, Default)]
+pub struct Hub {
+    lobbies: Mutex<HashMap<LobbyId, Arc<LocalLobby>>>,
+}
+
+/// One lobby as seen from this node.
+#[derive(Debug)]
+pub struct LocalLobby {
+    pub id: LobbyId,
+    /// The hex form of `id`, computed once: Redis names are built from it.
+    pub hex: Box<str>,
+    state: Mutex<LocalState>,
+    /// Whether this node receives the lobby's events (Redis: is subscribed to
+    /// its channel). Held across the subscribe and unsubscribe round trips so
+    /// that a join racing the last local leave is never lost.
+    pub(crate) subscription: tokio::sync::Mutex<bool>,
+}
+
+#[derive(Debug, Default)]
+struct LocalState {
+    members: Vec<LocalMember>,
+    /// Set when the last local member left: this object is being torn down
+    /// and a new joiner must start over with a fresh one.
+    retired: bool,
+}
+
+#[derive(Debug)]
+struct LocalMember {
+    id: MemberId,
+    /// `None` until the member's own join event arrives: from then on it
+    /// receives the lobby's events and messages.
+    seat: Option<u8>,
+    outbox: Outbox,
+    /// Fired when the member's join event arrives.
+    activated: Option<oneshot::Sender<u8>>,
+}
+
+impl Hub {
+    /// The local lobby for `id`, created if this node has none yet.
+    pub fn lobby(&self, id: LobbyId) -> Arc<LocalLobby> {
+        self.lock()
+            .entry(id)
+            .or_insert_with(|| {
+                Arc::new(LocalLobby {
+                    id,
+                    hex: id.to_string().into_boxed_str(),
+                    state: Mutex::default(),
+                    subscription: tokio::sync::Mutex::new(false),
+                })
+            })
+            .clone()
+    }
+
+    /// Drops a retired lobby from the map (if it is still the one there).
+    pub fn forget(&self, lobby: &Arc<LocalLobby>) {
+        let mut map = self.lock();
+        if map.get(&lobby.id).is_some_and(|l| Arc::ptr_eq(l, lobby)) {
+            map.remove(&lobby.id);
+        }
+    }
+
+    /// Delivers an event that came from the lobby store.
+    pub fn dispatch(&self, id: &LobbyId, event: LobbyEvent) {
+        let lobby = self.lock().get(id).cloned();
+        if let Some(lobby) = lobby {
+            lobby.dispatch(event);
+        }
+    }
+
+    /// Every lobby with members on this node (to subscribe again after a
+    /// reconnect).
+    pub fn lobby_ids(&self) -> Vec<LobbyId> {
+        self.lock().keys().copied().collect()
+    }
+
+    /// How many lobbies have members on this node.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no lobby has members on this node.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<LobbyId, Arc<LocalLobby>>> {
+        self.lobbies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl LocalLobby {
+    /// Adds a member that is about to join; it receives nothing until its
+    /// join event arrives, which fires the returned receiver with its seat.
+    /// `None` if this lobby object was retired: start over with
+    /// [`Hub::lobby`].
+    pub fn add_pending(&self, id: MemberId, outbox: Outbox) -> Option<oneshot::Receiver<u8>> {
+        let mut state = self.lock();
+        if state.retired {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        state.members.push(LocalMember {
+            id,
+            seat: None,
+            outbox,
+            activated: Some(tx),
+        });
+        Some(rx)
+    }
+
+    /// Removes a local member. Returns true if it was the last one: the lobby
+    /// is then retired and must be unsubscribed and forgotten.
+    pub fn remove(&self, id: &MemberId) -> bool {
+        let mut state = self.lock();
+        state.members.retain(|m| m.id != *id);
+        if state.members.is_empty() {
+            state.retired = true;
+        }
+        state.retired
+    }
+
+    /// Delivers one lobby event to the local members it concerns.
+    pub fn dispatch(&self, event: LobbyEvent) {
+        let mut state = self.lock();
+        match event {
+            LobbyEvent::Relay { from_seat, message } => {
+                for m in &state.members {
+                    if m.seat.is_some_and(|s| s != from_seat) {
+                        m.outbox.deliver(message.clone());
+                    }
+                }
+            }
+            LobbyEvent::Joined {
+                seat,
+                players,
+                capacity,
+                member,
+            } => {
+                if let Some(m) = state
+                    .members
+                    .iter_mut()
+                    .find(|m| m.id == member && m.seat.is_none())
+                {
+                    m.seat = Some(seat);
+                    m.outbox
+                        .deliver(Message::text(protocol::joined(players, capacity, seat)));
+                    if let Some(tx) = m.activated.take() {
+                        let _ = tx.send(seat);
+                    }
+                }
+                let note = if players >= capacity {
+                    Message::text(protocol::ready(players))
+                } else {
+                    Message::text(protocol::player_joined(players, seat))
+                };
+                let to_all = players >= capacity;
+                for m in &state.members {
+                    if m.seat.is_some_and(|s| to_all || s != seat) {
+                        m.outbox.deliver(note.clone());
+                    }
+                }
+            }
+            LobbyEvent::Left { seat, players } => {
+                // A local member still in that seat was removed by somebody
+                // else (its own leave removes it here first): it has lost its
+                // place, so it must not keep playing as if it had one.
+                state.members.retain(|m| {
+                    let lost = m.seat == Some(seat);
+                    if lost {
+                        tracing::warn!(lobby = %&self.hex[..8], seat, "member removed from its lobby by another node");
+                        m.outbox.abort(CloseCode::Error, "lobby membership lost");
+                    }
+                    !lost
+                });
+                let note = Message::text(protocol::player_left(players, seat));
+                for m in &state.members {
+                    if m.seat.is_some() {
+                        m.outbox.deliver(note.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LocalState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

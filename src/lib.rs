@@ -1,0 +1,64 @@
+//! lobby-relay: a real-time WebSocket relay for multiplayer games.
+//!
+//! Players who type the same passphrase meet in a lobby; from then on every
+//! game message one of them sends reaches the others, unchanged and in order.
+//! A node runs alone with lobbies in memory, or as one of many stateless
+//! nodes sharing lobbies through Redis. The wire contract is
+//! `docs/protocol.md`; the bird's-eye view is `ARCHITECTURE.md`.
+//!
+//! # Layout
+//! - [`config`]: every option, its environment variable and default.
+//! - [`protocol`]: the wire messages; the only module that knows JSON.
+//! - [`passphrase`]: normalise, validate and hash passphrases into a
+//!   [`passphrase::LobbyId`]; nothing past it sees a passphrase.
+//! - [`server`]: the accept loop, the WebSocket upgrade, graceful shutdown.
+//! - [`session`]: one connection: read, answer, relay.
+//! - [`outbox`]: a connection's bounded outbound queue and batching writer.
+//! - [`node`]: join, leave and relay, the same for every lobby store.
+//! - [`hub`]: this node's members of each lobby, and delivery to them.
+//! - [`lobby`]: the lobby store interface, with [`lobby::memory`] and
+//!   [`lobby::redis`].
+
+pub mod config;
+pub mod hub;
+pub mod lobby;
+pub mod node;
+pub mod outbox;
+pub mod passphrase;
+pub mod protocol;
+pub mod server;
+pub mod session;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::lobby::StoreError;
+use crate::lobby::memory::MemoryStore;
+use crate::lobby::redis::RedisStore;
+use crate::node::Node;
+
+/// Runs a relay node on `listener` until `shutdown` resolves: with lobbies in
+/// Redis when `redis_url` is given, in memory otherwise.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    redis_url: Option<&str>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StoreError> {
+    let hub = Arc::new(Hub::default());
+    match redis_url {
+        Some(url) => {
+            let store = RedisStore::start(url, hub.clone())?;
+            server::run(listener, Arc::new(Node::new(config, hub, store)), shutdown).await;
+        }
+        None => {
+            let store = MemoryStore::new(hub.clone());
+            server::run(listener, Arc::new(Node::new(config, hub, store)), shutdown).await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! Lobby membership and fan-out: the interface the node talks to, and its two
+//! implementations.
+//!
+//! - [`memory::MemoryStore`]: one node alone, lobbies in this process (the
+//!   embedded default).
+//! - [`redis::RedisStore`]: stateless nodes sharing lobbies through Redis
+//!   hashes (membership) and one pub/sub channel per lobby (fan-out).
+//!
+//! A store never sees a connection. It changes membership atomically and
+//! hands every lobby event back to the node's [`Hub`](crate::hub::Hub) as a
+//! [`LobbyEvent`], in one total order per lobby: joins, leaves and relayed
+//! messages all travel the same path, so every node sees them in the same
+//! order.
+
+pub mod memory;
+pub mod redis;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::hub::LocalLobby;
+use crate::passphrase::LobbyId;
+
+/// A member's identity in a lobby's records: `<node id>/<connection id>`.
+/// Unique across the cluster; never derived from the passphrase.
+pub type MemberId = Arc<str>;
+
+/// Something that happened in a lobby, in the lobby's order.
+#[derive(Debug, Clone)]
+pub enum LobbyEvent {
+    /// `member` took `seat`; the lobby now has `players` of `capacity`.
+    Joined {
+        seat: u8,
+        players: u8,
+        capacity: u8,
+        member: MemberId,
+    },
+    /// The member in `seat` left; `players` remain.
+    Left { seat: u8, players: u8 },
+    /// A game message from the member in `from_seat`, relayed byte for byte.
+    Relay { from_seat: u8, message: Message },
+}
+
+/// The answer to a join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinOutcome {
+    /// The member holds `seat`; `players` counts it.
+    Seated { seat: u8, players: u8 },
+    /// The lobby already had `capacity` members; nothing changed.
+    Full,
+}
+
+/// The lobby store could not do what was asked: clients get `unavailable`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("the lobby store is shutting down")]
+    Closed,
+    #[error("the lobby store answered something unexpected: {0}")]
+    Protocol(String),
+}
+
+/// Lobby membership and fan-out, as the node needs them.
+///
+/// Ordering contract: for one caller, `publish`es and the final `leave` take
+/// effect in call order, and every node's hub receives the resulting events
+/// in that order.
+pub trait LobbyStore: Send + Sync + 'static {
+    /// Starts delivering `lobby`'s events to this node. Called (once) before
+    /// this node's first member of the lobby joins, and resolved only when no
+    /// later event can be missed.
+    fn subscribe(&self, lobby: &LobbyId) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Stops delivering `lobby`'s events to this node: its last local member
+    /// has gone.
+    fn unsubscribe(&self, lobby: &LobbyId) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Atomically seats `member` in the lowest free seat unless the lobby is
+    /// full, and emits [`LobbyEvent::Joined`] to every subscribed node.
+    fn join(
+        &self,
+        lobby: &LobbyId,
+        member: &MemberId,
+        capacity: u8,
+    ) -> impl Future<Output = Result<JoinOutcome, StoreError>> + Send;
+
+    /// Frees `seat` if `member` still holds it and emits [`LobbyEvent::Left`];
+    /// when the lobby is empty afterwards, nothing of it remains.
+    fn leave(
+        &self,
+        lobby: &LobbyId,
+        member: &MemberId,
+        seat: u8,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Relays a game message to the other members of `lobby`.
+    fn publish(
+        &self,
+        lobby: &Arc<LocalLobby>,
+        from_seat: u8,
+        message: Message,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

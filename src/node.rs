@@ -1,0 +1,173 @@
+//! A relay node: its configuration, its local lobbies (the hub) and its lobby
+//! store, and the three things a session asks of them: join, leave, relay.
+//!
+//! The node code is the same for both stores; only the store differs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::config::Config;
+use crate::hub::{Hub, LocalLobby};
+use crate::lobby::{JoinOutcome, LobbyStore, MemberId, StoreError};
+use crate::outbox::Outbox;
+use crate::passphrase::LobbyId;
+
+/// How long a joiner waits for its own join event to come back from the
+/// store before the join is undone and answered `unavailable`.
+const JOIN_EVENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One relay node.
+#[derive(Debug)]
+pub struct Node<S> {
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    pub store: S,
+    /// Distinguishes this process from an earlier one with the same node id,
+    /// so member ids are never reused.
+    incarnation: u32,
+    next_connection: AtomicU64,
+}
+
+/// A connection's seat in a lobby.
+#[derive(Debug)]
+pub struct Membership {
+    pub lobby: Arc<LocalLobby>,
+    pub member: MemberId,
+    pub seat: u8,
+}
+
+/// Why a join failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("the lobby is full")]
+    Full,
+    #[error("the lobby store is unavailable: {0}")]
+    Unavailable(#[from] StoreError),
+}
+
+impl<S: LobbyStore> Node<S> {
+    pub fn new(config: Config, hub: Arc<Hub>, store: S) -> Self {
+        Self {
+            config,
+            hub,
+            store,
+            incarnation: rand::random(),
+            next_connection: AtomicU64::new(1),
+        }
+    }
+
+    /// A new connection's number and its member id in lobby records.
+    pub fn next_member(&self) -> (u64, MemberId) {
+        let n = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}/{:08x}.{n}", self.config.node_id, self.incarnation);
+        (n, id.into())
+    }
+
+    /// Seats `member` in lobby `id`. On success the member has already been
+    /// sent `joined` (and `ready` if it filled the lobby), in the lobby's
+    /// order, and receives everything that follows.
+    pub async fn join(
+        &self,
+        id: LobbyId,
+        member: MemberId,
+        outbox: &Outbox,
+    ) -> Result<Membership, JoinError> {
+        // Be a receiver of the lobby's events before the join becomes
+        // visible, so that nothing sent right after `ready` is missed.
+        let (lobby, activated) = loop {
+            let lobby = self.hub.lobby(id);
+            let mut subscribed = lobby.subscription.lock().await;
+            let Some(activated) = lobby.add_pending(member.clone(), outbox.clone()) else {
+                continue; // torn down meanwhile: take the fresh one
+            };
+            if !*subscribed {
+                if let Err(e) = self.store.subscribe(&id).await {
+                    if lobby.remove(&member) {
+                        self.hub.forget(&lobby);
+                    }
+                    return Err(e.into());
+                }
+                *subscribed = true;
+            }
+            drop(subscribed);
+            break (lobby, activated);
+        };
+        let seat = match self
+            .store
+            .join(&id, &member, self.config.lobby_capacity)
+            .await
+        {
+            Ok(JoinOutcome::Seated { seat, .. }) => seat,
+            Ok(JoinOutcome::Full) => {
+                self.detach(&lobby, &member).await;
+                return Err(JoinError::Full);
+            }
+            Err(e) => {
+                self.detach(&lobby, &member).await;
+                return Err(e.into());
+            }
+        };
+        let membership = Membership {
+            lobby,
+            member,
+            seat,
+        };
+        match tokio::time::timeout(JOIN_EVENT_TIMEOUT, activated).await {
+            Ok(Ok(_)) => Ok(membership),
+            _ => {
+                // Seated, but our own join event never came back (the
+                // subscription broke): undo rather than play half-connected.
+                let _ = self.leave(membership).await;
+                Err(StoreError::Protocol("the join event did not arrive".into()).into())
+            }
+        }
+    }
+
+    /// Gives up a seat: the member stops receiving at once, its earlier
+    /// messages still reach the others, then they get `playerLeft`.
+    pub async fn leave(&self, membership: Membership) -> Result<(), StoreError> {
+        let Membership {
+            lobby,
+            member,
+            seat,
+        } = membership;
+        let mut subscribed = lobby.subscription.lock().await;
+        let last = lobby.remove(&member);
+        let result = self.store.leave(&lobby.id, &member, seat).await;
+        if last {
+            self.retire(&lobby, &mut subscribed).await;
+        }
+        result
+    }
+
+    /// Relays a game message from `membership`'s seat to the other members.
+    pub async fn relay(&self, membership: &Membership, message: Message) -> Result<(), StoreError> {
+        self.store
+            .publish(&membership.lobby, membership.seat, message)
+            .await
+    }
+
+    /// Removes a member that never got a seat.
+    async fn detach(&self, lobby: &Arc<LocalLobby>, member: &MemberId) {
+        let mut subscribed = lobby.subscription.lock().await;
+        if lobby.remove(member) {
+            self.retire(lobby, &mut subscribed).await;
+        }
+    }
+
+    /// The last local member is gone: stop receiving the lobby's events and
+    /// forget it. Runs under the lobby's subscription lock, so a joiner that
+    /// races us waits and then starts over with a fresh lobby.
+    async fn retire(&self, lobby: &Arc<LocalLobby>, subscribed: &mut bool) {
+        if *subscribed {
+            if let Err(e) = self.store.unsubscribe(&lobby.id).await {
+                tracing::warn!(lobby = lobby.id.short(), error = %e, "unsubscribe failed");
+            }
+            *subscribed = false;
+        }
+        self.hub.forget(lobby);
+    }
+}

@@ -1,0 +1,362 @@
+//! The wire protocol (PROTOCOL.md, version 1): parse what clients send, build
+//! what the relay sends back.
+//!
+//! Pure functions, no I/O: this is the only module that knows JSON. A game
+//! message is never re-encoded: [`parse_text`] only finds out *what kind* of
+//! frame it is, and the caller relays the original bytes.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Message types of the protocol's two tables. A game message may not use them.
+pub const RESERVED_TYPES: [&str; 9] = [
+    "join",
+    "leave",
+    "ping",
+    "joined",
+    "ready",
+    "playerJoined",
+    "playerLeft",
+    "pong",
+    "error",
+];
+
+/// A text frame from a client, classified.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientMessage<'a> {
+    /// `{"type":"join","passphrase":P}` or the short form `{"join":P}`.
+    /// The passphrase is as sent: not yet normalised.
+    Join { passphrase: Cow<'a, str> },
+    /// `{"type":"leave"}`.
+    Leave,
+    /// `{"type":"ping","t":T}`; `t` is any JSON value, echoed verbatim.
+    Ping { t: Option<&'a str> },
+    /// Any other object with a string `type`: relayed byte for byte.
+    Game,
+}
+
+/// Error codes of PROTOCOL.md, with the human text the relay sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidJson,
+    InvalidMessage,
+    InvalidPassphrase,
+    LobbyFull,
+    AlreadyJoined,
+    NotInLobby,
+    ReservedType,
+    RateLimited,
+    MessageTooLarge,
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The `code` field: stable, for programs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidMessage => "invalid_message",
+            Self::InvalidPassphrase => "invalid_passphrase",
+            Self::LobbyFull => "lobby_full",
+            Self::AlreadyJoined => "already_joined",
+            Self::NotInLobby => "not_in_lobby",
+            Self::ReservedType => "reserved_type",
+            Self::RateLimited => "rate_limited",
+            Self::MessageTooLarge => "message_too_large",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Why a text frame was refused: the error code and the text for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: Cow<'static, str>,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The fields the relay looks at; everything else is skipped unparsed.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    join: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    passphrase: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    t: Option<&'a RawValue>,
+}
+
+/// Reads a raw JSON value as a string, if it is one.
+fn as_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    serde_json::from_str::<Cow<'_, str>>(raw.get()).ok()
+}
+
+/// Classifies one text frame from a client.
+pub fn parse_text(text: &str) -> Result<ClientMessage<'_>, Refusal> {
+    let head: Head<'_> = match serde_json::from_str(text) {
+        Ok(head) => head,
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            return Err(Refusal::new(
+                ErrorCode::InvalidJson,
+                format!("the frame is not valid JSON ({e})"),
+            ));
+        }
+        // Valid JSON of the wrong shape (an array, a string, a duplicate
+        // field): a derived struct accepts arrays too, hence the check below.
+        Err(_) => return Err(not_an_object()),
+    };
+    if !text.trim_start().starts_with('{') {
+        return Err(not_an_object());
+    }
+    match head.kind {
+        Some(kind) => {
+            let Some(kind) = as_str(kind) else {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidMessage,
+                    "the field \"type\" must be a string",
+                ));
+            };
+            match &*kind {
+                "join" => match head.passphrase.map(as_str) {
+                    Some(Some(passphrase)) => Ok(ClientMessage::Join { passphrase }),
+                    _ => Err(Refusal::new(
+                        ErrorCode::InvalidMessage,
+                        "join needs a string field \"passphrase\"",
+                    )),
+                },
+                "leave" => Ok(ClientMessage::Leave),
+                "ping" => Ok(ClientMessage::Ping {
+                    t: head.t.map(RawValue::get),
+                }),
+                reserved if RESERVED_TYPES.contains(&reserved) => Err(Refusal::new(
+                    ErrorCode::ReservedType,
+                    format!("\"{reserved}\" is a protocol message type and cannot be relayed"),
+                )),
+                _ => Ok(ClientMessage::Game),
+            }
+        }
+        None => match head.join.map(as_str) {
+            Some(Some(passphrase)) => Ok(ClientMessage::Join { passphrase }),
+            Some(None) => Err(Refusal::new(
+                ErrorCode::InvalidMessage,
+                "the field \"join\" must be a string passphrase",
+            )),
+            None => Err(Refusal::new(
+                ErrorCode::InvalidMessage,
+                "a message needs a string field \"type\"",
+            )),
+        },
+    }
+}
+
+fn not_an_object() -> Refusal {
+    Refusal::new(
+        ErrorCode::InvalidMessage,
+        "a message must be a JSON object with a string field \"type\"",
+    )
+}
+
+/// `{"type":"joined",...}`: to the joiner.
+pub fn joined(players: u8, capacity: u8, seat: u8) -> String {
+    format!(r#"{{"type":"joined","players":{players},"capacity":{capacity},"seat":{seat}}}"#)
+}
+
+/// `{"type":"ready",...}`: to every member when a join fills the lobby.
+pub fn ready(players: u8) -> String {
+    format!(r#"{{"type":"ready","players":{players}}}"#)
+}
+
+/// `{"type":"playerJoined",...}`: to the others when a join does not fill the lobby.
+pub fn player_joined(players: u8, seat: u8) -> String {
+    format!(r#"{{"type":"playerJoined","players":{players},"seat":{seat}}}"#)
+}
+
+/// `{"type":"playerLeft",...}`: to the remaining members.
+pub fn player_left(players: u8, seat: u8) -> String {
+    format!(r#"{{"type":"playerLeft","players":{players},"seat":{seat}}}"#)
+}
+
+/// `{"type":"pong"}`, echoing `t` exactly as the client wrote it.
+pub fn pong(t: Option<&str>) -> String {
+    match t {
+        Some(t) => format!(r#"{{"type":"pong","t":{t}}}"#),
+        None => r#"{"type":"pong"}"#.to_owned(),
+    }
+}
+
+/// `{"type":"error","code":...,"message":...}`.
+pub fn error(code: ErrorCode, message: &str) -> String {
+    // Field order as in PROTOCOL.md; the message is escaped by serde_json.
+    let message = serde_json::to_string(message).unwrap_or_else(|_| "\"\"".to_owned());
+    format!(
+        r#"{{"type":"error","code":"{}","message":{message}}}"#,
+        code.as_str()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(text: &str) -> ErrorCode {
+        parse_text(text).expect_err(text).code
+    }
+
+    #[test]
+    fn join_in_both_forms() {
+        let long = parse_text(r#"{"type":"join","passphrase":"jump-rocket"}"#).unwrap();
+        let short = parse_text(r#"{"join":"jump-rocket"}"#).unwrap();
+        let want = ClientMessage::Join {
+            passphrase: "jump-rocket".into(),
+        };
+        assert_eq!(long, want);
+        assert_eq!(short, want);
+        // Escapes are decoded; extra fields are ignored.
+        assert_eq!(
+            parse_text(r#"{"type":"join","passphrase":"jump\u002drocket","v":2}"#).unwrap(),
+            want
+        );
+    }
+
+    #[test]
+    fn join_with_missing_or_wrong_fields_is_invalid_message() {
+        for text in [
+            r#"{"type":"join"}"#,
+            r#"{"type":"join","passphrase":5}"#,
+            r#"{"type":"join","passphrase":null}"#,
+            r#"{"type":"join","join":"jump-rocket"}"#,
+            r#"{"join":5}"#,
+            r#"{"join":["jump-rocket"]}"#,
+        ] {
+            assert_eq!(refused(text), ErrorCode::InvalidMessage, "{text}");
+        }
+    }
+
+    #[test]
+    fn type_wins_over_the_short_join_form() {
+        assert_eq!(
+            parse_text(r#"{"type":"playerMove","join":"jump-rocket"}"#).unwrap(),
+            ClientMessage::Game
+        );
+    }
+
+    #[test]
+    fn leave_and_ping() {
+        assert_eq!(
+            parse_text(r#"{"type":"leave"}"#).unwrap(),
+            ClientMessage::Leave
+        );
+        assert_eq!(
+            parse_text(r#"{"type":"ping","t":123}"#).unwrap(),
+            ClientMessage::Ping { t: Some("123") }
+        );
+        assert_eq!(
+            parse_text(r#"{"type":"ping"}"#).unwrap(),
+            ClientMessage::Ping { t: None }
+        );
+        assert_eq!(
+            parse_text(r#"{"type":"ping","t":{"a":[1, 2]}}"#).unwrap(),
+            ClientMessage::Ping {
+                t: Some(r#"{"a":[1, 2]}"#)
+            }
+        );
+    }
+
+    #[test]
+    fn game_messages() {
+        for text in [
+            r#"{"type":"playerMove","x":1,"y":2}"#,
+            r#"  {"type":"playerShoot"}  "#,
+            r#"{"type":"Join"}"#,
+            r#"{"type":""}"#,
+            r#"{"type":"chat","text":"h\u00e9llo"}"#,
+        ] {
+            assert_eq!(parse_text(text).unwrap(), ClientMessage::Game, "{text}");
+        }
+    }
+
+    #[test]
+    fn not_json_is_invalid_json() {
+        for text in [
+            "",
+            "not json",
+            "{",
+            r#"{"type":"playerMove""#,
+            "{'type':'x'}",
+            r#"{"type":"a"} x"#,
+        ] {
+            assert_eq!(refused(text), ErrorCode::InvalidJson, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn json_of_the_wrong_shape_is_invalid_message() {
+        for text in [
+            "[1,2]",
+            r#"["playerMove"]"#,
+            r#""playerMove""#,
+            "5",
+            "null",
+            "{}",
+            r#"{"x":1}"#,
+            r#"{"type":5}"#,
+            r#"{"type":null}"#,
+            r#"{"type":{"a":1}}"#,
+            r#"{"type":"a","type":"b"}"#,
+        ] {
+            assert_eq!(refused(text), ErrorCode::InvalidMessage, "{text}");
+        }
+    }
+
+    #[test]
+    fn relay_types_are_reserved() {
+        for kind in [
+            "joined",
+            "ready",
+            "playerJoined",
+            "playerLeft",
+            "pong",
+            "error",
+        ] {
+            let text = format!(r#"{{"type":"{kind}"}}"#);
+            assert_eq!(refused(&text), ErrorCode::ReservedType, "{text}");
+        }
+    }
+
+    #[test]
+    fn events_have_the_documented_shape() {
+        assert_eq!(
+            joined(1, 2, 1),
+            r#"{"type":"joined","players":1,"capacity":2,"seat":1}"#
+        );
+        assert_eq!(ready(2), r#"{"type":"ready","players":2}"#);
+        assert_eq!(
+            player_joined(2, 2),
+            r#"{"type":"playerJoined","players":2,"seat":2}"#
+        );
+        assert_eq!(
+            player_left(1, 2),
+            r#"{"type":"playerLeft","players":1,"seat":2}"#
+        );
+        assert_eq!(pong(Some("123")), r#"{"type":"pong","t":123}"#);
+        assert_eq!(pong(None), r#"{"type":"pong"}"#);
+        let e: serde_json::Value =
+            serde_json::from_str(&error(ErrorCode::LobbyFull, "the \"lobby\" is full")).unwrap();
+        assert_eq!(e["type"], "error");
+        assert_eq!(e["code"], "lobby_full");
+        assert_eq!(e["message"], "the \"lobby\" is full");
+    }
+}

@@ -1,0 +1,242 @@
+//! One client connection: reads its frames in order, answers control
+//! messages, and relays game messages through its lobby.
+//!
+//! The path of a game message: [`Session::run`] reads a frame →
+//! [`protocol::parse_text`] classifies it (no re-encoding) →
+//! [`Node::relay`] hands it to the lobby store → the store delivers it to
+//! the hub of every node with members in the lobby → the hub queues it in
+//! each receiver's [`Outbox`] → the receiver's writer task sends it.
+//!
+//! A session handles its frames one after the other, so a sender's messages
+//! keep their order from here on.
+
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt};
+use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+
+use crate::lobby::{LobbyStore, MemberId};
+use crate::node::{JoinError, Membership, Node};
+use crate::outbox::Outbox;
+use crate::passphrase::{LobbyId, PassphraseError};
+use crate::protocol::{self, ClientMessage, ErrorCode};
+
+/// Why a session ended (for the disconnect log line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    ClientClosed,
+    MessageTooLarge,
+    IdleTimeout,
+    Shutdown,
+    Aborted,
+    ReadError,
+}
+
+/// The state of one connection.
+pub struct Session<S> {
+    node: Arc<Node<S>>,
+    outbox: Outbox,
+    member: MemberId,
+    membership: Option<Membership>,
+}
+
+/// What a text frame asks for, once parsed (owning nothing of the frame).
+enum Request {
+    Join(Result<LobbyId, PassphraseError>),
+    Leave,
+    Reply(String),
+    Game,
+    Refuse(ErrorCode, String),
+}
+
+impl<S: LobbyStore> Session<S> {
+    pub fn new(node: Arc<Node<S>>, outbox: Outbox, member: MemberId) -> Self {
+        Self {
+            node,
+            outbox,
+            member,
+            membership: None,
+        }
+    }
+
+    /// Reads frames until the client goes, the node shuts down, or the
+    /// connection is aborted; then leaves the lobby, if any.
+    pub async fn run<R>(mut self, mut frames: R, shutdown: CancellationToken) -> EndReason
+    where
+        R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+    {
+        let half_idle = self.node.config.idle_timeout / 2;
+        let mut pinged = false;
+        let reason = loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.outbox.aborted() => break EndReason::Aborted,
+                _ = shutdown.cancelled() => {
+                    self.outbox.close(CloseCode::Restart, "service restart: reconnect").await;
+                    break EndReason::Shutdown;
+                }
+                next = tokio::time::timeout(half_idle, frames.next()) => next,
+            };
+            let frame = match next {
+                Err(_silent) if !pinged => {
+                    pinged = true;
+                    self.outbox.send(Message::Ping(Default::default())).await;
+                    continue;
+                }
+                Err(_silent) => {
+                    self.outbox.close(CloseCode::Away, "idle timeout").await;
+                    break EndReason::IdleTimeout;
+                }
+                Ok(None) => break EndReason::ClientClosed,
+                Ok(Some(Err(tungstenite::Error::Capacity(CapacityError::MessageTooLong {
+                    size,
+                    max_size,
+                })))) => {
+                    let text = format!(
+                        "a message of {size} bytes is over this relay's maximum of {max_size}"
+                    );
+                    self.refuse(ErrorCode::MessageTooLarge, &text).await;
+                    self.outbox
+                        .close(CloseCode::Size, "message too large")
+                        .await;
+                    break EndReason::MessageTooLarge;
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::debug!(error = %e, "read failed");
+                    break EndReason::ReadError;
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            pinged = false;
+            match frame {
+                Message::Text(text) => self.on_text(text).await,
+                Message::Binary(_) => self.on_game_message(frame).await,
+                Message::Close(_) => break EndReason::ClientClosed,
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        };
+        self.leave_lobby().await;
+        reason
+    }
+
+    async fn on_text(&mut self, text: Utf8Bytes) {
+        let request = match protocol::parse_text(&text) {
+            Ok(ClientMessage::Join { passphrase }) => {
+                Request::Join(LobbyId::from_passphrase(&passphrase))
+            }
+            Ok(ClientMessage::Leave) => Request::Leave,
+            Ok(ClientMessage::Ping { t }) => Request::Reply(protocol::pong(t)),
+            Ok(ClientMessage::Game) => Request::Game,
+            Err(refusal) => Request::Refuse(refusal.code, refusal.message.into_owned()),
+        };
+        match request {
+            Request::Join(Ok(lobby)) => self.join(lobby).await,
+            Request::Join(Err(e)) => {
+                self.refuse(ErrorCode::InvalidPassphrase, &e.to_string())
+                    .await
+            }
+            Request::Leave => self.leave().await,
+            Request::Reply(reply) => self.outbox.send(Message::text(reply)).await,
+            Request::Game => self.on_game_message(Message::Text(text)).await,
+            Request::Refuse(code, message) => self.refuse(code, &message).await,
+        }
+    }
+
+    async fn join(&mut self, lobby: LobbyId) {
+        if self.membership.is_some() {
+            return self
+                .refuse(
+                    ErrorCode::AlreadyJoined,
+                    "this connection is already in a lobby; leave it first",
+                )
+                .await;
+        }
+        match self
+            .node
+            .join(lobby, self.member.clone(), &self.outbox)
+            .await
+        {
+            Ok(membership) => {
+                tracing::info!(
+                    event = "join",
+                    lobby = lobby.short(),
+                    seat = membership.seat,
+                    "joined lobby"
+                );
+                self.membership = Some(membership);
+            }
+            Err(JoinError::Full) => {
+                tracing::info!(
+                    event = "join_refused",
+                    lobby = lobby.short(),
+                    reason = "full",
+                    "lobby full"
+                );
+                let text = format!(
+                    "this lobby already has {} players",
+                    self.node.config.lobby_capacity
+                );
+                self.refuse(ErrorCode::LobbyFull, &text).await;
+            }
+            Err(JoinError::Unavailable(e)) => {
+                tracing::warn!(event = "join_refused", lobby = lobby.short(), error = %e, "lobby store unavailable");
+                self.refuse(
+                    ErrorCode::Unavailable,
+                    "lobbies are unavailable right now; try again",
+                )
+                .await;
+            }
+        }
+    }
+
+    async fn leave(&mut self) {
+        if self.membership.is_none() {
+            return self
+                .refuse(ErrorCode::NotInLobby, "this connection is in no lobby")
+                .await;
+        }
+        self.leave_lobby().await;
+    }
+
+    async fn leave_lobby(&mut self) {
+        if let Some(membership) = self.membership.take() {
+            let lobby = membership.lobby.id.short();
+            let seat = membership.seat;
+            match self.node.leave(membership).await {
+                Ok(()) => tracing::info!(event = "leave", lobby, seat, "left lobby"),
+                Err(e) => {
+                    tracing::warn!(event = "leave", lobby, seat, error = %e, "leaving the lobby store failed")
+                }
+            }
+        }
+    }
+
+    async fn on_game_message(&mut self, message: Message) {
+        let Some(membership) = &self.membership else {
+            return self
+                .refuse(
+                    ErrorCode::NotInLobby,
+                    "join a lobby before sending game messages",
+                )
+                .await;
+        };
+        if let Err(e) = self.node.relay(membership, message).await {
+            tracing::warn!(error = %e, "relaying failed");
+            self.refuse(
+                ErrorCode::Unavailable,
+                "the message could not be relayed; try again",
+            )
+            .await;
+        }
+    }
+
+    async fn refuse(&self, code: ErrorCode, message: &str) {
+        tracing::debug!(event = "error", code = code.as_str(), "request refused");
+        self.outbox
+            .send(Message::text(protocol::error(code, message)))
+            .await;
+    }
+}
