@@ -113,7 +113,10 @@ pub fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
 }
 
 /// Only `/` and `/ws` upgrade; anything else is a 404.
-#[allow(clippy::result_large_err, reason = "the signature of tungstenite's Callback")]
+#[allow(
+    clippy::result_large_err,
+    reason = "the signature of tungstenite's Callback"
+)]
 fn check_path(request: &Request, response: Response) -> Result<Response, ErrorResponse> {
     if WEBSOCKET_PATHS.contains(&request.uri().path()) {
         Ok(response)

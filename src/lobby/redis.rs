@@ -14,13 +14,13 @@
 //! The `{...}` around the hash is a Redis Cluster hash tag: a lobby's key and
 //! channel live in the same slot.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
@@ -75,8 +75,8 @@ pub struct RedisStore {
     /// The ordered path of every publish of this node.
     publisher: mpsc::Sender<PublishOp>,
     /// Subscribe/unsubscribe handle of the current pub/sub connection; `None`
-    /// while it is being re-established.
-    sink: Arc<Mutex<Option<PubSubSink>>>,
+    /// while it is being (re-)established.
+    sink: watch::Receiver<Option<PubSubSink>>,
     join_script: redis::Script,
     leave_script: redis::Script,
     /// Stops the background tasks when the store is dropped.
@@ -115,12 +115,11 @@ impl RedisStore {
             stop.clone()
                 .run_until_cancelled_owned(run_publisher(conn.clone(), queue)),
         );
-        let sink = Arc::new(Mutex::new(None));
-        tokio::spawn(stop.clone().run_until_cancelled_owned(run_subscriber(
-            client,
-            hub,
-            sink.clone(),
-        )));
+        let (sink_slot, sink) = watch::channel(None);
+        tokio::spawn(
+            stop.clone()
+                .run_until_cancelled_owned(run_subscriber(client, hub, sink_slot)),
+        );
         Ok(Self {
             conn,
             publisher,
@@ -131,12 +130,16 @@ impl RedisStore {
         })
     }
 
-    fn sink(&self) -> Result<PubSubSink, StoreError> {
-        self.sink
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| StoreError::Protocol("not connected to Redis pub/sub".into()))
+    /// The current pub/sub connection, waiting a moment for it if it is
+    /// being (re-)established.
+    async fn sink(&self) -> Result<PubSubSink, StoreError> {
+        let mut sink = self.sink.clone();
+        match tokio::time::timeout(CONNECT_TIMEOUT, sink.wait_for(Option::is_some)).await {
+            Ok(Ok(current)) => Ok(current.clone().expect("waited for Some")),
+            _ => Err(StoreError::Protocol(
+                "not connected to Redis pub/sub".into(),
+            )),
+        }
     }
 
     async fn enqueue(&self, op: PublishOp) -> Result<(), StoreError> {
@@ -162,12 +165,12 @@ async fn timed<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T,
 
 impl LobbyStore for RedisStore {
     async fn subscribe(&self, lobby: &LobbyId) -> Result<(), StoreError> {
-        let mut sink = self.sink()?;
+        let mut sink = self.sink().await?;
         timed(sink.subscribe(channel(&lobby.to_string()))).await
     }
 
     async fn unsubscribe(&self, lobby: &LobbyId) -> Result<(), StoreError> {
-        let mut sink = self.sink()?;
+        let mut sink = self.sink().await?;
         timed(sink.unsubscribe(channel(&lobby.to_string()))).await
     }
 
@@ -276,7 +279,7 @@ async fn run_publisher(mut conn: ConnectionManager, mut queue: mpsc::Receiver<Pu
 async fn run_subscriber(
     client: redis::Client,
     hub: Arc<Hub>,
-    slot: Arc<Mutex<Option<PubSubSink>>>,
+    slot: watch::Sender<Option<PubSubSink>>,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -291,13 +294,13 @@ async fn run_subscriber(
                 let resubscribed =
                     channels.is_empty() || timed(sink.subscribe(&channels)).await.is_ok();
                 if resubscribed {
-                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+                    slot.send_replace(Some(sink));
                     backoff = Duration::from_millis(50);
                     tracing::info!(lobbies = channels.len(), "pub/sub connected");
                     while let Some(msg) = stream.next().await {
                         dispatch(&hub, msg.get_channel_name(), msg.get_payload_bytes());
                     }
-                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    slot.send_replace(None);
                     tracing::warn!("pub/sub connection lost, reconnecting");
                 }
             }

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need, then runs every gate.
+#
+#   scripts/test.sh            format check, clippy, docs, the whole test suite
+#   scripts/test.sh -- ARGS    extra arguments for the test runner (a filter)
+#
+# The tests start their own redis-server processes on free loopback ports;
+# nothing here touches a Redis you already run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--" ]; then shift; fi
+
+say() { printf '\n==> %s\n' "$*"; }
+
+# Installs Debian/Ubuntu packages when we can (root or sudo), else explains.
+need_packages() {
+  local missing=("$@")
+  if command -v apt-get >/dev/null 2>&1; then
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+      if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        sudo="sudo -n"
+      else
+        echo "error: the tests need: ${missing[*]}" >&2
+        echo "       install it with: sudo apt-get install -y ${missing[*]}" >&2
+        exit 1
+      fi
+    fi
+    say "installing ${missing[*]} (apt-get)"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  elif command -v brew >/dev/null 2>&1; then
+    say "installing redis (brew)"
+    brew install redis
+  else
+    echo "error: the tests need: ${missing[*]}, and no known package manager was found." >&2
+    echo "       install Redis (redis-server and redis-cli on PATH) and run this again." >&2
+    exit 1
+  fi
+}
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+if [ ${#missing[@]} -gt 0 ]; then
+  need_packages "${missing[@]}"
+fi
+redis-server --version
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+say "cargo doc (warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
+
+say "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --no-fail-fast "$@"
+  # nextest does not run doctests
+  cargo test --doc --locked --quiet
+else
+  cargo test --locked --no-fail-fast "$@"
+fi
