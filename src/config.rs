@@ -58,16 +58,16 @@ pub struct ServeArgs {
     #[arg(long, env = "LOBBY_RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Frames that may wait for one slow client before it is disconnected
-    /// (close 1008, "too slow"). Bounds the memory a client that stops
-    /// reading can hold.
+    /// Bytes that may wait for one client that reads too slowly before it is
+    /// disconnected (close 1008, "too slow"); 65536 to 1073741824. Bounds the
+    /// memory a client that stops reading can hold, beyond its socket buffers.
     #[arg(
         long,
-        env = "LOBBY_RELAY_OUTBOUND_QUEUE",
-        default_value_t = 512,
-        value_parser = clap::value_parser!(u32).range(8..=65536)
+        env = "LOBBY_RELAY_OUTBOUND_QUEUE_BYTES",
+        default_value_t = 1024 * 1024,
+        value_parser = clap::value_parser!(u32).range(65536..=1024 * 1024 * 1024)
     )]
-    pub outbound_queue: u32,
+    pub outbound_queue_bytes: u32,
 
     /// A connection silent for this long is closed (1001, "idle timeout");
     /// after half of it the relay sends a WebSocket ping, which a live client
@@ -92,7 +92,7 @@ pub struct Config {
     pub node_id: String,
     pub lobby_capacity: u8,
     pub max_message_bytes: usize,
-    pub outbound_queue: usize,
+    pub outbound_queue_bytes: usize,
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_timeout: Duration,
@@ -108,7 +108,7 @@ impl ServeArgs {
                 .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>())),
             lobby_capacity: self.lobby_capacity,
             max_message_bytes: self.max_message_bytes as usize,
-            outbound_queue: self.outbound_queue as usize,
+            outbound_queue_bytes: self.outbound_queue_bytes as usize,
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections as usize,
             shutdown_timeout: self.shutdown_timeout,

@@ -3,11 +3,16 @@
 //!
 //! Everything that wants to reach a client goes through its [`Outbox`]: the
 //! session's own answers (pong, errors) and the lobby's events and relayed
-//! messages. The queue is bounded, so memory per connection is bounded: when
-//! a client stops reading and its queue fills up, the relay disconnects it
-//! (close 1008, "too slow") instead of buffering without limit, and delivery
-//! to everybody else never waits on it.
+//! messages. The queue is bounded in bytes, so memory per connection is
+//! bounded: when a client stops reading and the bytes waiting for it pass the
+//! limit, the relay disconnects it (close 1008, "too slow") instead of
+//! buffering without limit, and delivery to everybody else never waits on it.
+//!
+//! The limit is in bytes, not frames, so that a burst of many small messages
+//! (a game catching up, a benchmark) is never mistaken for a slow reader,
+//! while a reader that really stops is found as soon as it holds the limit.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -23,17 +28,27 @@ const WRITE_BATCH: usize = 64;
 /// How long a close frame may take to go out before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// What a queued frame costs against the limit: its payload plus the
+/// bookkeeping around it, so that a flood of empty frames is bounded too.
+fn cost(message: &Message) -> usize {
+    message.len() + 64
+}
+
 /// The sending end of a connection's queue. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Outbox {
-    tx: mpsc::Sender<Message>,
-    abort: Arc<Abort>,
+    tx: mpsc::UnboundedSender<Message>,
+    shared: Arc<Shared>,
 }
 
-/// An out-of-band close: used when the queue itself cannot carry the close
-/// frame (it is full) or when the connection must stop at once.
-#[derive(Debug, Default)]
-struct Abort {
+#[derive(Debug)]
+struct Shared {
+    /// Bytes queued and not yet taken by the writer.
+    queued: AtomicUsize,
+    /// Most bytes that may wait for this client.
+    limit: usize,
+    /// An out-of-band close: used when the client is too slow for the queue
+    /// to carry the close frame, or when the connection must stop at once.
     token: CancellationToken,
     frame: OnceLock<CloseFrame>,
 }
@@ -41,76 +56,85 @@ struct Abort {
 /// The receiving end, consumed by [`run_writer`].
 #[derive(Debug)]
 pub struct Inbox {
-    rx: mpsc::Receiver<Message>,
-    abort: Arc<Abort>,
+    rx: mpsc::UnboundedReceiver<Message>,
+    shared: Arc<Shared>,
 }
 
-/// Creates a connection's queue, holding at most `capacity` frames.
-pub fn channel(capacity: usize) -> (Outbox, Inbox) {
-    let (tx, rx) = mpsc::channel(capacity);
-    let abort = Arc::new(Abort::default());
+/// Creates a connection's queue, holding at most `limit` bytes.
+pub fn channel(limit: usize) -> (Outbox, Inbox) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        queued: AtomicUsize::new(0),
+        limit,
+        token: CancellationToken::new(),
+        frame: OnceLock::new(),
+    });
     (
         Outbox {
             tx,
-            abort: abort.clone(),
+            shared: shared.clone(),
         },
-        Inbox { rx, abort },
+        Inbox { rx, shared },
     )
 }
 
 impl Outbox {
-    /// Queues a frame from another connection's path (lobby events, relayed
-    /// messages). Never waits: if the queue is full the client is too slow,
-    /// and it is disconnected. Returns whether the frame was queued.
+    /// Queues a frame. Never waits: if the bytes waiting for this client
+    /// would pass the limit, the client is too slow and is disconnected
+    /// (1008). Returns whether the frame was queued.
     pub fn deliver(&self, message: Message) -> bool {
-        match self.tx.try_send(message) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.abort.token.is_cancelled() {
-                    tracing::info!(event = "slow_client", "outbound queue full, disconnecting");
-                }
-                self.abort(CloseCode::Policy, "too slow: outbound queue full");
-                false
+        let cost = cost(&message);
+        let queued = self.shared.queued.fetch_add(cost, Ordering::Relaxed) + cost;
+        if queued > self.shared.limit {
+            self.shared.queued.fetch_sub(cost, Ordering::Relaxed);
+            if !self.shared.token.is_cancelled() {
+                tracing::info!(
+                    event = "slow_client",
+                    queued_bytes = queued - cost,
+                    "outbound queue full, disconnecting"
+                );
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            self.abort(CloseCode::Policy, "too slow: outbound queue full");
+            return false;
         }
+        self.tx.send(message).is_ok()
     }
 
-    /// Queues a frame from the connection's own task, waiting for room: a
-    /// client that does not read its answers slows down its own reading.
-    pub async fn send(&self, message: Message) {
-        tokio::select! {
-            _ = self.tx.send(message) => {}
-            _ = self.abort.token.cancelled() => {}
-        }
+    /// Queues the connection's own answer (pong, error); see [`Outbox::deliver`].
+    pub fn send(&self, message: Message) {
+        self.deliver(message);
     }
 
-    /// Sends a close frame after everything already queued, then ends.
-    pub async fn close(&self, code: CloseCode, reason: &'static str) {
-        self.send(Message::Close(Some(CloseFrame {
+    /// Sends a close frame after everything already queued, then ends. The
+    /// close frame is queued whatever the limit.
+    pub fn close(&self, code: CloseCode, reason: &'static str) {
+        let frame = Message::Close(Some(CloseFrame {
             code,
             reason: reason.into(),
-        })))
-        .await;
+        }));
+        self.shared
+            .queued
+            .fetch_add(cost(&frame), Ordering::Relaxed);
+        let _ = self.tx.send(frame);
     }
 
     /// Closes the connection now, skipping whatever is still queued.
     pub fn abort(&self, code: CloseCode, reason: &'static str) {
-        let _ = self.abort.frame.set(CloseFrame {
+        let _ = self.shared.frame.set(CloseFrame {
             code,
             reason: reason.into(),
         });
-        self.abort.token.cancel();
+        self.shared.token.cancel();
     }
 
     /// Resolves once [`Outbox::abort`] was called.
     pub async fn aborted(&self) {
-        self.abort.token.cancelled().await;
+        self.shared.token.cancelled().await;
     }
 
     /// Whether [`Outbox::abort`] was called.
     pub fn is_aborted(&self) -> bool {
-        self.abort.token.is_cancelled()
+        self.shared.token.is_cancelled()
     }
 }
 
@@ -124,13 +148,15 @@ where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let token = inbox.abort.token.clone();
+    let token = inbox.shared.token.clone();
     loop {
         let received = tokio::select! {
             biased;
             _ = token.cancelled() => break,
             n = inbox.rx.recv_many(&mut batch, WRITE_BATCH) => n,
         };
+        let taken: usize = batch.iter().map(cost).sum();
+        inbox.shared.queued.fetch_sub(taken, Ordering::Relaxed);
         if received == 0 {
             // Every sender is gone: the session ended without a close frame
             // of its own. Close normally.
@@ -168,7 +194,7 @@ where
         }
     }
     // Aborted: send the close frame if the socket takes it in time.
-    if let Some(frame) = inbox.abort.frame.get().cloned() {
+    if let Some(frame) = inbox.shared.frame.get().cloned() {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
             sink.send(Message::Close(Some(frame))).await?;
             sink.close().await

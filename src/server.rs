@@ -143,7 +143,7 @@ async fn handle<S: LobbyStore>(
     };
     tracing::debug!(event = "connect", "connected");
     let (sink, frames) = ws.split();
-    let (outbox, inbox) = outbox::channel(node.config.outbound_queue);
+    let (outbox, inbox) = outbox::channel(node.config.outbound_queue_bytes);
     let writer = tokio::spawn(outbox::run_writer(sink, inbox).in_current_span());
     let reason = Session::new(node, outbox, member).run(frames, stop).await;
     // The session and its outbox are gone: the writer sends what is left,
@@ -159,8 +159,8 @@ async fn refuse_busy(stream: TcpStream, ws_config: WebSocketConfig) {
         tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(ws_config));
     if let Ok(Ok(ws)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
         let (sink, _frames) = ws.split();
-        let (outbox, inbox) = outbox::channel(2);
-        outbox.close(CloseCode::Again, "too many connections").await;
+        let (outbox, inbox) = outbox::channel(4096);
+        outbox.close(CloseCode::Again, "too many connections");
         drop(outbox);
         outbox::run_writer(sink, inbox).await;
     }

@@ -75,7 +75,7 @@ impl<S: LobbyStore> Session<S> {
                 biased;
                 _ = self.outbox.aborted() => break EndReason::Aborted,
                 _ = shutdown.cancelled() => {
-                    self.outbox.close(CloseCode::Restart, "service restart: reconnect").await;
+                    self.outbox.close(CloseCode::Restart, "service restart: reconnect");
                     break EndReason::Shutdown;
                 }
                 next = tokio::time::timeout(half_idle, frames.next()) => next,
@@ -83,11 +83,11 @@ impl<S: LobbyStore> Session<S> {
             let frame = match next {
                 Err(_silent) if !pinged => {
                     pinged = true;
-                    self.outbox.send(Message::Ping(Default::default())).await;
+                    self.outbox.send(Message::Ping(Default::default()));
                     continue;
                 }
                 Err(_silent) => {
-                    self.outbox.close(CloseCode::Away, "idle timeout").await;
+                    self.outbox.close(CloseCode::Away, "idle timeout");
                     break EndReason::IdleTimeout;
                 }
                 Ok(None) => break EndReason::ClientClosed,
@@ -99,9 +99,7 @@ impl<S: LobbyStore> Session<S> {
                         "a message of {size} bytes is over this relay's maximum of {max_size}"
                     );
                     self.refuse(ErrorCode::MessageTooLarge, &text).await;
-                    self.outbox
-                        .close(CloseCode::Size, "message too large")
-                        .await;
+                    self.outbox.close(CloseCode::Size, "message too large");
                     break EndReason::MessageTooLarge;
                 }
                 Ok(Some(Err(e))) => {
@@ -139,7 +137,7 @@ impl<S: LobbyStore> Session<S> {
                     .await
             }
             Request::Leave => self.leave().await,
-            Request::Reply(reply) => self.outbox.send(Message::text(reply)).await,
+            Request::Reply(reply) => self.outbox.send(Message::text(reply)),
             Request::Game => self.on_game_message(Message::Text(text)).await,
             Request::Refuse(code, message) => self.refuse(code, &message).await,
         }
@@ -236,7 +234,6 @@ impl<S: LobbyStore> Session<S> {
     async fn refuse(&self, code: ErrorCode, message: &str) {
         tracing::debug!(event = "error", code = code.as_str(), "request refused");
         self.outbox
-            .send(Message::text(protocol::error(code, message)))
-            .await;
+            .send(Message::text(protocol::error(code, message)));
     }
 }

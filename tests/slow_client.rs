@@ -1,0 +1,77 @@
+//! A client that stops reading is disconnected instead of being buffered
+//! without limit, and the other players carry on.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::{Client, Cluster};
+
+/// Player B stops reading while player A floods it with large messages: the
+/// relay closes B (its outbound queue is full), A gets `playerLeft`, and in
+/// Redis only A's seat remains.
+async fn reader_that_stops_is_disconnected(cluster: Cluster) {
+    let mut a = Client::connect(&cluster.url_a(), "A").await;
+    let mut b = Client::connect(&cluster.url_b(), "B").await;
+    let pass = format!("slow-reader-{}", support::unique());
+    a.join(&pass).await;
+    b.join(&pass).await;
+    a.expect_json(json!({"type":"ready","players":2})).await;
+    b.expect_json(json!({"type":"ready","players":2})).await;
+
+    // B reads nothing from here on. A sends 32 KiB messages until the relay
+    // gives up on B (bounded: at most 2,000 messages, 64 MiB).
+    let (mut a_tx, mut a_rx) = a.split();
+    let flood = tokio::spawn(async move {
+        let body = "x".repeat(32 * 1024 - 40);
+        for i in 0..2000 {
+            let text = format!(r#"{{"type":"flood","i":{i},"pad":"{body}"}}"#);
+            a_tx.send_text(&text).await;
+        }
+        a_tx
+    });
+    let left = a_rx.recv_within(Duration::from_secs(30)).await;
+    assert_eq!(
+        left.into_text().expect("a text frame").as_str(),
+        r#"{"type":"playerLeft","players":1,"seat":2}"#
+    );
+    let _ = flood.await;
+
+    if let Some(redis) = cluster.redis_probe().await {
+        let seats = redis.hgetall(&support::lobby_key(&pass)).await;
+        assert_eq!(seats.len(), 1, "only A's seat remains: {seats:?}");
+        assert!(seats.contains_key("1"), "{seats:?}");
+    }
+    drop(b);
+}
+
+#[tokio::test]
+async fn reader_that_stops_is_disconnected_redis() {
+    let args = [
+        "--outbound-queue-bytes",
+        "65536",
+        "--max-message-bytes",
+        "65536",
+    ];
+    support::run(
+        Cluster::redis_with(&args),
+        reader_that_stops_is_disconnected,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn reader_that_stops_is_disconnected_memory() {
+    let args = [
+        "--outbound-queue-bytes",
+        "65536",
+        "--max-message-bytes",
+        "65536",
+    ];
+    support::run(
+        Cluster::memory_with(&args),
+        reader_that_stops_is_disconnected,
+    )
+    .await;
+}
