@@ -141,7 +141,7 @@ impl Outbox {
 /// Drains a connection's queue into its socket until the queue is closed, a
 /// close frame was sent, the connection was aborted, or the socket fails.
 ///
-/// Frames are fed in batches of up to [`WRITE_BATCH`] and flushed once per
+/// Frames are fed in batches (up to 64) and flushed once per
 /// batch: one system call for many small game messages.
 pub async fn run_writer<S>(mut sink: S, mut inbox: Inbox)
 where
