@@ -58,9 +58,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 
 say "tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --locked --no-fail-fast "$@"
-  # nextest does not run doctests
+  # nextest does not run doctests: run them first, the whole suite last.
   cargo test --doc --locked --quiet
+  cargo nextest run --locked --no-fail-fast "$@"
 else
   cargo test --locked --no-fail-fast "$@"
 fi
