@@ -26,7 +26,7 @@ pub struct ServeArgs {
     /// Redis to share lobbies with other nodes, e.g. `redis://127.0.0.1:6379/`
     /// (`rediss://` for TLS). Without it the node runs alone, with lobbies in
     /// memory.
-    #[arg(long, env = "LOBBY_RELAY_REDIS_URL")]
+    #[arg(long, env = "LOBBY_RELAY_REDIS_URL", value_parser = parse_redis_url)]
     pub redis_url: Option<String>,
 
     /// This node's name in logs and in Redis records: letters, digits, `.`,
@@ -141,6 +141,12 @@ fn parse_node_id(s: &str) -> Result<String, String> {
     }
 }
 
+fn parse_redis_url(s: &str) -> Result<String, String> {
+    redis::Client::open(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("{e} (example: redis://127.0.0.1:6379/)"))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 500ms, 2m)"))?;
     if d.is_zero() {
@@ -159,6 +165,12 @@ mod tests {
         assert!(parse_node_id("").is_err());
         assert!(parse_node_id("a/b").is_err());
         assert!(parse_node_id(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn redis_urls() {
+        assert!(parse_redis_url("redis://127.0.0.1:6379/").is_ok());
+        assert!(parse_redis_url("localhost:6379").is_err());
     }
 
     #[test]
