@@ -80,6 +80,13 @@ pub struct ServeArgs {
     #[arg(long, env = "LOBBY_RELAY_MAX_CONNECTIONS", default_value_t = 20000)]
     pub max_connections: u32,
 
+    /// With Redis: a node whose heartbeat in Redis is older than this is
+    /// presumed dead, and the other nodes remove its players from their
+    /// lobbies (the remaining players get `playerLeft` within about 4/3 of
+    /// it). A node cut off from Redis for longer loses its seats.
+    #[arg(long, env = "LOBBY_RELAY_NODE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub node_timeout: Duration,
+
     /// On SIGTERM/SIGINT, how long to wait for connections to close (1012)
     /// and leave their lobbies before exiting anyway.
     #[arg(long, env = "LOBBY_RELAY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -96,6 +103,7 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_timeout: Duration,
+    pub node_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -112,6 +120,7 @@ impl ServeArgs {
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections as usize,
             shutdown_timeout: self.shutdown_timeout,
+            node_timeout: self.node_timeout,
         }
     }
 }

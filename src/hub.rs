@@ -40,6 +40,9 @@ pub struct LocalLobby {
 #[derive(Debug, Default)]
 struct LocalState {
     members: Vec<LocalMember>,
+    /// The occupied seats (of every node) as of the last event seen, to
+    /// notice what was missed while the lobby store was out of reach.
+    occupied: Vec<u8>,
     /// Set when the last local member left: this object is being torn down
     /// and a new joiner must start over with a fresh one.
     retired: bool,
@@ -92,6 +95,11 @@ impl Hub {
     /// reconnect).
     pub fn lobby_ids(&self) -> Vec<LobbyId> {
         self.lock().keys().copied().collect()
+    }
+
+    /// Every local lobby.
+    pub fn lobbies(&self) -> Vec<Arc<LocalLobby>> {
+        self.lock().values().cloned().collect()
     }
 
     /// How many lobbies have members on this node.
@@ -155,8 +163,10 @@ impl LocalLobby {
                 seat,
                 players,
                 capacity,
+                occupied,
                 member,
             } => {
+                state.occupied = occupied;
                 if let Some(m) = state
                     .members
                     .iter_mut()
@@ -181,15 +191,25 @@ impl LocalLobby {
                     }
                 }
             }
-            LobbyEvent::Left { seat, players } => {
+            LobbyEvent::Left {
+                seat,
+                players,
+                occupied,
+            } => {
+                state.occupied = occupied;
                 // A local member still in that seat was removed by somebody
-                // else (its own leave removes it here first): it has lost its
-                // place, so it must not keep playing as if it had one.
+                // else (its own leave removes it here first): another node
+                // presumed this one dead. It has lost its place and must not
+                // keep playing as if it had one.
                 state.members.retain(|m| {
                     let lost = m.seat == Some(seat);
                     if lost {
-                        tracing::warn!(lobby = %&self.hex[..8], seat, "member removed from its lobby by another node");
-                        m.outbox.abort(CloseCode::Error, "lobby membership lost");
+                        tracing::warn!(
+                            lobby = &self.hex[..8],
+                            seat,
+                            "member removed from its lobby by another node"
+                        );
+                        seat_lost(&m.outbox);
                     }
                     !lost
                 });
@@ -203,7 +223,50 @@ impl LocalLobby {
         }
     }
 
+    /// The occupied seats as of the last event this node saw.
+    pub fn occupied(&self) -> Vec<u8> {
+        self.lock().occupied.clone()
+    }
+
+    /// The members of this node that hold a seat: `(member, seat)`.
+    pub fn seated(&self) -> Vec<(MemberId, u8)> {
+        self.lock()
+            .members
+            .iter()
+            .filter_map(|m| Some((m.id.clone(), m.seat?)))
+            .collect()
+    }
+
+    /// Takes `member` out of the lobby because its seat is no longer its own
+    /// in the lobby store: it gets `seat_lost` and is disconnected (4001).
+    pub fn lose(&self, member: &MemberId) {
+        self.lock().members.retain(|m| {
+            let lost = m.id == *member;
+            if lost {
+                seat_lost(&m.outbox);
+            }
+            !lost
+        });
+    }
+
     fn lock(&self) -> MutexGuard<'_, LocalState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+/// Tells a member that its seat is gone and closes its connection with 4001,
+/// so that it can connect and join again.
+fn seat_lost(outbox: &Outbox) {
+    let error = protocol::error(
+        protocol::ErrorCode::SeatLost,
+        "this relay node lost its connection to the lobby store for too long and your seat was given up; join again",
+    );
+    outbox.abort_with(
+        Message::text(error),
+        CloseCode::from(SEAT_LOST_CLOSE),
+        "seat lost: join again",
+    );
+}
+
+/// The close code that follows a `seat_lost` error.
+pub const SEAT_LOST_CLOSE: u16 = 4001;

@@ -16,11 +16,13 @@
 //! - [`outbox`]: a connection's bounded outbound queue and batching writer.
 //! - [`node`]: join, leave and relay, the same for every lobby store.
 //! - [`hub`]: this node's members of each lobby, and delivery to them.
+//! - [`identity`]: the node's key and member ids in lobby records.
 //! - [`lobby`]: the lobby store interface, with [`lobby::memory`] and
 //!   [`lobby::redis`].
 
 pub mod config;
 pub mod hub;
+pub mod identity;
 pub mod lobby;
 pub mod node;
 pub mod outbox;
@@ -36,9 +38,10 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::identity::Identity;
 use crate::lobby::StoreError;
 use crate::lobby::memory::MemoryStore;
-use crate::lobby::redis::RedisStore;
+use crate::lobby::redis::{RedisSettings, RedisStore};
 use crate::node::Node;
 
 /// Runs a relay node on `listener` until `shutdown` resolves: with lobbies in
@@ -50,14 +53,23 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StoreError> {
     let hub = Arc::new(Hub::default());
+    let identity = Arc::new(Identity::new(&config.node_id));
+    tracing::info!(node_key = &*identity.key(), "node identity");
     match redis_url {
         Some(url) => {
-            let store = RedisStore::start(url, hub.clone())?;
-            server::run(listener, Arc::new(Node::new(config, hub, store)), shutdown).await;
+            let settings = RedisSettings {
+                url: url.to_owned(),
+                node_timeout: config.node_timeout,
+                lobby_capacity: config.lobby_capacity,
+            };
+            let store = RedisStore::start(settings, hub.clone(), identity.clone())?;
+            let node = Node::new(config, hub, store, identity);
+            server::run(listener, Arc::new(node), shutdown).await;
         }
         None => {
             let store = MemoryStore::new(hub.clone());
-            server::run(listener, Arc::new(Node::new(config, hub, store)), shutdown).await;
+            let node = Node::new(config, hub, store, identity);
+            server::run(listener, Arc::new(node), shutdown).await;
         }
     }
     Ok(())

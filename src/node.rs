@@ -4,13 +4,14 @@
 //! The node code is the same for both stores; only the store differs.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::Config;
 use crate::hub::{Hub, LocalLobby};
+use crate::identity::Identity;
 use crate::lobby::{JoinOutcome, LobbyStore, MemberId, StoreError};
 use crate::outbox::Outbox;
 use crate::passphrase::LobbyId;
@@ -25,10 +26,10 @@ pub struct Node<S> {
     pub config: Config,
     pub hub: Arc<Hub>,
     pub store: S,
-    /// Distinguishes this process from an earlier one with the same node id,
-    /// so member ids are never reused.
-    incarnation: u32,
-    next_connection: AtomicU64,
+    pub identity: Arc<Identity>,
+    /// Set when the node starts shutting down: `/readyz` fails, new
+    /// WebSockets are refused.
+    draining: AtomicBool,
 }
 
 /// A connection's seat in a lobby.
@@ -49,32 +50,42 @@ pub enum JoinError {
 }
 
 impl<S: LobbyStore> Node<S> {
-    pub fn new(config: Config, hub: Arc<Hub>, store: S) -> Self {
+    pub fn new(config: Config, hub: Arc<Hub>, store: S, identity: Arc<Identity>) -> Self {
         Self {
             config,
             hub,
             store,
-            incarnation: rand::random(),
-            next_connection: AtomicU64::new(1),
+            identity,
+            draining: AtomicBool::new(false),
         }
     }
 
-    /// A new connection's number and its member id in lobby records.
-    pub fn next_member(&self) -> (u64, MemberId) {
-        let n = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}/{:08x}.{n}", self.config.node_id, self.incarnation);
-        (n, id.into())
+    /// Starts draining: `/readyz` fails from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the node is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Why the node cannot serve right now, if it cannot.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.is_draining() {
+            Some("draining")
+        } else if !self.store.is_healthy() {
+            Some("lobby store unreachable")
+        } else {
+            None
+        }
     }
 
     /// Seats `member` in lobby `id`. On success the member has already been
     /// sent `joined` (and `ready` if it filled the lobby), in the lobby's
     /// order, and receives everything that follows.
-    pub async fn join(
-        &self,
-        id: LobbyId,
-        member: MemberId,
-        outbox: &Outbox,
-    ) -> Result<Membership, JoinError> {
+    pub async fn join(&self, id: LobbyId, outbox: &Outbox) -> Result<Membership, JoinError> {
+        let member = self.identity.new_member();
         // Be a receiver of the lobby's events before the join becomes
         // visible, so that nothing sent right after `ready` is missed.
         let (lobby, activated) = loop {

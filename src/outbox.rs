@@ -51,6 +51,9 @@ struct Shared {
     /// to carry the close frame, or when the connection must stop at once.
     token: CancellationToken,
     frame: OnceLock<CloseFrame>,
+    /// A last message sent just before the close frame of an abort (e.g. the
+    /// error that explains it).
+    last_word: OnceLock<Message>,
 }
 
 /// The receiving end, consumed by [`run_writer`].
@@ -68,6 +71,7 @@ pub fn channel(limit: usize) -> (Outbox, Inbox) {
         limit,
         token: CancellationToken::new(),
         frame: OnceLock::new(),
+        last_word: OnceLock::new(),
     });
     (
         Outbox {
@@ -125,6 +129,13 @@ impl Outbox {
             reason: reason.into(),
         });
         self.shared.token.cancel();
+    }
+
+    /// Like [`Outbox::abort`], but sends `last_word` (say, an error that
+    /// explains why) just before the close frame.
+    pub fn abort_with(&self, last_word: Message, code: CloseCode, reason: &'static str) {
+        let _ = self.shared.last_word.set(last_word);
+        self.abort(code, reason);
     }
 
     /// Resolves once [`Outbox::abort`] was called.
@@ -195,7 +206,11 @@ where
     }
     // Aborted: send the close frame if the socket takes it in time.
     if let Some(frame) = inbox.shared.frame.get().cloned() {
+        let last_word = inbox.shared.last_word.get().cloned();
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            if let Some(message) = last_word {
+                sink.feed(message).await?;
+            }
             sink.send(Message::Close(Some(frame))).await?;
             sink.close().await
         })

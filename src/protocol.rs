@@ -50,6 +50,9 @@ pub enum ErrorCode {
     RateLimited,
     MessageTooLarge,
     Unavailable,
+    /// Added to protocol v1: the member's seat was given up while its node
+    /// was cut off from the lobby store; the connection closes with 4001.
+    SeatLost,
 }
 
 impl ErrorCode {
@@ -66,6 +69,7 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::MessageTooLarge => "message_too_large",
             Self::Unavailable => "unavailable",
+            Self::SeatLost => "seat_lost",
         }
     }
 }

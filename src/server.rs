@@ -1,20 +1,37 @@
-//! The accept loop: takes TCP connections, upgrades them to WebSocket, runs a
-//! [`Session`] for each, and shuts down gracefully.
+//! The accept loop: takes TCP connections, serves the health endpoints and
+//! the WebSocket upgrade (HTTP/1.1 by hyper), runs a [`Session`] for each
+//! WebSocket, and drains gracefully.
 //!
 //! The caller binds the listener and owns the shutdown signal, so tests can
 //! bind `127.0.0.1:0` and run the real server.
+//!
+//! HTTP endpoints on the relay's port:
+//! - `GET /` or `/ws` with a WebSocket upgrade: a client connection.
+//! - `GET /healthz`: 200 while the process runs.
+//! - `GET /readyz`: 200 when the node can serve (its lobby store is reachable
+//!   and it is not draining), 503 otherwise. Load balancers route by it.
 
+use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -33,72 +50,87 @@ const READ_BUFFER: usize = 4 * 1024;
 /// Frames are gathered up to this many bytes before a write to the socket;
 /// the writer flushes after each batch anyway.
 const WRITE_BUFFER: usize = 8 * 1024;
-/// Longest time a client may take to complete the WebSocket handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time a client may take to send its HTTP request.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves WebSocket clients on `listener` until `shutdown` resolves, then
-/// closes every connection with 1012 (service restart), lets each leave its
-/// lobby, and returns once they are done or `config.shutdown_timeout` passed.
+type Body = Full<Bytes>;
+
+/// Serves clients on `listener` until `shutdown` resolves, then drains: the
+/// node reports not-ready, refuses new WebSockets, closes every connection
+/// with 1012 (service restart), lets each leave its lobby, and returns once
+/// they are done or `config.shutdown_timeout` has passed.
 pub async fn run<S: LobbyStore>(
     listener: TcpListener,
     node: Arc<Node<S>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let stop = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(node.config.max_connections));
-    let ws_config = websocket_config(node.config.max_message_bytes);
-    let mut backoff = Duration::from_millis(5);
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Usually out of file descriptors: wait for some to free up.
-                    tracing::error!(error = %e, "accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
-        };
-        backoff = Duration::from_millis(5);
-        let _ = stream.set_nodelay(true);
-        let permit = permits.clone().try_acquire_owned().ok();
-        let node = node.clone();
-        let stop = stop.clone();
-        let (number, member) = node.next_member();
-        let span = tracing::info_span!("conn", id = number, %peer);
-        tracker.spawn(
-            async move {
-                match permit {
-                    Some(permit) => {
-                        handle(node, stream, member, ws_config, stop).await;
-                        drop(permit);
-                    }
-                    None => refuse_busy(stream, ws_config).await,
-                }
-            }
-            .instrument(span),
-        );
+    let server = Arc::new(Server {
+        ws_config: websocket_config(node.config.max_message_bytes),
+        permits: Arc::new(Semaphore::new(node.config.max_connections)),
+        stop: CancellationToken::new(),
+        sessions: TaskTracker::new(),
+        node,
+    });
+    let accepting = accept_loop(&listener, &server);
+    tokio::select! {
+        _ = shutdown => {}
+        _ = accepting => {}
     }
-    drop(listener);
+    server.node.start_draining();
     tracing::info!(
-        connections = tracker.len(),
-        "shutting down: closing connections with 1012"
+        connections = server.sessions.len(),
+        "draining: closing connections with 1012"
     );
-    stop.cancel();
-    tracker.close();
-    if tokio::time::timeout(node.config.shutdown_timeout, tracker.wait())
+    server.stop.cancel();
+    server.sessions.close();
+    // Keep answering health checks (readyz: 503) while the sessions end.
+    let drained = async {
+        tokio::select! {
+            _ = server.sessions.wait() => {}
+            _ = accept_loop(&listener, &server) => {}
+        }
+    };
+    if tokio::time::timeout(server.node.config.shutdown_timeout, drained)
         .await
         .is_err()
     {
         tracing::warn!(
-            remaining = tracker.len(),
+            remaining = server.sessions.len(),
             "shutdown deadline passed with connections still open"
         );
+    }
+    server.node.store.goodbye().await;
+}
+
+/// What every connection task shares.
+struct Server<S> {
+    node: Arc<Node<S>>,
+    ws_config: WebSocketConfig,
+    /// One per WebSocket connection: `--max-connections`.
+    permits: Arc<Semaphore>,
+    /// Cancelled when the node drains: every session closes with 1012.
+    stop: CancellationToken,
+    /// The running sessions, waited for when draining.
+    sessions: TaskTracker,
+}
+
+async fn accept_loop<S: LobbyStore>(listener: &TcpListener, server: &Arc<Server<S>>) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Usually out of file descriptors: wait for some to free up.
+                tracing::error!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(5);
+        let _ = stream.set_nodelay(true);
+        let server = server.clone();
+        tokio::spawn(async move { server.connection(stream, peer).await });
     }
 }
 
@@ -112,56 +144,209 @@ pub fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message_bytes))
 }
 
-/// Only `/` and `/ws` upgrade; anything else is a 404.
-#[allow(
-    clippy::result_large_err,
-    reason = "the signature of tungstenite's Callback"
-)]
-fn check_path(request: &Request, response: Response) -> Result<Response, ErrorResponse> {
-    if WEBSOCKET_PATHS.contains(&request.uri().path()) {
-        Ok(response)
-    } else {
-        let mut refusal = ErrorResponse::new(Some("not found: connect to / or /ws\n".into()));
-        *refusal.status_mut() = StatusCode::NOT_FOUND;
-        Err(refusal)
+/// An accepted upgrade, handed from the HTTP service to the connection task.
+struct Upgrade {
+    on_upgrade: OnUpgrade,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<S: LobbyStore> Server<S> {
+    /// Serves one TCP connection: one HTTP request (answers close it), and if it
+    /// was a WebSocket upgrade, the session that follows.
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let upgrade: Arc<Mutex<Option<Upgrade>>> = Arc::default();
+        let service = {
+            let server = self.clone();
+            let upgrade = upgrade.clone();
+            service_fn(move |request| {
+                let response = server.route(request, &upgrade);
+                async move { Ok::<_, Infallible>(response) }
+            })
+        };
+        let served = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades()
+            .await;
+        if let Err(e) = served {
+            tracing::debug!(%peer, error = %e, "HTTP connection failed");
+        }
+        let Some(Upgrade { on_upgrade, permit }) =
+            upgrade.lock().unwrap_or_else(|e| e.into_inner()).take()
+        else {
+            return;
+        };
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let ws = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(self.ws_config),
+        )
+        .await;
+        let span = tracing::info_span!("conn", id = next_connection(), %peer);
+        match permit {
+            Some(permit) => {
+                let session = self.clone().session(ws).instrument(span);
+                self.sessions.track_future(session).await;
+                drop(permit);
+            }
+            None => {
+                let _entered = span.enter();
+                tracing::warn!("connection limit reached: closing with 1013");
+                drop(_entered);
+                close_at_once(ws, CloseCode::Again, "too many connections").await;
+            }
+        }
+    }
+
+    async fn session(self: Arc<Self>, ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>) {
+        use futures_util::StreamExt;
+        tracing::debug!(event = "connect", "connected");
+        let (sink, frames) = ws.split();
+        let (outbox, inbox) = outbox::channel(self.node.config.outbound_queue_bytes);
+        let writer = tokio::spawn(outbox::run_writer(sink, inbox).in_current_span());
+        let reason = Session::new(self.node.clone(), outbox)
+            .run(frames, self.stop.clone())
+            .await;
+        // The session and its outbox are gone: the writer sends what is
+        // left, closes, and ends.
+        let _ = writer.await;
+        tracing::debug!(event = "disconnect", reason = ?reason, "disconnected");
+    }
+
+    /// Answers one HTTP request.
+    fn route(
+        &self,
+        mut request: Request<Incoming>,
+        upgrade: &Mutex<Option<Upgrade>>,
+    ) -> Response<Body> {
+        let path = request.uri().path();
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        }
+        match path {
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" => match self.node.not_ready_reason() {
+                None => text(StatusCode::OK, "ready\n"),
+                Some(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("not ready: {why}\n"),
+                ),
+            },
+            p if WEBSOCKET_PATHS.contains(&p) => {
+                let key = match websocket_key(&request) {
+                    Ok(key) => key,
+                    Err(response) => return *response,
+                };
+                if self.node.is_draining() {
+                    return text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "this node is shutting down: connect again\n",
+                    );
+                }
+                let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "this connection cannot be upgraded\n",
+                    );
+                };
+                let permit = self.permits.clone().try_acquire_owned().ok();
+                *upgrade.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Upgrade { on_upgrade, permit });
+                let mut response = Response::new(Body::default());
+                *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                let headers = response.headers_mut();
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+                    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+                }
+                response
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: WebSocket on / or /ws; health on /healthz and /readyz\n",
+            ),
+        }
     }
 }
 
-async fn handle<S: LobbyStore>(
-    node: Arc<Node<S>>,
-    stream: TcpStream,
-    member: crate::lobby::MemberId,
-    ws_config: WebSocketConfig,
-    stop: CancellationToken,
-) {
-    let upgrade =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(ws_config));
-    let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => return tracing::debug!(error = %e, "handshake failed"),
-        Err(_) => return tracing::debug!("handshake timed out"),
+/// Checks a WebSocket upgrade request (RFC 6455, section 4.2.1) and returns
+/// its `Sec-WebSocket-Key`, or the response that refuses it.
+fn websocket_key(request: &Request<Incoming>) -> Result<String, Box<Response<Body>>> {
+    let headers = request.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value
+                .to_str()
+                .unwrap_or("")
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(token))
+        })
     };
-    tracing::debug!(event = "connect", "connected");
-    let (sink, frames) = ws.split();
-    let (outbox, inbox) = outbox::channel(node.config.outbound_queue_bytes);
-    let writer = tokio::spawn(outbox::run_writer(sink, inbox).in_current_span());
-    let reason = Session::new(node, outbox, member).run(frames, stop).await;
-    // The session and its outbox are gone: the writer sends what is left,
-    // closes, and ends.
-    let _ = writer.await;
-    tracing::debug!(event = "disconnect", reason = ?reason, "disconnected");
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return Err(Box::new(text(
+            StatusCode::UPGRADE_REQUIRED,
+            "this is a WebSocket endpoint: connect with a WebSocket client\n",
+        )));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        let mut response = text(StatusCode::UPGRADE_REQUIRED, "WebSocket version 13 only\n");
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return Err(Box::new(response));
+    }
+    match headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|k| k.to_str().ok())
+    {
+        Some(key) if !key.is_empty() => Ok(key.to_owned()),
+        _ => Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "missing Sec-WebSocket-Key\n",
+        ))),
+    }
 }
 
-/// Completes the handshake only to say "try again later" (1013).
-async fn refuse_busy(stream: TcpStream, ws_config: WebSocketConfig) {
-    tracing::warn!("connection limit reached: refusing with 1013");
-    let upgrade =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(ws_config));
-    if let Ok(Ok(ws)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
-        let (sink, _frames) = ws.split();
-        let (outbox, inbox) = outbox::channel(4096);
-        outbox.close(CloseCode::Again, "too many connections");
-        drop(outbox);
-        outbox::run_writer(sink, inbox).await;
-    }
+/// A number for each connection, for logs.
+fn next_connection() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    // One request per connection: health checks reconnect anyway, and a
+    // connection then never outlives the node's drain.
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Closes a just-upgraded WebSocket with `code`, without a session.
+async fn close_at_once<T>(ws: WebSocketStream<T>, code: CloseCode, reason: &'static str)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    let (sink, _frames) = ws.split();
+    let (outbox, inbox) = outbox::channel(64 * 1024);
+    outbox.close(code, reason);
+    drop(outbox);
+    outbox::run_writer(sink, inbox).await;
 }

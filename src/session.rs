@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-use crate::lobby::{LobbyStore, MemberId};
+use crate::lobby::LobbyStore;
 use crate::node::{JoinError, Membership, Node};
 use crate::outbox::Outbox;
 use crate::passphrase::{LobbyId, PassphraseError};
@@ -39,7 +39,6 @@ pub enum EndReason {
 pub struct Session<S> {
     node: Arc<Node<S>>,
     outbox: Outbox,
-    member: MemberId,
     membership: Option<Membership>,
 }
 
@@ -53,11 +52,10 @@ enum Request {
 }
 
 impl<S: LobbyStore> Session<S> {
-    pub fn new(node: Arc<Node<S>>, outbox: Outbox, member: MemberId) -> Self {
+    pub fn new(node: Arc<Node<S>>, outbox: Outbox) -> Self {
         Self {
             node,
             outbox,
-            member,
             membership: None,
         }
     }
@@ -152,11 +150,7 @@ impl<S: LobbyStore> Session<S> {
                 )
                 .await;
         }
-        match self
-            .node
-            .join(lobby, self.member.clone(), &self.outbox)
-            .await
-        {
+        match self.node.join(lobby, &self.outbox).await {
             Ok(membership) => {
                 tracing::info!(
                     event = "join",

@@ -195,7 +195,7 @@ async fn invalid_passphrases_are_refused(c: Cluster) {
     a.send_text(&game_message("playerMove")).await;
     a.expect_error("not_in_lobby").await;
     if let Some(redis) = c.redis_probe().await {
-        assert_eq!(redis.keys("lr:*").await, Vec::<String>::new());
+        assert_eq!(redis.keys("lr:lobby:*").await, Vec::<String>::new());
     }
 
     // ... and the shortest and longest valid passphrases work.
@@ -841,7 +841,8 @@ async fn lobby_hash_holds_exactly_the_seats(c: Cluster) {
 }
 
 redis_only!(emptied_lobbies_leave_nothing_in_redis => emptied_lobbies_leave_nothing_in_redis_redis);
-/// Emptied lobbies (leave, Close, dropped TCP) leave no `lr:*` key and no `lr:chan:*` channel.
+/// Emptied lobbies (leave, Close, dropped TCP) leave no lobby key, no entry in
+/// a node's lobby index, and no `lr:chan:*` channel.
 async fn emptied_lobbies_leave_nothing_in_redis(c: Cluster) {
     let redis = c.redis_probe().await.expect("Redis flavour");
     let (mut a, mut b) = pair(&c, "jump-rocket").await;
@@ -919,11 +920,14 @@ async fn passphrase_never_reaches_redis(c: Cluster) {
     assert_absent("a command to Redis while leaving", &leaving.finish().await);
 }
 
-/// Waits until no `lr:*` key exists and no `lr:chan:*` channel is subscribed.
+/// Waits until nothing of any lobby remains: no `lr:lobby:*` key, no node
+/// lobby index (`lr:node-lobbies:*`), no `lr:chan:*` channel subscribed.
+/// (What remains are the nodes' own heartbeats, `lr:node:*` and `lr:nodes`.)
 async fn wait_for_empty_redis(redis: &support::RedisProbe) {
     redis
         .wait_until(support::CLEANUP_TIMEOUT, |redis| async move {
-            let keys = redis.keys("lr:*").await;
+            let mut keys = redis.keys("lr:lobby:*").await;
+            keys.extend(redis.keys("lr:node-lobbies:*").await);
             let channels = redis.channels("lr:chan:*").await;
             if keys.is_empty() && channels.is_empty() {
                 Ok(())

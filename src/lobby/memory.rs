@@ -74,6 +74,7 @@ impl LobbyStore for MemoryStore {
                 seat,
                 players,
                 capacity,
+                occupied: occupied(seats),
                 member: member.clone(),
             },
         );
@@ -93,13 +94,27 @@ impl LobbyStore for MemoryStore {
         while seats.last().is_some_and(Option::is_none) {
             seats.pop();
         }
-        let players = seats.iter().flatten().count() as u8;
+        let occupied = occupied(seats);
+        let players = occupied.len() as u8;
         if players == 0 {
             lobbies.remove(lobby);
         }
-        self.hub.dispatch(lobby, LobbyEvent::Left { seat, players });
+        self.hub.dispatch(
+            lobby,
+            LobbyEvent::Left {
+                seat,
+                players,
+                occupied,
+            },
+        );
         Ok(())
     }
+
+    fn is_healthy(&self) -> bool {
+        true
+    }
+
+    async fn goodbye(&self) {}
 
     async fn publish(
         &self,
@@ -110,4 +125,12 @@ impl LobbyStore for MemoryStore {
         lobby.dispatch(LobbyEvent::Relay { from_seat, message });
         Ok(())
     }
+}
+
+/// The numbers of the seats that hold a member.
+fn occupied(seats: &[Option<MemberId>]) -> Vec<u8> {
+    (1..)
+        .zip(seats)
+        .filter_map(|(seat, member)| member.as_ref().map(|_| seat))
+        .collect()
 }

@@ -30,15 +30,21 @@ pub type MemberId = Arc<str>;
 /// Something that happened in a lobby, in the lobby's order.
 #[derive(Debug, Clone)]
 pub enum LobbyEvent {
-    /// `member` took `seat`; the lobby now has `players` of `capacity`.
+    /// `member` took `seat`; the lobby now has `players` of `capacity`, in
+    /// the seats `occupied`.
     Joined {
         seat: u8,
         players: u8,
         capacity: u8,
+        occupied: Vec<u8>,
         member: MemberId,
     },
-    /// The member in `seat` left; `players` remain.
-    Left { seat: u8, players: u8 },
+    /// The member in `seat` left; `players` remain, in the seats `occupied`.
+    Left {
+        seat: u8,
+        players: u8,
+        occupied: Vec<u8>,
+    },
     /// A game message from the member in `from_seat`, relayed byte for byte.
     Relay { from_seat: u8, message: Message },
 }
@@ -95,6 +101,13 @@ pub trait LobbyStore: Send + Sync + 'static {
         member: &MemberId,
         seat: u8,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether the store can serve right now (for `/readyz`).
+    fn is_healthy(&self) -> bool;
+
+    /// The node is shutting down and its members have left: remove what the
+    /// store holds about the node itself.
+    fn goodbye(&self) -> impl Future<Output = ()> + Send;
 
     /// Relays a game message to the other members of `lobby`.
     fn publish(

@@ -1,0 +1,156 @@
+//! The bytes of a lobby event on a pub/sub channel: one tag byte, then the
+//! fields below. `J` and `L` are written by the Lua scripts, `T` and `B` by
+//! the node's publisher.
+//!
+//! - `T` from_seat payload: a text game message, payload as sent
+//! - `B` from_seat payload: a binary game message, payload as sent
+//! - `J` seat players capacity occupied[players] member: a join
+//! - `L` seat players occupied[players]: a leave
+
+use bytes::Bytes;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::lobby::LobbyEvent;
+
+pub const TEXT: u8 = b'T';
+pub const BINARY: u8 = b'B';
+pub const JOINED: u8 = b'J';
+pub const LEFT: u8 = b'L';
+
+/// The envelope of a game message from `from_seat`; `None` for frames that
+/// are not relayed (control frames).
+pub fn encode_relay(from_seat: u8, message: &Message) -> Option<Vec<u8>> {
+    let (tag, data): (u8, &[u8]) = match message {
+        Message::Text(text) => (TEXT, text.as_bytes()),
+        Message::Binary(data) => (BINARY, data),
+        _ => return None,
+    };
+    let mut payload = Vec::with_capacity(2 + data.len());
+    payload.push(tag);
+    payload.push(from_seat);
+    payload.extend_from_slice(data);
+    Some(payload)
+}
+
+/// Reads one envelope; `None` if it is not one.
+pub fn decode(payload: &[u8]) -> Option<LobbyEvent> {
+    let (&tag, rest) = payload.split_first()?;
+    match tag {
+        TEXT => {
+            let (&from_seat, data) = rest.split_first()?;
+            let text = Utf8Bytes::try_from(Bytes::copy_from_slice(data)).ok()?;
+            Some(LobbyEvent::Relay {
+                from_seat,
+                message: Message::Text(text),
+            })
+        }
+        BINARY => {
+            let (&from_seat, data) = rest.split_first()?;
+            Some(LobbyEvent::Relay {
+                from_seat,
+                message: Message::Binary(Bytes::copy_from_slice(data)),
+            })
+        }
+        JOINED => match rest {
+            [seat, players, capacity, more @ ..] if more.len() >= usize::from(*players) => {
+                let (occupied, member) = more.split_at(usize::from(*players));
+                Some(LobbyEvent::Joined {
+                    seat: *seat,
+                    players: *players,
+                    capacity: *capacity,
+                    occupied: sorted(occupied),
+                    member: std::str::from_utf8(member).ok()?.into(),
+                })
+            }
+            _ => None,
+        },
+        LEFT => match rest {
+            [seat, players, occupied @ ..] if occupied.len() == usize::from(*players) => {
+                Some(LobbyEvent::Left {
+                    seat: *seat,
+                    players: *players,
+                    occupied: sorted(occupied),
+                })
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn sorted(seats: &[u8]) -> Vec<u8> {
+    let mut seats = seats.to_vec();
+    seats.sort_unstable();
+    seats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relayed_messages_round_trip() {
+        let text = Message::text(r#"{"type":"x"}"#);
+        match decode(&encode_relay(2, &text).unwrap()) {
+            Some(LobbyEvent::Relay {
+                from_seat: 2,
+                message,
+            }) => assert_eq!(message, text),
+            other => panic!("{other:?}"),
+        }
+        let binary = Message::binary(vec![0u8, 255]);
+        match decode(&encode_relay(1, &binary).unwrap()) {
+            Some(LobbyEvent::Relay {
+                from_seat: 1,
+                message,
+            }) => assert_eq!(message, binary),
+            other => panic!("{other:?}"),
+        }
+        assert!(encode_relay(1, &Message::Ping(Bytes::new())).is_none());
+    }
+
+    #[test]
+    fn decodes_script_events() {
+        match decode(b"J\x02\x02\x02\x02\x01node-a/7.1") {
+            Some(LobbyEvent::Joined {
+                seat: 2,
+                players: 2,
+                capacity: 2,
+                occupied,
+                member,
+            }) => {
+                assert_eq!(occupied, [1, 2]);
+                assert_eq!(&*member, "node-a/7.1");
+            }
+            other => panic!("{other:?}"),
+        }
+        match decode(b"L\x01\x01\x02") {
+            Some(LobbyEvent::Left {
+                seat: 1,
+                players: 1,
+                occupied,
+            }) => assert_eq!(occupied, [2]),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decode(b"L\x01\x00"),
+            Some(LobbyEvent::Left { players: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_anything_else() {
+        for bad in [
+            &b""[..],
+            b"T",
+            b"T\x01\xff\xfe",
+            b"J\x01",
+            b"J\x01\x02\x02\x01",
+            b"L\x01",
+            b"L\x01\x02\x01",
+            b"X\x01\x01",
+        ] {
+            assert!(decode(bad).is_none(), "{bad:?}");
+        }
+    }
+}

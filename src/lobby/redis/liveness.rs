@@ -1,0 +1,335 @@
+//! Node liveness: heartbeats, reaping dead nodes, and re-registering this
+//! node's seats after an outage.
+//!
+//! - Every `node_timeout / 3` a node renews `lr:node:<node key>` (expiring
+//!   after `node_timeout`) and lists itself in `lr:nodes`.
+//! - Every `node_timeout / 3` each node looks for listed nodes whose
+//!   heartbeat has expired, marks each one reaped (`lr:reaped:<node key>`),
+//!   and removes its members from the lobbies of its index
+//!   (`lr:node-lobbies:<node key>`) with `reap.lua`, which publishes a leave
+//!   event for each: the other players get `playerLeft`. Reaping is
+//!   idempotent, so several nodes may do it at once. Bound: a dead node's
+//!   players are gone at most `node_timeout + node_timeout / 3` (plus a
+//!   round trip) after its last heartbeat.
+//! - When this node finds itself marked reaped (it was cut off from Redis for
+//!   longer than `node_timeout`), every seat it held is lost: its members get
+//!   `seat_lost` and are disconnected, and it starts a new incarnation.
+//!   Reaped members are never resurrected.
+//! - When the lobby store comes back after an outage without this node
+//!   having been reaped (a Redis restart, a short cut), the node re-registers
+//!   each seat it holds with `claim.lua`: a seat still its own or free is
+//!   kept, a seat taken by someone else is lost. Then, once every live node
+//!   has had the time to do the same, it compares each lobby's seats with
+//!   what its members were told and makes up the missed events.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::{NODES_KEY, Shared, channel, lobby_key, node_key, node_lobbies_key, reaped_key, timed};
+use crate::identity::is_member_of;
+use crate::lobby::{LobbyEvent, StoreError};
+
+/// How long a reaped mark stays: longer than any cut worth coming back from.
+const REAPED_MARK_SECS: u64 = 3600;
+
+/// Renews this node's heartbeat, notices outages and recoveries, and
+/// re-registers after them.
+pub(super) async fn run_heartbeat(shared: Arc<Shared>) {
+    let every = shared.settings.node_timeout / 3;
+    let ttl_ms = shared.settings.node_timeout.as_millis() as u64;
+    let mut failures = 0u32;
+    let mut resync_due = false;
+    loop {
+        let key = shared.identity.key();
+        let info = serde_json::json!({
+            "node_id": shared.identity.node_id(),
+            "version": env!("CARGO_PKG_VERSION"),
+        })
+        .to_string();
+        let mut conn = shared.conn();
+        let beat = timed(
+            redis::pipe()
+                .cmd("SET")
+                .arg(node_key(&key))
+                .arg(info)
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore()
+                .cmd("SADD")
+                .arg(NODES_KEY)
+                .arg(&*key)
+                .ignore()
+                .cmd("EXISTS")
+                .arg(reaped_key(&key))
+                .query_async::<(bool,)>(&mut conn),
+        )
+        .await;
+        match beat {
+            Ok((reaped,)) => {
+                if failures > 0 {
+                    tracing::info!(after_failures = failures, "lobby store reachable again");
+                    resync_due = true;
+                }
+                failures = 0;
+                shared.commands_ok.store(true, Ordering::Relaxed);
+                if reaped {
+                    lose_everything(&shared, &key);
+                    continue; // announce the new incarnation at once
+                }
+                if resync_due {
+                    match resync(&shared).await {
+                        Ok(()) => {
+                            resync_due = false;
+                            let later = shared.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(later.settings.node_timeout).await;
+                                if let Err(e) = reconcile(&later).await {
+                                    tracing::warn!(error = %e, "reconciling lobbies failed");
+                                }
+                            });
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "re-registering seats failed; will retry")
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                shared.commands_ok.store(false, Ordering::Relaxed);
+                if failures == 1 {
+                    tracing::warn!(error = %e, "heartbeat failed: lobby store unreachable");
+                }
+                if failures % 2 == 0 {
+                    // A connection that stops answering may be dead without
+                    // the OS knowing: start a fresh one.
+                    shared.reconnect();
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shared.resync.notified() => resync_due = true,
+        }
+    }
+}
+
+/// Another node presumed this one dead and reaped its members: give up every
+/// seat of the old incarnation and start a new one.
+fn lose_everything(shared: &Shared, key: &str) {
+    let mut lost = 0;
+    for lobby in shared.hub.lobbies() {
+        for (member, _seat) in lobby.seated() {
+            if is_member_of(&member, key) {
+                lobby.lose(&member);
+                lost += 1;
+            }
+        }
+    }
+    let fresh = shared.identity.renew();
+    tracing::warn!(
+        old_key = key,
+        new_key = &*fresh,
+        seats_lost = lost,
+        "this node was presumed dead by the others: its seats are gone"
+    );
+}
+
+/// Re-registers every seat this node holds (Redis may have lost them).
+async fn resync(shared: &Shared) -> Result<(), StoreError> {
+    let key = shared.identity.key();
+    let index = node_lobbies_key(&key);
+    let mut conn = shared.conn();
+    let (mut kept, mut reclaimed, mut lost) = (0, 0, 0);
+    for lobby in shared.hub.lobbies() {
+        for (member, seat) in lobby.seated() {
+            if !is_member_of(&member, &key) {
+                lobby.lose(&member);
+                lost += 1;
+                continue;
+            }
+            let outcome: i64 = timed(
+                shared
+                    .scripts
+                    .claim
+                    .key(lobby_key(&lobby.hex))
+                    .key(&index)
+                    .arg(seat)
+                    .arg(&*member)
+                    .arg(shared.settings.lobby_capacity)
+                    .arg(&*lobby.hex)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+            match outcome {
+                1 => kept += 1,
+                2 => reclaimed += 1,
+                _ => {
+                    lobby.lose(&member);
+                    lost += 1;
+                }
+            }
+        }
+    }
+    tracing::info!(kept, reclaimed, lost, "re-registered this node's seats");
+    Ok(())
+}
+
+/// Compares each local lobby's seats in Redis with the last event its
+/// members saw, and delivers the joins and leaves they missed.
+async fn reconcile(shared: &Shared) -> Result<(), StoreError> {
+    let mut conn = shared.conn();
+    for lobby in shared.hub.lobbies() {
+        let seats: Vec<u8> = timed(
+            redis::cmd("HKEYS")
+                .arg(lobby_key(&lobby.hex))
+                .query_async(&mut conn),
+        )
+        .await?;
+        let mut actual = seats;
+        actual.sort_unstable();
+        let known = lobby.occupied();
+        if known == actual {
+            continue;
+        }
+        let players = actual.len() as u8;
+        for &seat in known.iter().filter(|s| !actual.contains(s)) {
+            lobby.dispatch(LobbyEvent::Left {
+                seat,
+                players,
+                occupied: actual.clone(),
+            });
+        }
+        for &seat in actual.iter().filter(|s| !known.contains(s)) {
+            lobby.dispatch(LobbyEvent::Joined {
+                seat,
+                players,
+                capacity: shared.settings.lobby_capacity,
+                occupied: actual.clone(),
+                member: "".into(),
+            });
+        }
+        tracing::info!(
+            lobby = &lobby.hex[..8],
+            ?known,
+            ?actual,
+            "delivered missed joins and leaves"
+        );
+    }
+    Ok(())
+}
+
+/// Looks for nodes whose heartbeat expired and reaps them.
+pub(super) async fn run_reaper(shared: Arc<Shared>) {
+    let every = shared.settings.node_timeout / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        if !shared.commands_ok.load(Ordering::Relaxed) {
+            continue; // cut off ourselves: nobody to judge
+        }
+        if let Err(e) = reap_dead_nodes(&shared).await {
+            tracing::warn!(error = %e, "looking for dead nodes failed");
+        }
+    }
+}
+
+async fn reap_dead_nodes(shared: &Shared) -> Result<(), StoreError> {
+    let me = shared.identity.key();
+    let mut conn = shared.conn();
+    let nodes: Vec<String> =
+        timed(redis::cmd("SMEMBERS").arg(NODES_KEY).query_async(&mut conn)).await?;
+    let others: Vec<&String> = nodes.iter().filter(|n| n.as_str() != &*me).collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for node in &others {
+        pipe.cmd("EXISTS").arg(node_key(node));
+    }
+    let alive: Vec<bool> = timed(pipe.query_async(&mut conn)).await?;
+    for (node, alive) in others.into_iter().zip(alive) {
+        if !alive {
+            reap(shared, node).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes every member of a dead node from its lobbies.
+async fn reap(shared: &Shared, node: &str) -> Result<(), StoreError> {
+    let mut conn = shared.conn();
+    timed(
+        redis::cmd("SET")
+            .arg(reaped_key(node))
+            .arg(shared.identity.key().as_ref())
+            .arg("EX")
+            .arg(REAPED_MARK_SECS)
+            .query_async::<()>(&mut conn),
+    )
+    .await?;
+    let lobbies: Vec<String> = timed(
+        redis::cmd("SMEMBERS")
+            .arg(node_lobbies_key(node))
+            .query_async(&mut conn),
+    )
+    .await?;
+    let prefix = format!("{node}.");
+    let mut removed = 0i64;
+    for hex in &lobbies {
+        removed += timed(
+            shared
+                .scripts
+                .reap
+                .key(lobby_key(hex))
+                .arg(&prefix)
+                .arg(channel(hex))
+                .invoke_async::<i64>(&mut conn),
+        )
+        .await?;
+    }
+    timed(
+        redis::pipe()
+            .cmd("DEL")
+            .arg(node_lobbies_key(node))
+            .ignore()
+            .cmd("SREM")
+            .arg(NODES_KEY)
+            .arg(node)
+            .ignore()
+            .query_async::<()>(&mut conn),
+    )
+    .await?;
+    tracing::warn!(
+        node,
+        lobbies = lobbies.len(),
+        members = removed,
+        "reaped a dead node"
+    );
+    Ok(())
+}
+
+/// Removes this node's own records when it shuts down (its members have
+/// left by then).
+pub(super) async fn goodbye(shared: &Shared) {
+    let key = shared.identity.key();
+    let mut conn = shared.conn();
+    let done = timed(
+        redis::pipe()
+            .cmd("DEL")
+            .arg(node_key(&key))
+            .ignore()
+            .cmd("DEL")
+            .arg(node_lobbies_key(&key))
+            .ignore()
+            .cmd("SREM")
+            .arg(NODES_KEY)
+            .arg(&*key)
+            .ignore()
+            .query_async::<()>(&mut conn),
+    )
+    .await;
+    match done {
+        Ok(()) => tracing::info!("said goodbye to the lobby store"),
+        Err(e) => tracing::warn!(error = %e, "could not say goodbye to the lobby store"),
+    }
+}
