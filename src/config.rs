@@ -87,8 +87,17 @@ pub struct ServeArgs {
     #[arg(long, env = "LOBBY_RELAY_NODE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub node_timeout: Duration,
 
-    /// On SIGTERM/SIGINT, how long to wait for connections to close (1012)
-    /// and leave their lobbies before exiting anyway.
+    /// On SIGTERM/SIGINT, how long the node reports not-ready (`/readyz`:
+    /// 503) while still serving its connections, before it closes them with
+    /// 1012, so that a load balancer stops sending players to it first. Set
+    /// it to the load balancer's time to mark a server down (HAProxy's
+    /// `inter` x `fall`); counts toward --shutdown-timeout. E.g. `2s`.
+    #[arg(long, env = "LOBBY_RELAY_DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
+
+    /// On SIGTERM/SIGINT, how long the whole drain may take (the drain delay,
+    /// then connections closing with 1012 and leaving their lobbies) before
+    /// the node exits anyway.
     #[arg(long, env = "LOBBY_RELAY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 }
@@ -103,6 +112,7 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_timeout: Duration,
+    pub drain_delay: Duration,
     pub node_timeout: Duration,
 }
 
@@ -120,6 +130,7 @@ impl ServeArgs {
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections as usize,
             shutdown_timeout: self.shutdown_timeout,
+            drain_delay: self.drain_delay,
             node_timeout: self.node_timeout,
         }
     }

@@ -77,27 +77,34 @@ pub async fn run<S: LobbyStore>(
         _ = accepting => {}
     }
     server.node.start_draining();
-    tracing::info!(
-        connections = server.sessions.len(),
-        "draining: closing connections with 1012"
-    );
-    server.stop.cancel();
-    server.sessions.close();
-    // Keep answering health checks (readyz: 503) while the sessions end.
+    let deadline = tokio::time::Instant::now() + server.node.config.shutdown_timeout;
+    // Keep answering health checks (readyz: 503) until the end.
     let drained = async {
-        tokio::select! {
-            _ = server.sessions.wait() => {}
-            _ = accept_loop(&listener, &server) => {}
+        let delay = server.node.config.drain_delay;
+        if !delay.is_zero() {
+            tracing::info!(
+                ?delay,
+                "draining: reporting not-ready before closing connections"
+            );
+            tokio::time::sleep(delay).await;
         }
-    };
-    if tokio::time::timeout(server.node.config.shutdown_timeout, drained)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            remaining = server.sessions.len(),
-            "shutdown deadline passed with connections still open"
+        tracing::info!(
+            connections = server.sessions.len(),
+            "draining: closing connections with 1012"
         );
+        server.stop.cancel();
+        server.sessions.close();
+        server.sessions.wait().await;
+    };
+    tokio::select! {
+        _ = drained => {}
+        _ = accept_loop(&listener, &server) => {}
+        _ = tokio::time::sleep_until(deadline) => {
+            tracing::warn!(
+                remaining = server.sessions.len(),
+                "shutdown deadline passed with connections still open"
+            );
+        }
     }
     server.node.store.goodbye().await;
 }
