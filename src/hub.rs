@@ -75,6 +75,11 @@ impl Hub {
             .clone()
     }
 
+    /// The local lobby for `id`, if this node has members in it.
+    pub fn get(&self, id: &LobbyId) -> Option<Arc<LocalLobby>> {
+        self.lock().get(id).cloned()
+    }
+
     /// Drops a retired lobby from the map (if it is still the one there).
     pub fn forget(&self, lobby: &Arc<LocalLobby>) {
         let mut map = self.lock();

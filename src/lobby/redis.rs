@@ -21,8 +21,9 @@
 mod envelope;
 mod liveness;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -125,6 +126,11 @@ struct Shared {
     /// Wakes the heartbeat task to re-register this node's seats (the
     /// pub/sub connection came back: Redis may have restarted).
     resync: Notify,
+    /// Leaves that failed (Redis away) and are being retried, per lobby: the
+    /// lobby stays in the node's index meanwhile, so that the seat is reaped
+    /// should the node die before the retry succeeds.
+    pending_leaves: Mutex<HashMap<LobbyId, usize>>,
+    stop: CancellationToken,
 }
 
 struct Scripts {
@@ -163,6 +169,74 @@ impl Shared {
         self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Runs `leave.lua` once.
+    async fn leave_once(&self, hex: &str, member: &MemberId, seat: u8) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let _remaining: i64 = timed(
+            self.scripts
+                .leave
+                .key(lobby_key(hex))
+                .arg(seat)
+                .arg(&**member)
+                .arg(channel(hex))
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Retries a failed leave in the background until it goes through (or
+    /// ten minutes have passed: by then the seat has been reaped or
+    /// re-registered by someone else). A seat must not stay taken by a
+    /// player who is gone.
+    fn retry_leave(self: &Arc<Self>, lobby: LobbyId, member: MemberId, seat: u8) {
+        *self
+            .pending_leaves
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(lobby)
+            .or_default() += 1;
+        let shared = self.clone();
+        let retry = async move {
+            let hex = lobby.to_string();
+            let mut backoff = Duration::from_millis(250);
+            let give_up = tokio::time::Instant::now() + Duration::from_secs(600);
+            while tokio::time::Instant::now() < give_up {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                if shared.leave_once(&hex, &member, seat).await.is_ok() {
+                    tracing::info!(lobby = &hex[..8], seat, "delayed leave went through");
+                    break;
+                }
+            }
+            let forget = {
+                let mut pending = shared
+                    .pending_leaves
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let Some(count) = pending.get_mut(&lobby) {
+                    *count -= 1;
+                    if *count == 0 {
+                        pending.remove(&lobby);
+                    }
+                }
+                !pending.contains_key(&lobby) && shared.hub.get(&lobby).is_none()
+            };
+            if forget {
+                let index = node_lobbies_key(&shared.identity.key());
+                let mut conn = shared.conn();
+                let _ = timed(
+                    redis::cmd("SREM")
+                        .arg(index)
+                        .arg(&hex)
+                        .query_async::<()>(&mut conn),
+                )
+                .await;
+            }
+        };
+        tokio::spawn(self.stop.clone().run_until_cancelled_owned(retry));
+    }
+
     /// Drops the command connection and starts a fresh one.
     fn reconnect(&self) {
         match connection_manager(&self.client) {
@@ -197,8 +271,10 @@ impl RedisStore {
             commands_ok: AtomicBool::new(false),
             pubsub_ok: AtomicBool::new(false),
             resync: Notify::new(),
+            pending_leaves: Mutex::default(),
+            stop: CancellationToken::new(),
         });
-        let stop = CancellationToken::new();
+        let stop = shared.stop.clone();
         let (publisher, queue) = mpsc::channel(PUBLISH_QUEUE);
         let (sink_slot, sink) = watch::channel(None);
         let tasks = [
@@ -319,20 +395,14 @@ impl LobbyStore for RedisStore {
         let (tx, rx) = oneshot::channel();
         self.enqueue(PublishOp::Barrier(tx)).await?;
         rx.await.map_err(|_| StoreError::Closed)?;
-        let hex = lobby.to_string();
-        let mut conn = self.shared.conn();
-        let _remaining: i64 = timed(
-            self.shared
-                .scripts
-                .leave
-                .key(lobby_key(&hex))
-                .arg(seat)
-                .arg(&**member)
-                .arg(channel(&hex))
-                .invoke_async(&mut conn),
-        )
-        .await?;
-        Ok(())
+        let result = self
+            .shared
+            .leave_once(&lobby.to_string(), member, seat)
+            .await;
+        if result.is_err() {
+            self.shared.retry_leave(*lobby, member.clone(), seat);
+        }
+        result
     }
 
     fn is_healthy(&self) -> bool {
