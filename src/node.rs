@@ -132,7 +132,10 @@ impl<S: LobbyStore> Node<S> {
                 // Seated, but our own join event never came back (the
                 // subscription broke): undo rather than play half-connected.
                 let _ = self.leave(membership).await;
-                Err(StoreError::Protocol("the join event did not arrive".into()).into())
+                Err(StoreError::Unreachable(
+                    "the join event did not come back from the lobby store",
+                )
+                .into())
             }
         }
     }

@@ -65,6 +65,8 @@ pub enum StoreError {
     Redis(#[from] ::redis::RedisError),
     #[error("the lobby store is shutting down")]
     Closed,
+    #[error("the lobby store cannot be reached: {0}")]
+    Unreachable(&'static str),
     #[error("the lobby store answered something unexpected: {0}")]
     Protocol(String),
 }

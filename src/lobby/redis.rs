@@ -334,7 +334,7 @@ impl Drop for RedisStore {
 async fn timed<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
     match tokio::time::timeout(RESPONSE_TIMEOUT, fut).await {
         Ok(result) => Ok(result?),
-        Err(_) => Err(StoreError::Protocol("Redis did not answer in time".into())),
+        Err(_) => Err(StoreError::Unreachable("Redis did not answer in time")),
     }
 }
 
