@@ -2,9 +2,12 @@
 //! one place. `lobby-relay serve --help` prints this.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+
+use crate::limits::JoinLimit;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -75,6 +78,29 @@ pub struct ServeArgs {
     #[arg(long, env = "LOBBY_RELAY_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
+    /// Messages (text or binary frames) a connection may send per second on
+    /// average. Excess messages are dropped with one `rate_limited` error; a
+    /// connection that keeps flooding (more than 5 seconds' worth of drops)
+    /// is closed with 1008. A 60 Hz game sends 60.
+    #[arg(long, env = "LOBBY_RELAY_MESSAGE_RATE", default_value_t = NonZeroU32::new(120).expect("120"))]
+    pub message_rate: NonZeroU32,
+
+    /// Messages a connection may send at once above --message-rate (a client
+    /// catching up after a stall).
+    #[arg(long, env = "LOBBY_RELAY_MESSAGE_BURST", default_value_t = NonZeroU32::new(240).expect("240"))]
+    pub message_burst: NonZeroU32,
+
+    /// Joins a client address may attempt per minute, across the whole
+    /// cluster (against passphrase guessing). Excess joins get
+    /// `rate_limited` and join nothing. Players behind one carrier NAT
+    /// share an address: keep it well above what one player needs.
+    #[arg(long, env = "LOBBY_RELAY_JOIN_RATE", default_value_t = NonZeroU32::new(30).expect("30"))]
+    pub join_rate: NonZeroU32,
+
+    /// Joins a client address may attempt at once above --join-rate.
+    #[arg(long, env = "LOBBY_RELAY_JOIN_BURST", default_value_t = NonZeroU32::new(10).expect("10"))]
+    pub join_burst: NonZeroU32,
+
     /// Most connections this node serves at once; further ones are closed at
     /// once with 1013 ("try again later").
     #[arg(long, env = "LOBBY_RELAY_MAX_CONNECTIONS", default_value_t = 20000)]
@@ -111,6 +137,9 @@ pub struct Config {
     pub outbound_queue_bytes: usize,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    pub message_rate: NonZeroU32,
+    pub message_burst: NonZeroU32,
+    pub join_limit: JoinLimit,
     pub shutdown_timeout: Duration,
     pub drain_delay: Duration,
     pub node_timeout: Duration,
@@ -129,6 +158,12 @@ impl ServeArgs {
             outbound_queue_bytes: self.outbound_queue_bytes as usize,
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections as usize,
+            message_rate: self.message_rate,
+            message_burst: self.message_burst,
+            join_limit: JoinLimit {
+                per_minute: self.join_rate,
+                burst: self.join_burst,
+            },
             shutdown_timeout: self.shutdown_timeout,
             drain_delay: self.drain_delay,
             node_timeout: self.node_timeout,

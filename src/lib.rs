@@ -17,12 +17,14 @@
 //! - [`node`]: join, leave and relay, the same for every lobby store.
 //! - [`hub`]: this node's members of each lobby, and delivery to them.
 //! - [`identity`]: the node's key and member ids in lobby records.
+//! - [`limits`]: message and join rate limits.
 //! - [`lobby`]: the lobby store interface, with [`lobby::memory`] and
 //!   [`lobby::redis`].
 
 pub mod config;
 pub mod hub;
 pub mod identity;
+pub mod limits;
 pub mod lobby;
 pub mod node;
 pub mod outbox;

@@ -196,7 +196,7 @@ impl<S: LobbyStore> Server<S> {
         let span = tracing::info_span!("conn", id = next_connection(), %peer);
         match permit {
             Some(permit) => {
-                let session = self.clone().session(ws).instrument(span);
+                let session = self.clone().session(ws, peer.ip()).instrument(span);
                 self.sessions.track_future(session).await;
                 drop(permit);
             }
@@ -209,13 +209,17 @@ impl<S: LobbyStore> Server<S> {
         }
     }
 
-    async fn session(self: Arc<Self>, ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>) {
+    async fn session(
+        self: Arc<Self>,
+        ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
+        client: std::net::IpAddr,
+    ) {
         use futures_util::StreamExt;
         tracing::debug!(event = "connect", "connected");
         let (sink, frames) = ws.split();
         let (outbox, inbox) = outbox::channel(self.node.config.outbound_queue_bytes);
         let writer = tokio::spawn(outbox::run_writer(sink, inbox).in_current_span());
-        let reason = Session::new(self.node.clone(), outbox)
+        let reason = Session::new(self.node.clone(), outbox, client)
             .run(frames, self.stop.clone())
             .await;
         // The session and its outbox are gone: the writer sends what is

@@ -10,6 +10,7 @@
 //! A session handles its frames one after the other, so a sender's messages
 //! keep their order from here on.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt};
@@ -18,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+use crate::limits::{MessageLimiter, Verdict};
 use crate::lobby::LobbyStore;
 use crate::node::{JoinError, Membership, Node};
 use crate::outbox::Outbox;
@@ -33,12 +35,16 @@ pub enum EndReason {
     Shutdown,
     Aborted,
     ReadError,
+    Flooding,
 }
 
 /// The state of one connection.
 pub struct Session<S> {
     node: Arc<Node<S>>,
     outbox: Outbox,
+    /// The client's address (behind a trusted proxy: the real one).
+    client: IpAddr,
+    limiter: MessageLimiter,
     membership: Option<Membership>,
 }
 
@@ -52,10 +58,13 @@ enum Request {
 }
 
 impl<S: LobbyStore> Session<S> {
-    pub fn new(node: Arc<Node<S>>, outbox: Outbox) -> Self {
+    pub fn new(node: Arc<Node<S>>, outbox: Outbox, client: IpAddr) -> Self {
+        let limiter = MessageLimiter::new(node.config.message_rate, node.config.message_burst);
         Self {
             node,
             outbox,
+            client,
+            limiter,
             membership: None,
         }
     }
@@ -107,6 +116,25 @@ impl<S: LobbyStore> Session<S> {
                 Ok(Some(Ok(frame))) => frame,
             };
             pinged = false;
+            if matches!(frame, Message::Text(_) | Message::Binary(_)) {
+                match self.limiter.check() {
+                    Verdict::Allow => {}
+                    Verdict::Drop => continue,
+                    Verdict::DropAndTell => {
+                        let text = format!(
+                            "more than {} messages a second: messages are dropped until you slow down",
+                            self.node.config.message_rate
+                        );
+                        self.refuse(ErrorCode::RateLimited, &text).await;
+                        continue;
+                    }
+                    Verdict::Close => {
+                        tracing::info!(event = "flood", "closing a connection that keeps flooding");
+                        self.outbox.close(CloseCode::Policy, "rate limit exceeded");
+                        break EndReason::Flooding;
+                    }
+                }
+            }
             match frame {
                 Message::Text(text) => self.on_text(text).await,
                 Message::Binary(_) => self.on_game_message(frame).await,
@@ -149,6 +177,36 @@ impl<S: LobbyStore> Session<S> {
                     "this connection is already in a lobby; leave it first",
                 )
                 .await;
+        }
+        match self
+            .node
+            .store
+            .admit_join(self.client, self.node.config.join_limit)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(
+                    event = "join_refused",
+                    lobby = lobby.short(),
+                    reason = "rate_limited",
+                    "too many joins from this address"
+                );
+                let text = format!(
+                    "too many joins from your address (at most {} a minute); wait a little",
+                    self.node.config.join_limit.per_minute
+                );
+                return self.refuse(ErrorCode::RateLimited, &text).await;
+            }
+            Err(e) => {
+                tracing::warn!(event = "join_refused", lobby = lobby.short(), error = %e, "lobby store unavailable");
+                return self
+                    .refuse(
+                        ErrorCode::Unavailable,
+                        "lobbies are unavailable right now; try again",
+                    )
+                    .await;
+            }
         }
         match self.node.join(lobby, &self.outbox).await {
             Ok(membership) => {

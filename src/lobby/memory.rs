@@ -6,12 +6,16 @@
 //! local lobby: the sender's task delivers them, in the order it read them.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use governor::DefaultKeyedRateLimiter;
 
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{JoinOutcome, LobbyEvent, LobbyStore, MemberId, StoreError};
 use crate::hub::{Hub, LocalLobby};
+use crate::limits::JoinLimit;
 use crate::passphrase::LobbyId;
 
 /// Lobbies held in this process.
@@ -20,6 +24,9 @@ pub struct MemoryStore {
     hub: Arc<Hub>,
     /// Seat `i` of a lobby is `seats[i - 1]`; a lobby with no member is removed.
     lobbies: Mutex<HashMap<LobbyId, Vec<Option<MemberId>>>>,
+    /// Join attempts per client address (the limit is the same for the whole
+    /// life of the node, so the limiter is made on first use).
+    joins: OnceLock<DefaultKeyedRateLimiter<IpAddr>>,
 }
 
 impl MemoryStore {
@@ -27,6 +34,7 @@ impl MemoryStore {
         Self {
             hub,
             lobbies: Mutex::default(),
+            joins: OnceLock::new(),
         }
     }
 
@@ -108,6 +116,17 @@ impl LobbyStore for MemoryStore {
             },
         );
         Ok(())
+    }
+
+    async fn admit_join(&self, client: IpAddr, limit: JoinLimit) -> Result<bool, StoreError> {
+        let joins = self
+            .joins
+            .get_or_init(|| DefaultKeyedRateLimiter::keyed(limit.quota()));
+        let admitted = joins.check_key(&client).is_ok();
+        if joins.len() > 10_000 {
+            joins.retain_recent();
+        }
+        Ok(admitted)
     }
 
     fn is_healthy(&self) -> bool {

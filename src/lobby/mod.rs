@@ -16,11 +16,13 @@ pub mod memory;
 pub mod redis;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::hub::LocalLobby;
+use crate::limits::JoinLimit;
 use crate::passphrase::LobbyId;
 
 /// A member's identity in a lobby's records: `<node id>/<connection id>`.
@@ -103,6 +105,14 @@ pub trait LobbyStore: Send + Sync + 'static {
         member: &MemberId,
         seat: u8,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Counts a join attempt from `client` against the cluster-wide join
+    /// limit; `false` if it is over the limit.
+    fn admit_join(
+        &self,
+        client: IpAddr,
+        limit: JoinLimit,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Whether the store can serve right now (for `/readyz`).
     fn is_healthy(&self) -> bool;

@@ -22,6 +22,7 @@ mod envelope;
 mod liveness;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -35,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use super::{JoinOutcome, LobbyStore, MemberId, StoreError};
 use crate::hub::{Hub, LocalLobby};
 use crate::identity::Identity;
+use crate::limits::JoinLimit;
 use crate::passphrase::LobbyId;
 
 /// Prefix of every Redis key and channel of lobby-relay.
@@ -70,6 +72,11 @@ pub fn node_lobbies_key(node: &str) -> String {
 /// its seats are gone.
 pub fn reaped_key(node: &str) -> String {
     format!("lr:reaped:{node}")
+}
+
+/// The join limit's state for one client address (expires by itself).
+pub fn join_rate_key(client: IpAddr) -> String {
+    format!("lr:rate:join:{client}")
 }
 
 /// The lobby of a channel name, if it is one of ours.
@@ -134,6 +141,7 @@ struct Shared {
 }
 
 struct Scripts {
+    gcra: redis::Script,
     join: redis::Script,
     leave: redis::Script,
     reap: redis::Script,
@@ -263,6 +271,7 @@ impl RedisStore {
             hub,
             settings,
             scripts: Scripts {
+                gcra: redis::Script::new(include_str!("gcra.lua")),
                 join: redis::Script::new(include_str!("join.lua")),
                 leave: redis::Script::new(include_str!("leave.lua")),
                 reap: redis::Script::new(include_str!("reap.lua")),
@@ -403,6 +412,21 @@ impl LobbyStore for RedisStore {
             self.shared.retry_leave(*lobby, member.clone(), seat);
         }
         result
+    }
+
+    async fn admit_join(&self, client: IpAddr, limit: JoinLimit) -> Result<bool, StoreError> {
+        let mut conn = self.shared.conn();
+        let admitted: i64 = timed(
+            self.shared
+                .scripts
+                .gcra
+                .key(join_rate_key(client))
+                .arg(limit.interval().as_micros() as u64)
+                .arg(limit.burst.get())
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        Ok(admitted == 1)
     }
 
     fn is_healthy(&self) -> bool {

@@ -371,6 +371,17 @@ impl Node {
                 command.env_remove(key);
             }
         }
+        // The behavioural tests send far faster than a game (1,000 messages
+        // at once, 50 joins a second from one address): lift the abuse limits
+        // unless a test sets them with a flag (a flag wins over these).
+        for var in [
+            "LOBBY_RELAY_MESSAGE_RATE",
+            "LOBBY_RELAY_MESSAGE_BURST",
+            "LOBBY_RELAY_JOIN_RATE",
+            "LOBBY_RELAY_JOIN_BURST",
+        ] {
+            command.env(var, "1000000");
+        }
         // `info` shows the `listening` line; TEST_RUST_LOG asks for more.
         let filter = std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".to_owned());
         command
