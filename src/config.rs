@@ -113,6 +113,21 @@ pub struct ServeArgs {
     #[arg(long, env = "LOBBY_RELAY_NODE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub node_timeout: Duration,
 
+    /// Longest time a client may take to send its HTTP request (the
+    /// WebSocket handshake); a client that trickles bytes is cut off.
+    #[arg(long, env = "LOBBY_RELAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Most connections one client address may hold on this node; further
+    /// ones are closed at once with 1013. Players behind one carrier NAT
+    /// share an address.
+    #[arg(
+        long,
+        env = "LOBBY_RELAY_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 100
+    )]
+    pub max_connections_per_address: u32,
+
     /// On SIGTERM/SIGINT, how long the node reports not-ready (`/readyz`:
     /// 503) while still serving its connections, before it closes them with
     /// 1012, so that a load balancer stops sending players to it first. Set
@@ -137,6 +152,8 @@ pub struct Config {
     pub outbound_queue_bytes: usize,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_address: u32,
+    pub handshake_timeout: Duration,
     pub message_rate: NonZeroU32,
     pub message_burst: NonZeroU32,
     pub join_limit: JoinLimit,
@@ -158,6 +175,8 @@ impl ServeArgs {
             outbound_queue_bytes: self.outbound_queue_bytes as usize,
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections as usize,
+            max_connections_per_address: self.max_connections_per_address,
+            handshake_timeout: self.handshake_timeout,
             message_rate: self.message_rate,
             message_burst: self.message_burst,
             join_limit: JoinLimit {

@@ -6,7 +6,7 @@
 //! in Redis (`gcra.lua`), without it in this process.
 
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
@@ -15,10 +15,11 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 pub enum Verdict {
     /// Within the limit: handle it.
     Allow,
-    /// Over the limit: drop it, and tell the client (`rate_limited`) since
-    /// this is the first message dropped in a row.
+    /// Over the limit: drop it, and tell the client (`rate_limited`): the
+    /// first drop, or the first one more than a second after the last time
+    /// it was told.
     DropAndTell,
-    /// Over the limit: drop it silently (the client was already told).
+    /// Over the limit: drop it silently (the client was told recently).
     Drop,
     /// The connection keeps flooding: close it (1008).
     Close,
@@ -31,8 +32,11 @@ pub enum Verdict {
 pub struct MessageLimiter {
     messages: DefaultDirectRateLimiter,
     drops: DefaultDirectRateLimiter,
-    told: bool,
+    told_at: Option<Instant>,
 }
+
+/// At most one `rate_limited` error per this period.
+const TELL_EVERY: Duration = Duration::from_secs(1);
 
 impl MessageLimiter {
     pub fn new(rate: NonZeroU32, burst: NonZeroU32) -> Self {
@@ -44,24 +48,25 @@ impl MessageLimiter {
         Self {
             messages: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             drops: RateLimiter::direct(Quota::per_second(refill).allow_burst(tolerance)),
-            told: false,
+            told_at: None,
         }
     }
 
     /// Judges one incoming message.
     pub fn check(&mut self) -> Verdict {
         if self.messages.check().is_ok() {
-            self.told = false;
             return Verdict::Allow;
         }
         if self.drops.check().is_err() {
             return Verdict::Close;
         }
-        if self.told {
-            Verdict::Drop
-        } else {
-            self.told = true;
-            Verdict::DropAndTell
+        let now = Instant::now();
+        match self.told_at {
+            Some(at) if now.duration_since(at) < TELL_EVERY => Verdict::Drop,
+            _ => {
+                self.told_at = Some(now);
+                Verdict::DropAndTell
+            }
         }
     }
 }

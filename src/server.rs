@@ -11,9 +11,10 @@
 //! - `GET /readyz`: 200 when the node can serve (its lobby store is reachable
 //!   and it is not draining), 503 otherwise. Load balancers route by it.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,8 +51,8 @@ const READ_BUFFER: usize = 4 * 1024;
 /// Frames are gathered up to this many bytes before a write to the socket;
 /// the writer flushes after each batch anyway.
 const WRITE_BUFFER: usize = 8 * 1024;
-/// Longest time a client may take to send its HTTP request.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest HTTP request head accepted (a WebSocket handshake needs ~1 KiB).
+const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 type Body = Full<Bytes>;
 
@@ -67,6 +68,7 @@ pub async fn run<S: LobbyStore>(
     let server = Arc::new(Server {
         ws_config: websocket_config(node.config.max_message_bytes),
         permits: Arc::new(Semaphore::new(node.config.max_connections)),
+        addresses: Arc::default(),
         stop: CancellationToken::new(),
         sessions: TaskTracker::new(),
         node,
@@ -115,6 +117,9 @@ struct Server<S> {
     ws_config: WebSocketConfig,
     /// One per WebSocket connection: `--max-connections`.
     permits: Arc<Semaphore>,
+    /// WebSocket connections per client address:
+    /// `--max-connections-per-address`.
+    addresses: Arc<Mutex<HashMap<IpAddr, u32>>>,
     /// Cancelled when the node drains: every session closes with 1012.
     stop: CancellationToken,
     /// The running sessions, waited for when draining.
@@ -151,6 +156,39 @@ pub fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message_bytes))
 }
 
+/// One of a client address's connections; given back on drop.
+struct AddressSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    address: IpAddr,
+}
+
+impl AddressSlot {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, u32>>>, address: IpAddr, max: u32) -> Option<Self> {
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = map.entry(address).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            counts: counts.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = map.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.address);
+            }
+        }
+    }
+}
+
 /// An accepted upgrade, handed from the HTTP service to the connection task.
 struct Upgrade {
     on_upgrade: OnUpgrade,
@@ -170,14 +208,20 @@ impl<S: LobbyStore> Server<S> {
                 async move { Ok::<_, Infallible>(response) }
             })
         };
-        let served = http1::Builder::new()
+        let serving = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
+            .header_read_timeout(self.node.config.handshake_timeout)
+            .max_buf_size(MAX_HEADER_BYTES)
             .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades()
-            .await;
-        if let Err(e) = served {
-            tracing::debug!(%peer, error = %e, "HTTP connection failed");
+            .with_upgrades();
+        // The whole HTTP phase is bounded, silent clients included.
+        match tokio::time::timeout(self.node.config.handshake_timeout, serving).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTP connection failed"),
+            Err(_) => {
+                tracing::debug!(%peer, "handshake timed out");
+                return;
+            }
         }
         let Some(Upgrade { on_upgrade, permit }) =
             upgrade.lock().unwrap_or_else(|e| e.into_inner()).take()
@@ -194,17 +238,31 @@ impl<S: LobbyStore> Server<S> {
         )
         .await;
         let span = tracing::info_span!("conn", id = next_connection(), %peer);
-        match permit {
-            Some(permit) => {
+        let slot = AddressSlot::take(
+            &self.addresses,
+            peer.ip(),
+            self.node.config.max_connections_per_address,
+        );
+        match (permit, slot) {
+            (Some(permit), Some(slot)) => {
                 let session = self.clone().session(ws, peer.ip()).instrument(span);
                 self.sessions.track_future(session).await;
-                drop(permit);
+                drop((permit, slot));
             }
-            None => {
-                let _entered = span.enter();
-                tracing::warn!("connection limit reached: closing with 1013");
-                drop(_entered);
+            (None, _) => {
+                span.in_scope(|| tracing::warn!("connection limit reached: closing with 1013"));
                 close_at_once(ws, CloseCode::Again, "too many connections").await;
+            }
+            (_, None) => {
+                span.in_scope(|| {
+                    tracing::warn!("connection limit per address reached: closing with 1013")
+                });
+                close_at_once(
+                    ws,
+                    CloseCode::Again,
+                    "too many connections from your address",
+                )
+                .await;
             }
         }
     }

@@ -379,6 +379,7 @@ impl Node {
             "LOBBY_RELAY_MESSAGE_BURST",
             "LOBBY_RELAY_JOIN_RATE",
             "LOBBY_RELAY_JOIN_BURST",
+            "LOBBY_RELAY_MAX_CONNECTIONS_PER_ADDRESS",
         ] {
             command.env(var, "1000000");
         }
@@ -920,6 +921,15 @@ impl Sender {
 
     pub async fn send_text(&mut self, text: &str) {
         self.send(Message::text(text)).await
+    }
+
+    /// Sends a text frame, returning the error instead of panicking (for a
+    /// client that expects to be cut off while it sends).
+    pub async fn try_send_text(&mut self, text: &str) -> Result<(), tungstenite::Error> {
+        match tokio::time::timeout(RECV_TIMEOUT, self.sink.send(Message::text(text))).await {
+            Ok(result) => result,
+            Err(_) => Err(tungstenite::Error::ConnectionClosed),
+        }
     }
 
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {

@@ -1,0 +1,225 @@
+//! Abuse limits, played by an attacker: a flooding connection, passphrase
+//! guessing across nodes, too many connections, a handshake that trickles.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Client, Cluster, assert_error, pair};
+use tokio_tungstenite::tungstenite::Message;
+
+macro_rules! both_flavours {
+    ($test:ident => $redis:ident, $memory:ident, args: [$($arg:expr),* $(,)?]) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $redis() {
+            support::run(Cluster::redis_with(&[$($arg),*]), $test).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $memory() {
+            support::run(Cluster::memory_with(&[$($arg),*]), $test).await;
+        }
+    };
+}
+
+fn numbered(n: u32) -> String {
+    format!(r#"{{"type":"tick","n":{n}}}"#)
+}
+
+fn number_of(text: &str) -> u32 {
+    let value: Value = serde_json::from_str(text).expect("JSON");
+    value["n"].as_u64().expect("n") as u32
+}
+
+both_flavours!(flooding_is_limited_then_closed
+    => flooding_is_limited_then_closed_redis, flooding_is_limited_then_closed_memory,
+    args: ["--message-rate", "50", "--message-burst", "50"]);
+/// At twice the rate, the peer keeps receiving at the limit and the sender
+/// gets one `rate_limited` a second at most; a flood closes the sender with
+/// 1008; another lobby notices nothing.
+async fn flooding_is_limited_then_closed(c: Cluster) {
+    let (a, mut b) = pair(&c, &format!("flood-{}", support::unique())).await;
+    let (mut c1, mut c2) = pair(&c, &format!("bystanders-{}", support::unique())).await;
+    let (mut a_tx, mut a_rx) = a.split();
+
+    // Two seconds at 100 messages a second, twice the limit.
+    let started = Instant::now();
+    for n in 0..200 {
+        a_tx.send_text(&numbered(n)).await;
+        tokio::time::sleep_until((started + Duration::from_millis(10 * (n as u64 + 1))).into())
+            .await;
+    }
+    let mut received = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), b.recv()).await {
+            Ok(Message::Text(text)) => received.push(number_of(text.as_str())),
+            Ok(other) => panic!("B: unexpected {other:?}"),
+            Err(_) => break,
+        }
+    }
+    // Burst 50 + 50/s for ~2 s, with some slack for timing.
+    assert!(
+        (120..=165).contains(&received.len()),
+        "B received {} of 200 messages at twice the limit",
+        received.len()
+    );
+    assert!(
+        received.windows(2).all(|w| w[0] < w[1]),
+        "in order: {received:?}"
+    );
+    let mut errors = 0;
+    while let Ok(message) = tokio::time::timeout(Duration::from_millis(200), a_rx.recv()).await {
+        let value: Value = serde_json::from_str(message.to_text().expect("text")).expect("JSON");
+        assert_error("A", &value, "rate_limited");
+        errors += 1;
+    }
+    assert!(
+        (1..=3).contains(&errors),
+        "one rate_limited a second at most, got {errors}"
+    );
+
+    // A flood: closed with 1008 (policy violation); B sees A leave.
+    let flood = tokio::spawn(async move {
+        for n in 0..5000 {
+            if a_tx.try_send_text(&numbered(1000 + n)).await.is_err() {
+                break;
+            }
+        }
+    });
+    a_rx.expect_close(1008).await;
+    let _ = flood.await;
+    loop {
+        let message = b.recv_json().await;
+        if message["type"] == "playerLeft" {
+            assert_eq!(message, json!({"type":"playerLeft","players":1,"seat":1}));
+            break;
+        }
+        assert_eq!(message["type"], "tick", "B: {message}");
+    }
+    // The other lobby was never disturbed.
+    c1.send_text(&numbered(1)).await;
+    c2.expect_text(&numbered(1)).await;
+    c2.send_text(&numbered(2)).await;
+    c1.expect_text(&numbered(2)).await;
+    b.assert_open().await;
+}
+
+both_flavours!(join_guessing_is_limited
+    => join_guessing_is_limited_redis, join_guessing_is_limited_memory,
+    args: ["--join-rate", "6", "--join-burst", "3"]);
+/// Joins from one address, alternating between the two nodes: the burst
+/// passes, then every join gets `rate_limited` and joins nothing, on either
+/// node (with Redis the limit holds for the cluster, not per node).
+async fn join_guessing_is_limited(c: Cluster) {
+    let mut clients = vec![
+        Client::connect(&c.url_a(), "G-a").await,
+        Client::connect(&c.url_b(), "G-b").await,
+    ];
+    for attempt in 0..3 {
+        let guesser = &mut clients[attempt % 2];
+        guesser
+            .send_join(&format!("guess-{attempt}-{}", support::unique()))
+            .await;
+        let reply = guesser.recv_json().await;
+        assert_eq!(reply["type"], "joined", "attempt {attempt}: {reply}");
+        guesser.leave().await;
+    }
+    for attempt in 3..7 {
+        let guesser = &mut clients[attempt % 2];
+        guesser
+            .send_join(&format!("guess-{attempt}-{}", support::unique()))
+            .await;
+        guesser.expect_error("rate_limited").await;
+        guesser.assert_open().await;
+    }
+    if let Some(redis) = c.redis_probe().await {
+        assert_eq!(redis.keys("lr:lobby:*").await, Vec::<String>::new());
+        assert_eq!(
+            redis.keys("lr:rate:join:*").await,
+            ["lr:rate:join:127.0.0.1"]
+        );
+    }
+}
+
+both_flavours!(connections_above_the_node_cap_are_refused
+    => connections_above_the_node_cap_are_refused_redis, connections_above_the_node_cap_are_refused_memory,
+    args: ["--max-connections", "3"]);
+/// The fourth connection to a node capped at 3 is closed with 1013; the
+/// first three keep working, and a freed place can be taken again.
+async fn connections_above_the_node_cap_are_refused(c: Cluster) {
+    let mut first = Client::connect(&c.url_a(), "1").await;
+    let mut second = Client::connect(&c.url_a(), "2").await;
+    let mut third = Client::connect(&c.url_a(), "3").await;
+    let mut fourth = Client::connect(&c.url_a(), "4").await;
+    fourth.expect_close(1013).await;
+    for client in [&mut first, &mut second, &mut third] {
+        client.assert_open().await;
+    }
+    third.close().await;
+    let mut again = Client::connect(&c.url_a(), "5").await;
+    again.assert_open().await;
+}
+
+both_flavours!(connections_above_the_address_cap_are_refused
+    => connections_above_the_address_cap_are_refused_redis, connections_above_the_address_cap_are_refused_memory,
+    args: ["--max-connections-per-address", "2"]);
+/// A third connection from one address is closed with 1013; the first two
+/// keep working.
+async fn connections_above_the_address_cap_are_refused(c: Cluster) {
+    let mut first = Client::connect(&c.url_a(), "1").await;
+    let mut second = Client::connect(&c.url_a(), "2").await;
+    let mut third = Client::connect(&c.url_a(), "3").await;
+    third.expect_close(1013).await;
+    first.assert_open().await;
+    second.assert_open().await;
+}
+
+both_flavours!(trickled_handshake_is_cut_off
+    => trickled_handshake_is_cut_off_redis, trickled_handshake_is_cut_off_memory,
+    args: ["--handshake-timeout", "1s"]);
+/// Slowloris: a request sent one byte every 100 ms, and a connection that
+/// sends nothing, are both closed at the handshake timeout.
+async fn trickled_handshake_is_cut_off(c: Cluster) {
+    let addr = c.addr_a();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut silent = std::net::TcpStream::connect(addr).expect("connect");
+        let mut trickle = std::net::TcpStream::connect(addr).expect("connect");
+        trickle
+            .set_write_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        let started = Instant::now();
+        let request =
+            b"GET / HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
+        let mut cut_after = None;
+        for byte in request.iter().cycle().take(60) {
+            if trickle.write_all(&[*byte]).is_err() {
+                cut_after = Some(started.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        silent
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        let silent_closed = matches!(silent.read(&mut buf), Ok(0) | Err(_));
+        (cut_after, silent_closed, started.elapsed())
+    })
+    .await
+    .expect("thread");
+    let (cut_after, silent_closed, elapsed) = outcome;
+    let cut_after = cut_after.expect("the trickling client was never cut off (6 s)");
+    assert!(
+        cut_after < Duration::from_secs(3),
+        "cut off after {cut_after:?}, handshake timeout 1 s"
+    );
+    assert!(
+        silent_closed,
+        "a silent connection was still open after {elapsed:?}"
+    );
+    // The node still serves.
+    let mut client = Client::connect(&c.url_a(), "after").await;
+    client.assert_open().await;
+}
