@@ -113,7 +113,7 @@ both_flavours!(join_guessing_is_limited
 /// passes, then every join gets `rate_limited` and joins nothing, on either
 /// node (with Redis the limit holds for the cluster, not per node).
 async fn join_guessing_is_limited(c: Cluster) {
-    let mut clients = vec![
+    let mut clients = [
         Client::connect(&c.url_a(), "G-a").await,
         Client::connect(&c.url_b(), "G-b").await,
     ];
