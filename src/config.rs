@@ -118,6 +118,22 @@ pub struct ServeArgs {
     #[arg(long, env = "LOBBY_RELAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
+    /// Browser origins allowed to connect, comma-separated, e.g.
+    /// `https://play.example.com,https://example.com`. When set, a WebSocket
+    /// upgrade with any other `Origin` header is refused with 403. Native
+    /// clients send no `Origin` and are always let in. Default: any.
+    #[arg(long, env = "LOBBY_RELAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// A server-side secret: lobby ids become HMAC-SHA-256(secret,
+    /// passphrase) instead of SHA-256(passphrase), so that a copy of Redis
+    /// does not give passphrases away to a dictionary attack. Every node of a
+    /// cluster (and `inspect`) needs the same one; changing it moves every
+    /// lobby. Prefer the environment variable to the flag (flags show in
+    /// `ps`).
+    #[arg(long, env = "LOBBY_RELAY_LOBBY_SECRET", hide_env_values = true)]
+    pub lobby_secret: Option<Secret>,
+
     /// Most connections one client address may hold on this node; further
     /// ones are closed at once with 1013. Players behind one carrier NAT
     /// share an address.
@@ -153,6 +169,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_address: u32,
+    pub allowed_origins: Vec<String>,
+    pub lobby_secret: Option<Secret>,
     pub handshake_timeout: Duration,
     pub message_rate: NonZeroU32,
     pub message_burst: NonZeroU32,
@@ -176,6 +194,13 @@ impl ServeArgs {
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections as usize,
             max_connections_per_address: self.max_connections_per_address,
+            allowed_origins: self
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            lobby_secret: self.lobby_secret.clone(),
             handshake_timeout: self.handshake_timeout,
             message_rate: self.message_rate,
             message_burst: self.message_burst,
@@ -200,6 +225,33 @@ impl Default for Config {
             serve: ServeArgs,
         }
         Defaults::parse_from(["lobby-relay"]).serve.config()
+    }
+}
+
+/// A secret that never shows in logs or `Debug` output.
+#[derive(Clone)]
+pub struct Secret(std::sync::Arc<[u8]>);
+
+impl Secret {
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.len() < 16 {
+            return Err("use at least 16 characters".into());
+        }
+        Ok(Self(s.as_bytes().into()))
     }
 }
 

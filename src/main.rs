@@ -4,7 +4,7 @@ use std::io::Read;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use lobby_relay::config::{LogFormat, ServeArgs};
+use lobby_relay::config::{LogFormat, Secret, ServeArgs};
 use lobby_relay::lobby::redis::{channel, lobby_key};
 use lobby_relay::passphrase::LobbyId;
 
@@ -34,6 +34,10 @@ enum Command {
         /// Redis to read the lobby's members from.
         #[arg(long, env = "LOBBY_RELAY_REDIS_URL")]
         redis_url: Option<String>,
+        /// The nodes' --lobby-secret, if they use one (lobby ids are then
+        /// HMACs of the passphrase).
+        #[arg(long, env = "LOBBY_RELAY_LOBBY_SECRET", hide_env_values = true)]
+        lobby_secret: Option<Secret>,
     },
 }
 
@@ -45,7 +49,8 @@ fn main() -> ExitCode {
         Some(Command::Inspect {
             passphrase,
             redis_url,
-        }) => inspect(passphrase, redis_url),
+            lobby_secret,
+        }) => inspect(passphrase, redis_url, lobby_secret),
     }
 }
 
@@ -147,7 +152,11 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-fn inspect(passphrase: Option<String>, redis_url: Option<String>) -> ExitCode {
+fn inspect(
+    passphrase: Option<String>,
+    redis_url: Option<String>,
+    secret: Option<Secret>,
+) -> ExitCode {
     let passphrase = match passphrase.as_deref() {
         Some(p) if p != "-" => p.to_owned(),
         _ => {
@@ -159,7 +168,7 @@ fn inspect(passphrase: Option<String>, redis_url: Option<String>) -> ExitCode {
             input
         }
     };
-    let id = match LobbyId::from_passphrase(&passphrase) {
+    let id = match LobbyId::from_passphrase_keyed(&passphrase, secret.as_ref().map(Secret::bytes)) {
         Ok(id) => id,
         Err(e) => {
             eprintln!("lobby-relay: invalid passphrase: {e}");

@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 /// Shortest accepted passphrase, in characters, after normalisation.
@@ -63,10 +64,29 @@ pub fn normalize(raw: &str) -> Result<String, PassphraseError> {
 pub struct LobbyId([u8; 32]);
 
 impl LobbyId {
-    /// Normalises, validates and hashes a passphrase as typed by a player.
+    /// Normalises, validates and hashes a passphrase as typed by a player:
+    /// SHA-256 of the normalised passphrase.
     pub fn from_passphrase(raw: &str) -> Result<Self, PassphraseError> {
+        Self::from_passphrase_keyed(raw, None)
+    }
+
+    /// Like [`LobbyId::from_passphrase`], but with a server-side secret the
+    /// id is HMAC-SHA-256(secret, normalised passphrase): a copy of Redis
+    /// then does not give passphrases away to a dictionary attack.
+    pub fn from_passphrase_keyed(
+        raw: &str,
+        secret: Option<&[u8]>,
+    ) -> Result<Self, PassphraseError> {
         let normalized = normalize(raw)?;
-        Ok(Self(Sha256::digest(normalized.as_bytes()).into()))
+        Ok(Self(match secret {
+            None => Sha256::digest(normalized.as_bytes()).into(),
+            Some(secret) => {
+                let mut mac =
+                    Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
+                mac.update(normalized.as_bytes());
+                mac.finalize().into_bytes().into()
+            }
+        }))
     }
 
     /// Parses the 64-character hex form (as found in a Redis key or channel).
@@ -163,6 +183,17 @@ mod tests {
         assert_eq!(id.to_string().len(), 64);
         assert_eq!(LobbyId::from_hex(&id.to_string()), Some(id));
         assert_eq!(id.short(), id.to_string()[..8]);
+    }
+
+    #[test]
+    fn a_secret_turns_the_id_into_an_hmac() {
+        // printf %s jump-rocket | openssl dgst -sha256 -hmac s3cret
+        let id = LobbyId::from_passphrase_keyed("Jump-Rocket", Some(b"s3cret")).unwrap();
+        assert_eq!(
+            id.to_string(),
+            "dbdd3acb8ebf4597dc944c9f9cfea91601592c60ba05948a4054e1b49ca9a28e"
+        );
+        assert_ne!(id, LobbyId::from_passphrase("jump-rocket").unwrap());
     }
 
     #[test]

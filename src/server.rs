@@ -316,6 +316,9 @@ impl<S: LobbyStore> Server<S> {
                         "this node is shutting down: connect again\n",
                     );
                 }
+                if !self.origin_allowed(&request) {
+                    return text(StatusCode::FORBIDDEN, "this origin may not connect\n");
+                }
                 let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
                     return text(
                         StatusCode::BAD_REQUEST,
@@ -339,6 +342,24 @@ impl<S: LobbyStore> Server<S> {
                 StatusCode::NOT_FOUND,
                 "not found: WebSocket on / or /ws; health on /healthz and /readyz\n",
             ),
+        }
+    }
+}
+
+impl<S> Server<S> {
+    /// With `--allowed-origins`, only those origins (or none: native
+    /// clients) may upgrade.
+    fn origin_allowed(&self, request: &Request<Incoming>) -> bool {
+        let allowed = &self.node.config.allowed_origins;
+        if allowed.is_empty() {
+            return true;
+        }
+        match request.headers().get(header::ORIGIN) {
+            None => true,
+            Some(origin) => origin.to_str().is_ok_and(|origin| {
+                let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+                allowed.contains(&origin)
+            }),
         }
     }
 }

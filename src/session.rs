@@ -149,7 +149,8 @@ impl<S: LobbyStore> Session<S> {
     async fn on_text(&mut self, text: Utf8Bytes) {
         let request = match protocol::parse_text(&text) {
             Ok(ClientMessage::Join { passphrase }) => {
-                Request::Join(LobbyId::from_passphrase(&passphrase))
+                let secret = self.node.config.lobby_secret.as_ref().map(|s| s.bytes());
+                Request::Join(LobbyId::from_passphrase_keyed(&passphrase, secret))
             }
             Ok(ClientMessage::Leave) => Request::Leave,
             Ok(ClientMessage::Ping { t }) => Request::Reply(protocol::pong(t)),

@@ -1,0 +1,126 @@
+//! Origin allowlist and lobby-key hardening.
+
+mod support;
+
+use std::process::Command;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use support::{Client, Cluster, pair};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+async fn connect_with_origin(url: &str, origin: Option<&str>) -> Result<(), u16> {
+    let mut request = url.into_client_request().expect("request");
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("Origin", HeaderValue::from_str(origin).expect("header"));
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => Ok(()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("unexpected failure: {e}"),
+    }
+}
+
+/// With `--allowed-origins`, a browser page from another origin is refused
+/// with 403; the allowed origin and native clients (no Origin) get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowed_origins_may_connect() {
+    let c = Cluster::memory_with(&[
+        "--allowed-origins",
+        "https://play.example.com,https://example.com/",
+    ]);
+    let url = c.url_a();
+    assert_eq!(
+        connect_with_origin(&url, Some("https://evil.example.net")).await,
+        Err(403)
+    );
+    assert_eq!(
+        connect_with_origin(&url, Some("http://play.example.com")).await,
+        Err(403)
+    );
+    assert_eq!(
+        connect_with_origin(&url, Some("https://play.example.com")).await,
+        Ok(())
+    );
+    assert_eq!(
+        connect_with_origin(&url, Some("https://Example.com")).await,
+        Ok(())
+    );
+    assert_eq!(connect_with_origin(&url, None).await, Ok(()));
+}
+
+/// Without an allowlist any origin may connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_origin_by_default() {
+    let c = Cluster::memory();
+    assert_eq!(
+        connect_with_origin(&c.url_a(), Some("https://anywhere.example")).await,
+        Ok(())
+    );
+}
+
+const SECRET: &str = "a-secret-of-the-studio";
+
+/// With `--lobby-secret`, the lobby key in Redis is the HMAC of the
+/// passphrase, the plain SHA-256 appears nowhere, players still meet across
+/// nodes, and `lobby-relay inspect` with the same secret finds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lobby_secret_hardens_the_keys() {
+    let c = Cluster::redis_with(&["--lobby-secret", SECRET]);
+    let passphrase = format!("hardened-{}", support::unique());
+    let (mut a, mut b) = pair(&c, &passphrase).await;
+    a.send_text(r#"{"type":"hello"}"#).await;
+    b.expect_text(r#"{"type":"hello"}"#).await;
+
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(passphrase.as_bytes());
+    let hmac: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let redis = c.redis_probe().await.expect("redis");
+    assert_eq!(
+        redis.keys("lr:lobby:*").await,
+        [format!("lr:lobby:{{{hmac}}}")]
+    );
+    let plain = support::lobby_id(&passphrase);
+    for item in redis.everything().await {
+        assert!(
+            !item.contains(&plain),
+            "the plain SHA-256 is in Redis: {item}"
+        );
+    }
+
+    let redis_url = c.redis_server().expect("redis").url();
+    let run = |secret: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lobby-relay"));
+        command
+            .args(["inspect", &passphrase, "--redis-url", &redis_url])
+            .env_remove("LOBBY_RELAY_LOBBY_SECRET");
+        if let Some(secret) = secret {
+            command.env("LOBBY_RELAY_LOBBY_SECRET", secret);
+        }
+        let output = command.output().expect("inspect runs");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).expect("utf-8")
+    };
+    let found = run(Some(SECRET));
+    assert!(found.contains(&hmac), "{found}");
+    assert!(
+        found.contains("seat 1: a/") && found.contains("seat 2: b/"),
+        "{found}"
+    );
+    let without = run(None);
+    assert!(without.contains("no members"), "{without}");
+
+    drop(a);
+    let mut c1 = Client::connect(&c.url_b(), "C").await;
+    c1.assert_open().await;
+}
