@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -25,6 +26,16 @@ pub struct ServeArgs {
     /// `/ws`).
     #[arg(long, env = "LOBBY_RELAY_LISTEN", default_value = "0.0.0.0:8765")]
     pub listen: SocketAddr,
+
+    /// Serve `wss://` directly with this PEM certificate chain (needs
+    /// --tls-key). Without it the relay speaks plain `ws://`, for a load
+    /// balancer that terminates TLS.
+    #[arg(long, env = "LOBBY_RELAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "LOBBY_RELAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 
     /// Redis to share lobbies with other nodes, e.g. `redis://127.0.0.1:6379/`
     /// (`rediss://` for TLS). Without it the node runs alone, with lobbies in
@@ -171,6 +182,8 @@ pub struct Config {
     pub max_connections_per_address: u32,
     pub allowed_origins: Vec<String>,
     pub lobby_secret: Option<Secret>,
+    /// Certificate chain and key files, when serving `wss://` directly.
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub handshake_timeout: Duration,
     pub message_rate: NonZeroU32,
     pub message_burst: NonZeroU32,
@@ -201,6 +214,7 @@ impl ServeArgs {
                 .filter(|o| !o.is_empty())
                 .collect(),
             lobby_secret: self.lobby_secret.clone(),
+            tls: self.tls_cert.clone().zip(self.tls_key.clone()),
             handshake_timeout: self.handshake_timeout,
             message_rate: self.message_rate,
             message_burst: self.message_burst,

@@ -13,6 +13,7 @@
 //!   [`passphrase::LobbyId`]; nothing past it sees a passphrase.
 //! - [`server`]: the accept loop, the WebSocket upgrade, graceful shutdown.
 //! - [`session`]: one connection: read, answer, relay.
+//! - [`tls`]: `wss://` served directly (rustls).
 //! - [`outbox`]: a connection's bounded outbound queue and batching writer.
 //! - [`node`]: join, leave and relay, the same for every lobby store.
 //! - [`hub`]: this node's members of each lobby, and delivery to them.
@@ -32,6 +33,7 @@ pub mod passphrase;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,6 +48,15 @@ use crate::lobby::memory::MemoryStore;
 use crate::lobby::redis::{RedisSettings, RedisStore};
 use crate::node::Node;
 
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use the Redis URL: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot serve TLS: {0}")]
+    Tls(String),
+}
+
 /// Runs a relay node on `listener` until `shutdown` resolves: with lobbies in
 /// Redis when `redis_url` is given, in memory otherwise.
 pub async fn serve(
@@ -53,7 +64,11 @@ pub async fn serve(
     config: Config,
     redis_url: Option<&str>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), StoreError> {
+) -> Result<(), StartError> {
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(tls::acceptor(cert, key).map_err(StartError::Tls)?),
+        None => None,
+    };
     let hub = Arc::new(Hub::default());
     let identity = Arc::new(Identity::new(&config.node_id));
     tracing::info!(node_key = &*identity.key(), "node identity");
@@ -66,12 +81,12 @@ pub async fn serve(
             };
             let store = RedisStore::start(settings, hub.clone(), identity.clone())?;
             let node = Node::new(config, hub, store, identity);
-            server::run(listener, Arc::new(node), shutdown).await;
+            server::run(listener, Arc::new(node), tls, shutdown).await;
         }
         None => {
             let store = MemoryStore::new(hub.clone());
             let node = Node::new(config, hub, store, identity);
-            server::run(listener, Arc::new(node), shutdown).await;
+            server::run(listener, Arc::new(node), tls, shutdown).await;
         }
     }
     Ok(())

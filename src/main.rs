@@ -85,10 +85,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         } else {
             "memory"
         };
+        let scheme = if args.tls_cert.is_some() { "wss" } else { "ws" };
         tracing::info!(
             addr,
             node_id = config.node_id,
             store,
+            scheme,
             capacity = config.lobby_capacity,
             version = env!("CARGO_PKG_VERSION"),
             "listening"
@@ -106,8 +108,8 @@ fn serve(args: ServeArgs) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot start the lobby store");
-                eprintln!("lobby-relay: cannot use the Redis URL: {e}");
+                tracing::error!(error = %e, "cannot start");
+                eprintln!("lobby-relay: {e}");
                 ExitCode::FAILURE
             }
         }

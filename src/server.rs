@@ -27,7 +27,7 @@ use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -63,9 +63,11 @@ type Body = Full<Bytes>;
 pub async fn run<S: LobbyStore>(
     listener: TcpListener,
     node: Arc<Node<S>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let server = Arc::new(Server {
+        tls,
         ws_config: websocket_config(node.config.max_message_bytes),
         permits: Arc::new(Semaphore::new(node.config.max_connections)),
         addresses: Arc::default(),
@@ -120,6 +122,8 @@ struct Server<S> {
     /// WebSocket connections per client address:
     /// `--max-connections-per-address`.
     addresses: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    /// Set when serving `wss://` directly.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     /// Cancelled when the node drains: every session closes with 1012.
     stop: CancellationToken,
     /// The running sessions, waited for when draining.
@@ -142,7 +146,19 @@ async fn accept_loop<S: LobbyStore>(listener: &TcpListener, server: &Arc<Server<
         backoff = Duration::from_millis(5);
         let _ = stream.set_nodelay(true);
         let server = server.clone();
-        tokio::spawn(async move { server.connection(stream, peer).await });
+        tokio::spawn(async move {
+            match server.tls.clone() {
+                None => server.connection(stream, peer).await,
+                Some(tls) => {
+                    let timeout = server.node.config.handshake_timeout;
+                    match tokio::time::timeout(timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => server.connection(stream, peer).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -198,7 +214,10 @@ struct Upgrade {
 impl<S: LobbyStore> Server<S> {
     /// Serves one TCP connection: one HTTP request (answers close it), and if it
     /// was a WebSocket upgrade, the session that follows.
-    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    async fn connection<I>(self: Arc<Self>, stream: I, peer: SocketAddr)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let upgrade: Arc<Mutex<Option<Upgrade>>> = Arc::default();
         let service = {
             let server = self.clone();

@@ -1,0 +1,688 @@
+//! The local cluster of `scripts/cluster.sh` (one Redis, three nodes, HAProxy
+//! with `deploy/haproxy.cfg`) survives the death of a node: the script is run
+//! for real, every client goes through HAProxy, and a node is killed with
+//! SIGKILL under a player.
+//!
+//! Needs `haproxy`, `redis-server` and `redis-cli` on PATH (scripts/test.sh
+//! installs them). The script gets free ports and a fresh state directory,
+//! and runs the binary cargo built for the tests (`LOBBY_RELAY_BIN`).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream as StdTcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use support::{Client, RECV_TIMEOUT, RedisProbe, TEST_TIMEOUT, game_message, lobby_key};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long `cluster.sh up` may take (it needs about a second).
+const UP_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long `cluster.sh status` may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `cluster.sh down` may take: SIGTERM, then SIGKILL after
+/// `CLUSTER_STOP_TIMEOUT` (set to 3 s below), in two rounds.
+const DOWN_TIMEOUT: Duration = Duration::from_secs(12);
+/// How long a player whose node died may keep trying to reconnect and join
+/// through HAProxy, which may still route to the dead node until its health
+/// check fails twice (`inter 1s fall 2`) and retries with redispatch meanwhile.
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long HAProxy may take to mark the killed node DOWN (about 2 s).
+const MARKED_DOWN_TIMEOUT: Duration = Duration::from_secs(6);
+
+const NODES: [&str; 3] = ["relay-1", "relay-2", "relay-3"];
+/// Every process the script starts, by the name of its pid file.
+const PROCESSES: [&str; 5] = ["redis", "relay-1", "relay-2", "relay-3", "haproxy"];
+
+// ---------------------------------------------------------------------------
+// The script
+// ---------------------------------------------------------------------------
+
+/// A cluster started by `scripts/cluster.sh up` in a private state directory.
+/// Dropping it runs `scripts/cluster.sh down` (and prints the logs if the test
+/// is failing), so that no process outlives a failed test.
+struct ScriptCluster {
+    /// Holds the script's outputs and `state/`, the `CLUSTER_DIR`.
+    base: PathBuf,
+    state: PathBuf,
+    port: u16,
+    node_ports: [u16; 3],
+    redis_port: u16,
+    stats_port: u16,
+    /// Set once `down` has run successfully.
+    down: bool,
+    runs: u32,
+}
+
+/// What one run of the script did.
+struct ScriptRun {
+    /// `None` when it was killed for taking too long.
+    status: Option<ExitStatus>,
+    output: String,
+}
+
+impl ScriptRun {
+    fn code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster.sh")
+}
+
+/// Fails the test, with the way out, when a program the script needs is not
+/// installed (the script itself would try to install it with apt-get).
+fn require_programs() {
+    for (program, arg) in [
+        ("haproxy", "-v"),
+        ("redis-server", "--version"),
+        ("redis-cli", "--version"),
+    ] {
+        match Command::new(program)
+            .arg(arg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "`{program}` is not on PATH: the cluster test runs HAProxy and Redis for real. \
+                 Run scripts/test.sh, which installs haproxy, redis-server and redis-tools, \
+                 or install them yourself (apt-get install haproxy redis-server redis-tools)."
+            ),
+            Err(e) => panic!("cannot run `{program}`: {e}"),
+        }
+    }
+}
+
+/// `N` different ports that were free a moment ago.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let mut ports = Vec::with_capacity(N);
+    while ports.len() < N {
+        let port = support::free_port();
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    ports.try_into().expect("N ports")
+}
+
+impl ScriptCluster {
+    /// Runs `cluster.sh up` on free ports, trying other ports if one was taken
+    /// meanwhile; panics if the cluster does not come up.
+    fn up() -> ScriptCluster {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("cluster-lb-{}-{nanos}", std::process::id()));
+        let state = base.join("state");
+        std::fs::create_dir_all(&base).expect("create the test's directory");
+        let mut cluster = ScriptCluster {
+            base,
+            state,
+            port: 0,
+            node_ports: [0; 3],
+            redis_port: 0,
+            stats_port: 0,
+            down: false,
+            runs: 0,
+        };
+        let mut tries = Vec::new();
+        for _ in 0..3 {
+            let [port, n1, n2, n3, redis_port, stats_port] = free_ports::<6>();
+            cluster.port = port;
+            cluster.node_ports = [n1, n2, n3];
+            cluster.redis_port = redis_port;
+            cluster.stats_port = stats_port;
+            let run = cluster.run("up", UP_TIMEOUT);
+            if run.code() == Some(0) {
+                return cluster;
+            }
+            tries.push(format!("exit {:?}, output:\n{}", run.status, run.output));
+            // Another process may have taken one of the ports between our
+            // probe and the bind (the script has stopped what it started):
+            // try new ones. Anything else is a failure.
+            if !run.output.contains("in use") {
+                break;
+            }
+        }
+        panic!(
+            "`scripts/cluster.sh up` failed:\n{}",
+            tries.join("\n---- next try ----\n")
+        );
+    }
+
+    /// Runs `scripts/cluster.sh SUBCOMMAND` with this cluster's settings,
+    /// killing it after `timeout`.
+    fn run(&mut self, subcommand: &str, timeout: Duration) -> ScriptRun {
+        self.runs += 1;
+        let out_path = self
+            .base
+            .join(format!("script-{}-{subcommand}.out", self.runs));
+        let out = std::fs::File::create(&out_path).expect("create the script's output file");
+        let err = out.try_clone().expect("clone the output file");
+        let mut command = Command::new("bash");
+        command
+            .arg(script())
+            .arg(subcommand)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        // Only this test's settings: nothing from the developer's
+        // environment may change what runs.
+        for (key, _) in std::env::vars_os() {
+            let key_text = key.to_string_lossy();
+            if key_text.starts_with("LOBBY_RELAY") || key_text.starts_with("CLUSTER_") {
+                command.env_remove(key);
+            }
+        }
+        let node_ports = self.node_ports.map(|p| p.to_string()).join(" ");
+        command
+            .env("CLUSTER_DIR", &self.state)
+            .env("CLUSTER_PORT", self.port.to_string())
+            .env("CLUSTER_NODE_PORTS", node_ports)
+            .env("CLUSTER_REDIS_PORT", self.redis_port.to_string())
+            .env("CLUSTER_STATS_PORT", self.stats_port.to_string())
+            .env("CLUSTER_STOP_TIMEOUT", "3")
+            .env("LOBBY_RELAY_BIN", env!("CARGO_BIN_EXE_lobby-relay"))
+            .env("LOBBY_RELAY_LOG", "info");
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script().display()));
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match child.try_wait().expect("wait for the script") {
+                Some(status) => break Some(status),
+                None if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+        ScriptRun { status, output }
+    }
+
+    /// Runs `down` and asserts that it succeeded.
+    fn down(&mut self) {
+        let run = self.run("down", DOWN_TIMEOUT);
+        assert_eq!(
+            run.code(),
+            Some(0),
+            "`scripts/cluster.sh down` failed (exit {:?}):\n{}",
+            run.status,
+            run.output
+        );
+        self.down = true;
+    }
+
+    fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/", self.port)
+    }
+
+    fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.redis_port)
+    }
+
+    /// The pid the script recorded for one of [`PROCESSES`].
+    fn pid(&self, name: &str) -> u32 {
+        let path = self.state.join(format!("{name}.pid"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        text.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{} holds {text:?}, not a pid: {e}", path.display()))
+    }
+
+    /// Prints the script's outputs and the tail of every log of the state
+    /// directory (shown when the test fails).
+    fn print_logs(&self) {
+        let mut files: Vec<PathBuf> = [&self.base, &self.state]
+            .iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.extension()
+                    .is_some_and(|ext| ext == "log" || ext == "out")
+            })
+            .collect();
+        files.sort();
+        for path in files {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!("---- {} (last {} lines) ----", path.display(), tail.len());
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+impl Drop for ScriptCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
+        if !self.down {
+            let run = self.run("down", DOWN_TIMEOUT);
+            if run.code() != Some(0) {
+                eprintln!(
+                    "cleanup: `scripts/cluster.sh down` failed (exit {:?}):\n{}",
+                    run.status, run.output
+                );
+            }
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.base);
+        } else {
+            eprintln!("the cluster's files stay in {}", self.base.display());
+        }
+    }
+}
+
+/// Whether a process is running (not exited, not a zombie) and its command
+/// line contains `signature`, so that a reused pid is not mistaken for it.
+fn process_running(pid: u32, signature: &str) -> bool {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    if Path::new("/proc/self").exists() {
+        let Ok(stat) = std::fs::read_to_string(proc_dir.join("stat")) else {
+            return false;
+        };
+        // "pid (comm) STATE ...": the state follows the last parenthesis.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        if matches!(state, Some('Z' | 'X') | None) {
+            return false;
+        }
+        let cmdline = std::fs::read(proc_dir.join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        cmdline.contains(signature)
+    } else {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -0 {pid} 2>/dev/null"))
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+/// What the command line of a process started by the script contains (the
+/// script checks the same before it signals a pid).
+fn signature(name: &str) -> String {
+    match name {
+        "redis" => "redis-server".to_owned(),
+        "haproxy" => "haproxy".to_owned(),
+        node => format!("--node-id {node}"),
+    }
+}
+
+fn kill_9(pid: u32) {
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -9 {pid}"))
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -9 {pid} failed: {status}");
+}
+
+/// `GET path` on 127.0.0.1:port: the status code and the body.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = StdTcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())?;
+    Some((status, body))
+}
+
+/// HAProxy's view of a node (`UP`, `DOWN`, ...) from its stats page as CSV.
+fn haproxy_server_status(stats_port: u16, node: &str) -> Option<String> {
+    let (_, csv) = http_get(stats_port, "/;csv")?;
+    csv.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(',').collect();
+        (fields.first() == Some(&"relays") && fields.get(1) == Some(&node))
+            .then(|| fields.get(17).map(|s| (*s).to_owned()))
+            .flatten()
+    })
+}
+
+// ---------------------------------------------------------------------------
+// A bare client, for the player whose connection ends without a Close frame
+// (the harness's `Client` treats that as a failure) and who must retry
+// ---------------------------------------------------------------------------
+
+type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct BareClient {
+    name: String,
+    ws: Ws,
+}
+
+impl BareClient {
+    /// One attempt to open a WebSocket through HAProxy.
+    async fn connect(url: &str, name: &str) -> Result<BareClient, String> {
+        // HAProxy's retries toward a dead node take about 3 s (1 s apart).
+        match tokio::time::timeout(
+            Duration::from_secs(8),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        {
+            Ok(Ok((ws, _response))) => Ok(BareClient {
+                name: name.to_owned(),
+                ws,
+            }),
+            Ok(Err(e)) => Err(format!("connecting to {url}: {e}")),
+            Err(_) => Err(format!("connecting to {url} timed out")),
+        }
+    }
+
+    async fn send_json(&mut self, value: Value) -> Result<(), String> {
+        tokio::time::timeout(RECV_TIMEOUT, self.ws.send(Message::text(value.to_string())))
+            .await
+            .map_err(|_| format!("{}: send timed out", self.name))?
+            .map_err(|e| format!("{}: send failed: {e}", self.name))
+    }
+
+    async fn send_text(&mut self, text: &str) {
+        let name = self.name.clone();
+        tokio::time::timeout(RECV_TIMEOUT, self.ws.send(Message::text(text)))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: send timed out"))
+            .unwrap_or_else(|e| panic!("{name}: send failed: {e}"));
+    }
+
+    /// The next data message, as text, within [`RECV_TIMEOUT`].
+    async fn recv_text(&mut self) -> Result<String, String> {
+        let next = async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
+                    Some(Ok(other)) => return Err(format!("expected a text frame, got {other:?}")),
+                    Some(Err(e)) => return Err(format!("reading failed: {e}")),
+                    None => return Err("the connection ended".to_owned()),
+                }
+            }
+        };
+        tokio::time::timeout(RECV_TIMEOUT, next)
+            .await
+            .unwrap_or_else(|_| Err(format!("nothing arrived within {RECV_TIMEOUT:?}")))
+            .map_err(|e| format!("{}: {e}", self.name))
+    }
+
+    async fn recv_json(&mut self) -> Result<Value, String> {
+        let text = self.recv_text().await?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON ({e}): {text:?}", self.name))
+    }
+
+    async fn expect_json(&mut self, expected: Value) {
+        let got = self.recv_json().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got, expected, "{}: unexpected message", self.name);
+    }
+
+    /// Waits for the connection to end: a Close frame, an error or the end of
+    /// the stream, within [`RECV_TIMEOUT`]. Any data message is a failure.
+    async fn expect_end(&mut self) -> String {
+        let name = self.name.clone();
+        let end = async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(frame))) => return format!("Close frame {frame:?}"),
+                    Some(Ok(other)) => {
+                        panic!("{name}: expected the connection to end, got {other:?}")
+                    }
+                    Some(Err(e)) => return format!("error: {e}"),
+                    None => return "end of stream".to_owned(),
+                }
+            }
+        };
+        tokio::time::timeout(RECV_TIMEOUT, end)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{name}: the connection did not end within {RECV_TIMEOUT:?} of its node's death"
+                )
+            })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The test
+// ---------------------------------------------------------------------------
+
+/// The node holding a lobby seat: member ids are `<node id>/<incarnation>.<n>`.
+async fn node_of_seat(redis: &RedisProbe, passphrase: &str, seat: &str) -> String {
+    let seats = redis.hgetall(&lobby_key(passphrase)).await;
+    let member = seats
+        .get(seat)
+        .unwrap_or_else(|| panic!("no seat {seat} in {} : {seats:?}", lobby_key(passphrase)));
+    let node = member.split_once('/').map(|(node, _)| node).unwrap_or("");
+    assert!(
+        NODES.contains(&node),
+        "member id {member:?} of seat {seat} does not start with relay-N/"
+    );
+    node.to_owned()
+}
+
+/// A passphrase no earlier run used (lobbies live only in this test's Redis,
+/// but a unique name keeps failure messages unambiguous).
+fn passphrase(what: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{what}-{}-{nanos}", support::unique())
+}
+
+/// A new player reaches a live node through HAProxy and joins `passphrase`
+/// as the first member, retrying (new connection, same passphrase) while
+/// HAProxy may still send it to the dead node.
+async fn reconnect_and_join(url: &str, passphrase: &str) -> (BareClient, u32) {
+    let deadline = tokio::time::Instant::now() + RECONNECT_TIMEOUT;
+    let mut attempts = 0;
+    let mut failures = Vec::new();
+    loop {
+        attempts += 1;
+        let attempt = async {
+            let mut client = BareClient::connect(url, "A (reconnected)").await?;
+            client
+                .send_json(json!({"type": "join", "passphrase": passphrase}))
+                .await?;
+            let reply = client.recv_json().await?;
+            if reply == json!({"type": "joined", "players": 1, "capacity": 2, "seat": 1}) {
+                Ok(client)
+            } else {
+                Err(format!("joining answered {reply}"))
+            }
+        };
+        match attempt.await {
+            Ok(client) => return (client, attempts),
+            Err(e) => failures.push(e),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "the player of the killed node could not reconnect and join through HAProxy \
+                 within {RECONNECT_TIMEOUT:?} ({attempts} attempts): {failures:#?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn survive_node_death(cluster: &mut ScriptCluster) {
+    let url = cluster.ws_url();
+    let redis = RedisProbe::connect(&cluster.redis_url()).await;
+
+    // Two players meet through HAProxy, and play.
+    let first = passphrase("lb-first");
+    let mut a = BareClient::connect(&url, "A")
+        .await
+        .unwrap_or_else(|e| panic!("A: {e}"));
+    let mut b = Client::connect(&url, "B").await;
+    a.send_json(json!({"type": "join", "passphrase": first}))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    a.expect_json(json!({"type": "joined", "players": 1, "capacity": 2, "seat": 1}))
+        .await;
+    b.send_join(&first).await;
+    b.expect_json(json!({"type": "joined", "players": 2, "capacity": 2, "seat": 2}))
+        .await;
+    a.expect_json(json!({"type": "ready", "players": 2})).await;
+    b.expect_json(json!({"type": "ready", "players": 2})).await;
+    let there = game_message("playerMove");
+    a.send_text(&there).await;
+    b.expect_text(&there).await;
+    let back = game_message("playerMove");
+    b.send_text(&back).await;
+    assert_eq!(a.recv_text().await.unwrap_or_else(|e| panic!("{e}")), back);
+
+    // Kill A's node, found through its seat in Redis.
+    let victim = node_of_seat(&redis, &first, "1").await;
+    let b_node = node_of_seat(&redis, &first, "2").await;
+    eprintln!("A is on {victim}, B on {b_node}: killing {victim}");
+    let victim_pid = cluster.pid(&victim);
+    assert!(
+        process_running(victim_pid, &signature(&victim)),
+        "{victim} (pid {victim_pid}) should be running"
+    );
+    kill_9(victim_pid);
+    let how = a.expect_end().await;
+    eprintln!("A's connection ended: {how}");
+
+    // A reconnects through HAProxy, lands on a live node and starts a new
+    // game (the old seat is freed only once the dead node is presumed dead).
+    let second = passphrase("lb-second");
+    let (mut a2, attempts) = reconnect_and_join(&url, &second).await;
+    let a2_node = node_of_seat(&redis, &second, "1").await;
+    eprintln!("A reconnected to {a2_node} after {attempts} attempt(s)");
+    assert_ne!(a2_node, victim, "A's new connection is on the dead node");
+
+    // HAProxy's health check takes the dead node out.
+    let deadline = Instant::now() + MARKED_DOWN_TIMEOUT;
+    loop {
+        let status = haproxy_server_status(cluster.stats_port, &victim);
+        if status.as_deref().is_some_and(|s| s.starts_with("DOWN")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "HAProxy did not mark {victim} DOWN within {MARKED_DOWN_TIMEOUT:?} (status {status:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // `status` reports the dead node and fails.
+    let run = cluster.run("status", STATUS_TIMEOUT);
+    assert_eq!(
+        run.code(),
+        Some(1),
+        "`cluster.sh status` with a dead node should exit 1:\n{}",
+        run.output
+    );
+    assert!(
+        run.output
+            .lines()
+            .any(|l| l.contains(&victim) && l.contains("STOPPED")),
+        "`cluster.sh status` should report {victim} STOPPED:\n{}",
+        run.output
+    );
+
+    // A fresh player joins A's new lobby, and they play.
+    let mut c = Client::connect(&url, "C").await;
+    c.send_join(&second).await;
+    c.expect_json(json!({"type": "joined", "players": 2, "capacity": 2, "seat": 2}))
+        .await;
+    a2.expect_json(json!({"type": "ready", "players": 2})).await;
+    c.expect_json(json!({"type": "ready", "players": 2})).await;
+    let c_node = node_of_seat(&redis, &second, "2").await;
+    assert_ne!(c_node, victim, "C is on the dead node");
+    let there = game_message("playerMove");
+    a2.send_text(&there).await;
+    c.expect_text(&there).await;
+    let back = game_message("playerMove");
+    c.send_text(&back).await;
+    assert_eq!(a2.recv_text().await.unwrap_or_else(|e| panic!("{e}")), back);
+
+    c.close().await;
+    drop(a2);
+    drop(b);
+}
+
+/// Brings the cluster up with the real script, kills the node under one of
+/// two players, and checks that the player gets back into a game through
+/// HAProxy; then `down` stops every process the script started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_survives_a_killed_node() {
+    let started = Instant::now();
+    require_programs();
+    let mut cluster = ScriptCluster::up();
+    let pids: Vec<(&str, u32)> = PROCESSES
+        .iter()
+        .map(|&name| (name, cluster.pid(name)))
+        .collect();
+
+    let run = cluster.run("status", STATUS_TIMEOUT);
+    assert_eq!(
+        run.code(),
+        Some(0),
+        "`cluster.sh status` right after `up` should exit 0:\n{}",
+        run.output
+    );
+
+    // The whole test stays under TEST_TIMEOUT, `down` included.
+    let budget = TEST_TIMEOUT
+        .saturating_sub(started.elapsed())
+        .saturating_sub(DOWN_TIMEOUT);
+    if tokio::time::timeout(budget, survive_node_death(&mut cluster))
+        .await
+        .is_err()
+    {
+        panic!("the test did not finish within {TEST_TIMEOUT:?}");
+    }
+
+    cluster.down();
+    for (name, pid) in pids {
+        assert!(
+            !process_running(pid, &signature(name)),
+            "{name} (pid {pid}) still runs after `cluster.sh down`"
+        );
+        let pid_file = cluster.state.join(format!("{name}.pid"));
+        assert!(
+            !pid_file.exists(),
+            "`down` should remove {}",
+            pid_file.display()
+        );
+    }
+    let run = cluster.run("status", STATUS_TIMEOUT);
+    assert_eq!(
+        run.code(),
+        Some(5),
+        "`cluster.sh status` after `down` should exit 5 (no cluster):\n{}",
+        run.output
+    );
+}
