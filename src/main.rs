@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a relay node (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show where a lobby lives in Redis, given its passphrase, and (with
     /// --redis-url) who is in it. Reads the passphrase from standard input
     /// when it is `-` or missing, so that it stays out of shell history.
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None => serve(cli.serve),
-        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Serve(args)) => serve(*args),
         Some(Command::Inspect {
             passphrase,
             redis_url,
