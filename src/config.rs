@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::client_addr::TrustedProxies;
 use crate::limits::JoinLimit;
 
 /// How log lines are written.
@@ -129,6 +130,20 @@ pub struct ServeArgs {
     #[arg(long, env = "LOBBY_RELAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
+    /// Load balancers (addresses or networks, comma-separated, e.g.
+    /// `10.0.0.0/8,127.0.0.1`) whose word on the client's address is
+    /// believed: their PROXY protocol header (with --proxy-protocol) or
+    /// their `X-Forwarded-For`. The limits and logs then use the client's
+    /// real address. From anyone else these are ignored. Default: nobody.
+    #[arg(long, env = "LOBBY_RELAY_TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::client_addr::parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Trusted proxies open every connection with a PROXY protocol header
+    /// (v1 or v2; HAProxy's `send-proxy-v2`). A trusted peer that does not
+    /// is refused.
+    #[arg(long, env = "LOBBY_RELAY_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+
     /// Browser origins allowed to connect, comma-separated, e.g.
     /// `https://play.example.com,https://example.com`. When set, a WebSocket
     /// upgrade with any other `Origin` header is refused with 403. Native
@@ -181,6 +196,7 @@ pub struct Config {
     pub max_connections: usize,
     pub max_connections_per_address: u32,
     pub allowed_origins: Vec<String>,
+    pub trusted_proxies: TrustedProxies,
     pub lobby_secret: Option<Secret>,
     /// Certificate chain and key files, when serving `wss://` directly.
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -213,6 +229,10 @@ impl ServeArgs {
                 .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
                 .filter(|o| !o.is_empty())
                 .collect(),
+            trusted_proxies: TrustedProxies {
+                nets: self.trusted_proxies.clone(),
+                proxy_protocol: self.proxy_protocol,
+            },
             lobby_secret: self.lobby_secret.clone(),
             tls: self.tls_cert.clone().zip(self.tls_key.clone()),
             handshake_timeout: self.handshake_timeout,

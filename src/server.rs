@@ -27,7 +27,7 @@ use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::client_addr;
 use crate::lobby::LobbyStore;
 use crate::node::Node;
 use crate::outbox;
@@ -146,19 +147,7 @@ async fn accept_loop<S: LobbyStore>(listener: &TcpListener, server: &Arc<Server<
         backoff = Duration::from_millis(5);
         let _ = stream.set_nodelay(true);
         let server = server.clone();
-        tokio::spawn(async move {
-            match server.tls.clone() {
-                None => server.connection(stream, peer).await,
-                Some(tls) => {
-                    let timeout = server.node.config.handshake_timeout;
-                    match tokio::time::timeout(timeout, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => server.connection(stream, peer).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
-            }
-        });
+        tokio::spawn(async move { server.accepted(stream, peer).await });
     }
 }
 
@@ -209,9 +198,35 @@ impl Drop for AddressSlot {
 struct Upgrade {
     on_upgrade: OnUpgrade,
     permit: Option<OwnedSemaphorePermit>,
+    /// The client's address (from `X-Forwarded-For` of a trusted proxy).
+    client: IpAddr,
 }
 
 impl<S: LobbyStore> Server<S> {
+    /// Takes a new TCP connection through the PROXY protocol (from a trusted
+    /// proxy) and TLS (when configured), then serves it.
+    async fn accepted(self: Arc<Self>, mut stream: TcpStream, mut peer: SocketAddr) {
+        let config = &self.node.config;
+        let timeout = config.handshake_timeout;
+        let proxies = &config.trusted_proxies;
+        if proxies.proxy_protocol && proxies.trusts(peer.ip()) {
+            match tokio::time::timeout(timeout, client_addr::read_proxy_header(&mut stream)).await {
+                Ok(Ok(Some(client))) => peer = client,
+                Ok(Ok(None)) => {} // the proxy's own health check
+                Ok(Err(e)) => return tracing::info!(%peer, error = %e, "refused: bad PROXY header"),
+                Err(_) => return tracing::debug!(%peer, "PROXY header timed out"),
+            }
+        }
+        match self.tls.clone() {
+            None => self.connection(stream, peer).await,
+            Some(tls) => match tokio::time::timeout(timeout, tls.accept(stream)).await {
+                Ok(Ok(stream)) => self.connection(stream, peer).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            },
+        }
+    }
+
     /// Serves one TCP connection: one HTTP request (answers close it), and if it
     /// was a WebSocket upgrade, the session that follows.
     async fn connection<I>(self: Arc<Self>, stream: I, peer: SocketAddr)
@@ -223,7 +238,7 @@ impl<S: LobbyStore> Server<S> {
             let server = self.clone();
             let upgrade = upgrade.clone();
             service_fn(move |request| {
-                let response = server.route(request, &upgrade);
+                let response = server.route(request, peer.ip(), &upgrade);
                 async move { Ok::<_, Infallible>(response) }
             })
         };
@@ -242,8 +257,11 @@ impl<S: LobbyStore> Server<S> {
                 return;
             }
         }
-        let Some(Upgrade { on_upgrade, permit }) =
-            upgrade.lock().unwrap_or_else(|e| e.into_inner()).take()
+        let Some(Upgrade {
+            on_upgrade,
+            permit,
+            client,
+        }) = upgrade.lock().unwrap_or_else(|e| e.into_inner()).take()
         else {
             return;
         };
@@ -256,15 +274,15 @@ impl<S: LobbyStore> Server<S> {
             Some(self.ws_config),
         )
         .await;
-        let span = tracing::info_span!("conn", id = next_connection(), %peer);
+        let span = tracing::info_span!("conn", id = next_connection(), peer = %client);
         let slot = AddressSlot::take(
             &self.addresses,
-            peer.ip(),
+            client,
             self.node.config.max_connections_per_address,
         );
         match (permit, slot) {
             (Some(permit), Some(slot)) => {
-                let session = self.clone().session(ws, peer.ip()).instrument(span);
+                let session = self.clone().session(ws, client).instrument(span);
                 self.sessions.track_future(session).await;
                 drop((permit, slot));
             }
@@ -309,6 +327,7 @@ impl<S: LobbyStore> Server<S> {
     fn route(
         &self,
         mut request: Request<Incoming>,
+        peer: IpAddr,
         upgrade: &Mutex<Option<Upgrade>>,
     ) -> Response<Body> {
         let path = request.uri().path();
@@ -345,8 +364,16 @@ impl<S: LobbyStore> Server<S> {
                     );
                 };
                 let permit = self.permits.clone().try_acquire_owned().ok();
-                *upgrade.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(Upgrade { on_upgrade, permit });
+                let client = self
+                    .node
+                    .config
+                    .trusted_proxies
+                    .forwarded_for(peer, request.headers());
+                *upgrade.lock().unwrap_or_else(|e| e.into_inner()) = Some(Upgrade {
+                    on_upgrade,
+                    permit,
+                    client,
+                });
                 let mut response = Response::new(Body::default());
                 *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
                 let headers = response.headers_mut();
