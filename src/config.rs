@@ -73,6 +73,12 @@ pub struct ServeArgs {
     #[arg(long, env = "LOBBY_RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Which log lines to write, in tracing's filter syntax: `info` (one line
+    /// per join, leave and refusal), `debug` (also every connection and
+    /// refused request), or per module, e.g. `info,lobby_relay::lobby=debug`.
+    #[arg(long, env = "LOBBY_RELAY_LOG", default_value = "info")]
+    pub log_filter: String,
+
     /// Bytes that may wait for one client that reads too slowly before it is
     /// disconnected (close 1008, "too slow"); 65536 to 1073741824. Bounds the
     /// memory a client that stops reading can hold, beyond its socket buffers.

@@ -55,7 +55,10 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    init_logging(args.log_format);
+    if let Err(e) = init_logging(args.log_format, &args.log_filter) {
+        eprintln!("lobby-relay: --log-filter: {e}");
+        return ExitCode::FAILURE;
+    }
     let config = args.config();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -116,10 +119,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     })
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("LOBBY_RELAY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Text => builder.init(),
@@ -129,6 +131,7 @@ fn init_logging(format: LogFormat) {
             .with_span_list(true)
             .init(),
     }
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -9,6 +9,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream as StdTcpStream;
 use std::path::{Path, PathBuf};
@@ -85,6 +86,7 @@ fn require_programs() {
         ("redis-cli", "--version"),
     ] {
         match Command::new(program)
+            .env("PATH", search_path())
             .arg(arg)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -100,6 +102,13 @@ fn require_programs() {
             Err(e) => panic!("cannot run `{program}`: {e}"),
         }
     }
+}
+
+/// PATH with the sbin directories added, as the script does: Debian installs
+/// haproxy in /usr/sbin, which is not on a user's PATH.
+fn search_path() -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    format!("{path}:/usr/local/sbin:/usr/sbin:/sbin")
 }
 
 /// `N` different ports that were free a moment ago.
@@ -351,22 +360,57 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    // HAProxy's stats page is chunked, even to HTTP/1.0.
+    let chunked = head.lines().any(|line| {
+        let line = line.to_ascii_lowercase();
+        line.starts_with("transfer-encoding:") && line.contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_owned()
+    };
     Some((status, body))
 }
 
-/// HAProxy's view of a node (`UP`, `DOWN`, ...) from its stats page as CSV.
-fn haproxy_server_status(stats_port: u16, node: &str) -> Option<String> {
+/// Decodes an HTTP/1.1 chunked body.
+fn dechunk(mut body: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size_line, rest) = body.split_once("\r\n")?;
+        let size_hex = size_line.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_hex, 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(rest.get(..size)?);
+        body = rest.get(size..)?.strip_prefix("\r\n")?;
+    }
+}
+
+/// One row of HAProxy's stats (as CSV on the stats page) for a server or
+/// `BACKEND` of the `relays` backend: column name -> value.
+fn haproxy_stats(stats_port: u16, server: &str) -> Option<BTreeMap<String, String>> {
     let (_, csv) = http_get(stats_port, "/;csv")?;
-    csv.lines().find_map(|line| {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next()?.trim_start_matches("# ").split(',').collect();
+    lines.find_map(|line| {
         let fields: Vec<&str> = line.split(',').collect();
-        (fields.first() == Some(&"relays") && fields.get(1) == Some(&node))
-            .then(|| fields.get(17).map(|s| (*s).to_owned()))
-            .flatten()
+        (fields.first() == Some(&"relays") && fields.get(1) == Some(&server)).then(|| {
+            header
+                .iter()
+                .zip(fields)
+                .map(|(k, v)| ((*k).to_owned(), v.to_owned()))
+                .collect()
+        })
     })
+}
+
+/// A counter of [`haproxy_stats`] (0 when empty).
+fn stat_number(stats: &BTreeMap<String, String>, column: &str) -> u64 {
+    stats.get(column).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------
@@ -561,10 +605,24 @@ async fn survive_node_death(cluster: &mut ScriptCluster) {
     b.send_text(&back).await;
     assert_eq!(a.recv_text().await.unwrap_or_else(|e| panic!("{e}")), back);
 
-    // Kill A's node, found through its seat in Redis.
+    // A third player, D, waits in a lobby of its own. HAProxy balances by
+    // least connections, so A, B and D are on three different nodes; once
+    // A's node is dead, it has the fewest connections and HAProxy tries it
+    // first until its health check fails: the reconnection below goes
+    // through HAProxy's retries and redispatch.
+    let waiting = passphrase("lb-waiting");
+    let mut d = Client::connect(&url, "D").await;
+    d.join(&waiting).await;
     let victim = node_of_seat(&redis, &first, "1").await;
     let b_node = node_of_seat(&redis, &first, "2").await;
-    eprintln!("A is on {victim}, B on {b_node}: killing {victim}");
+    let d_node = node_of_seat(&redis, &waiting, "1").await;
+    eprintln!("A is on {victim}, B on {b_node}, D on {d_node}: killing {victim}");
+    assert!(
+        victim != b_node && victim != d_node && b_node != d_node,
+        "HAProxy (leastconn) should have put A, B and D on three nodes: {victim}, {b_node}, {d_node}"
+    );
+
+    // Kill A's node.
     let victim_pid = cluster.pid(&victim);
     assert!(
         process_running(victim_pid, &signature(&victim)),
@@ -574,18 +632,24 @@ async fn survive_node_death(cluster: &mut ScriptCluster) {
     let how = a.expect_end().await;
     eprintln!("A's connection ended: {how}");
 
-    // A reconnects through HAProxy, lands on a live node and starts a new
-    // game (the old seat is freed only once the dead node is presumed dead).
+    // A reconnects through HAProxy at once, lands on a live node and starts
+    // a new game (its old seat is freed only once the other nodes presume
+    // the dead one dead: not waited for here).
     let second = passphrase("lb-second");
+    let reconnecting = Instant::now();
     let (mut a2, attempts) = reconnect_and_join(&url, &second).await;
     let a2_node = node_of_seat(&redis, &second, "1").await;
-    eprintln!("A reconnected to {a2_node} after {attempts} attempt(s)");
+    eprintln!(
+        "A reconnected to {a2_node} after {attempts} attempt(s), {:?}",
+        reconnecting.elapsed()
+    );
     assert_ne!(a2_node, victim, "A's new connection is on the dead node");
 
     // HAProxy's health check takes the dead node out.
     let deadline = Instant::now() + MARKED_DOWN_TIMEOUT;
     loop {
-        let status = haproxy_server_status(cluster.stats_port, &victim);
+        let stats = haproxy_stats(cluster.stats_port, &victim);
+        let status = stats.as_ref().and_then(|s| s.get("status").cloned());
         if status.as_deref().is_some_and(|s| s.starts_with("DOWN")) {
             break;
         }
@@ -595,6 +659,18 @@ async fn survive_node_death(cluster: &mut ScriptCluster) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let backend =
+        haproxy_stats(cluster.stats_port, "BACKEND").expect("HAProxy's stats of the backend");
+    let (retries, redispatches) = (
+        stat_number(&backend, "wretr"),
+        stat_number(&backend, "wredis"),
+    );
+    eprintln!("HAProxy: {retries} retries, {redispatches} redispatches");
+    assert!(
+        redispatches >= 1,
+        "HAProxy should have sent A's reconnection to the dead node first (it had the fewest \
+         connections and was not yet marked down), then redispatched it; stats: {backend:?}"
+    );
 
     // `status` reports the dead node and fails.
     let run = cluster.run("status", STATUS_TIMEOUT);
@@ -629,6 +705,7 @@ async fn survive_node_death(cluster: &mut ScriptCluster) {
     assert_eq!(a2.recv_text().await.unwrap_or_else(|e| panic!("{e}")), back);
 
     c.close().await;
+    d.close().await;
     drop(a2);
     drop(b);
 }

@@ -124,3 +124,52 @@ async fn lobby_secret_hardens_the_keys() {
     let mut c1 = Client::connect(&c.url_b(), "C").await;
     c1.assert_open().await;
 }
+
+/// Nothing a node logs, even at `debug`, and nothing in Redis contains a
+/// passphrase: valid ones (joined, full, left), invalid ones, and the short
+/// join form, across two nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_passphrase_in_logs_or_redis() {
+    const TYPED: [&str; 4] = [
+        " Walrus-Tango-4412 ",
+        "walrus-tango-4412",
+        "otter_secret_words",
+        "Quiet-Lynx-8",
+    ];
+    let c = Cluster::redis_with(&["--log-filter", "debug"]);
+    let mut a = Client::connect(&c.url_a(), "A").await;
+    let mut b = Client::connect(&c.url_b(), "B").await;
+    let mut third = Client::connect(&c.url_a(), "C").await;
+    a.send_join(TYPED[0]).await;
+    a.recv_json().await;
+    b.send_json(serde_json::json!({ "join": TYPED[1] })).await;
+    b.recv_json().await;
+    third.send_join(TYPED[1]).await;
+    third.expect_error("lobby_full").await;
+    third.send_join(TYPED[2]).await;
+    third.expect_error("invalid_passphrase").await;
+    third.send_join(TYPED[3]).await;
+    third.recv_json().await;
+    a.recv_json().await;
+    b.recv_json().await;
+    a.leave().await;
+    b.recv_json().await;
+    drop((a, b, third));
+
+    let redis = c.redis_probe().await.expect("redis");
+    let stored = redis.everything().await;
+    let logs: Vec<String> = c.logs().iter().flat_map(|l| l.lines()).collect();
+    assert!(
+        logs.iter().any(|l| l.contains("joined lobby")),
+        "the logs were captured"
+    );
+    for typed in TYPED {
+        let needle = typed.trim().to_ascii_lowercase();
+        for line in logs.iter().chain(&stored) {
+            assert!(
+                !line.to_ascii_lowercase().contains(&needle),
+                "passphrase {needle:?} leaked: {line}"
+            );
+        }
+    }
+}
