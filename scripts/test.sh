@@ -4,8 +4,9 @@
 #   scripts/test.sh            format check, clippy, docs, the whole test suite
 #   scripts/test.sh -- ARGS    extra arguments for the test runner (a filter)
 #
-# The tests start their own redis-server processes on free loopback ports;
-# nothing here touches a Redis you already run.
+# The tests start their own redis-server (and, for the cluster test, haproxy)
+# processes on free loopback ports; nothing here touches a Redis you already
+# run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--" ]; then shift; fi
@@ -30,22 +31,26 @@ need_packages() {
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   elif command -v brew >/dev/null 2>&1; then
-    say "installing redis (brew)"
-    brew install redis
+    say "installing redis and haproxy (brew)"
+    brew install redis haproxy
   else
     echo "error: the tests need: ${missing[*]}, and no known package manager was found." >&2
-    echo "       install Redis (redis-server and redis-cli on PATH) and run this again." >&2
+    echo "       install Redis (redis-server and redis-cli on PATH) and HAProxy, and run this again." >&2
     exit 1
   fi
 }
 
+# Debian installs haproxy in /usr/sbin, which is not on a user's PATH.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy) # tests/cluster_lb.rs
 if [ ${#missing[@]} -gt 0 ]; then
   need_packages "${missing[@]}"
 fi
 redis-server --version
+haproxy -v | sed -n 1p
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

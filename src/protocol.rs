@@ -118,6 +118,14 @@ pub fn parse_text(text: &str) -> Result<ClientMessage<'_>, Refusal> {
                 format!("the frame is not valid JSON ({e})"),
             ));
         }
+        // A shape error stops the parser early: the rest may not be JSON at
+        // all (found by fuzzing: `""ju":...`). Check the whole text.
+        Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() => {
+            return Err(Refusal::new(
+                ErrorCode::InvalidJson,
+                "the frame is not valid JSON",
+            ));
+        }
         // Valid JSON of the wrong shape (an array, a string, a duplicate
         // field): a derived struct accepts arrays too, hence the check below.
         Err(_) => return Err(not_an_object()),
@@ -304,6 +312,20 @@ mod tests {
         ] {
             assert_eq!(refused(text), ErrorCode::InvalidJson, "{text:?}");
         }
+    }
+
+    #[test]
+    fn a_shape_error_early_in_invalid_json_is_still_invalid_json() {
+        // Regression, found by fuzzing: a string first, then garbage.
+        assert_eq!(
+            refused(r#"""ju":"{""ju":"j"b:ket"}"#),
+            ErrorCode::InvalidJson
+        );
+        assert_eq!(refused(r#"{"type":5, nonsense"#), ErrorCode::InvalidJson);
+        assert_eq!(
+            refused(r#"{"type":"a","type":"b",}"#),
+            ErrorCode::InvalidJson
+        );
     }
 
     #[test]
