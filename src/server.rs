@@ -198,6 +198,9 @@ impl Drop for AddressSlot {
 struct Upgrade {
     on_upgrade: OnUpgrade,
     permit: Option<OwnedSemaphorePermit>,
+    /// Taken when the upgrade is answered, so that connections are counted
+    /// in the order they were accepted.
+    slot: Option<AddressSlot>,
     /// The client's address (from `X-Forwarded-For` of a trusted proxy).
     client: IpAddr,
 }
@@ -260,6 +263,7 @@ impl<S: LobbyStore> Server<S> {
         let Some(Upgrade {
             on_upgrade,
             permit,
+            slot,
             client,
         }) = upgrade.lock().unwrap_or_else(|e| e.into_inner()).take()
         else {
@@ -275,11 +279,6 @@ impl<S: LobbyStore> Server<S> {
         )
         .await;
         let span = tracing::info_span!("conn", id = next_connection(), peer = %client);
-        let slot = AddressSlot::take(
-            &self.addresses,
-            client,
-            self.node.config.max_connections_per_address,
-        );
         match (permit, slot) {
             (Some(permit), Some(slot)) => {
                 let session = self.clone().session(ws, client).instrument(span);
@@ -369,9 +368,15 @@ impl<S: LobbyStore> Server<S> {
                     .config
                     .trusted_proxies
                     .forwarded_for(peer, request.headers());
+                let slot = AddressSlot::take(
+                    &self.addresses,
+                    client,
+                    self.node.config.max_connections_per_address,
+                );
                 *upgrade.lock().unwrap_or_else(|e| e.into_inner()) = Some(Upgrade {
                     on_upgrade,
                     permit,
+                    slot,
                     client,
                 });
                 let mut response = Response::new(Body::default());

@@ -11,7 +11,7 @@
 //!   one multiplexed connection, in batches (one pipeline per batch), so a
 //!   sender's messages keep their order; a leave waits until the member's
 //!   earlier messages are out before it runs.
-//! - Liveness ([`liveness`]): each node keeps a heartbeat key alive; the
+//! - Liveness (`redis/liveness.rs`): each node keeps a heartbeat key alive; the
 //!   others reap the members of a node whose heartbeat expired. After an
 //!   outage a node re-registers the seats it holds.
 //!
