@@ -58,6 +58,8 @@ struct ScriptCluster {
     /// Set once `down` has run successfully.
     down: bool,
     runs: u32,
+    /// Extra environment for the script and the nodes.
+    env: Vec<(String, String)>,
 }
 
 /// What one run of the script did.
@@ -127,6 +129,12 @@ impl ScriptCluster {
     /// Runs `cluster.sh up` on free ports, trying other ports if one was taken
     /// meanwhile; panics if the cluster does not come up.
     fn up() -> ScriptCluster {
+        Self::up_with(&[])
+    }
+
+    /// Like [`ScriptCluster::up`], with extra environment variables for the
+    /// script (and so for the nodes), e.g. `LOBBY_RELAY_JOIN_RATE`.
+    fn up_with(env: &[(&str, &str)]) -> ScriptCluster {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -144,6 +152,10 @@ impl ScriptCluster {
             stats_port: 0,
             down: false,
             runs: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         let mut tries = Vec::new();
         for _ in 0..3 {
@@ -203,7 +215,8 @@ impl ScriptCluster {
             .env("CLUSTER_STATS_PORT", self.stats_port.to_string())
             .env("CLUSTER_STOP_TIMEOUT", "3")
             .env("LOBBY_RELAY_BIN", env!("CARGO_BIN_EXE_lobby-relay"))
-            .env("LOBBY_RELAY_LOG", "info");
+            .env("LOBBY_RELAY_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", script().display()));
@@ -771,4 +784,114 @@ async fn cluster_survives_a_killed_node() {
         "`cluster.sh status` after `down` should exit 5 (no cluster):\n{}",
         run.output
     );
+}
+
+/// A WebSocket through `url`'s host and port, from source address `source`,
+/// after writing `preface` (e.g. a forged PROXY header) on the raw socket.
+async fn ws_from(
+    source: &str,
+    port: u16,
+    preface: &[u8],
+) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, String> {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(format!("{source}:0").parse().expect("address"))
+        .map_err(|e| e.to_string())?;
+    let mut stream = socket
+        .connect(([127, 0, 0, 1], port).into())
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.write_all(preface).await.map_err(|e| e.to_string())?;
+    let url = format!("ws://127.0.0.1:{port}/");
+    tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::client_async(url, stream))
+        .await
+        .map_err(|_| "handshake timed out".to_owned())?
+        .map(|(ws, _)| ws)
+        .map_err(|e| e.to_string())
+}
+
+async fn join_reply(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    passphrase: &str,
+) -> Value {
+    ws.send(Message::text(
+        json!({"type": "join", "passphrase": passphrase}).to_string(),
+    ))
+    .await
+    .expect("send join");
+    loop {
+        let message = tokio::time::timeout(RECV_TIMEOUT, ws.next())
+            .await
+            .expect("a reply in time")
+            .expect("open")
+            .expect("no error");
+        if let Message::Text(text) = message {
+            return serde_json::from_str(text.as_str()).expect("JSON");
+        }
+    }
+}
+
+/// Through HAProxy with the PROXY protocol the nodes see each player's own
+/// address: the cluster-wide join limit counts players separately (not all
+/// as HAProxy), the nodes log the player's address, and a client that
+/// forges a PROXY header straight to a node is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_see_the_players_address_through_haproxy() {
+    require_programs();
+    let mut cluster = ScriptCluster::up_with(&[
+        ("LOBBY_RELAY_JOIN_RATE", "6"),
+        ("LOBBY_RELAY_JOIN_BURST", "2"),
+    ]);
+    let test = async {
+        // Player X (127.0.0.5): two joins pass, the third is limited.
+        let mut x = ws_from("127.0.0.5", cluster.port, b"")
+            .await
+            .expect("X connects");
+        for attempt in 0..2 {
+            let reply = join_reply(&mut x, &passphrase(&format!("x{attempt}"))).await;
+            assert_eq!(reply["type"], "joined", "X attempt {attempt}: {reply}");
+            x.send(Message::text(r#"{"type":"leave"}"#))
+                .await
+                .expect("leave");
+        }
+        let limited = join_reply(&mut x, &passphrase("x2")).await;
+        assert_eq!(limited["code"], "rate_limited", "{limited}");
+        // Player Y (127.0.0.6), through the same HAProxy: not limited.
+        let mut y = ws_from("127.0.0.6", cluster.port, b"")
+            .await
+            .expect("Y connects");
+        let reply = join_reply(&mut y, &passphrase("y")).await;
+        assert_eq!(reply["type"], "joined", "Y: {reply}");
+        // A forged PROXY header straight to a node (not from HAProxy).
+        let forged = b"PROXY TCP4 198.51.100.9 127.0.0.1 40000 8765\r\n";
+        let direct = ws_from("127.0.0.1", cluster.node_ports[0], forged).await;
+        assert!(direct.is_err(), "a forged PROXY header must be refused");
+    };
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .expect("the test finishes in time");
+    let logs: String = (1..=3)
+        .map(|n| {
+            std::fs::read_to_string(cluster.state.join(format!("relay-{n}.log")))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        logs.contains("\"peer\":\"127.0.0.5"),
+        "the nodes log player X's address"
+    );
+    assert!(
+        logs.contains("\"peer\":\"127.0.0.6"),
+        "the nodes log player Y's address"
+    );
+    assert!(
+        !logs.contains("\"peer\":\"127.0.0.2"),
+        "no session is HAProxy's own address"
+    );
+    assert!(
+        !logs.contains("198.51.100.9"),
+        "the forged address was never used"
+    );
+    cluster.down();
 }
