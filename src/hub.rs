@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::lobby::{LobbyEvent, MemberId};
+use crate::metrics;
 use crate::outbox::Outbox;
 use crate::passphrase::LobbyId;
 use crate::protocol;
@@ -65,6 +66,7 @@ impl Hub {
         self.lock()
             .entry(id)
             .or_insert_with(|| {
+                metrics::get().lobbies.increment(1.0);
                 Arc::new(LocalLobby {
                     id,
                     hex: id.to_string().into_boxed_str(),
@@ -85,6 +87,7 @@ impl Hub {
         let mut map = self.lock();
         if map.get(&lobby.id).is_some_and(|l| Arc::ptr_eq(l, lobby)) {
             map.remove(&lobby.id);
+            metrics::get().lobbies.decrement(1.0);
         }
     }
 
@@ -133,6 +136,7 @@ impl LocalLobby {
             return None;
         }
         let (tx, rx) = oneshot::channel();
+        metrics::get().members.increment(1.0);
         state.members.push(LocalMember {
             id,
             seat: None,
@@ -146,7 +150,11 @@ impl LocalLobby {
     /// is then retired and must be unsubscribed and forgotten.
     pub fn remove(&self, id: &MemberId) -> bool {
         let mut state = self.lock();
+        let before = state.members.len();
         state.members.retain(|m| m.id != *id);
+        metrics::get()
+            .members
+            .decrement((before - state.members.len()) as f64);
         if state.members.is_empty() {
             state.retired = true;
         }
@@ -158,9 +166,15 @@ impl LocalLobby {
         let mut state = self.lock();
         match event {
             LobbyEvent::Relay { from_seat, message } => {
+                let metrics = metrics::get();
+                let (counter, len) = match &message {
+                    Message::Binary(data) => (&metrics.messages_out_binary, data.len()),
+                    other => (&metrics.messages_out_text, other.len()),
+                };
                 for m in &state.members {
-                    if m.seat.is_some_and(|s| s != from_seat) {
-                        m.outbox.deliver(message.clone());
+                    if m.seat.is_some_and(|s| s != from_seat) && m.outbox.deliver(message.clone()) {
+                        counter.increment(1);
+                        metrics.bytes_out.increment(len as u64);
                     }
                 }
             }
@@ -178,8 +192,11 @@ impl LocalLobby {
                     .find(|m| m.id == member && m.seat.is_none())
                 {
                     m.seat = Some(seat);
-                    m.outbox
-                        .deliver(Message::text(protocol::joined(players, capacity, seat)));
+                    if m.outbox
+                        .deliver(Message::text(protocol::joined(players, capacity, seat)))
+                    {
+                        metrics::get().messages_out_event.increment(1);
+                    }
                     if let Some(tx) = m.activated.take() {
                         let _ = tx.send(seat);
                     }
@@ -191,8 +208,9 @@ impl LocalLobby {
                 };
                 let to_all = players >= capacity;
                 for m in &state.members {
-                    if m.seat.is_some_and(|s| to_all || s != seat) {
-                        m.outbox.deliver(note.clone());
+                    if m.seat.is_some_and(|s| to_all || s != seat) && m.outbox.deliver(note.clone())
+                    {
+                        metrics::get().messages_out_event.increment(1);
                     }
                 }
             }
@@ -215,13 +233,14 @@ impl LocalLobby {
                             "member removed from its lobby by another node"
                         );
                         seat_lost(&m.outbox);
+                        metrics::get().members.decrement(1.0);
                     }
                     !lost
                 });
                 let note = Message::text(protocol::player_left(players, seat));
                 for m in &state.members {
-                    if m.seat.is_some() {
-                        m.outbox.deliver(note.clone());
+                    if m.seat.is_some() && m.outbox.deliver(note.clone()) {
+                        metrics::get().messages_out_event.increment(1);
                     }
                 }
             }
@@ -249,6 +268,7 @@ impl LocalLobby {
             let lost = m.id == *member;
             if lost {
                 seat_lost(&m.outbox);
+                metrics::get().members.decrement(1.0);
             }
             !lost
         });
@@ -262,6 +282,9 @@ impl LocalLobby {
 /// Tells a member that its seat is gone and closes its connection with 4001,
 /// so that it can connect and join again.
 fn seat_lost(outbox: &Outbox) {
+    let metrics = metrics::get();
+    metrics.seats_lost.increment(1);
+    metrics.error(protocol::ErrorCode::SeatLost);
     let error = protocol::error(
         protocol::ErrorCode::SeatLost,
         "this relay node lost its connection to the lobby store for too long and your seat was given up; join again",

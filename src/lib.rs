@@ -20,6 +20,7 @@
 //! - [`hub`]: this node's members of each lobby, and delivery to them.
 //! - [`identity`]: the node's key and member ids in lobby records.
 //! - [`limits`]: message and join rate limits.
+//! - [`metrics`]: Prometheus metrics (`GET /metrics`).
 //! - [`lobby`]: the lobby store interface, with [`lobby::memory`] and
 //!   [`lobby::redis`].
 
@@ -29,6 +30,7 @@ pub mod hub;
 pub mod identity;
 pub mod limits;
 pub mod lobby;
+pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod passphrase;
@@ -71,6 +73,14 @@ pub async fn serve(
         Some((cert, key)) => Some(tls::acceptor(cert, key).map_err(StartError::Tls)?),
         None => None,
     };
+    metrics::install(
+        &config.node_id,
+        if redis_url.is_some() {
+            "redis"
+        } else {
+            "memory"
+        },
+    );
     let hub = Arc::new(Hub::default());
     let identity = Arc::new(Identity::new(&config.node_id));
     tracing::info!(node_key = &*identity.key(), "node identity");

@@ -92,6 +92,7 @@ impl Outbox {
         if queued > self.shared.limit {
             self.shared.queued.fetch_sub(cost, Ordering::Relaxed);
             if !self.shared.token.is_cancelled() {
+                crate::metrics::get().slow_clients.increment(1);
                 tracing::info!(
                     event = "slow_client",
                     queued_bytes = queued - cost,

@@ -39,6 +39,7 @@ use tracing::Instrument;
 
 use crate::client_addr;
 use crate::lobby::LobbyStore;
+use crate::metrics;
 use crate::node::Node;
 use crate::outbox;
 use crate::session::Session;
@@ -310,6 +311,7 @@ impl<S: LobbyStore> Server<S> {
     ) {
         use futures_util::StreamExt;
         tracing::debug!(event = "connect", "connected");
+        metrics::get().connections.increment(1.0);
         let (sink, frames) = ws.split();
         let (outbox, inbox) = outbox::channel(self.node.config.outbound_queue_bytes);
         let writer = tokio::spawn(outbox::run_writer(sink, inbox).in_current_span());
@@ -319,6 +321,7 @@ impl<S: LobbyStore> Server<S> {
         // The session and its outbox are gone: the writer sends what is
         // left, closes, and ends.
         let _ = writer.await;
+        metrics::get().connections.decrement(1.0);
         tracing::debug!(event = "disconnect", reason = ?reason, "disconnected");
     }
 
@@ -335,6 +338,17 @@ impl<S: LobbyStore> Server<S> {
         }
         match path {
             "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/metrics" => match metrics::render() {
+                Some(body) => {
+                    let mut response = text(StatusCode::OK, &body);
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    response
+                }
+                None => text(StatusCode::SERVICE_UNAVAILABLE, "metrics are off\n"),
+            },
             "/readyz" => match self.node.not_ready_reason() {
                 None => text(StatusCode::OK, "ready\n"),
                 Some(why) => text(
@@ -391,7 +405,7 @@ impl<S: LobbyStore> Server<S> {
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: WebSocket on / or /ws; health on /healthz and /readyz\n",
+                "not found: WebSocket on / or /ws; /healthz, /readyz, /metrics\n",
             ),
         }
     }

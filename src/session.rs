@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::limits::{MessageLimiter, Verdict};
 use crate::lobby::LobbyStore;
+use crate::metrics;
 use crate::node::{JoinError, Membership, Node};
 use crate::outbox::Outbox;
 use crate::passphrase::{LobbyId, PassphraseError};
@@ -116,6 +117,18 @@ impl<S: LobbyStore> Session<S> {
                 Ok(Some(Ok(frame))) => frame,
             };
             pinged = false;
+            let metrics = metrics::get();
+            match &frame {
+                Message::Text(text) => {
+                    metrics.messages_in_text.increment(1);
+                    metrics.bytes_in.increment(text.len() as u64);
+                }
+                Message::Binary(data) => {
+                    metrics.messages_in_binary.increment(1);
+                    metrics.bytes_in.increment(data.len() as u64);
+                }
+                _ => {}
+            }
             if matches!(frame, Message::Text(_) | Message::Binary(_)) {
                 match self.limiter.check() {
                     Verdict::Allow => {}
@@ -130,6 +143,7 @@ impl<S: LobbyStore> Session<S> {
                     }
                     Verdict::Close => {
                         tracing::info!(event = "flood", "closing a connection that keeps flooding");
+                        metrics.floods_closed.increment(1);
                         self.outbox.close(CloseCode::Policy, "rate limit exceeded");
                         break EndReason::Flooding;
                     }
@@ -187,6 +201,7 @@ impl<S: LobbyStore> Session<S> {
         {
             Ok(true) => {}
             Ok(false) => {
+                metrics::get().joins_rate_limited.increment(1);
                 tracing::info!(
                     event = "join_refused",
                     lobby = lobby.short(),
@@ -200,6 +215,7 @@ impl<S: LobbyStore> Session<S> {
                 return self.refuse(ErrorCode::RateLimited, &text).await;
             }
             Err(e) => {
+                metrics::get().joins_unavailable.increment(1);
                 tracing::warn!(event = "join_refused", lobby = lobby.short(), error = %e, "lobby store unavailable");
                 return self
                     .refuse(
@@ -211,6 +227,7 @@ impl<S: LobbyStore> Session<S> {
         }
         match self.node.join(lobby, &self.outbox).await {
             Ok(membership) => {
+                metrics::get().joins_joined.increment(1);
                 tracing::info!(
                     event = "join",
                     lobby = lobby.short(),
@@ -220,6 +237,7 @@ impl<S: LobbyStore> Session<S> {
                 self.membership = Some(membership);
             }
             Err(JoinError::Full) => {
+                metrics::get().joins_full.increment(1);
                 tracing::info!(
                     event = "join_refused",
                     lobby = lobby.short(),
@@ -233,6 +251,7 @@ impl<S: LobbyStore> Session<S> {
                 self.refuse(ErrorCode::LobbyFull, &text).await;
             }
             Err(JoinError::Unavailable(e)) => {
+                metrics::get().joins_unavailable.increment(1);
                 tracing::warn!(event = "join_refused", lobby = lobby.short(), error = %e, "lobby store unavailable");
                 self.refuse(
                     ErrorCode::Unavailable,
@@ -285,6 +304,7 @@ impl<S: LobbyStore> Session<S> {
     }
 
     async fn refuse(&self, code: ErrorCode, message: &str) {
+        metrics::get().error(code);
         tracing::debug!(event = "error", code = code.as_str(), "request refused");
         self.outbox
             .send(Message::text(protocol::error(code, message)));

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
@@ -37,6 +37,7 @@ use super::{JoinOutcome, LobbyStore, MemberId, StoreError};
 use crate::hub::{Hub, LocalLobby};
 use crate::identity::Identity;
 use crate::limits::JoinLimit;
+use crate::metrics;
 use crate::passphrase::LobbyId;
 
 /// Prefix of every Redis key and channel of lobby-relay.
@@ -376,7 +377,8 @@ impl LobbyStore for RedisStore {
     ) -> Result<JoinOutcome, StoreError> {
         let hex = lobby.to_string();
         let mut conn = self.shared.conn();
-        let (seat, players): (i64, i64) = timed(
+        let started = Instant::now();
+        let result: Result<(i64, i64), _> = timed(
             self.shared
                 .scripts
                 .join
@@ -388,7 +390,13 @@ impl LobbyStore for RedisStore {
                 .arg(&hex)
                 .invoke_async(&mut conn),
         )
-        .await?;
+        .await;
+        let metrics = metrics::get();
+        metrics::observe(&metrics.redis_join, started.elapsed());
+        if result.is_err() {
+            metrics.redis_errors_join.increment(1);
+        }
+        let (seat, players) = result?;
         match (u8::try_from(seat), u8::try_from(players)) {
             (Ok(0), _) => Ok(JoinOutcome::Full),
             (Ok(seat), Ok(players)) => Ok(JoinOutcome::Seated { seat, players }),
@@ -474,7 +482,12 @@ async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>
         }
         if publishes > 0 {
             let mut conn = shared.conn();
-            if let Err(e) = timed(pipe.query_async::<()>(&mut conn)).await {
+            let started = Instant::now();
+            let sent = timed(pipe.query_async::<()>(&mut conn)).await;
+            let metrics = metrics::get();
+            metrics::observe(&metrics.redis_publish, started.elapsed());
+            if let Err(e) = sent {
+                metrics.redis_errors_publish.increment(1);
                 // Pub/sub is at-most-once: what could not be published is
                 // lost, as it would be for a subscriber that was away.
                 tracing::warn!(error = %e, lost = publishes, "publishing to Redis failed");
@@ -513,6 +526,7 @@ async fn run_subscriber(shared: Arc<Shared>, slot: watch::Sender<Option<PubSubSi
                     backoff = Duration::from_millis(50);
                     tracing::info!(lobbies = channels.len(), "pub/sub connected");
                     if !first {
+                        metrics::get().pubsub_reconnects.increment(1);
                         shared.resync.notify_one();
                     }
                     first = false;
@@ -535,6 +549,7 @@ async fn run_subscriber(shared: Arc<Shared>, slot: watch::Sender<Option<PubSubSi
                     }
                     slot.send_replace(None);
                     shared.pubsub_ok.store(false, Ordering::Relaxed);
+                    metrics::get().redis_errors_pubsub.increment(1);
                     tracing::warn!("pub/sub connection lost, reconnecting");
                 }
             }

@@ -620,6 +620,11 @@ impl Cluster {
         self.a.addr()
     }
 
+    /// The address of node `b` (node `a` in the memory flavour).
+    pub fn addr_b(&self) -> SocketAddr {
+        self.b.as_ref().unwrap_or(&self.a).addr()
+    }
+
     pub fn node_a(&mut self) -> &mut Node {
         &mut self.a
     }
@@ -1073,4 +1078,308 @@ pub async fn assert_quiet_pair(a: &mut Client, b: &mut Client) {
     let back = game_message("probeReply");
     b.send_text(&back).await;
     a.expect_text(&back).await;
+}
+
+// ---------------------------------------------------------------------------
+// Fault injection: killing and signalling processes, restarting Redis,
+// cutting connections, probing health endpoints (used by tests/faults.rs)
+// ---------------------------------------------------------------------------
+
+impl Node {
+    /// The operating system's process id of the node.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the node with SIGKILL (no drain, no goodbye) and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL on Unix
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM (as `kill -TERM PID` does) and returns at once.
+    pub fn signal_term(&self) {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run `kill -TERM {pid}`: {e}"));
+        assert!(status.success(), "`kill -TERM {pid}` failed: {status}");
+    }
+
+    /// Waits (without blocking the runtime) until the node exits, for at
+    /// most `timeout`; `None` if it is still running then.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The node's resident memory (`VmRSS` of /proc/PID/status) in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+            .unwrap_or_else(|| panic!("no VmRSS for node {} (pid {})", self.logs.name, self.pid()))
+    }
+}
+
+/// `VmRSS` of /proc/PID/status in KiB, if the process exists.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+impl RedisServer {
+    /// Kills `redis-server` with SIGKILL: everything it held is lost (it
+    /// runs without persistence), every connection to it drops.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills `redis-server` (if it still runs) and starts a fresh, empty one
+    /// on the same port; waits until it answers PING.
+    pub fn restart(&mut self) {
+        self.kill();
+        // Binding the port again may fail for a moment; retry briefly.
+        let mut last_error = String::new();
+        for _ in 0..20 {
+            self.child = spawn_redis(self.port);
+            match self.wait_for_ping() {
+                Ok(()) => return,
+                Err(e) => last_error = e,
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "redis-server did not start again on port {}: {last_error}",
+            self.port
+        );
+    }
+}
+
+/// Starts `redis-server` on `port` with the options of [`RedisServer::start`].
+fn spawn_redis(port: u16) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .args(["--appendonly", "no"])
+        .args(["--protected-mode", "no"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn redis-server: {e}"))
+}
+
+/// A TCP forwarder between a node and its Redis, to cut the node off.
+///
+/// Listens on a free loopback port and forwards every connection to
+/// `target`. [`TcpProxy::cut`] closes every forwarded connection at once and
+/// makes new ones close right after they are accepted, until
+/// [`TcpProxy::restore`]. Must be created inside a Tokio runtime; stops on
+/// drop.
+pub struct TcpProxy {
+    port: u16,
+    state: Arc<ProxyState>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+struct ProxyState {
+    cut: std::sync::atomic::AtomicBool,
+    /// The tasks of the forwarded connections; aborting one closes both of
+    /// its sockets.
+    links: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Connections accepted so far (forwarded or refused).
+    accepted: AtomicU64,
+}
+
+impl TcpProxy {
+    pub async fn start(target: SocketAddr) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy on 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        let state = Arc::new(ProxyState {
+            cut: std::sync::atomic::AtomicBool::new(false),
+            links: Mutex::new(Vec::new()),
+            accepted: AtomicU64::new(0),
+        });
+        let shared = state.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                shared.accepted.fetch_add(1, Ordering::Relaxed);
+                if shared.cut.load(Ordering::SeqCst) {
+                    drop(inbound); // closed right after accept
+                    continue;
+                }
+                let link = tokio::spawn(async move {
+                    let Ok(mut outbound) = TokioTcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+                let mut links = shared.links.lock().unwrap_or_else(|e| e.into_inner());
+                links.retain(|l| !l.is_finished());
+                links.push(link.abort_handle());
+                // A cut that came between the check above and now must not
+                // miss this link.
+                if shared.cut.load(Ordering::SeqCst) {
+                    link.abort();
+                }
+            }
+        });
+        TcpProxy {
+            port,
+            state,
+            accept,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT/`, for a node's `--redis-url`.
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Closes every forwarded connection now; new ones are closed as soon as
+    /// they are accepted.
+    pub fn cut(&self) {
+        self.state.cut.store(true, Ordering::SeqCst);
+        let links =
+            std::mem::take(&mut *self.state.links.lock().unwrap_or_else(|e| e.into_inner()));
+        for link in links {
+            link.abort();
+        }
+    }
+
+    /// Forwards new connections again.
+    pub fn restore(&self) {
+        self.state.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// How many connections the proxy has accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.state.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// The status code of `GET PATH` on a node's port (plain HTTP/1.1), or the
+/// reason there was none (refused, closed, timed out, unparsable).
+pub async fn http_status(addr: SocketAddr, path: &str) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = TokioTcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 512];
+        while !head.windows(2).any(|w| w == b"\r\n") {
+            let n = stream
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err(format!(
+                    "closed before a status line: {:?}",
+                    String::from_utf8_lossy(&head)
+                ));
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&head).into_owned();
+        let line = text.lines().next().unwrap_or_default().to_owned();
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse::<u16>().ok())
+            .filter(|_| line.starts_with("HTTP/1."))
+            .ok_or_else(|| format!("not an HTTP status line: {line:?}"))
+    };
+    match tokio::time::timeout(Duration::from_secs(2), exchange).await {
+        Ok(result) => result,
+        Err(_) => Err("timed out after 2s".to_owned()),
+    }
+}
+
+/// Polls `GET PATH` until it answers `status`; returns how long that took,
+/// or panics with the last answer after `timeout`.
+pub async fn wait_for_status(
+    addr: SocketAddr,
+    path: &str,
+    status: u16,
+    timeout: Duration,
+) -> Duration {
+    let start = tokio::time::Instant::now();
+    loop {
+        let got = http_status(addr, path).await;
+        if got == Ok(status) {
+            return start.elapsed();
+        }
+        if start.elapsed() >= timeout {
+            panic!("GET {path} on {addr}: still {got:?} after {timeout:?}, expected {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Receiver {
+    /// The next data or Close message (Ping/Pong skipped) if one arrives
+    /// within `timeout`: `Ok(None)` if none did, `Err` if the connection
+    /// failed or ended without a Close frame. Cancel-safe (for `select!`).
+    pub async fn try_recv_within(&mut self, timeout: Duration) -> Result<Option<Message>, String> {
+        let stream = &mut self.stream;
+        let next = async {
+            loop {
+                match stream.next().await {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(message)) => return Ok(message),
+                    Some(Err(e)) => return Err(format!("reading failed: {e}")),
+                    None => return Err("the connection ended without a Close frame".to_owned()),
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, next).await {
+            Ok(Ok(message)) => Ok(Some(message)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+impl Client {
+    /// See [`Receiver::try_recv_within`].
+    pub async fn try_recv_within(&mut self, timeout: Duration) -> Result<Option<Message>, String> {
+        self.rx.try_recv_within(timeout).await
+    }
 }

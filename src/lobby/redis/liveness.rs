@@ -28,6 +28,7 @@ use std::sync::atomic::Ordering;
 use super::{NODES_KEY, Shared, channel, lobby_key, node_key, node_lobbies_key, reaped_key, timed};
 use crate::identity::is_member_of;
 use crate::lobby::{LobbyEvent, StoreError};
+use crate::metrics;
 
 /// How long a reaped mark stays: longer than any cut worth coming back from.
 const REAPED_MARK_SECS: u64 = 3600;
@@ -47,6 +48,7 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>) {
         })
         .to_string();
         let mut conn = shared.conn();
+        let started = std::time::Instant::now();
         let beat = timed(
             redis::pipe()
                 .cmd("SET")
@@ -64,6 +66,11 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>) {
                 .query_async::<(bool,)>(&mut conn),
         )
         .await;
+        let metrics = metrics::get();
+        metrics::observe(&metrics.redis_heartbeat, started.elapsed());
+        if beat.is_err() {
+            metrics.redis_errors_heartbeat.increment(1);
+        }
         match beat {
             Ok((reaped,)) => {
                 if failures > 0 {
@@ -299,6 +306,7 @@ async fn reap(shared: &Shared, node: &str) -> Result<(), StoreError> {
             .query_async::<()>(&mut conn),
     )
     .await?;
+    metrics::get().nodes_reaped.increment(1);
     tracing::warn!(
         node,
         lobbies = lobbies.len(),

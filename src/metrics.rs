@@ -1,0 +1,158 @@
+//! Prometheus metrics, served at `GET /metrics` on the relay's port.
+//!
+//! Handles are looked up once ([`get`]) so that counting on the hot path is
+//! one atomic add. No label ever carries a passphrase or a lobby id: labels
+//! are kinds, results, codes and operations, all from fixed lists.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::protocol::ErrorCode;
+
+/// Every metric of a node.
+pub struct Metrics {
+    pub connections: Gauge,
+    pub lobbies: Gauge,
+    pub members: Gauge,
+    pub joins_joined: Counter,
+    pub joins_full: Counter,
+    pub joins_rate_limited: Counter,
+    pub joins_unavailable: Counter,
+    pub messages_in_text: Counter,
+    pub messages_in_binary: Counter,
+    pub bytes_in: Counter,
+    pub messages_out_text: Counter,
+    pub messages_out_binary: Counter,
+    pub messages_out_event: Counter,
+    pub bytes_out: Counter,
+    pub slow_clients: Counter,
+    pub floods_closed: Counter,
+    pub seats_lost: Counter,
+    pub pubsub_reconnects: Counter,
+    pub nodes_reaped: Counter,
+    pub redis_join: Histogram,
+    pub redis_leave: Histogram,
+    pub redis_publish: Histogram,
+    pub redis_heartbeat: Histogram,
+    pub redis_errors_join: Counter,
+    pub redis_errors_leave: Counter,
+    pub redis_errors_publish: Counter,
+    pub redis_errors_heartbeat: Counter,
+    pub redis_errors_pubsub: Counter,
+    errors: Vec<(ErrorCode, Counter)>,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let codes = [
+            ErrorCode::InvalidJson,
+            ErrorCode::InvalidMessage,
+            ErrorCode::InvalidPassphrase,
+            ErrorCode::LobbyFull,
+            ErrorCode::AlreadyJoined,
+            ErrorCode::NotInLobby,
+            ErrorCode::ReservedType,
+            ErrorCode::RateLimited,
+            ErrorCode::MessageTooLarge,
+            ErrorCode::Unavailable,
+            ErrorCode::SeatLost,
+        ];
+        let redis = |op: &'static str| histogram!("lobby_relay_redis_command_seconds", "op" => op);
+        let redis_errors =
+            |op: &'static str| counter!("lobby_relay_redis_errors_total", "op" => op);
+        Self {
+            connections: gauge!("lobby_relay_connections"),
+            lobbies: gauge!("lobby_relay_lobbies"),
+            members: gauge!("lobby_relay_members"),
+            joins_joined: counter!("lobby_relay_joins_total", "result" => "joined"),
+            joins_full: counter!("lobby_relay_joins_total", "result" => "lobby_full"),
+            joins_rate_limited: counter!("lobby_relay_joins_total", "result" => "rate_limited"),
+            joins_unavailable: counter!("lobby_relay_joins_total", "result" => "unavailable"),
+            messages_in_text: counter!("lobby_relay_messages_in_total", "kind" => "text"),
+            messages_in_binary: counter!("lobby_relay_messages_in_total", "kind" => "binary"),
+            bytes_in: counter!("lobby_relay_bytes_in_total"),
+            messages_out_text: counter!("lobby_relay_messages_out_total", "kind" => "text"),
+            messages_out_binary: counter!("lobby_relay_messages_out_total", "kind" => "binary"),
+            messages_out_event: counter!("lobby_relay_messages_out_total", "kind" => "event"),
+            bytes_out: counter!("lobby_relay_bytes_out_total"),
+            slow_clients: counter!("lobby_relay_slow_clients_closed_total"),
+            floods_closed: counter!("lobby_relay_flooders_closed_total"),
+            seats_lost: counter!("lobby_relay_seats_lost_total"),
+            pubsub_reconnects: counter!("lobby_relay_pubsub_reconnects_total"),
+            nodes_reaped: counter!("lobby_relay_nodes_reaped_total"),
+            redis_join: redis("join"),
+            redis_leave: redis("leave"),
+            redis_publish: redis("publish"),
+            redis_heartbeat: redis("heartbeat"),
+            redis_errors_join: redis_errors("join"),
+            redis_errors_leave: redis_errors("leave"),
+            redis_errors_publish: redis_errors("publish"),
+            redis_errors_heartbeat: redis_errors("heartbeat"),
+            redis_errors_pubsub: redis_errors("pubsub"),
+            errors: codes
+                .into_iter()
+                .map(|code| {
+                    (
+                        code,
+                        counter!("lobby_relay_errors_total", "code" => code.as_str()),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Counts an error sent to a client.
+    pub fn error(&self, code: ErrorCode) {
+        if let Some((_, counter)) = self.errors.iter().find(|(c, _)| *c == code) {
+            counter.increment(1);
+        }
+    }
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and records the
+/// node's identity in `lobby_relay_node_info`.
+pub fn install(node_id: &str, store: &'static str) {
+    let handle = HANDLE.get_or_init(|| {
+        let buckets = [
+            0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+            1.0,
+        ];
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+            .and_then(|builder| builder.install_recorder())
+            .map_err(|e| tracing::warn!(error = %e, "metrics are unavailable"))
+            .ok()
+    });
+    if handle.is_some() {
+        gauge!(
+            "lobby_relay_node_info",
+            "version" => env!("CARGO_PKG_VERSION"),
+            "node_id" => node_id.to_owned(),
+            "store" => store
+        )
+        .set(1.0);
+    }
+}
+
+/// The metrics' handles (no-ops until [`install`] ran).
+pub fn get() -> &'static Metrics {
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// The text exposition of every metric, for `GET /metrics`.
+pub fn render() -> Option<String> {
+    let handle = HANDLE.get()?.as_ref()?;
+    handle.run_upkeep();
+    Some(handle.render())
+}
+
+/// Times a Redis operation into `histogram`.
+pub fn observe(histogram: &Histogram, elapsed: Duration) {
+    histogram.record(elapsed.as_secs_f64());
+}

@@ -1,0 +1,98 @@
+//! `GET /metrics`: Prometheus counters that match what clients did, with no
+//! passphrase in any label.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+
+use support::{Cluster, pair};
+
+fn scrape(addr: SocketAddr) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of one sample line (`name{labels} value`), 0 if absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn counts_match_what_clients_did(c: Cluster) {
+    let passphrase = format!("metric-walrus-{}", support::unique());
+    let (mut a, mut b) = pair(&c, &passphrase).await;
+    for i in 0..5 {
+        a.send_text(&format!(r#"{{"type":"m","i":{i}}}"#)).await;
+        b.recv_text().await;
+    }
+    for _ in 0..2 {
+        a.send_binary(vec![1, 2, 3]).await;
+        b.recv_binary().await;
+    }
+    for i in 0..3 {
+        b.send_text(&format!(r#"{{"type":"m","i":{i}}}"#)).await;
+        a.recv_text().await;
+    }
+    a.send_text("not json").await;
+    a.expect_error("invalid_json").await;
+
+    let nodes = if c.is_redis() {
+        vec![c.addr_a(), c.addr_b()]
+    } else {
+        vec![c.addr_a()]
+    };
+    let scrapes: Vec<String> = nodes.iter().map(|addr| scrape(*addr)).collect();
+    let total = |series: &str| scrapes.iter().map(|m| sample(m, series)).sum::<f64>();
+    assert_eq!(total(r#"lobby_relay_joins_total{result="joined"}"#), 2.0);
+    assert_eq!(total(r#"lobby_relay_messages_out_total{kind="text"}"#), 8.0);
+    assert_eq!(
+        total(r#"lobby_relay_messages_out_total{kind="binary"}"#),
+        2.0
+    );
+    assert_eq!(
+        total(r#"lobby_relay_messages_in_total{kind="binary"}"#),
+        2.0
+    );
+    assert_eq!(
+        total(r#"lobby_relay_errors_total{code="invalid_json"}"#),
+        1.0
+    );
+    assert_eq!(total("lobby_relay_connections"), 2.0);
+    assert_eq!(total("lobby_relay_members"), 2.0);
+    for (addr, metrics) in nodes.iter().zip(&scrapes) {
+        assert!(
+            metrics.contains("lobby_relay_node_info{"),
+            "{addr}: node info missing"
+        );
+        assert!(
+            !metrics.contains(&passphrase),
+            "{addr}: a passphrase in the metrics"
+        );
+        assert!(
+            !metrics.contains(&support::lobby_id(&passphrase)[..8]),
+            "{addr}: a lobby id in the metrics"
+        );
+    }
+    if c.is_redis() {
+        assert!(total(r#"lobby_relay_redis_command_seconds_count{op="join"}"#) >= 2.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_match_what_clients_did_redis() {
+    support::run(Cluster::redis(), counts_match_what_clients_did).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_match_what_clients_did_memory() {
+    support::run(Cluster::memory(), counts_match_what_clients_did).await;
+}
