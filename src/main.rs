@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use lobby_relay::config::{LogFormat, Secret, ServeArgs};
 use lobby_relay::lobby::redis::{channel, lobby_key};
 use lobby_relay::passphrase::LobbyId;
+use tracing::Instrument;
 
 /// A real-time WebSocket relay for multiplayer games. Players who type the
 /// same passphrase meet in a lobby and exchange game messages through it.
@@ -98,12 +99,15 @@ fn serve(args: ServeArgs) -> ExitCode {
             version = env!("CARGO_PKG_VERSION"),
             "listening"
         );
+        // Every line logged by the node carries its id (the `node` span).
+        let node_span = tracing::info_span!("node", node_id = %config.node_id);
         match lobby_relay::serve(
             listener,
             config,
             args.redis_url.as_deref(),
             shutdown_signal(),
         )
+        .instrument(node_span)
         .await
         {
             Ok(()) => {

@@ -148,7 +148,7 @@ async fn accept_loop<S: LobbyStore>(listener: &TcpListener, server: &Arc<Server<
         backoff = Duration::from_millis(5);
         let _ = stream.set_nodelay(true);
         let server = server.clone();
-        tokio::spawn(async move { server.accepted(stream, peer).await });
+        tokio::spawn(async move { server.accepted(stream, peer).await }.in_current_span());
     }
 }
 
@@ -310,7 +310,7 @@ impl<S: LobbyStore> Server<S> {
         client: std::net::IpAddr,
     ) {
         use futures_util::StreamExt;
-        tracing::debug!(event = "connect", "connected");
+        tracing::info!(event = "connect", "connected");
         metrics::get().connections.increment(1.0);
         let (sink, frames) = ws.split();
         let (outbox, inbox) = outbox::channel(self.node.config.outbound_queue_bytes);
@@ -322,7 +322,7 @@ impl<S: LobbyStore> Server<S> {
         // left, closes, and ends.
         let _ = writer.await;
         metrics::get().connections.decrement(1.0);
-        tracing::debug!(event = "disconnect", reason = ?reason, "disconnected");
+        tracing::info!(event = "disconnect", reason = ?reason, "disconnected");
     }
 
     /// Answers one HTTP request.

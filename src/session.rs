@@ -305,7 +305,7 @@ impl<S: LobbyStore> Session<S> {
 
     async fn refuse(&self, code: ErrorCode, message: &str) {
         metrics::get().error(code);
-        tracing::debug!(event = "error", code = code.as_str(), "request refused");
+        tracing::info!(event = "error", code = code.as_str(), "request refused");
         self.outbox
             .send(Message::text(protocol::error(code, message)));
     }

@@ -32,6 +32,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{JoinOutcome, LobbyStore, MemberId, StoreError};
 use crate::hub::{Hub, LocalLobby};
@@ -243,7 +244,12 @@ impl Shared {
                 .await;
             }
         };
-        tokio::spawn(self.stop.clone().run_until_cancelled_owned(retry));
+        tokio::spawn(
+            self.stop
+                .clone()
+                .run_until_cancelled_owned(retry)
+                .in_current_span(),
+        );
     }
 
     /// Drops the command connection and starts a fresh one.
@@ -290,19 +296,23 @@ impl RedisStore {
         let tasks = [
             tokio::spawn(
                 stop.clone()
-                    .run_until_cancelled_owned(run_publisher(shared.clone(), queue)),
+                    .run_until_cancelled_owned(run_publisher(shared.clone(), queue))
+                    .in_current_span(),
             ),
             tokio::spawn(
                 stop.clone()
-                    .run_until_cancelled_owned(run_subscriber(shared.clone(), sink_slot)),
+                    .run_until_cancelled_owned(run_subscriber(shared.clone(), sink_slot))
+                    .in_current_span(),
             ),
             tokio::spawn(
                 stop.clone()
-                    .run_until_cancelled_owned(liveness::run_heartbeat(shared.clone())),
+                    .run_until_cancelled_owned(liveness::run_heartbeat(shared.clone()))
+                    .in_current_span(),
             ),
             tokio::spawn(
                 stop.clone()
-                    .run_until_cancelled_owned(liveness::run_reaper(shared.clone())),
+                    .run_until_cancelled_owned(liveness::run_reaper(shared.clone()))
+                    .in_current_span(),
             ),
         ];
         drop(tasks);
