@@ -233,15 +233,7 @@ impl Shared {
                 !pending.contains_key(&lobby) && shared.hub.get(&lobby).is_none()
             };
             if forget {
-                let index = node_lobbies_key(&shared.identity.key());
-                let mut conn = shared.conn();
-                let _ = timed(
-                    redis::cmd("SREM")
-                        .arg(index)
-                        .arg(&hex)
-                        .query_async::<()>(&mut conn),
-                )
-                .await;
+                shared.drop_from_index(&hex).await;
             }
         };
         tokio::spawn(
@@ -250,6 +242,20 @@ impl Shared {
                 .run_until_cancelled_owned(retry)
                 .in_current_span(),
         );
+    }
+
+    /// Removes a lobby from this node's index (best effort: a stale entry
+    /// only costs a reaper a look at an empty lobby).
+    async fn drop_from_index(&self, hex: &str) {
+        let index = node_lobbies_key(&self.identity.key());
+        let mut conn = self.conn();
+        let _ = timed(
+            redis::cmd("SREM")
+                .arg(index)
+                .arg(hex)
+                .query_async::<()>(&mut conn),
+        )
+        .await;
     }
 
     /// Drops the command connection and starts a fresh one.
@@ -366,15 +372,17 @@ impl LobbyStore for RedisStore {
 
     async fn unsubscribe(&self, lobby: &LobbyId) -> Result<(), StoreError> {
         let hex = lobby.to_string();
-        let mut conn = self.shared.conn();
-        let index = node_lobbies_key(&self.shared.identity.key());
-        let _ = timed(
-            redis::cmd("SREM")
-                .arg(index)
-                .arg(&hex)
-                .query_async::<()>(&mut conn),
-        )
-        .await;
+        // A leave still being retried keeps the lobby in the index, so that
+        // the seat is reaped should this node die first.
+        let leave_pending = self
+            .shared
+            .pending_leaves
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(lobby);
+        if !leave_pending {
+            self.shared.drop_from_index(&hex).await;
+        }
         let mut sink = self.sink().await?;
         timed(sink.unsubscribe(channel(&hex))).await
     }
