@@ -48,11 +48,26 @@ impl Identity {
         fresh
     }
 
+    /// Starts a new incarnation if the current one is still `expected`
+    /// (two tasks may learn of the same reaping); returns the current key.
+    pub fn renew_from(&self, expected: &str) -> Arc<str> {
+        let mut key = self.key.lock().unwrap_or_else(|e| e.into_inner());
+        if **key == *expected {
+            *key = Self::fresh_key(&self.node_id);
+        }
+        key.clone()
+    }
+
     /// A member id for a new seat: `<node key>.<n>`.
     pub fn new_member(&self) -> MemberId {
         let n = self.next_member.fetch_add(1, Ordering::Relaxed);
         format!("{}.{n}", self.key()).into()
     }
+}
+
+/// The node key a member id was recorded under.
+pub fn node_key_of(member: &str) -> &str {
+    member.rsplit_once('.').map_or(member, |(key, _)| key)
 }
 
 /// Whether `member` was recorded under node key `key`.
@@ -77,6 +92,10 @@ mod tests {
         let renewed = id.renew();
         assert_ne!(renewed, key);
         assert!(!is_member_of(&id.new_member(), &key));
+        assert_eq!(id.renew_from(&key), renewed, "an old key renews nothing");
+        assert_ne!(id.renew_from(&renewed), renewed);
         assert!(!is_member_of("relay-1/abc.1", "relay-1/ab"));
+        assert_eq!(node_key_of(&m), &*key);
+        assert_eq!(node_key_of("relay.eu-1/0a1b2c3d.17"), "relay.eu-1/0a1b2c3d");
     }
 }

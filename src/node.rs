@@ -118,6 +118,11 @@ impl<S: LobbyStore> Node<S> {
             }
             Err(e) => {
                 self.detach(&lobby, &member).await;
+                // The join may have happened, only its answer lost: make sure
+                // no seat stays taken in this member's name.
+                if let Err(cleanup) = self.store.leave(&id, &member, 0).await {
+                    tracing::debug!(error = %cleanup, "cleaning up after a failed join");
+                }
                 return Err(e.into());
             }
         };
@@ -160,7 +165,12 @@ impl<S: LobbyStore> Node<S> {
     /// Relays a game message from `membership`'s seat to the other members.
     pub async fn relay(&self, membership: &Membership, message: Message) -> Result<(), StoreError> {
         self.store
-            .publish(&membership.lobby, membership.seat, message)
+            .publish(
+                &membership.lobby,
+                &membership.member,
+                membership.seat,
+                message,
+            )
             .await
     }
 

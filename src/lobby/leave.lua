@@ -3,19 +3,29 @@
 -- hash: an empty lobby leaves nothing behind.
 --
 -- KEYS[1]  the lobby's membership hash
--- ARGV[1]  the seat
+-- ARGV[1]  the seat, or 0 for whichever seat the member holds (after a join
+--          whose answer was lost)
 -- ARGV[2]  the member id expected in that seat
 -- ARGV[3]  the lobby's pub/sub channel
 -- The event: 'L', seat, players, then one byte per occupied seat.
 -- Returns the number of members left, or -1 if the seat was not the member's.
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
+local seat = ARGV[1]
+if seat == '0' then
+  local fields = redis.call('HGETALL', KEYS[1])
+  for i = 1, #fields, 2 do
+    if fields[i + 1] == ARGV[2] then
+      seat = fields[i]
+    end
+  end
+end
+if redis.call('HGET', KEYS[1], seat) ~= ARGV[2] then
   return -1
 end
-redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[1], seat)
 local seats = {}
 for _, taken in ipairs(redis.call('HKEYS', KEYS[1])) do
   seats[#seats + 1] = string.char(tonumber(taken))
 end
-redis.call('PUBLISH', ARGV[3], 'L' .. string.char(tonumber(ARGV[1]), #seats) .. table.concat(seats))
+redis.call('PUBLISH', ARGV[3], 'L' .. string.char(tonumber(seat), #seats) .. table.concat(seats))
 local players = #seats
 return players

@@ -94,7 +94,14 @@ impl LobbyStore for MemoryStore {
         let Some(seats) = lobbies.get_mut(lobby) else {
             return Ok(());
         };
-        let index = usize::from(seat).wrapping_sub(1);
+        let index = match seat {
+            0 => match seats.iter().position(|m| m.as_ref() == Some(member)) {
+                Some(index) => index,
+                None => return Ok(()),
+            },
+            seat => usize::from(seat) - 1,
+        };
+        let seat = (index + 1) as u8;
         if seats.get(index).and_then(Option::as_ref) != Some(member) {
             return Ok(());
         }
@@ -138,6 +145,7 @@ impl LobbyStore for MemoryStore {
     async fn publish(
         &self,
         lobby: &Arc<LocalLobby>,
+        _member: &MemberId,
         from_seat: u8,
         message: Message,
     ) -> Result<(), StoreError> {

@@ -98,7 +98,9 @@ pub trait LobbyStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<JoinOutcome, StoreError>> + Send;
 
     /// Frees `seat` if `member` still holds it and emits [`LobbyEvent::Left`];
-    /// when the lobby is empty afterwards, nothing of it remains.
+    /// when the lobby is empty afterwards, nothing of it remains. Seat 0
+    /// means whichever seat `member` holds (after a join whose answer was
+    /// lost).
     fn leave(
         &self,
         lobby: &LobbyId,
@@ -121,10 +123,11 @@ pub trait LobbyStore: Send + Sync + 'static {
     /// store holds about the node itself.
     fn goodbye(&self) -> impl Future<Output = ()> + Send;
 
-    /// Relays a game message to the other members of `lobby`.
+    /// Relays a game message of `member` to the other members of `lobby`.
     fn publish(
         &self,
         lobby: &Arc<LocalLobby>,
+        member: &MemberId,
         from_seat: u8,
         message: Message,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;

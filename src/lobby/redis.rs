@@ -36,7 +36,7 @@ use tracing::Instrument;
 
 use super::{JoinOutcome, LobbyStore, MemberId, StoreError};
 use crate::hub::{Hub, LocalLobby};
-use crate::identity::Identity;
+use crate::identity::{self, Identity};
 use crate::limits::JoinLimit;
 use crate::metrics;
 use crate::passphrase::LobbyId;
@@ -85,6 +85,9 @@ pub fn join_rate_key(client: IpAddr) -> String {
 fn lobby_of_channel(name: &str) -> Option<LobbyId> {
     LobbyId::from_hex(name.strip_prefix(CHANNEL_PREFIX)?.strip_suffix('}')?)
 }
+
+/// Publishes a node's game messages unless the node has been reaped.
+const RELAY_LUA: &str = include_str!("relay.lua");
 
 /// How many queued publishes go into one pipeline at most.
 const PUBLISH_BATCH: usize = 1024;
@@ -144,6 +147,7 @@ struct Shared {
 
 struct Scripts {
     gcra: redis::Script,
+    heartbeat: redis::Script,
     join: redis::Script,
     leave: redis::Script,
     reap: redis::Script,
@@ -158,6 +162,9 @@ impl std::fmt::Debug for RedisStore {
 
 enum PublishOp {
     Publish {
+        /// The sender's node key: its messages go out only while that
+        /// incarnation has not been reaped (`relay.lua`).
+        node_key: Arc<str>,
         channel: String,
         payload: Vec<u8>,
     },
@@ -285,6 +292,7 @@ impl RedisStore {
             settings,
             scripts: Scripts {
                 gcra: redis::Script::new(include_str!("gcra.lua")),
+                heartbeat: redis::Script::new(include_str!("heartbeat.lua")),
                 join: redis::Script::new(include_str!("join.lua")),
                 leave: redis::Script::new(include_str!("leave.lua")),
                 reap: redis::Script::new(include_str!("reap.lua")),
@@ -467,13 +475,16 @@ impl LobbyStore for RedisStore {
     async fn publish(
         &self,
         lobby: &Arc<LocalLobby>,
+        member: &MemberId,
         from_seat: u8,
         message: Message,
     ) -> Result<(), StoreError> {
         let Some(payload) = envelope::encode_relay(from_seat, &message) else {
             return Ok(());
         };
+        let node_key = identity::node_key_of(member).into();
         self.enqueue(PublishOp::Publish {
+            node_key,
             channel: channel(&lobby.hex),
             payload,
         })
@@ -483,32 +494,73 @@ impl LobbyStore for RedisStore {
 
 /// Sends queued publishes in pipelines: while one batch is on its way, the
 /// next one accumulates. One task and one connection keep the order.
+///
+/// Each run of messages of one node key is one `EVAL relay.lua` (the script
+/// is sent as text: Redis caches it, and a restarted Redis needs no reload),
+/// which publishes them unless that node key has been reaped.
 async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>) {
     let mut ops = Vec::with_capacity(PUBLISH_BATCH);
     let mut barriers = Vec::new();
     let mut pipe = redis::pipe();
     while queue.recv_many(&mut ops, PUBLISH_BATCH).await > 0 {
         let mut publishes = 0usize;
+        // The run of messages being gathered: its node key and its EVAL.
+        let mut run: Option<(Arc<str>, redis::Cmd)> = None;
+        let mut runs: Vec<(Arc<str>, usize)> = Vec::new();
         for op in ops.drain(..) {
             match op {
-                PublishOp::Publish { channel, payload } => {
-                    pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+                PublishOp::Publish {
+                    node_key,
+                    channel,
+                    payload,
+                } => {
+                    if run.as_ref().is_none_or(|(key, _)| *key != node_key) {
+                        if let Some((_, eval)) = run.take() {
+                            pipe.add_command(eval);
+                        }
+                        let mut eval = redis::cmd("EVAL");
+                        eval.arg(RELAY_LUA).arg(1).arg(reaped_key(&node_key));
+                        runs.push((node_key.clone(), 0));
+                        run = Some((node_key, eval));
+                    }
+                    if let Some((_, eval)) = run.as_mut() {
+                        eval.arg(channel).arg(payload);
+                    }
+                    if let Some(last) = runs.last_mut() {
+                        last.1 += 1;
+                    }
                     publishes += 1;
                 }
                 PublishOp::Barrier(ack) => barriers.push(ack),
             }
         }
+        if let Some((_, eval)) = run.take() {
+            pipe.add_command(eval);
+        }
         if publishes > 0 {
             let mut conn = shared.conn();
             let started = Instant::now();
-            let sent = timed(pipe.query_async::<()>(&mut conn)).await;
+            let sent = timed(pipe.query_async::<Vec<i64>>(&mut conn)).await;
             let metrics = metrics::get();
             metrics::observe(&metrics.redis_publish, started.elapsed());
-            if let Err(e) = sent {
-                metrics.redis_errors_publish.increment(1);
-                // Pub/sub is at-most-once: what could not be published is
-                // lost, as it would be for a subscriber that was away.
-                tracing::warn!(error = %e, lost = publishes, "publishing to Redis failed");
+            match sent {
+                Ok(published) => {
+                    for ((node_key, count), result) in runs.iter().zip(published) {
+                        if result < 0 {
+                            tracing::warn!(
+                                node_key = &**node_key,
+                                dropped = count,
+                                "messages of a reaped incarnation were not relayed"
+                            );
+                        }
+                    }
+                }
+                Err(e) => {
+                    metrics.redis_errors_publish.increment(1);
+                    // Pub/sub is at-most-once: what could not be published
+                    // is lost, as it would be for a subscriber that was away.
+                    tracing::warn!(error = %e, lost = publishes, "publishing to Redis failed");
+                }
             }
             pipe.clear();
         }
@@ -529,6 +581,21 @@ async fn run_subscriber(shared: Arc<Shared>, slot: watch::Sender<Option<PubSubSi
     loop {
         match tokio::time::timeout(CONNECT_TIMEOUT, shared.client.get_async_pubsub()).await {
             Ok(Ok(pubsub)) => {
+                // Back after a cut: if the others reaped this node meanwhile,
+                // its members are gone, and must not hear the lobby again
+                // (the leave events that said so were missed).
+                if !first {
+                    match liveness::is_reaped(&shared).await {
+                        Ok(true) => liveness::lose_everything(&shared, &shared.identity.key()),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot check whether this node was reaped");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            continue;
+                        }
+                    }
+                }
                 let (mut sink, mut stream) = pubsub.split();
                 let channels: Vec<String> = shared
                     .hub

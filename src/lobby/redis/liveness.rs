@@ -50,22 +50,19 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>) {
         let mut conn = shared.conn();
         let started = std::time::Instant::now();
         let beat = timed(
-            redis::pipe()
-                .cmd("SET")
-                .arg(node_key(&key))
+            shared
+                .scripts
+                .heartbeat
+                .key(node_key(&key))
+                .key(NODES_KEY)
+                .key(reaped_key(&key))
                 .arg(info)
-                .arg("PX")
                 .arg(ttl_ms)
-                .ignore()
-                .cmd("SADD")
-                .arg(NODES_KEY)
                 .arg(&*key)
-                .ignore()
-                .cmd("EXISTS")
-                .arg(reaped_key(&key))
-                .query_async::<(bool,)>(&mut conn),
+                .invoke_async::<i64>(&mut conn),
         )
-        .await;
+        .await
+        .map(|reaped| (reaped == 1,));
         let metrics = metrics::get();
         metrics::observe(&metrics.redis_heartbeat, started.elapsed());
         if beat.is_err() {
@@ -121,9 +118,20 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>) {
     }
 }
 
+/// Whether the other nodes have reaped this node's current incarnation.
+pub(super) async fn is_reaped(shared: &Shared) -> Result<bool, StoreError> {
+    let mut conn = shared.conn();
+    timed(
+        redis::cmd("EXISTS")
+            .arg(reaped_key(&shared.identity.key()))
+            .query_async(&mut conn),
+    )
+    .await
+}
+
 /// Another node presumed this one dead and reaped its members: give up every
 /// seat of the old incarnation and start a new one.
-fn lose_everything(shared: &Shared, key: &str) {
+pub(super) fn lose_everything(shared: &Shared, key: &str) {
     let mut lost = 0;
     for lobby in shared.hub.lobbies() {
         for (member, _seat) in lobby.seated() {
@@ -133,7 +141,7 @@ fn lose_everything(shared: &Shared, key: &str) {
             }
         }
     }
-    let fresh = shared.identity.renew();
+    let fresh = shared.identity.renew_from(key);
     tracing::warn!(
         old_key = key,
         new_key = &*fresh,
