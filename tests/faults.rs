@@ -1200,3 +1200,44 @@ async fn reaped_player_is_not_heard(mode: Partition) {
     })
     .await;
 }
+
+/// A player who disconnects while its node cannot reach Redis (a cut
+/// shorter than the node timeout) does not keep its seat: the node retries
+/// the leave, and once Redis is reachable the other player gets
+/// `playerLeft` and the seat is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_during_a_cut_is_retried() {
+    let c = Partitionable::start().await;
+    let url = c.redis.url();
+    bounded(&c.logs(), async {
+        let probe = RedisProbe::connect(&url).await;
+        let pass = format!("leave-in-cut-{}", unique());
+        let key = lobby_key(&pass);
+        let (pa, mut pb) = pair_on(&c.a.url(), &c.b.url(), &pass, ("A", "B")).await;
+
+        Partition::Cut.begin(&c.proxy);
+        drop(pa); // A goes while node a cannot reach Redis
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        c.proxy.restore();
+        let restored = Instant::now();
+
+        let got = read_until_text(
+            &mut pb,
+            r#"{"type":"playerLeft","players":1,"seat":1}"#,
+            Duration::from_secs(5),
+        )
+        .await;
+        println!(
+            "leave during a cut: B got playerLeft {:?} after the restore",
+            restored.elapsed()
+        );
+        assert!(got.is_empty(), "B also got: {got:?}");
+        let seats: BTreeMap<String, String> = probe.hgetall(&key).await;
+        assert_eq!(
+            seats.keys().collect::<Vec<_>>(),
+            ["2"],
+            "only B's seat: {seats:?}"
+        );
+    })
+    .await;
+}
