@@ -75,3 +75,48 @@ async fn reader_that_stops_is_disconnected_memory() {
     )
     .await;
 }
+
+/// A client that goes silent (it does not even answer the relay's pings) is
+/// closed after `--idle-timeout`, and its lobby gets `playerLeft`; a client
+/// that is merely quiet but answers pings (every WebSocket library does, as
+/// long as it reads) stays.
+async fn silent_client_is_closed_after_the_idle_timeout(cluster: Cluster) {
+    let mut a = Client::connect(&cluster.url_a(), "A").await;
+    let mut b = Client::connect(&cluster.url_b(), "B").await;
+    let pass = format!("idle-{}", support::unique());
+    a.join(&pass).await;
+    b.join(&pass).await;
+    a.expect_json(json!({"type":"ready","players":2})).await;
+    b.expect_json(json!({"type":"ready","players":2})).await;
+    // From here B reads nothing: it never answers a ping again.
+    let started = std::time::Instant::now();
+    // A keeps reading (so it answers pings) but sends nothing.
+    let left = a.recv_json_within(Duration::from_secs(5)).await;
+    assert_eq!(left, json!({"type":"playerLeft","players":1,"seat":2}));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}, before the 1 s idle timeout"
+    );
+    // A, quiet for as long but answering pings, is still there.
+    a.assert_open().await;
+    drop(b);
+}
+
+#[tokio::test]
+async fn silent_client_is_closed_after_the_idle_timeout_redis() {
+    support::run(
+        Cluster::redis_with(&["--idle-timeout", "1s"]),
+        silent_client_is_closed_after_the_idle_timeout,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn silent_client_is_closed_after_the_idle_timeout_memory() {
+    support::run(
+        Cluster::memory_with(&["--idle-timeout", "1s"]),
+        silent_client_is_closed_after_the_idle_timeout,
+    )
+    .await;
+}
