@@ -861,8 +861,47 @@ async fn nodes_see_the_players_address_through_haproxy() {
         let mut y = ws_from("127.0.0.6", cluster.port, b"")
             .await
             .expect("Y connects");
-        let reply = join_reply(&mut y, &passphrase("y")).await;
+        let y_passphrase = passphrase("y");
+        let reply = join_reply(&mut y, &y_passphrase).await;
         assert_eq!(reply["type"], "joined", "Y: {reply}");
+        // `inspect` finds Y's lobby and the node that holds its seat.
+        let output = Command::new(env!("CARGO_BIN_EXE_lobby-relay"))
+            .args([
+                "inspect",
+                &y_passphrase,
+                "--redis-url",
+                &cluster.redis_url(),
+            ])
+            .env_remove("LOBBY_RELAY_LOBBY_SECRET")
+            .output()
+            .expect("inspect runs");
+        let shown = String::from_utf8_lossy(&output.stdout).to_string();
+        assert!(
+            shown.lines().any(|l| l.starts_with("seat 1: relay-")),
+            "inspect shows Y's seat on a relay node: {shown}"
+        );
+        // The nodes' metrics count what happened: three joins, one refused.
+        let scrapes: Vec<String> = cluster
+            .node_ports
+            .iter()
+            .map(|port| {
+                http_get(*port, "/metrics")
+                    .map(|(_, body)| body)
+                    .unwrap_or_default()
+            })
+            .collect();
+        let total = |series: &str| -> f64 {
+            scrapes
+                .iter()
+                .flat_map(|m| m.lines())
+                .filter_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+                .sum()
+        };
+        assert_eq!(total(r#"lobby_relay_joins_total{result="joined"}"#), 3.0);
+        assert_eq!(
+            total(r#"lobby_relay_joins_total{result="rate_limited"}"#),
+            1.0
+        );
         // A forged PROXY header straight to a node (not from HAProxy).
         let forged = b"PROXY TCP4 198.51.100.9 127.0.0.1 40000 8765\r\n";
         let direct = ws_from("127.0.0.1", cluster.node_ports[0], forged).await;
