@@ -61,6 +61,9 @@ cargo clippy --all-targets --locked -- -D warnings
 say "cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 
+say "docker compose end to end (scripts/compose-e2e.sh; skipped without a Docker engine)"
+scripts/compose-e2e.sh
+
 say "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest does not run doctests: run them first, the whole suite last.
