@@ -499,9 +499,10 @@ def metrics(node):
 
 
 def counter(body, name):
+    """The sum of a metric's samples; `name` may carry its labels."""
     total = 0.0
     for line in body.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
+        if line.startswith(name + " ") or ("{" not in name and line.startswith(name + "{")):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -575,17 +576,21 @@ async def full():
     check(out.strip() == "ready", f"{third} -> {node_a}:8765/readyz answered {out!r}")
     say(f"{third} reaches http://{node_a}:8765/readyz directly: {out.strip()!r}")
 
-    code, body = metrics(node_a)
-    if code == "200":
-        check("lobby_relay_" in body, f"{node_a}/metrics has no lobby_relay_ metric")
-        for node in (node_a, node_b):
-            _, body = metrics(node)
-            say(f"{node}/metrics: messages_in {counter(body, 'lobby_relay_messages_in_total'):.0f}, "
-                f"messages_out {counter(body, 'lobby_relay_messages_out_total'):.0f}, "
-                f"connections {counter(body, 'lobby_relay_connections'):.0f} "
-                f"(each player sent {sent} messages besides join and ping)")
-    else:
-        say(f"metrics not available yet ({node_a}/metrics answered {code})")
+    # Each player's node counted the game messages it relayed to its player
+    # (text and binary, not events) and those its player sent.
+    for node in (node_a, node_b):
+        code, body = metrics(node)
+        check(code == "200", f"{node}/metrics answered {code}")
+        relayed = (counter(body, 'lobby_relay_messages_out_total{kind="text"}')
+                   + counter(body, 'lobby_relay_messages_out_total{kind="binary"}'))
+        received = counter(body, 'lobby_relay_messages_in_total')
+        say(f"{node}/metrics: messages_in {received:.0f}, relayed out {relayed:.0f}, "
+            f"connections {counter(body, 'lobby_relay_connections'):.0f} "
+            f"(each player sent {sent} game messages besides join and ping)")
+        # A sent `sent` (text + one binary), B sent `sent - 1`: each node
+        # relayed at least `sent - 1` to its player and took as many in.
+        check(relayed >= sent - 1, f"{node} counted {relayed} relayed messages, its player got at least {sent - 1}")
+        check(received >= sent - 1, f"{node} counted {received} messages in, its player sent at least {sent - 1}")
 
     # Kill B's node: A hears playerLeft within the bound, B's connection ends.
     victim = node_b
