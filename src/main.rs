@@ -72,7 +72,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        let listener = match lobby_relay::server::bind(args.listen) {
             Ok(listener) => listener,
             Err(e) => {
                 tracing::error!(addr = %args.listen, error = %e, "cannot listen");

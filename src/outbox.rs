@@ -159,7 +159,9 @@ pub async fn run_writer<S>(mut sink: S, mut inbox: Inbox)
 where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    // Grows to the largest batch this connection has seen: an idle
+    // connection holds no room for 64 frames it never gets.
+    let mut batch = Vec::new();
     let token = inbox.shared.token.clone();
     loop {
         let received = tokio::select! {
