@@ -41,7 +41,7 @@ pub struct ServeArgs {
     /// Redis to share lobbies with other nodes, e.g. `redis://127.0.0.1:6379/`
     /// (`rediss://` for TLS). Without it the node runs alone, with lobbies in
     /// memory.
-    #[arg(long, env = "LOBBY_RELAY_REDIS_URL", value_parser = parse_redis_url)]
+    #[arg(long, env = "LOBBY_RELAY_REDIS_URL", value_parser = parse_redis_url, hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// This node's name in logs and in Redis records: letters, digits, `.`,

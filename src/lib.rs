@@ -18,6 +18,7 @@
 //! - [`outbox`]: a connection's bounded outbound queue and batching writer.
 //! - [`node`]: join, leave and relay, the same for every lobby store.
 //! - [`hub`]: this node's members of each lobby, and delivery to them.
+//! - [`inspect`]: `lobby-relay inspect`, read-only views of Redis.
 //! - [`identity`]: the node's key and member ids in lobby records.
 //! - [`limits`]: message and join rate limits.
 //! - [`metrics`]: Prometheus metrics (`GET /metrics`).
@@ -28,6 +29,7 @@ pub mod client_addr;
 pub mod config;
 pub mod hub;
 pub mod identity;
+pub mod inspect;
 pub mod limits;
 pub mod lobby;
 pub mod metrics;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use lobby_relay::config::{LogFormat, Secret, ServeArgs};
-use lobby_relay::lobby::redis::{channel, lobby_key};
+use lobby_relay::inspect;
 use lobby_relay::passphrase::LobbyId;
 use tracing::Instrument;
 
@@ -26,20 +26,65 @@ struct Cli {
 enum Command {
     /// Run a relay node (the default).
     Serve(Box<ServeArgs>),
-    /// Show where a lobby lives in Redis, given its passphrase, and (with
-    /// --redis-url) who is in it. Reads the passphrase from standard input
-    /// when it is `-` or missing, so that it stays out of shell history.
+    /// Read what Redis holds: `inspect nodes`, `inspect lobbies`, or one
+    /// lobby (`inspect lobby PASSPHRASE`, or just `inspect PASSPHRASE`).
+    /// Tables for people; `--json` for scripts. The passphrase is read from
+    /// standard input when it is `-` or missing, so that it stays out of shell
+    /// history; it is hashed here and never sent to Redis.
+    #[command(args_conflicts_with_subcommands = true)]
     Inspect {
-        /// The passphrase as players type it; `-` or nothing: read stdin.
-        passphrase: Option<String>,
-        /// Redis to read the lobby's members from.
-        #[arg(long, env = "LOBBY_RELAY_REDIS_URL")]
-        redis_url: Option<String>,
-        /// The nodes' --lobby-secret, if they use one (lobby ids are then
-        /// HMACs of the passphrase).
-        #[arg(long, env = "LOBBY_RELAY_LOBBY_SECRET", hide_env_values = true)]
-        lobby_secret: Option<Secret>,
+        #[command(subcommand)]
+        what: Option<InspectWhat>,
+        #[command(flatten)]
+        lobby: LobbyArgs,
+        #[command(flatten)]
+        common: InspectArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum InspectWhat {
+    /// Nodes that announced themselves: alive (heartbeat, ms left), lobbies
+    /// and members they hold.
+    Nodes {
+        #[command(flatten)]
+        common: InspectArgs,
+    },
+    /// Every lobby: hash, players, seats, nodes.
+    Lobbies {
+        #[command(flatten)]
+        common: InspectArgs,
+    },
+    /// One lobby, by passphrase or hash: its key, channel, seats and nodes.
+    Lobby {
+        #[command(flatten)]
+        lobby: LobbyArgs,
+        #[command(flatten)]
+        common: InspectArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct LobbyArgs {
+    /// The passphrase as players type it; `-` or nothing: read stdin.
+    passphrase: Option<String>,
+    /// The lobby's hash (64 hex digits) instead of its passphrase.
+    #[arg(long, conflicts_with = "passphrase")]
+    hash: Option<String>,
+    /// The nodes' --lobby-secret, if they use one (lobby ids are then HMACs
+    /// of the passphrase).
+    #[arg(long, env = "LOBBY_RELAY_LOBBY_SECRET", hide_env_values = true)]
+    lobby_secret: Option<Secret>,
+}
+
+#[derive(clap::Args)]
+struct InspectArgs {
+    /// The cluster's Redis.
+    #[arg(long, env = "LOBBY_RELAY_REDIS_URL", global = true, hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -48,10 +93,15 @@ fn main() -> ExitCode {
         None => serve(cli.serve),
         Some(Command::Serve(args)) => serve(*args),
         Some(Command::Inspect {
-            passphrase,
-            redis_url,
-            lobby_secret,
-        }) => inspect(passphrase, redis_url, lobby_secret),
+            what,
+            lobby,
+            common,
+        }) => match what {
+            None => inspect_lobby(lobby, common),
+            Some(InspectWhat::Lobby { lobby, common }) => inspect_lobby(lobby, common),
+            Some(InspectWhat::Nodes { common }) => inspect_list(common, "nodes"),
+            Some(InspectWhat::Lobbies { common }) => inspect_list(common, "lobbies"),
+        },
     }
 }
 
@@ -161,57 +211,112 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-fn inspect(
-    passphrase: Option<String>,
-    redis_url: Option<String>,
-    secret: Option<Secret>,
-) -> ExitCode {
-    let passphrase = match passphrase.as_deref() {
-        Some(p) if p != "-" => p.to_owned(),
-        _ => {
-            let mut input = String::new();
-            if let Err(e) = std::io::stdin().read_to_string(&mut input) {
-                eprintln!("lobby-relay: cannot read the passphrase from stdin: {e}");
-                return ExitCode::FAILURE;
-            }
-            input
-        }
+fn redis_connection(url: &str) -> Result<redis::Connection, String> {
+    redis::Client::open(url)
+        .and_then(|client| client.get_connection_with_timeout(std::time::Duration::from_secs(2)))
+        .map_err(|e| format!("cannot reach Redis at {url}: {e}"))
+}
+
+fn inspect_list(common: InspectArgs, what: &str) -> ExitCode {
+    let Some(url) = common.redis_url else {
+        eprintln!("lobby-relay: inspect {what} needs --redis-url (or LOBBY_RELAY_REDIS_URL)");
+        return ExitCode::from(2);
     };
-    let id = match LobbyId::from_passphrase_keyed(&passphrase, secret.as_ref().map(Secret::bytes)) {
-        Ok(id) => id,
-        Err(e) => {
-            eprintln!("lobby-relay: invalid passphrase: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let hex = id.to_string();
-    println!("lobby:   {hex}");
-    println!("key:     {}", lobby_key(&hex));
-    println!("channel: {}", channel(&hex));
-    let Some(url) = redis_url else {
-        return ExitCode::SUCCESS;
-    };
-    let members = redis::Client::open(url.as_str()).and_then(|client| {
-        let mut conn = client.get_connection_with_timeout(std::time::Duration::from_secs(2))?;
-        redis::cmd("HGETALL")
-            .arg(lobby_key(&hex))
-            .query::<Vec<(u32, String)>>(&mut conn)
+    let result = redis_connection(&url).and_then(|mut conn| {
+        let rows = match what {
+            "nodes" => inspect::nodes(&mut conn),
+            _ => inspect::all_lobbies(&mut conn),
+        };
+        rows.map_err(|e| format!("cannot read Redis: {e}"))
     });
-    match members {
-        Ok(mut members) if !members.is_empty() => {
-            members.sort();
-            for (seat, member) in members {
-                println!("seat {seat}: {member}");
-            }
+    match result {
+        Ok(rows) if common.json => {
+            println!("{rows}");
             ExitCode::SUCCESS
         }
-        Ok(_) => {
-            println!("no members: the lobby does not exist right now");
+        Ok(rows) => {
+            let columns: &[&str] = match what {
+                "nodes" => &["node", "alive", "ttl_ms", "lobbies", "members"],
+                _ => &["lobby", "players", "seats", "nodes"],
+            };
+            println!("{}", inspect::table(&rows, columns));
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("lobby-relay: cannot read the lobby from Redis: {e}");
+            eprintln!("lobby-relay: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn inspect_lobby(lobby: LobbyArgs, common: InspectArgs) -> ExitCode {
+    let hex = match lobby.hash {
+        Some(hex) => match LobbyId::from_hex(&hex.to_ascii_lowercase()) {
+            Some(id) => id.to_string(),
+            None => {
+                eprintln!("lobby-relay: --hash takes the 64 hex digits of a lobby id");
+                return ExitCode::from(2);
+            }
+        },
+        None => {
+            let passphrase = match lobby.passphrase.as_deref() {
+                Some(p) if p != "-" => p.to_owned(),
+                _ => {
+                    let mut input = String::new();
+                    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+                        eprintln!("lobby-relay: cannot read the passphrase from stdin: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                    input
+                }
+            };
+            let secret = lobby.lobby_secret.as_ref().map(Secret::bytes);
+            match LobbyId::from_passphrase_keyed(&passphrase, secret) {
+                Ok(id) => id.to_string(),
+                Err(e) => {
+                    eprintln!("lobby-relay: invalid passphrase: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let report = match &common.redis_url {
+        None => inspect::lobby(None, &hex).map_err(|e| e.to_string()),
+        Some(url) => redis_connection(url).and_then(|mut conn| {
+            inspect::lobby(Some(&mut conn), &hex).map_err(|e| format!("cannot read Redis: {e}"))
+        }),
+    };
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("lobby-relay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if common.json {
+        println!("{report}");
+        return ExitCode::SUCCESS;
+    }
+    println!("lobby:   {hex}");
+    println!("key:     {}", report["key"].as_str().unwrap_or_default());
+    println!(
+        "channel: {}",
+        report["channel"].as_str().unwrap_or_default()
+    );
+    if common.redis_url.is_none() {
+        return ExitCode::SUCCESS;
+    }
+    match report["seats"].as_array() {
+        Some(seats) if !seats.is_empty() => {
+            for seat in seats {
+                println!(
+                    "seat {}: {}",
+                    seat["seat"],
+                    seat["member"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        _ => println!("no members: the lobby does not exist right now"),
+    }
+    ExitCode::SUCCESS
 }
