@@ -80,7 +80,12 @@ struct LobbyArgs {
 #[derive(clap::Args)]
 struct InspectArgs {
     /// The cluster's Redis.
-    #[arg(long, env = "LOBBY_RELAY_REDIS_URL", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "LOBBY_RELAY_REDIS_URL",
+        global = true,
+        hide_env_values = true
+    )]
     redis_url: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
