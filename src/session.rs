@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::limits::{MessageLimiter, Verdict};
-use crate::lobby::LobbyStore;
+use crate::lobby::{LobbyStore, StoreError};
 use crate::metrics;
 use crate::node::{JoinError, Membership, Node};
 use crate::outbox::Outbox;
@@ -214,16 +214,7 @@ impl<S: LobbyStore> Session<S> {
                 );
                 return self.refuse(ErrorCode::RateLimited, &text).await;
             }
-            Err(e) => {
-                metrics::get().joins_unavailable.increment(1);
-                tracing::warn!(event = "join_refused", lobby = lobby.short(), error = %e, "lobby store unavailable");
-                return self
-                    .refuse(
-                        ErrorCode::Unavailable,
-                        "lobbies are unavailable right now; try again",
-                    )
-                    .await;
-            }
+            Err(e) => return self.join_unavailable(lobby, &e).await,
         }
         match self.node.join(lobby, &self.outbox).await {
             Ok(membership) => {
@@ -250,16 +241,19 @@ impl<S: LobbyStore> Session<S> {
                 );
                 self.refuse(ErrorCode::LobbyFull, &text).await;
             }
-            Err(JoinError::Unavailable(e)) => {
-                metrics::get().joins_unavailable.increment(1);
-                tracing::warn!(event = "join_refused", lobby = lobby.short(), error = %e, "lobby store unavailable");
-                self.refuse(
-                    ErrorCode::Unavailable,
-                    "lobbies are unavailable right now; try again",
-                )
-                .await;
-            }
+            Err(JoinError::Unavailable(e)) => self.join_unavailable(lobby, &e).await,
         }
+    }
+
+    /// A join that the lobby store could not serve: nothing changed.
+    async fn join_unavailable(&self, lobby: LobbyId, error: &StoreError) {
+        metrics::get().joins_unavailable.increment(1);
+        tracing::warn!(event = "join_refused", lobby = lobby.short(), error = %error, "lobby store unavailable");
+        self.refuse(
+            ErrorCode::Unavailable,
+            "lobbies are unavailable right now; try again",
+        )
+        .await;
     }
 
     async fn leave(&mut self) {

@@ -86,17 +86,7 @@ impl RedisServer {
         for _ in 0..5 {
             let port = free_port();
             assert_ne!(port, 6379, "never use the default Redis port");
-            let child = match Command::new("redis-server")
-                .args(["--port", &port.to_string()])
-                .args(["--bind", "127.0.0.1"])
-                .args(["--save", ""])
-                .args(["--appendonly", "no"])
-                .args(["--protected-mode", "no"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-            {
+            let child = match spawn_redis(port) {
                 Ok(child) => child,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
                     "`redis-server` is not on PATH: the integration tests need a real Redis. \
@@ -1151,7 +1141,8 @@ impl RedisServer {
         // Binding the port again may fail for a moment; retry briefly.
         let mut last_error = String::new();
         for _ in 0..20 {
-            self.child = spawn_redis(self.port);
+            self.child =
+                spawn_redis(self.port).unwrap_or_else(|e| panic!("cannot spawn redis-server: {e}"));
             match self.wait_for_ping() {
                 Ok(()) => return,
                 Err(e) => last_error = e,
@@ -1167,8 +1158,8 @@ impl RedisServer {
     }
 }
 
-/// Starts `redis-server` on `port` with the options of [`RedisServer::start`].
-fn spawn_redis(port: u16) -> Child {
+/// Starts a private `redis-server` on `port`: loopback only, nothing saved.
+fn spawn_redis(port: u16) -> std::io::Result<Child> {
     Command::new("redis-server")
         .args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
@@ -1179,7 +1170,6 @@ fn spawn_redis(port: u16) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn redis-server: {e}"))
 }
 
 /// A TCP forwarder between a node and its Redis, to cut the node off.
