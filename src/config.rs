@@ -189,6 +189,9 @@ pub struct ServeArgs {
     /// the node exits anyway.
     #[arg(long, env = "LOBBY_RELAY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+
+    #[command(flatten)]
+    pub auth: crate::auth::AuthArgs,
 }
 
 /// A node's settings once resolved (defaults filled in).
@@ -213,6 +216,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub drain_delay: Duration,
     pub node_timeout: Duration,
+    /// Player authentication.
+    pub auth: crate::auth::AuthArgs,
 }
 
 impl ServeArgs {
@@ -251,6 +256,7 @@ impl ServeArgs {
             shutdown_timeout: self.shutdown_timeout,
             drain_delay: self.drain_delay,
             node_timeout: self.node_timeout,
+            auth: self.auth.clone(),
         }
     }
 }

@@ -184,6 +184,7 @@ impl LocalLobby {
                 capacity,
                 occupied,
                 member,
+                users,
             } => {
                 state.occupied = occupied;
                 if let Some(m) = state
@@ -192,9 +193,9 @@ impl LocalLobby {
                     .find(|m| m.id == member && m.seat.is_none())
                 {
                     m.seat = Some(seat);
-                    if m.outbox
-                        .deliver(Message::text(protocol::joined(players, capacity, seat)))
-                    {
+                    if m.outbox.deliver(Message::text(protocol::joined(
+                        players, capacity, seat, &users,
+                    ))) {
                         metrics::get().messages_out_event.increment(1);
                     }
                     if let Some(tx) = m.activated.take() {
@@ -202,9 +203,9 @@ impl LocalLobby {
                     }
                 }
                 let note = if players >= capacity {
-                    Message::text(protocol::ready(players))
+                    Message::text(protocol::ready(players, &users))
                 } else {
-                    Message::text(protocol::player_joined(players, seat))
+                    Message::text(protocol::player_joined(players, seat, &users))
                 };
                 let to_all = players >= capacity;
                 for m in &state.members {

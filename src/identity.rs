@@ -1,7 +1,8 @@
 //! Who a node is in the lobby store's records.
 //!
 //! A node's *key* is `<node id>/<incarnation>`, and each member it seats is
-//! `<node key>.<n>`. The incarnation is random per process, so a restarted
+//! `<node key>.<n>`, followed by `|<user id>` for a player who authenticated
+//! with a token. The incarnation is random per process, so a restarted
 //! node never reuses an old member id, and it changes when the other nodes
 //! have presumed this one dead (its records are then reaped under the old
 //! key while new members are recorded under the new one).
@@ -58,16 +59,26 @@ impl Identity {
         key.clone()
     }
 
-    /// A member id for a new seat: `<node key>.<n>`.
-    pub fn new_member(&self) -> MemberId {
+    /// A member id for a new seat: `<node key>.<n>`, or
+    /// `<node key>.<n>|<user id>` for an authenticated player.
+    pub fn new_member(&self, user: Option<&str>) -> MemberId {
         let n = self.next_member.fetch_add(1, Ordering::Relaxed);
-        format!("{}.{n}", self.key()).into()
+        match user {
+            None => format!("{}.{n}", self.key()).into(),
+            Some(user) => format!("{}.{n}|{user}", self.key()).into(),
+        }
     }
 }
 
 /// The node key a member id was recorded under.
 pub fn node_key_of(member: &str) -> &str {
+    let member = member.split_once('|').map_or(member, |(member, _)| member);
     member.rsplit_once('.').map_or(member, |(key, _)| key)
+}
+
+/// The user id of an authenticated member (what follows the first `|`).
+pub fn user_of(member: &str) -> Option<&str> {
+    member.split_once('|').map(|(_, user)| user)
 }
 
 /// Whether `member` was recorded under node key `key`.
@@ -86,16 +97,21 @@ mod tests {
         let id = Identity::new("relay-1");
         let key = id.key();
         assert!(key.starts_with("relay-1/"));
-        let m = id.new_member();
+        let m = id.new_member(None);
         assert!(is_member_of(&m, &key));
-        assert_ne!(id.new_member(), m);
+        assert_ne!(id.new_member(None), m);
         let renewed = id.renew();
         assert_ne!(renewed, key);
-        assert!(!is_member_of(&id.new_member(), &key));
+        assert!(!is_member_of(&id.new_member(None), &key));
         assert_eq!(id.renew_from(&key), renewed, "an old key renews nothing");
         assert_ne!(id.renew_from(&renewed), renewed);
         assert!(!is_member_of("relay-1/abc.1", "relay-1/ab"));
         assert_eq!(node_key_of(&m), &*key);
         assert_eq!(node_key_of("relay.eu-1/0a1b2c3d.17"), "relay.eu-1/0a1b2c3d");
+        let authed = id.new_member(Some("alice.smith|x"));
+        assert!(is_member_of(&authed, &id.key()));
+        assert_eq!(node_key_of(&authed), &*id.key());
+        assert_eq!(user_of(&authed), Some("alice.smith|x"));
+        assert_eq!(user_of(&m), None);
     }
 }

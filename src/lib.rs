@@ -7,6 +7,7 @@
 //! `docs/protocol.md`; the bird's-eye view is `ARCHITECTURE.md`.
 //!
 //! # Layout
+//! - [`auth`]: optional player authentication with the studio's JWTs.
 //! - [`client_addr`]: the real client address behind trusted proxies.
 //! - [`config`]: every option, its environment variable and default.
 //! - [`protocol`]: the wire messages; the only module that knows JSON.
@@ -25,6 +26,7 @@
 //! - [`lobby`]: the lobby store interface, with [`lobby::memory`] and
 //!   [`lobby::redis`].
 
+pub mod auth;
 pub mod client_addr;
 pub mod config;
 pub mod hub;
@@ -45,6 +47,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::hub::Hub;
@@ -61,6 +64,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot serve TLS: {0}")]
     Tls(String),
+    #[error("cannot verify player tokens: {0}")]
+    Auth(String),
 }
 
 /// Runs a relay node on `listener` until `shutdown` resolves: with lobbies in
@@ -83,6 +88,14 @@ pub async fn serve(
             "memory"
         },
     );
+    let auth = Arc::new(auth::Verifier::new(&config.auth).map_err(StartError::Auth)?);
+    let watching = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(
+        auth.clone()
+            .watch(watching.clone())
+            .instrument(tracing::Span::current()),
+    );
+    let _stop_watching = watching.drop_guard();
     let hub = Arc::new(Hub::default());
     let identity = Arc::new(Identity::new(&config.node_id));
     tracing::info!(node_key = &*identity.key(), "node identity");
@@ -94,12 +107,12 @@ pub async fn serve(
                 lobby_capacity: config.lobby_capacity,
             };
             let store = RedisStore::start(settings, hub.clone(), identity.clone())?;
-            let node = Node::new(config, hub, store, identity);
+            let node = Node::new(config, hub, store, identity, auth);
             server::run(listener, Arc::new(node), tls, shutdown).await;
         }
         None => {
             let store = MemoryStore::new(hub.clone());
-            let node = Node::new(config, hub, store, identity);
+            let node = Node::new(config, hub, store, identity, auth);
             server::run(listener, Arc::new(node), tls, shutdown).await;
         }
     }

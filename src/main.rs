@@ -40,6 +40,10 @@ enum Command {
         #[command(flatten)]
         common: InspectArgs,
     },
+    /// Mint a player token (a JWT) for local testing of `--auth`, signed
+    /// like a studio's backend would sign it, and print it. See
+    /// docs/authentication.md.
+    Token(Box<lobby_relay::auth::TokenArgs>),
 }
 
 #[derive(Subcommand)]
@@ -106,6 +110,16 @@ fn main() -> ExitCode {
             Some(InspectWhat::Lobby { lobby, common }) => inspect_lobby(lobby, common),
             Some(InspectWhat::Nodes { common }) => inspect_list(common, "nodes"),
             Some(InspectWhat::Lobbies { common }) => inspect_list(common, "lobbies"),
+        },
+        Some(Command::Token(args)) => match lobby_relay::auth::mint(&args) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lobby-relay token: {e}");
+                ExitCode::FAILURE
+            }
         },
     }
 }

@@ -47,19 +47,7 @@ pub struct Metrics {
 
 impl Metrics {
     fn new() -> Self {
-        let codes = [
-            ErrorCode::InvalidJson,
-            ErrorCode::InvalidMessage,
-            ErrorCode::InvalidPassphrase,
-            ErrorCode::LobbyFull,
-            ErrorCode::AlreadyJoined,
-            ErrorCode::NotInLobby,
-            ErrorCode::ReservedType,
-            ErrorCode::RateLimited,
-            ErrorCode::MessageTooLarge,
-            ErrorCode::Unavailable,
-            ErrorCode::SeatLost,
-        ];
+        let codes = ErrorCode::ALL;
         let redis = |op: &'static str| histogram!("lobby_relay_redis_command_seconds", "op" => op);
         let redis_errors =
             |op: &'static str| counter!("lobby_relay_redis_errors_total", "op" => op);

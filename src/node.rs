@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::auth::Verifier;
 use crate::config::Config;
 use crate::hub::{Hub, LocalLobby};
 use crate::identity::Identity;
@@ -27,6 +28,8 @@ pub struct Node<S> {
     pub hub: Arc<Hub>,
     pub store: S,
     pub identity: Arc<Identity>,
+    /// Player authentication (its mode may be `off`).
+    pub auth: Arc<Verifier>,
     /// Set when the node starts shutting down: `/readyz` fails, new
     /// WebSockets are refused.
     draining: AtomicBool,
@@ -45,17 +48,26 @@ pub struct Membership {
 pub enum JoinError {
     #[error("the lobby is full")]
     Full,
+    #[error("the user already holds a seat in the lobby")]
+    DuplicateUser,
     #[error("the lobby store is unavailable: {0}")]
     Unavailable(#[from] StoreError),
 }
 
 impl<S: LobbyStore> Node<S> {
-    pub fn new(config: Config, hub: Arc<Hub>, store: S, identity: Arc<Identity>) -> Self {
+    pub fn new(
+        config: Config,
+        hub: Arc<Hub>,
+        store: S,
+        identity: Arc<Identity>,
+        auth: Arc<Verifier>,
+    ) -> Self {
         Self {
             config,
             hub,
             store,
             identity,
+            auth,
             draining: AtomicBool::new(false),
         }
     }
@@ -81,11 +93,17 @@ impl<S: LobbyStore> Node<S> {
         }
     }
 
-    /// Seats `member` in lobby `id`. On success the member has already been
-    /// sent `joined` (and `ready` if it filled the lobby), in the lobby's
-    /// order, and receives everything that follows.
-    pub async fn join(&self, id: LobbyId, outbox: &Outbox) -> Result<Membership, JoinError> {
-        let member = self.identity.new_member();
+    /// Seats a new member in lobby `id` (as `user`, if authenticated). On
+    /// success the member has already been sent `joined` (and `ready` if it
+    /// filled the lobby), in the lobby's order, and receives everything that
+    /// follows.
+    pub async fn join(
+        &self,
+        id: LobbyId,
+        user: Option<&str>,
+        outbox: &Outbox,
+    ) -> Result<Membership, JoinError> {
+        let member = self.identity.new_member(user);
         // Be a receiver of the lobby's events before the join becomes
         // visible, so that nothing sent right after `ready` is missed.
         let (lobby, activated) = loop {
@@ -115,6 +133,10 @@ impl<S: LobbyStore> Node<S> {
             Ok(JoinOutcome::Full) => {
                 self.detach(&lobby, &member).await;
                 return Err(JoinError::Full);
+            }
+            Ok(JoinOutcome::DuplicateUser) => {
+                self.detach(&lobby, &member).await;
+                return Err(JoinError::DuplicateUser);
             }
             Err(e) => {
                 self.detach(&lobby, &member).await;

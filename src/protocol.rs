@@ -23,6 +23,10 @@ pub const RESERVED_TYPES: [&str; 9] = [
     "error",
 ];
 
+/// Message types added with player authentication; reserved only where it
+/// is on, so that protocol v1 is unchanged elsewhere.
+pub const AUTH_TYPES: [&str; 2] = ["auth", "authenticated"];
+
 /// A text frame from a client, classified.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientMessage<'a> {
@@ -33,6 +37,10 @@ pub enum ClientMessage<'a> {
     Leave,
     /// `{"type":"ping","t":T}`; `t` is any JSON value, echoed verbatim.
     Ping { t: Option<&'a str> },
+    /// `{"type":"auth","token":JWT}`: only where player authentication is
+    /// on (see [`parse_text_with`]); elsewhere `auth` is a game message as
+    /// in protocol v1.
+    Auth { token: Cow<'a, str> },
     /// Any other object with a string `type`: relayed byte for byte.
     Game,
 }
@@ -53,6 +61,19 @@ pub enum ErrorCode {
     /// Added to protocol v1: the member's seat was given up while its node
     /// was cut off from the lobby store; the connection closes with 4001.
     SeatLost,
+    /// Added: authentication is required and no token was presented.
+    TokenRequired,
+    /// Added: the token is malformed, badly signed, of a refused algorithm,
+    /// or for another issuer or audience.
+    TokenInvalid,
+    /// Added: the token's `exp` has passed.
+    TokenExpired,
+    /// Added: the token's `nbf` has not come yet.
+    TokenNotYetValid,
+    /// Added: the token's `lobbies` claim does not list this lobby.
+    LobbyNotAllowed,
+    /// Added: the token's user already holds a seat in this lobby.
+    DuplicateUser,
 }
 
 impl ErrorCode {
@@ -70,8 +91,35 @@ impl ErrorCode {
             Self::MessageTooLarge => "message_too_large",
             Self::Unavailable => "unavailable",
             Self::SeatLost => "seat_lost",
+            Self::TokenRequired => "token_required",
+            Self::TokenInvalid => "token_invalid",
+            Self::TokenExpired => "token_expired",
+            Self::TokenNotYetValid => "token_not_yet_valid",
+            Self::LobbyNotAllowed => "lobby_not_allowed",
+            Self::DuplicateUser => "duplicate_user",
         }
     }
+
+    /// Every code, for metrics.
+    pub const ALL: [ErrorCode; 17] = [
+        Self::InvalidJson,
+        Self::InvalidMessage,
+        Self::InvalidPassphrase,
+        Self::LobbyFull,
+        Self::AlreadyJoined,
+        Self::NotInLobby,
+        Self::ReservedType,
+        Self::RateLimited,
+        Self::MessageTooLarge,
+        Self::Unavailable,
+        Self::SeatLost,
+        Self::TokenRequired,
+        Self::TokenInvalid,
+        Self::TokenExpired,
+        Self::TokenNotYetValid,
+        Self::LobbyNotAllowed,
+        Self::DuplicateUser,
+    ];
 }
 
 /// Why a text frame was refused: the error code and the text for people.
@@ -101,6 +149,8 @@ struct Head<'a> {
     passphrase: Option<&'a RawValue>,
     #[serde(borrow, default)]
     t: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
 }
 
 /// Reads a raw JSON value as a string, if it is one.
@@ -108,8 +158,15 @@ fn as_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     serde_json::from_str::<Cow<'_, str>>(raw.get()).ok()
 }
 
-/// Classifies one text frame from a client.
+/// Classifies one text frame from a client, as protocol v1 does (`auth` is
+/// a game message).
 pub fn parse_text(text: &str) -> Result<ClientMessage<'_>, Refusal> {
+    parse_text_with(text, false)
+}
+
+/// Classifies one text frame from a client; with `auth`, `auth` is a
+/// control message (player authentication is on).
+pub fn parse_text_with(text: &str, auth: bool) -> Result<ClientMessage<'_>, Refusal> {
     let head: Head<'_> = match serde_json::from_str(text) {
         Ok(head) => head,
         // Valid JSON of the wrong shape (an array, a string, a duplicate
@@ -147,13 +204,25 @@ pub fn parse_text(text: &str) -> Result<ClientMessage<'_>, Refusal> {
                     )),
                 },
                 "leave" => Ok(ClientMessage::Leave),
+                "auth" if auth => match head.token.map(as_str) {
+                    Some(Some(token)) => Ok(ClientMessage::Auth { token }),
+                    _ => Err(Refusal::new(
+                        ErrorCode::InvalidMessage,
+                        "auth needs a string field \"token\"",
+                    )),
+                },
                 "ping" => Ok(ClientMessage::Ping {
                     t: head.t.map(RawValue::get),
                 }),
-                reserved if RESERVED_TYPES.contains(&reserved) => Err(Refusal::new(
-                    ErrorCode::ReservedType,
-                    format!("\"{reserved}\" is a protocol message type and cannot be relayed"),
-                )),
+                reserved
+                    if RESERVED_TYPES.contains(&reserved)
+                        || (auth && AUTH_TYPES.contains(&reserved)) =>
+                {
+                    Err(Refusal::new(
+                        ErrorCode::ReservedType,
+                        format!("\"{reserved}\" is a protocol message type and cannot be relayed"),
+                    ))
+                }
                 _ => Ok(ClientMessage::Game),
             }
         }
@@ -178,19 +247,52 @@ fn not_an_object() -> Refusal {
     )
 }
 
+/// The user ids of a lobby's authenticated members, by seat.
+pub type Users = [(u8, std::sync::Arc<str>)];
+
+/// `,"users":{"1":"alice",...}` when some members are authenticated;
+/// nothing otherwise (protocol v1 exactly).
+fn users_field(users: &Users) -> String {
+    if users.is_empty() {
+        return String::new();
+    }
+    let mut map = serde_json::Map::new();
+    for (seat, user) in users {
+        map.insert(seat.to_string(), serde_json::Value::from(&**user));
+    }
+    format!(r#","users":{}"#, serde_json::Value::Object(map))
+}
+
 /// `{"type":"joined",...}`: to the joiner.
-pub fn joined(players: u8, capacity: u8, seat: u8) -> String {
-    format!(r#"{{"type":"joined","players":{players},"capacity":{capacity},"seat":{seat}}}"#)
+pub fn joined(players: u8, capacity: u8, seat: u8, users: &Users) -> String {
+    format!(
+        r#"{{"type":"joined","players":{players},"capacity":{capacity},"seat":{seat}{}}}"#,
+        users_field(users)
+    )
 }
 
 /// `{"type":"ready",...}`: to every member when a join fills the lobby.
-pub fn ready(players: u8) -> String {
-    format!(r#"{{"type":"ready","players":{players}}}"#)
+pub fn ready(players: u8, users: &Users) -> String {
+    format!(
+        r#"{{"type":"ready","players":{players}{}}}"#,
+        users_field(users)
+    )
 }
 
 /// `{"type":"playerJoined",...}`: to the others when a join does not fill the lobby.
-pub fn player_joined(players: u8, seat: u8) -> String {
-    format!(r#"{{"type":"playerJoined","players":{players},"seat":{seat}}}"#)
+pub fn player_joined(players: u8, seat: u8, users: &Users) -> String {
+    format!(
+        r#"{{"type":"playerJoined","players":{players},"seat":{seat}{}}}"#,
+        users_field(users)
+    )
+}
+
+/// `{"type":"authenticated","user":...}`: the answer to a good `auth`.
+pub fn authenticated(user: &str) -> String {
+    format!(
+        r#"{{"type":"authenticated","user":{}}}"#,
+        serde_json::Value::from(user)
+    )
 }
 
 /// `{"type":"playerLeft",...}`: to the remaining members.
@@ -372,15 +474,53 @@ mod tests {
     }
 
     #[test]
+    fn auth_is_a_control_message_only_where_authentication_is_on() {
+        let text = r#"{"type":"auth","token":"a.b.c"}"#;
+        assert_eq!(parse_text(text), Ok(ClientMessage::Game));
+        assert_eq!(
+            parse_text_with(text, true),
+            Ok(ClientMessage::Auth {
+                token: "a.b.c".into()
+            })
+        );
+        assert_eq!(
+            parse_text_with(r#"{"type":"auth"}"#, true)
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            parse_text_with(r#"{"type":"authenticated"}"#, true)
+                .unwrap_err()
+                .code,
+            ErrorCode::ReservedType
+        );
+        assert_eq!(
+            parse_text(r#"{"type":"authenticated"}"#),
+            Ok(ClientMessage::Game)
+        );
+    }
+
+    #[test]
     fn events_have_the_documented_shape() {
         assert_eq!(
-            joined(1, 2, 1),
+            joined(1, 2, 1, &[]),
             r#"{"type":"joined","players":1,"capacity":2,"seat":1}"#
         );
-        assert_eq!(ready(2), r#"{"type":"ready","players":2}"#);
+        assert_eq!(ready(2, &[]), r#"{"type":"ready","players":2}"#);
         assert_eq!(
-            player_joined(2, 2),
+            player_joined(2, 2, &[]),
             r#"{"type":"playerJoined","players":2,"seat":2}"#
+        );
+        // With authenticated members: their user ids by seat, escaped.
+        let users = [(1, "alice".into()), (2, "b\"ob".into())];
+        assert_eq!(
+            ready(2, &users),
+            r#"{"type":"ready","players":2,"users":{"1":"alice","2":"b\"ob"}}"#
+        );
+        assert_eq!(
+            authenticated("alice"),
+            r#"{"type":"authenticated","user":"alice"}"#
         );
         assert_eq!(
             player_left(1, 2),

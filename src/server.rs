@@ -222,6 +222,9 @@ struct Upgrade {
     slot: Option<AddressSlot>,
     /// The client's address (from `X-Forwarded-For` of a trusted proxy).
     client: IpAddr,
+    /// The player's token (Authorization header or `token` query
+    /// parameter), where player authentication is on.
+    token: Option<String>,
 }
 
 impl<S: LobbyStore> Server<S> {
@@ -284,6 +287,7 @@ impl<S: LobbyStore> Server<S> {
             permit,
             slot,
             client,
+            token,
         }) = upgrade.lock().unwrap_or_else(|e| e.into_inner()).take()
         else {
             return;
@@ -300,7 +304,7 @@ impl<S: LobbyStore> Server<S> {
         let span = tracing::info_span!("conn", id = next_connection(), peer = %client);
         match (permit, slot) {
             (Some(permit), Some(slot)) => {
-                let session = self.clone().session(ws, client).instrument(span);
+                let session = self.clone().session(ws, client, token).instrument(span);
                 self.sessions.track_future(session).await;
                 drop((permit, slot));
             }
@@ -326,6 +330,7 @@ impl<S: LobbyStore> Server<S> {
         self: Arc<Self>,
         ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
         client: std::net::IpAddr,
+        token: Option<String>,
     ) {
         use futures_util::StreamExt;
         tracing::info!(event = "connect", "connected");
@@ -333,7 +338,7 @@ impl<S: LobbyStore> Server<S> {
         let (sink, frames) = ws.split();
         let (outbox, inbox) = outbox::channel(self.node.config.outbound_queue_bytes);
         let writer = tokio::spawn(outbox::run_writer(sink, inbox).in_current_span());
-        let reason = Session::new(self.node.clone(), outbox, client)
+        let reason = Session::new(self.node.clone(), outbox, client, token.as_deref())
             .run(frames, self.stop.clone())
             .await;
         // The session and its outbox are gone: the writer sends what is
@@ -405,11 +410,17 @@ impl<S: LobbyStore> Server<S> {
                     client,
                     self.node.config.max_connections_per_address,
                 );
+                let token = if self.node.auth.enabled() {
+                    crate::auth::token_of_request(request.headers(), request.uri().query())
+                } else {
+                    None
+                };
                 *upgrade.lock().unwrap_or_else(|e| e.into_inner()) = Some(Upgrade {
                     on_upgrade,
                     permit,
                     slot,
                     client,
+                    token,
                 });
                 let mut response = Response::new(Body::default());
                 *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -19,8 +19,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{AuthError, AuthMode, User};
 use crate::limits::{MessageLimiter, Verdict};
-use crate::lobby::{LobbyStore, StoreError};
+use crate::lobby::{LobbyStore, RateKey, StoreError};
 use crate::metrics;
 use crate::node::{JoinError, Membership, Node};
 use crate::outbox::Outbox;
@@ -37,6 +38,8 @@ pub enum EndReason {
     Aborted,
     ReadError,
     Flooding,
+    /// A token was refused (or none given where one is required).
+    AuthFailed,
 }
 
 /// The state of one connection.
@@ -47,26 +50,43 @@ pub struct Session<S> {
     client: IpAddr,
     limiter: MessageLimiter,
     membership: Option<Membership>,
+    /// The player, once a token has named it.
+    user: Option<User>,
+    /// The token of the upgrade request, verified: checked before the first
+    /// frame is read.
+    upgrade_auth: Option<Result<User, AuthError>>,
+    /// Set by a handler that ends the session.
+    ending: Option<EndReason>,
 }
 
 /// What a text frame asks for, once parsed (owning nothing of the frame).
 enum Request {
     Join(Result<LobbyId, PassphraseError>),
     Leave,
+    Auth(Result<User, AuthError>),
     Reply(String),
     Game,
     Refuse(ErrorCode, String),
 }
 
 impl<S: LobbyStore> Session<S> {
-    pub fn new(node: Arc<Node<S>>, outbox: Outbox, client: IpAddr) -> Self {
+    /// A session for a client at `client`; `token` is the one its upgrade
+    /// request carried (Authorization header or query), if any.
+    pub fn new(node: Arc<Node<S>>, outbox: Outbox, client: IpAddr, token: Option<&str>) -> Self {
         let limiter = MessageLimiter::new(node.config.message_rate, node.config.message_burst);
+        let upgrade_auth = match token {
+            Some(token) if node.auth.enabled() => Some(node.auth.verify(token)),
+            _ => None,
+        };
         Self {
             node,
             outbox,
             client,
             limiter,
             membership: None,
+            user: None,
+            upgrade_auth,
+            ending: None,
         }
     }
 
@@ -78,6 +98,14 @@ impl<S: LobbyStore> Session<S> {
     {
         let half_idle = self.node.config.idle_timeout / 2;
         let mut pinged = false;
+        match self.upgrade_auth.take() {
+            Some(Ok(user)) => self.authenticated(user, false),
+            Some(Err(e)) => {
+                self.auth_failed(e);
+                return EndReason::AuthFailed;
+            }
+            None => {}
+        }
         let reason = loop {
             let next = tokio::select! {
                 biased;
@@ -155,18 +183,26 @@ impl<S: LobbyStore> Session<S> {
                 Message::Close(_) => break EndReason::ClientClosed,
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
+            if let Some(reason) = self.ending.take() {
+                break reason;
+            }
         };
         self.leave_lobby().await;
         reason
     }
 
     async fn on_text(&mut self, text: Utf8Bytes) {
-        let request = match protocol::parse_text(&text) {
+        let request = match protocol::parse_text_with(&text, self.node.auth.enabled()) {
             Ok(ClientMessage::Join { passphrase }) => {
                 let secret = self.node.config.lobby_secret.as_ref().map(|s| s.bytes());
                 Request::Join(LobbyId::from_passphrase_keyed(&passphrase, secret))
             }
             Ok(ClientMessage::Leave) => Request::Leave,
+            Ok(ClientMessage::Auth { .. }) if self.membership.is_some() => Request::Refuse(
+                ErrorCode::AlreadyJoined,
+                "authenticate before joining, or leave the lobby first".to_owned(),
+            ),
+            Ok(ClientMessage::Auth { token }) => Request::Auth(self.node.auth.verify(&token)),
             Ok(ClientMessage::Ping { t }) => Request::Reply(protocol::pong(t)),
             Ok(ClientMessage::Game) => Request::Game,
             Err(refusal) => Request::Refuse(refusal.code, refusal.message.into_owned()),
@@ -178,6 +214,8 @@ impl<S: LobbyStore> Session<S> {
                     .await
             }
             Request::Leave => self.leave().await,
+            Request::Auth(Ok(user)) => self.authenticated(user, true),
+            Request::Auth(Err(e)) => self.auth_failed(e),
             Request::Reply(reply) => self.outbox.send(Message::text(reply)),
             Request::Game => self.on_game_message(Message::Text(text)).await,
             Request::Refuse(code, message) => self.refuse(code, &message).await,
@@ -193,12 +231,47 @@ impl<S: LobbyStore> Session<S> {
                 )
                 .await;
         }
-        match self
+        if self.node.auth.enabled() {
+            match &self.user {
+                None if self.node.auth.mode() == AuthMode::Required => {
+                    return self.auth_failed(AuthError::Required);
+                }
+                None => {}
+                Some(user) => {
+                    if let Err(e) = self.node.auth.check_expiry(user) {
+                        return self.auth_failed(e);
+                    }
+                    if !user.may_join(&lobby) {
+                        tracing::info!(
+                            event = "join_refused",
+                            lobby = lobby.short(),
+                            reason = "lobby_not_allowed",
+                            user = self.node.auth.log_user(Some(user)),
+                            "the token does not allow this lobby"
+                        );
+                        return self
+                            .refuse(
+                                ErrorCode::LobbyNotAllowed,
+                                "your token does not allow this lobby",
+                            )
+                            .await;
+                    }
+                }
+            }
+        }
+        let mut admitted = self
             .node
             .store
-            .admit_join(self.client, self.node.config.join_limit)
-            .await
-        {
+            .admit_join(RateKey::Address(self.client), self.node.config.join_limit)
+            .await;
+        if let (Ok(true), Some(user)) = (&admitted, &self.user) {
+            admitted = self
+                .node
+                .store
+                .admit_join(RateKey::User(user.id.clone()), self.node.config.join_limit)
+                .await;
+        }
+        match admitted {
             Ok(true) => {}
             Ok(false) => {
                 metrics::get().joins_rate_limited.increment(1);
@@ -209,20 +282,22 @@ impl<S: LobbyStore> Session<S> {
                     "too many joins from this address"
                 );
                 let text = format!(
-                    "too many joins from your address (at most {} a minute); wait a little",
+                    "too many joins from your address or account (at most {} a minute); wait a little",
                     self.node.config.join_limit.per_minute
                 );
                 return self.refuse(ErrorCode::RateLimited, &text).await;
             }
             Err(e) => return self.join_unavailable(lobby, &e).await,
         }
-        match self.node.join(lobby, &self.outbox).await {
+        let user = self.user.as_ref().map(|u| u.id.clone());
+        match self.node.join(lobby, user.as_deref(), &self.outbox).await {
             Ok(membership) => {
                 metrics::get().joins_joined.increment(1);
                 tracing::info!(
                     event = "join",
                     lobby = lobby.short(),
                     seat = membership.seat,
+                    user = self.node.auth.log_user(self.user.as_ref()),
                     "joined lobby"
                 );
                 self.membership = Some(membership);
@@ -241,8 +316,53 @@ impl<S: LobbyStore> Session<S> {
                 );
                 self.refuse(ErrorCode::LobbyFull, &text).await;
             }
+            Err(JoinError::DuplicateUser) => {
+                tracing::info!(
+                    event = "join_refused",
+                    lobby = lobby.short(),
+                    reason = "duplicate_user",
+                    user = self.node.auth.log_user(self.user.as_ref()),
+                    "the user already holds a seat in this lobby"
+                );
+                self.refuse(
+                    ErrorCode::DuplicateUser,
+                    "your account already holds a seat in this lobby (on another connection); leave it there first",
+                )
+                .await;
+            }
             Err(JoinError::Unavailable(e)) => self.join_unavailable(lobby, &e).await,
         }
+    }
+
+    /// A token named the player: its next joins are as that user.
+    fn authenticated(&mut self, user: User, answer: bool) {
+        tracing::info!(
+            event = "authenticated",
+            user = self.node.auth.log_user(Some(&user)),
+            "token accepted"
+        );
+        if answer {
+            self.outbox
+                .send(Message::text(protocol::authenticated(&user.id)));
+        }
+        self.user = Some(user);
+    }
+
+    /// A token was refused (or none given where one is required): the
+    /// client gets the error and the connection closes with 1008.
+    fn auth_failed(&mut self, error: AuthError) {
+        let code = error.code();
+        metrics::get().error(code);
+        tracing::info!(
+            event = "auth_refused",
+            code = code.as_str(),
+            "token refused"
+        );
+        self.outbox
+            .send(Message::text(protocol::error(code, &error.to_string())));
+        self.outbox
+            .close(CloseCode::Policy, "authentication failed");
+        self.ending = Some(EndReason::AuthFailed);
     }
 
     /// A join that the lobby store could not serve: nothing changed.

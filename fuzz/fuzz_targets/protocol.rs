@@ -3,13 +3,19 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lobby_relay::protocol::{self, ClientMessage, ErrorCode, RESERVED_TYPES};
+use lobby_relay::protocol::{self, AUTH_TYPES, ClientMessage, ErrorCode, RESERVED_TYPES};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match protocol::parse_text(text) {
+    // Both dialects: protocol v1, and with player authentication on.
+    check(text, false);
+    check(text, true);
+});
+
+fn check(text: &str, auth: bool) {
+    match protocol::parse_text_with(text, auth) {
         Ok(message) => {
             // Accepted frames are JSON (numbers beyond f64 are JSON too, but
             // serde_json's Value refuses them: check the syntax with
@@ -24,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
                     if let Some(value) = &value {
                         let kind = value["type"].as_str().expect("a game message has a string type");
                         assert!(!RESERVED_TYPES.contains(&kind), "reserved type relayed: {kind}");
+                        assert!(!(auth && AUTH_TYPES.contains(&kind)), "auth type relayed: {kind}");
                     }
                 }
                 ClientMessage::Ping { t } => {
@@ -32,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
                         serde_json::from_str(&protocol::pong(t)).expect("pong is JSON");
                     assert_eq!(pong["type"], "pong");
                 }
+                ClientMessage::Auth { .. } => assert!(auth, "auth parsed in protocol v1"),
                 ClientMessage::Join { .. } | ClientMessage::Leave => {}
             }
         }
@@ -45,4 +53,4 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(refusal.code != ErrorCode::InvalidJson, syntax_ok, "{:?}", refusal.code);
         }
     }
-});
+}

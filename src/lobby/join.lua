@@ -1,21 +1,43 @@
--- Seats a member in the lowest free seat of a lobby, unless the lobby is full,
--- and publishes the join event from inside the same atomic step, so that every
--- node sees membership changes and messages in one order.
+-- Seats a member in the lowest free seat of a lobby, unless the lobby is full
+-- (or the member's user already holds a seat there), and publishes the join
+-- event from inside the same atomic step, so that every node sees membership
+-- changes and messages in one order.
 --
 -- KEYS[1]  the lobby's membership hash: field = seat number, value = member id
+--          (`<node key>.<n>`, then `|<user id>` for an authenticated player)
 -- KEYS[2]  the joining node's lobby index (set of lobby hashes it has members
 --          in), so that its members can be found if it dies
--- ARGV[1]  the member id (node id / connection id; never a passphrase)
+-- ARGV[1]  the member id (node id / connection id [| user id]; never a
+--          passphrase, never a token)
 -- ARGV[2]  the lobby capacity
 -- ARGV[3]  the lobby's pub/sub channel
 -- ARGV[4]  the lobby hash (for the index)
+-- ARGV[5]  the member's user id, or '' for an anonymous player
 -- The event: 'J', seat, players, capacity, then one byte per occupied seat
--- (players bytes), then the member id.
--- Returns {seat, players}; seat 0 means the lobby was full and nothing changed.
+-- (players bytes), then the member id; then, if any member is authenticated,
+-- for each occupied seat in the same order a NUL byte and its user id (empty
+-- for an anonymous member).
+-- Returns {seat, players}; seat 0 means the lobby was full and nothing
+-- changed, seat -1 that the user already holds a seat and nothing changed.
 local players = redis.call('HLEN', KEYS[1])
 local capacity = tonumber(ARGV[2])
 if players >= capacity then
   return {0, players}
+end
+local function user_of(member)
+  local bar = string.find(member, '|', 1, true)
+  if bar then
+    return string.sub(member, bar + 1)
+  end
+  return ''
+end
+local user = ARGV[5]
+if user ~= '' then
+  for _, member in ipairs(redis.call('HVALS', KEYS[1])) do
+    if user_of(member) == user then
+      return {-1, players}
+    end
+  end
 end
 local seat = 1
 while redis.call('HEXISTS', KEYS[1], seat) == 1 do
@@ -25,8 +47,20 @@ redis.call('SADD', KEYS[2], ARGV[4])
 redis.call('HSET', KEYS[1], seat, ARGV[1])
 players = players + 1
 local seats = {}
-for _, taken in ipairs(redis.call('HKEYS', KEYS[1])) do
-  seats[#seats + 1] = string.char(tonumber(taken))
+local users = {}
+local any_user = false
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  seats[#seats + 1] = string.char(tonumber(fields[i]))
+  local u = user_of(fields[i + 1])
+  users[#users + 1] = u
+  if u ~= '' then
+    any_user = true
+  end
 end
-redis.call('PUBLISH', ARGV[3], 'J' .. string.char(seat, players, capacity) .. table.concat(seats) .. ARGV[1])
+local event = 'J' .. string.char(seat, players, capacity) .. table.concat(seats) .. ARGV[1]
+if any_user then
+  event = event .. '\0' .. table.concat(users, '\0')
+end
+redis.call('PUBLISH', ARGV[3], event)
 return {seat, players}

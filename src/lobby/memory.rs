@@ -6,15 +6,15 @@
 //! local lobby: the sender's task delivers them, in the order it read them.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use governor::DefaultKeyedRateLimiter;
 
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{JoinOutcome, LobbyEvent, LobbyStore, MemberId, StoreError};
+use super::{JoinOutcome, LobbyEvent, LobbyStore, MemberId, RateKey, StoreError};
 use crate::hub::{Hub, LocalLobby};
+use crate::identity::user_of;
 use crate::limits::JoinLimit;
 use crate::passphrase::LobbyId;
 
@@ -26,7 +26,7 @@ pub struct MemoryStore {
     lobbies: Mutex<HashMap<LobbyId, Vec<Option<MemberId>>>>,
     /// Join attempts per client address (the limit is the same for the whole
     /// life of the node, so the limiter is made on first use).
-    joins: OnceLock<DefaultKeyedRateLimiter<IpAddr>>,
+    joins: OnceLock<DefaultKeyedRateLimiter<RateKey>>,
 }
 
 impl MemoryStore {
@@ -65,6 +65,11 @@ impl LobbyStore for MemoryStore {
         if players >= usize::from(capacity) {
             return Ok(JoinOutcome::Full);
         }
+        if let Some(user) = user_of(member)
+            && seats.iter().flatten().any(|m| user_of(m) == Some(user))
+        {
+            return Ok(JoinOutcome::DuplicateUser);
+        }
         let index = match seats.iter().position(Option::is_none) {
             Some(free) => free,
             None => {
@@ -84,6 +89,7 @@ impl LobbyStore for MemoryStore {
                 capacity,
                 occupied: occupied(seats),
                 member: member.clone(),
+                users: users(seats),
             },
         );
         Ok(JoinOutcome::Seated { seat, players })
@@ -125,11 +131,11 @@ impl LobbyStore for MemoryStore {
         Ok(())
     }
 
-    async fn admit_join(&self, client: IpAddr, limit: JoinLimit) -> Result<bool, StoreError> {
+    async fn admit_join(&self, who: RateKey, limit: JoinLimit) -> Result<bool, StoreError> {
         let joins = self
             .joins
             .get_or_init(|| DefaultKeyedRateLimiter::keyed(limit.quota()));
-        let admitted = joins.check_key(&client).is_ok();
+        let admitted = joins.check_key(&who).is_ok();
         if joins.len() > 10_000 {
             joins.retain_recent();
         }
@@ -152,6 +158,14 @@ impl LobbyStore for MemoryStore {
         lobby.dispatch(LobbyEvent::Relay { from_seat, message });
         Ok(())
     }
+}
+
+/// The user ids of the authenticated members, by seat.
+fn users(seats: &[Option<MemberId>]) -> Vec<(u8, Arc<str>)> {
+    (1..)
+        .zip(seats)
+        .filter_map(|(seat, member)| Some((seat, user_of(member.as_ref()?)?.into())))
+        .collect()
 }
 
 /// The numbers of the seats that hold a member.

@@ -33,13 +33,14 @@ pub type MemberId = Arc<str>;
 #[derive(Debug, Clone)]
 pub enum LobbyEvent {
     /// `member` took `seat`; the lobby now has `players` of `capacity`, in
-    /// the seats `occupied`.
+    /// the seats `occupied`, whose authenticated members are `users`.
     Joined {
         seat: u8,
         players: u8,
         capacity: u8,
         occupied: Vec<u8>,
         member: MemberId,
+        users: Vec<(u8, Arc<str>)>,
     },
     /// The member in `seat` left; `players` remain, in the seats `occupied`.
     Left {
@@ -58,6 +59,16 @@ pub enum JoinOutcome {
     Seated { seat: u8, players: u8 },
     /// The lobby already had `capacity` members; nothing changed.
     Full,
+    /// The member's user already holds a seat in the lobby; nothing changed.
+    DuplicateUser,
+}
+
+/// Whom a join limit counts: a client address, or an authenticated user
+/// (by the SHA-256 of its id).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    Address(IpAddr),
+    User(Arc<str>),
 }
 
 /// The lobby store could not do what was asked: clients get `unavailable`.
@@ -89,7 +100,8 @@ pub trait LobbyStore: Send + Sync + 'static {
     fn unsubscribe(&self, lobby: &LobbyId) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Atomically seats `member` in the lowest free seat unless the lobby is
-    /// full, and emits [`LobbyEvent::Joined`] to every subscribed node.
+    /// full (or, for an authenticated member, its user already holds a seat
+    /// there), and emits [`LobbyEvent::Joined`] to every subscribed node.
     fn join(
         &self,
         lobby: &LobbyId,
@@ -108,11 +120,11 @@ pub trait LobbyStore: Send + Sync + 'static {
         seat: u8,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Counts a join attempt from `client` against the cluster-wide join
-    /// limit; `false` if it is over the limit.
+    /// Counts a join attempt of `who` against the cluster-wide join limit;
+    /// `false` if it is over the limit.
     fn admit_join(
         &self,
-        client: IpAddr,
+        who: RateKey,
         limit: JoinLimit,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 

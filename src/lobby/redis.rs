@@ -34,7 +34,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{JoinOutcome, LobbyStore, MemberId, StoreError};
+use super::{JoinOutcome, LobbyStore, MemberId, RateKey, StoreError};
 use crate::hub::{Hub, LocalLobby};
 use crate::identity::{self, Identity};
 use crate::limits::JoinLimit;
@@ -79,6 +79,12 @@ pub fn reaped_key(node: &str) -> String {
 /// The join limit's state for one client address (expires by itself).
 pub fn join_rate_key(client: IpAddr) -> String {
     format!("lr:rate:join:{client}")
+}
+
+/// The join limit's state for one authenticated user, named by the SHA-256
+/// of its id (expires by itself).
+pub fn user_join_rate_key(user: &str) -> String {
+    format!("lr:rate:join-user:{}", crate::auth::user_hash(user))
 }
 
 /// The lobby of a channel name, if it is one of ours.
@@ -414,6 +420,7 @@ impl LobbyStore for RedisStore {
                 .arg(capacity)
                 .arg(channel(&hex))
                 .arg(&hex)
+                .arg(identity::user_of(member).unwrap_or(""))
                 .invoke_async(&mut conn),
         )
         .await;
@@ -425,6 +432,7 @@ impl LobbyStore for RedisStore {
         let (seat, players) = result?;
         match (u8::try_from(seat), u8::try_from(players)) {
             (Ok(0), _) => Ok(JoinOutcome::Full),
+            _ if seat == -1 => Ok(JoinOutcome::DuplicateUser),
             (Ok(seat), Ok(players)) => Ok(JoinOutcome::Seated { seat, players }),
             _ => Err(StoreError::Protocol(format!(
                 "join.lua returned seat {seat}, players {players}"
@@ -448,13 +456,17 @@ impl LobbyStore for RedisStore {
         result
     }
 
-    async fn admit_join(&self, client: IpAddr, limit: JoinLimit) -> Result<bool, StoreError> {
+    async fn admit_join(&self, who: RateKey, limit: JoinLimit) -> Result<bool, StoreError> {
+        let key = match who {
+            RateKey::Address(client) => join_rate_key(client),
+            RateKey::User(user) => user_join_rate_key(&user),
+        };
         let mut conn = self.shared.conn();
         let admitted: i64 = timed(
             self.shared
                 .scripts
                 .gcra
-                .key(join_rate_key(client))
+                .key(key)
                 .arg(limit.interval().as_micros() as u64)
                 .arg(limit.burst.get())
                 .invoke_async(&mut conn),

@@ -4,7 +4,9 @@
 //!
 //! - `T` from_seat payload: a text game message, payload as sent
 //! - `B` from_seat payload: a binary game message, payload as sent
-//! - `J` seat players capacity occupied[players] member: a join
+//! - `J` seat players capacity occupied[players] member: a join; when some
+//!   member is authenticated, then for each occupied seat (same order) a NUL
+//!   and its user id (empty for an anonymous one)
 //! - `L` seat players occupied[players]: a leave
 
 use bytes::Bytes;
@@ -53,13 +55,29 @@ pub fn decode(payload: &[u8]) -> Option<LobbyEvent> {
         }
         JOINED => match rest {
             [seat, players, capacity, more @ ..] if more.len() >= usize::from(*players) => {
-                let (occupied, member) = more.split_at(usize::from(*players));
+                let (occupied, rest) = more.split_at(usize::from(*players));
+                let rest = std::str::from_utf8(rest).ok()?;
+                let (member, users) = match rest.split_once('\0') {
+                    None => (rest, Vec::new()),
+                    Some((member, users)) => (
+                        member,
+                        occupied
+                            .iter()
+                            .zip(users.split('\0'))
+                            .filter(|(_, user)| !user.is_empty())
+                            .map(|(&seat, user)| (seat, user.into()))
+                            .collect(),
+                    ),
+                };
+                let mut users: Vec<(u8, std::sync::Arc<str>)> = users;
+                users.sort_unstable_by_key(|(seat, _)| *seat);
                 Some(LobbyEvent::Joined {
                     seat: *seat,
                     players: *players,
                     capacity: *capacity,
                     occupied: sorted(occupied),
-                    member: std::str::from_utf8(member).ok()?.into(),
+                    member: member.into(),
+                    users,
                 })
             }
             _ => None,
@@ -118,9 +136,27 @@ mod tests {
                 capacity: 2,
                 occupied,
                 member,
+                users,
             }) => {
                 assert_eq!(occupied, [1, 2]);
                 assert_eq!(&*member, "node-a/7.1");
+                assert!(users.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        // With users: seat 2 (bob) joined seat 1 (anonymous) and seat 3
+        // (carol); the seats come in Redis's order.
+        match decode(b"J\x02\x03\x04\x03\x01\x02node-a/7.2|bob\0carol\0\0bob") {
+            Some(LobbyEvent::Joined {
+                member,
+                users,
+                occupied,
+                ..
+            }) => {
+                assert_eq!(&*member, "node-a/7.2|bob");
+                assert_eq!(occupied, [1, 2, 3]);
+                let users: Vec<(u8, &str)> = users.iter().map(|(s, u)| (*s, &**u)).collect();
+                assert_eq!(users, [(2, "bob"), (3, "carol")]);
             }
             other => panic!("{other:?}"),
         }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{NODES_KEY, Shared, channel, lobby_key, node_key, node_lobbies_key, reaped_key, timed};
-use crate::identity::is_member_of;
+use crate::identity::{self, is_member_of};
 use crate::lobby::{LobbyEvent, StoreError};
 use crate::metrics;
 
@@ -195,14 +195,17 @@ async fn resync(shared: &Shared) -> Result<(), StoreError> {
 async fn reconcile(shared: &Shared) -> Result<(), StoreError> {
     let mut conn = shared.conn();
     for lobby in shared.hub.lobbies() {
-        let seats: Vec<u8> = timed(
-            redis::cmd("HKEYS")
+        let seats: std::collections::BTreeMap<u8, String> = timed(
+            redis::cmd("HGETALL")
                 .arg(lobby_key(&lobby.hex))
                 .query_async(&mut conn),
         )
         .await?;
-        let mut actual = seats;
-        actual.sort_unstable();
+        let actual: Vec<u8> = seats.keys().copied().collect();
+        let users: Vec<(u8, Arc<str>)> = seats
+            .iter()
+            .filter_map(|(&seat, member)| Some((seat, identity::user_of(member)?.into())))
+            .collect();
         let known = lobby.occupied();
         if known == actual {
             continue;
@@ -222,6 +225,7 @@ async fn reconcile(shared: &Shared) -> Result<(), StoreError> {
                 capacity: shared.settings.lobby_capacity,
                 occupied: actual.clone(),
                 member: "".into(),
+                users: users.clone(),
             });
         }
         tracing::info!(
