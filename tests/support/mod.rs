@@ -722,6 +722,31 @@ impl Client {
         }
     }
 
+    /// Connects with a prepared handshake request (extra headers, a query
+    /// string); returns the handshake error instead of panicking.
+    pub async fn connect_request(
+        request: tungstenite::handshake::client::Request,
+        name: &str,
+    ) -> Result<Client, tungstenite::Error> {
+        let ws = match tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::connect_async(request))
+            .await
+        {
+            Ok(result) => result?.0,
+            Err(_) => panic!("{name}: connecting timed out after {RECV_TIMEOUT:?}"),
+        };
+        let (sink, stream) = ws.split();
+        Ok(Client {
+            tx: Sender {
+                name: name.to_owned(),
+                sink,
+            },
+            rx: Receiver {
+                name: name.to_owned(),
+                stream,
+            },
+        })
+    }
+
     pub fn name(&self) -> &str {
         &self.tx.name
     }
@@ -1085,6 +1110,16 @@ impl Node {
     pub fn kill9(&mut self) {
         let _ = self.child.kill(); // SIGKILL on Unix
         let _ = self.child.wait();
+    }
+
+    /// Sends SIGHUP (as `kill -HUP PID` does) and returns at once.
+    pub fn signal_hup(&self) {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run `kill -HUP {pid}`: {e}"));
+        assert!(status.success(), "`kill -HUP {pid}` failed: {status}");
     }
 
     /// Sends SIGTERM (as `kill -TERM PID` does) and returns at once.
