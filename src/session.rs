@@ -167,7 +167,10 @@ impl<S: LobbyStore> Session<S> {
                 Request::Join(LobbyId::from_passphrase_keyed(&passphrase, secret))
             }
             Ok(ClientMessage::Leave) => Request::Leave,
-            Ok(ClientMessage::Ping { t }) => Request::Reply(protocol::pong(t)),
+            Ok(ClientMessage::Ping { t, node: false }) => Request::Reply(protocol::pong(t)),
+            Ok(ClientMessage::Ping { t, node: true }) => {
+                Request::Reply(protocol::pong_with_node(t, &self.node.config.node_id))
+            }
             Ok(ClientMessage::Game) => Request::Game,
             Err(refusal) => Request::Refuse(refusal.code, refusal.message.into_owned()),
         };
