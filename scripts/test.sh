@@ -4,9 +4,9 @@
 #   scripts/test.sh            format check, clippy, docs, the whole test suite
 #   scripts/test.sh -- ARGS    extra arguments for the test runner (a filter)
 #
-# The tests start their own redis-server (and, for the cluster test, haproxy)
-# processes on free loopback ports; nothing here touches a Redis you already
-# run.
+# The tests start their own redis-server (and, for the cluster test, haproxy;
+# for the browser test, chromedriver and headless chromium) processes on free
+# loopback ports; nothing here touches a Redis you already run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--" ]; then shift; fi
@@ -31,11 +31,11 @@ need_packages() {
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   elif command -v brew >/dev/null 2>&1; then
-    say "installing redis and haproxy (brew)"
+    say "installing redis and haproxy (brew; Chromium and chromedriver: brew install --cask chromium chromedriver)"
     brew install redis haproxy
   else
     echo "error: the tests need: ${missing[*]}, and no known package manager was found." >&2
-    echo "       install Redis (redis-server and redis-cli on PATH) and HAProxy, and run this again." >&2
+    echo "       install Redis (redis-server and redis-cli on PATH), HAProxy, Chromium and chromedriver, and run this again." >&2
     exit 1
   fi
 }
@@ -46,11 +46,15 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy) # tests/cluster_lb.rs
+# tests/browser.rs: headless Chromium driven through chromedriver (WebDriver).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   need_packages "${missing[@]}"
 fi
 redis-server --version
 haproxy -v | sed -n 1p
+chromedriver --version
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

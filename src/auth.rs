@@ -562,10 +562,10 @@ pub struct TokenArgs {
     pub lobby_secret: Option<Secret>,
     /// Sign with HS256 and this shared secret (the nodes'
     /// --auth-hs256-secret).
-    #[arg(long, env = "LOBBY_RELAY_AUTH_HS256_SECRET", hide_env_values = true, value_parser = parse_hs256_secret, conflicts_with = "private_key")]
+    #[arg(long, env = "LOBBY_RELAY_AUTH_HS256_SECRET", hide_env_values = true, value_parser = parse_hs256_secret)]
     pub hs256_secret: Option<Secret>,
     /// Sign with this PEM private key (PKCS#8) instead: RS256 for an RSA key,
-    /// ES256 for a P-256 key.
+    /// ES256 for a P-256 key. Wins over an HS256 secret in the environment.
     #[arg(long)]
     pub private_key: Option<PathBuf>,
     /// The key id (`kid` header) to name, for a JWKS with several keys.
@@ -608,11 +608,11 @@ pub fn mint(args: &TokenArgs) -> Result<String, String> {
         claims["lobbies"] = ids.into();
     }
     let (alg, key) = match (&args.hs256_secret, &args.private_key) {
-        (Some(secret), _) => (
+        (Some(secret), None) => (
             Algorithm::HS256,
             EncodingKey::from_secret(secret.bytes()).map_err(|e| e.to_string())?,
         ),
-        (None, Some(path)) => {
+        (_, Some(path)) => {
             let pem = std::fs::read(path)
                 .map_err(|e| format!("--private-key {}: {e}", path.display()))?;
             match EncodingKey::from_ec_pem(&pem) {

@@ -190,6 +190,23 @@ pub struct ServeArgs {
     #[arg(long, env = "LOBBY_RELAY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// The browser playground: a page served at `GET /` (without a
+    /// WebSocket upgrade) and `/playground` where people join a lobby and
+    /// play a tiny tank game through the relay. `off` for locked-down
+    /// deployments: those paths then answer as before (426 on `/`, 404 on
+    /// `/playground`). The WebSocket on `/` and `/ws` is the same either way.
+    #[arg(long, env = "LOBBY_RELAY_PLAYGROUND", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set, value_name = "on|off")]
+    pub playground: bool,
+
+    /// Turns on the admin view (`/admin`, `/admin/api/cluster`): live nodes,
+    /// their connections, lobbies (by hash prefix), message rates and Redis
+    /// latency. Requests must present this token (`Authorization: Bearer`;
+    /// the page asks for it). At least 16 characters. Without it both paths
+    /// answer 404. Prefer the environment variable to the flag (flags show
+    /// in `ps`).
+    #[arg(long, env = "LOBBY_RELAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+
     #[command(flatten)]
     pub auth: crate::auth::AuthArgs,
 }
@@ -218,6 +235,10 @@ pub struct Config {
     pub node_timeout: Duration,
     /// Player authentication.
     pub auth: crate::auth::AuthArgs,
+    /// Serve the browser playground (`--playground`).
+    pub playground: bool,
+    /// The admin view's token; no admin view without it.
+    pub admin_token: Option<Secret>,
 }
 
 impl ServeArgs {
@@ -257,6 +278,8 @@ impl ServeArgs {
             drain_delay: self.drain_delay,
             node_timeout: self.node_timeout,
             auth: self.auth.clone(),
+            playground: self.playground,
+            admin_token: self.admin_token.clone(),
         }
     }
 }
@@ -298,6 +321,14 @@ impl std::str::FromStr for Secret {
             return Err("use at least 16 characters".into());
         }
         Ok(Self(s.as_bytes().into()))
+    }
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err("use on or off".into()),
     }
 }
 
@@ -359,5 +390,15 @@ mod tests {
         assert_eq!(c.lobby_capacity, 2);
         assert_eq!(c.max_message_bytes, 16384);
         assert!(c.node_id.starts_with("node-"));
+        assert!(c.playground);
+        assert!(c.admin_token.is_none());
+    }
+
+    #[test]
+    fn on_off() {
+        assert_eq!(parse_on_off("on"), Ok(true));
+        assert_eq!(parse_on_off("OFF"), Ok(false));
+        assert_eq!(parse_on_off("false"), Ok(false));
+        assert!(parse_on_off("maybe").is_err());
     }
 }

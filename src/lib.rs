@@ -7,6 +7,7 @@
 //! `docs/protocol.md`; the bird's-eye view is `ARCHITECTURE.md`.
 //!
 //! # Layout
+//! - [`admin`]: the browser playground and the admin view (pages and data).
 //! - [`auth`]: optional player authentication with the studio's JWTs.
 //! - [`client_addr`]: the real client address behind trusted proxies.
 //! - [`config`]: every option, its environment variable and default.
@@ -26,6 +27,7 @@
 //! - [`lobby`]: the lobby store interface, with [`lobby::memory`] and
 //!   [`lobby::redis`].
 
+pub mod admin;
 pub mod auth;
 pub mod client_addr;
 pub mod config;

@@ -159,8 +159,26 @@ fn serve(args: ServeArgs) -> ExitCode {
             "memory"
         };
         let scheme = if args.tls_cert.is_some() { "wss" } else { "ws" };
+        // The address to open in a browser (an unspecified address means
+        // this machine too).
+        let playground = listener
+            .local_addr()
+            .ok()
+            .filter(|_| config.playground)
+            .map(|mut a| {
+                if a.ip().is_unspecified() {
+                    a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                let http = if args.tls_cert.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{http}://{a}/")
+            });
         tracing::info!(
             addr,
+            playground,
             node_id = config.node_id,
             store,
             scheme,

@@ -5,6 +5,7 @@
 //! are kinds, results, codes and operations, all from fixed lists.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
@@ -14,19 +15,19 @@ use crate::protocol::ErrorCode;
 
 /// Every metric of a node.
 pub struct Metrics {
-    pub connections: Gauge,
-    pub lobbies: Gauge,
-    pub members: Gauge,
+    pub connections: LiveGauge,
+    pub lobbies: LiveGauge,
+    pub members: LiveGauge,
     pub joins_joined: Counter,
     pub joins_full: Counter,
     pub joins_rate_limited: Counter,
     pub joins_unavailable: Counter,
-    pub messages_in_text: Counter,
-    pub messages_in_binary: Counter,
+    pub messages_in_text: LiveCounter,
+    pub messages_in_binary: LiveCounter,
     pub bytes_in: Counter,
-    pub messages_out_text: Counter,
-    pub messages_out_binary: Counter,
-    pub messages_out_event: Counter,
+    pub messages_out_text: LiveCounter,
+    pub messages_out_binary: LiveCounter,
+    pub messages_out_event: LiveCounter,
     pub bytes_out: Counter,
     pub slow_clients: Counter,
     pub floods_closed: Counter,
@@ -42,7 +43,113 @@ pub struct Metrics {
     pub redis_errors_publish: Counter,
     pub redis_errors_heartbeat: Counter,
     pub redis_errors_pubsub: Counter,
+    /// The round trip of the last heartbeat to Redis, in microseconds
+    /// (`u64::MAX`: none yet, or no Redis).
+    redis_rtt_us: AtomicU64,
     errors: Vec<(ErrorCode, Counter)>,
+}
+
+/// A Prometheus gauge whose value the node can also read back (for the
+/// figures it publishes in its heartbeat, see [`figures`]).
+pub struct LiveGauge {
+    gauge: Gauge,
+    value: AtomicI64,
+}
+
+impl LiveGauge {
+    fn new(gauge: Gauge) -> Self {
+        Self {
+            gauge,
+            value: AtomicI64::new(0),
+        }
+    }
+
+    pub fn increment(&self, by: f64) {
+        self.gauge.increment(by);
+        self.value.fetch_add(by as i64, Ordering::Relaxed);
+    }
+
+    pub fn decrement(&self, by: f64) {
+        self.gauge.decrement(by);
+        self.value.fetch_sub(by as i64, Ordering::Relaxed);
+    }
+
+    pub fn value(&self) -> u64 {
+        self.value.load(Ordering::Relaxed).max(0) as u64
+    }
+}
+
+/// A Prometheus counter whose value the node can also read back.
+pub struct LiveCounter {
+    counter: Counter,
+    value: AtomicU64,
+}
+
+impl LiveCounter {
+    fn new(counter: Counter) -> Self {
+        Self {
+            counter,
+            value: AtomicU64::new(0),
+        }
+    }
+
+    pub fn increment(&self, by: u64) {
+        self.counter.increment(by);
+        self.value.fetch_add(by, Ordering::Relaxed);
+    }
+
+    pub fn value(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
+/// A node's headline figures: what it publishes in its heartbeat (Redis) and
+/// what the admin view (`/admin`) shows and charts. Counters only grow;
+/// rates are differences between two readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Figures {
+    /// When the figures were read (Unix time, ms), to turn counters into rates.
+    pub at_ms: u64,
+    /// Open WebSocket connections.
+    pub connections: u64,
+    /// Lobbies with members on this node.
+    pub lobbies: u64,
+    /// This node's members of lobbies.
+    pub members: u64,
+    /// Messages received from clients (text and binary frames).
+    pub messages_in: u64,
+    /// Messages sent to clients: relayed game messages and lobby events.
+    pub messages_out: u64,
+    /// Round trip of the last heartbeat to Redis, in µs (none in memory mode).
+    pub redis_rtt_us: Option<u64>,
+}
+
+/// The node's figures now.
+pub fn figures() -> Figures {
+    let m = get();
+    let rtt = m.redis_rtt_us.load(Ordering::Relaxed);
+    Figures {
+        at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default(),
+        connections: m.connections.value(),
+        lobbies: m.lobbies.value(),
+        members: m.members.value(),
+        messages_in: m.messages_in_text.value() + m.messages_in_binary.value(),
+        messages_out: m.messages_out_text.value()
+            + m.messages_out_binary.value()
+            + m.messages_out_event.value(),
+        redis_rtt_us: (rtt != u64::MAX).then_some(rtt),
+    }
+}
+
+/// Records the round trip of a heartbeat to Redis (see [`Figures`]).
+pub fn record_redis_rtt(elapsed: Duration) {
+    get().redis_rtt_us.store(
+        elapsed.as_micros().min(u128::from(u64::MAX - 1)) as u64,
+        Ordering::Relaxed,
+    );
 }
 
 impl Metrics {
@@ -52,19 +159,29 @@ impl Metrics {
         let redis_errors =
             |op: &'static str| counter!("lobby_relay_redis_errors_total", "op" => op);
         Self {
-            connections: gauge!("lobby_relay_connections"),
-            lobbies: gauge!("lobby_relay_lobbies"),
-            members: gauge!("lobby_relay_members"),
+            connections: LiveGauge::new(gauge!("lobby_relay_connections")),
+            lobbies: LiveGauge::new(gauge!("lobby_relay_lobbies")),
+            members: LiveGauge::new(gauge!("lobby_relay_members")),
             joins_joined: counter!("lobby_relay_joins_total", "result" => "joined"),
             joins_full: counter!("lobby_relay_joins_total", "result" => "lobby_full"),
             joins_rate_limited: counter!("lobby_relay_joins_total", "result" => "rate_limited"),
             joins_unavailable: counter!("lobby_relay_joins_total", "result" => "unavailable"),
-            messages_in_text: counter!("lobby_relay_messages_in_total", "kind" => "text"),
-            messages_in_binary: counter!("lobby_relay_messages_in_total", "kind" => "binary"),
+            messages_in_text: LiveCounter::new(
+                counter!("lobby_relay_messages_in_total", "kind" => "text"),
+            ),
+            messages_in_binary: LiveCounter::new(
+                counter!("lobby_relay_messages_in_total", "kind" => "binary"),
+            ),
             bytes_in: counter!("lobby_relay_bytes_in_total"),
-            messages_out_text: counter!("lobby_relay_messages_out_total", "kind" => "text"),
-            messages_out_binary: counter!("lobby_relay_messages_out_total", "kind" => "binary"),
-            messages_out_event: counter!("lobby_relay_messages_out_total", "kind" => "event"),
+            messages_out_text: LiveCounter::new(
+                counter!("lobby_relay_messages_out_total", "kind" => "text"),
+            ),
+            messages_out_binary: LiveCounter::new(
+                counter!("lobby_relay_messages_out_total", "kind" => "binary"),
+            ),
+            messages_out_event: LiveCounter::new(
+                counter!("lobby_relay_messages_out_total", "kind" => "event"),
+            ),
             bytes_out: counter!("lobby_relay_bytes_out_total"),
             slow_clients: counter!("lobby_relay_slow_clients_closed_total"),
             floods_closed: counter!("lobby_relay_flooders_closed_total"),
@@ -80,6 +197,7 @@ impl Metrics {
             redis_errors_publish: redis_errors("publish"),
             redis_errors_heartbeat: redis_errors("heartbeat"),
             redis_errors_pubsub: redis_errors("pubsub"),
+            redis_rtt_us: AtomicU64::new(u64::MAX),
             errors: codes
                 .into_iter()
                 .map(|code| {

@@ -36,7 +36,9 @@ pub enum ClientMessage<'a> {
     /// `{"type":"leave"}`.
     Leave,
     /// `{"type":"ping","t":T}`; `t` is any JSON value, echoed verbatim.
-    Ping { t: Option<&'a str> },
+    /// `node` (an addition to v1): the client sent `"node":true` and wants
+    /// to know which node it is connected to.
+    Ping { t: Option<&'a str>, node: bool },
     /// `{"type":"auth","token":JWT}`: only where player authentication is
     /// on (see [`parse_text_with`]); elsewhere `auth` is a game message as
     /// in protocol v1.
@@ -213,6 +215,7 @@ pub fn parse_text_with(text: &str, auth: bool) -> Result<ClientMessage<'_>, Refu
                 },
                 "ping" => Ok(ClientMessage::Ping {
                     t: head.t.map(RawValue::get),
+                    node: asks_for_node(text),
                 }),
                 reserved
                     if RESERVED_TYPES.contains(&reserved)
@@ -238,6 +241,20 @@ pub fn parse_text_with(text: &str, auth: bool) -> Result<ClientMessage<'_>, Refu
             )),
         },
     }
+}
+
+/// Whether a ping carries `"node":true` (read apart from [`Head`], so that
+/// the fields of game messages stay unlooked at).
+fn asks_for_node(text: &str) -> bool {
+    #[derive(Deserialize)]
+    struct PingHead<'a> {
+        #[serde(borrow, default)]
+        node: Option<&'a RawValue>,
+    }
+    serde_json::from_str::<PingHead<'_>>(text)
+        .ok()
+        .and_then(|head| head.node)
+        .is_some_and(|node| node.get() == "true")
 }
 
 fn not_an_object() -> Refusal {
@@ -308,6 +325,16 @@ pub fn pong(t: Option<&str>) -> String {
     }
 }
 
+/// `{"type":"pong","t":T,"node":"relay-1"}`: the answer to a ping with
+/// `"node":true` (an addition to v1), naming the node that answered.
+pub fn pong_with_node(t: Option<&str>, node_id: &str) -> String {
+    let node = serde_json::to_string(node_id).unwrap_or_else(|_| "\"\"".to_owned());
+    match t {
+        Some(t) => format!(r#"{{"type":"pong","t":{t},"node":{node}}}"#),
+        None => format!(r#"{{"type":"pong","node":{node}}}"#),
+    }
+}
+
 /// `{"type":"error","code":...,"message":...}`.
 pub fn error(code: ErrorCode, message: &str) -> String {
     // Field order as in PROTOCOL.md; the message is escaped by serde_json.
@@ -372,18 +399,54 @@ mod tests {
         );
         assert_eq!(
             parse_text(r#"{"type":"ping","t":123}"#).unwrap(),
-            ClientMessage::Ping { t: Some("123") }
+            ClientMessage::Ping {
+                t: Some("123"),
+                node: false
+            }
         );
         assert_eq!(
             parse_text(r#"{"type":"ping"}"#).unwrap(),
-            ClientMessage::Ping { t: None }
+            ClientMessage::Ping {
+                t: None,
+                node: false
+            }
         );
         assert_eq!(
             parse_text(r#"{"type":"ping","t":{"a":[1, 2]}}"#).unwrap(),
             ClientMessage::Ping {
-                t: Some(r#"{"a":[1, 2]}"#)
+                t: Some(r#"{"a":[1, 2]}"#),
+                node: false
             }
         );
+    }
+
+    #[test]
+    fn a_ping_may_ask_for_the_node() {
+        assert_eq!(
+            parse_text(r#"{"type":"ping","t":5,"node":true}"#).unwrap(),
+            ClientMessage::Ping {
+                t: Some("5"),
+                node: true
+            }
+        );
+        for text in [
+            r#"{"type":"ping","node":false}"#,
+            r#"{"type":"ping","node":"yes"}"#,
+            r#"{"type":"ping","node":true,"node":true}"#,
+        ] {
+            assert!(
+                matches!(
+                    parse_text(text),
+                    Ok(ClientMessage::Ping { node: false, .. })
+                ),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            pong_with_node(Some("5"), "relay-1"),
+            r#"{"type":"pong","t":5,"node":"relay-1"}"#
+        );
+        assert_eq!(pong_with_node(None, "a"), r#"{"type":"pong","node":"a"}"#);
     }
 
     #[test]

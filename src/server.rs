@@ -10,6 +10,11 @@
 //! - `GET /healthz`: 200 while the process runs.
 //! - `GET /readyz`: 200 when the node can serve (its lobby store is reachable
 //!   and it is not draining), 503 otherwise. Load balancers route by it.
+//! - `GET /metrics`: Prometheus metrics.
+//! - `GET /` without an upgrade, and `GET /playground`: the browser
+//!   playground (unless `--playground off`).
+//! - `GET /admin` and `GET /admin/api/cluster`: the admin view, only with
+//!   `--admin-token`; the API wants the token as `Authorization: Bearer`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -37,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::admin::{self, AdminToken};
 use crate::client_addr;
 use crate::lobby::LobbyStore;
 use crate::metrics;
@@ -55,6 +61,14 @@ const READ_BUFFER: usize = 4 * 1024;
 const WRITE_BUFFER: usize = 8 * 1024;
 /// Largest HTTP request head accepted (a WebSocket handshake needs ~1 KiB).
 const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Path of the playground page (also served on `/` without an upgrade).
+pub const PLAYGROUND_PATH: &str = "/playground";
+/// Path of the admin page.
+pub const ADMIN_PATH: &str = "/admin";
+/// Path of the admin view's data (JSON).
+pub const ADMIN_API_PATH: &str = "/admin/api/cluster";
+/// Longest the admin API waits for the lobby store.
+const ADMIN_API_TIMEOUT: Duration = Duration::from_secs(3);
 
 type Body = Full<Bytes>;
 
@@ -93,6 +107,7 @@ pub async fn run<S: LobbyStore>(
         addresses: Arc::default(),
         stop: CancellationToken::new(),
         sessions: TaskTracker::new(),
+        admin: node.config.admin_token.as_ref().map(AdminToken::new),
         node,
     });
     let accepting = accept_loop(&listener, &server);
@@ -148,6 +163,8 @@ struct Server<S> {
     stop: CancellationToken,
     /// The running sessions, waited for when draining.
     sessions: TaskTracker,
+    /// `--admin-token`: the admin view is served only with one.
+    admin: Option<AdminToken>,
 }
 
 async fn accept_loop<S: LobbyStore>(listener: &TcpListener, server: &Arc<Server<S>>) {
@@ -262,9 +279,17 @@ impl<S: LobbyStore> Server<S> {
         let service = {
             let server = self.clone();
             let upgrade = upgrade.clone();
-            service_fn(move |request| {
-                let response = server.route(request, peer.ip(), &upgrade);
-                async move { Ok::<_, Infallible>(response) }
+            service_fn(move |request: Request<Incoming>| {
+                let server = server.clone();
+                let upgrade = upgrade.clone();
+                async move {
+                    let response = if request.uri().path() == ADMIN_API_PATH {
+                        server.admin_api(&request).await
+                    } else {
+                        server.route(request, peer.ip(), &upgrade)
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             })
         };
         let serving = http1::Builder::new()
@@ -379,6 +404,13 @@ impl<S: LobbyStore> Server<S> {
                     &format!("not ready: {why}\n"),
                 ),
             },
+            "/" if self.node.config.playground
+                && !request.headers().contains_key(header::UPGRADE) =>
+            {
+                self.playground()
+            }
+            PLAYGROUND_PATH if self.node.config.playground => self.playground(),
+            ADMIN_PATH if self.admin.is_some() => page(admin::ADMIN_HTML.to_owned()),
             p if WEBSOCKET_PATHS.contains(&p) => {
                 let key = match websocket_key(&request) {
                     Ok(key) => key,
@@ -438,6 +470,92 @@ impl<S: LobbyStore> Server<S> {
             ),
         }
     }
+
+    /// The playground page, with this node's id in it.
+    fn playground(&self) -> Response<Body> {
+        page(admin::playground_page(&self.node.config.node_id))
+    }
+
+    /// `GET /admin/api/cluster`: 404 without `--admin-token`, 401 without the
+    /// right token, else the cluster as JSON.
+    async fn admin_api(&self, request: &Request<Incoming>) -> Response<Body> {
+        let Some(token) = &self.admin else {
+            return text(StatusCode::NOT_FOUND, "not found\n");
+        };
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        }
+        if !token.accepts(request.headers().get(header::AUTHORIZATION)) {
+            tracing::info!("admin API: refused a request without the right token");
+            let mut response = text(
+                StatusCode::UNAUTHORIZED,
+                "the admin token is missing or wrong\n",
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"lobby-relay admin\""),
+            );
+            return response;
+        }
+        let node = &self.node;
+        let view = match tokio::time::timeout(ADMIN_API_TIMEOUT, node.store.cluster_view()).await {
+            Ok(Ok(Some(view))) => view,
+            Ok(Ok(None)) => {
+                admin::local_view(&node.config.node_id, &node.identity.key(), &node.hub)
+            }
+            Ok(Err(e)) => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("cannot read the lobby store: {e}\n"),
+                );
+            }
+            Err(_) => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the lobby store did not answer in time\n",
+                );
+            }
+        };
+        let body = serde_json::to_string(&view).unwrap_or_else(|_| "{}".to_owned());
+        let mut response = text(StatusCode::OK, &body);
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+/// An HTML page of ours: inline script and style only, talking to this
+/// origin only, never framed, never cached.
+fn page(html: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(html)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 impl<S> Server<S> {

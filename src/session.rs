@@ -203,7 +203,10 @@ impl<S: LobbyStore> Session<S> {
                 "authenticate before joining, or leave the lobby first".to_owned(),
             ),
             Ok(ClientMessage::Auth { token }) => Request::Auth(self.node.auth.verify(&token)),
-            Ok(ClientMessage::Ping { t }) => Request::Reply(protocol::pong(t)),
+            Ok(ClientMessage::Ping { t, node: false }) => Request::Reply(protocol::pong(t)),
+            Ok(ClientMessage::Ping { t, node: true }) => {
+                Request::Reply(protocol::pong_with_node(t, &self.node.config.node_id))
+            }
             Ok(ClientMessage::Game) => Request::Game,
             Err(refusal) => Request::Refuse(refusal.code, refusal.message.into_owned()),
         };

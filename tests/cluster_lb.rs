@@ -37,6 +37,8 @@ const RECONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MARKED_DOWN_TIMEOUT: Duration = Duration::from_secs(6);
 
 const NODES: [&str; 3] = ["relay-1", "relay-2", "relay-3"];
+/// The nodes' `--admin-token` in the HAProxy test.
+const ADMIN_TOKEN: &str = "cluster-lb-admin-token";
 /// Every process the script starts, by the name of its pid file.
 const PROCESSES: [&str; 5] = ["redis", "relay-1", "relay-2", "relay-3", "haproxy"];
 
@@ -364,11 +366,16 @@ fn kill_9(pid: u32) {
 
 /// `GET path` on 127.0.0.1:port: the status code and the body.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_with(port, path, "")
+}
+
+/// [`http_get`] with extra header lines (each ending in `\r\n`).
+fn http_get_with(port: u16, path: &str, headers: &str) -> Option<(u16, String)> {
     let mut stream = StdTcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n{headers}\r\n"
     )
     .ok()?;
     let mut response = String::new();
@@ -842,8 +849,41 @@ async fn nodes_see_the_players_address_through_haproxy() {
     let mut cluster = ScriptCluster::up_with(&[
         ("LOBBY_RELAY_JOIN_RATE", "6"),
         ("LOBBY_RELAY_JOIN_BURST", "2"),
+        ("LOBBY_RELAY_ADMIN_TOKEN", ADMIN_TOKEN),
     ]);
     let test = async {
+        // The browser pages come through HAProxy like any plain GET: the
+        // playground, the admin page, and the admin data (every node of the
+        // cluster, whichever node answers).
+        for path in ["/", "/playground", "/admin"] {
+            let (status, body) = http_get(cluster.port, path).expect("an answer through HAProxy");
+            assert_eq!(status, 200, "GET {path} through HAProxy: {body}");
+            assert!(body.contains("<html"), "GET {path}: {body}");
+        }
+        let (status, _) =
+            http_get(cluster.port, "/admin/api/cluster").expect("an answer through HAProxy");
+        assert_eq!(status, 401, "the admin data needs the token");
+        let bearer = format!("Authorization: Bearer {ADMIN_TOKEN}\r\n");
+        let view = tokio::time::timeout(RECV_TIMEOUT, async {
+            loop {
+                if let Some((200, body)) =
+                    http_get_with(cluster.port, "/admin/api/cluster", &bearer)
+                {
+                    let view: Value = serde_json::from_str(&body).expect("JSON");
+                    let live = view["nodes"].as_array().map_or(0, |nodes| {
+                        nodes.iter().filter(|n| n["alive"] == true).count()
+                    });
+                    if live == 3 {
+                        return view;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("the admin data lists the three nodes through HAProxy");
+        assert_eq!(view["store"], "redis", "{view}");
+
         // Player X (127.0.0.5): two joins pass, the third is limited.
         let mut x = ws_from("127.0.0.5", cluster.port, b"")
             .await

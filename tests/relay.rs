@@ -549,6 +549,29 @@ async fn ping_is_answered_with_pong(c: Cluster) {
     assert_quiet_pair(&mut a, &mut b).await;
 }
 
+both_flavours!(ping_may_ask_for_the_node
+    => ping_may_ask_for_the_node_redis, ping_may_ask_for_the_node_memory);
+/// *(Addition to v1)* a ping with `"node":true` gets a pong naming the node
+/// the connection is on; any other `node` value changes nothing.
+async fn ping_may_ask_for_the_node(c: Cluster) {
+    let mut a = Client::connect(&c.url_a(), "A").await;
+    a.send_json(json!({"type": "ping", "t": 7, "node": true}))
+        .await;
+    a.expect_json(json!({"type": "pong", "t": 7, "node": "a"}))
+        .await;
+    a.send_json(json!({"type": "ping", "node": true})).await;
+    a.expect_json(json!({"type": "pong", "node": "a"})).await;
+    a.send_json(json!({"type": "ping", "t": 8, "node": false}))
+        .await;
+    a.expect_json(json!({"type": "pong", "t": 8})).await;
+    let mut b = Client::connect(&c.url_b(), "B").await;
+    b.send_json(json!({"type": "ping", "t": 9, "node": true}))
+        .await;
+    let node_b = if c.is_redis() { "b" } else { "a" };
+    b.expect_json(json!({"type": "pong", "t": 9, "node": node_b}))
+        .await;
+}
+
 both_flavours!(invalid_json_keeps_connection_open
     => invalid_json_keeps_connection_open_redis, invalid_json_keeps_connection_open_memory);
 /// Non-JSON text gets `invalid_json`, is not relayed, and the connection stays open.

@@ -33,7 +33,7 @@ fn check(text: &str, auth: bool) {
                         assert!(!(auth && AUTH_TYPES.contains(&kind)), "auth type relayed: {kind}");
                     }
                 }
-                ClientMessage::Ping { t } => {
+                ClientMessage::Ping { t, .. } => {
                     // The pong echoes t and is valid JSON.
                     let pong: serde_json::Value =
                         serde_json::from_str(&protocol::pong(t)).expect("pong is JSON");

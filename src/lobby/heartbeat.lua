@@ -4,7 +4,7 @@
 -- KEYS[1]  the heartbeat key, lr:node:<node key>
 -- KEYS[2]  lr:nodes
 -- KEYS[3]  the reaped mark, lr:reaped:<node key>
--- ARGV[1]  the heartbeat's value (node id, version)
+-- ARGV[1]  the heartbeat's value (JSON: node id, version, the node's figures)
 -- ARGV[2]  its time to live in ms
 -- ARGV[3]  the node key
 -- Returns 1 if the node was reaped (nothing renewed), 0 otherwise.

@@ -131,6 +131,15 @@ pub trait LobbyStore: Send + Sync + 'static {
     /// Whether the store can serve right now (for `/readyz`).
     fn is_healthy(&self) -> bool;
 
+    /// The whole cluster as the admin view shows it (every node and lobby the
+    /// store knows of); `None` when the store knows only this node (memory):
+    /// the caller then shows the node itself.
+    fn cluster_view(
+        &self,
+    ) -> impl Future<Output = Result<Option<crate::admin::ClusterView>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+
     /// The node is shutting down and its members have left: remove what the
     /// store holds about the node itself.
     fn goodbye(&self) -> impl Future<Output = ()> + Send;

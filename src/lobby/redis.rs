@@ -20,6 +20,7 @@
 
 mod envelope;
 mod liveness;
+mod view;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -473,6 +474,10 @@ impl LobbyStore for RedisStore {
         )
         .await?;
         Ok(admitted == 1)
+    }
+
+    async fn cluster_view(&self) -> Result<Option<crate::admin::ClusterView>, StoreError> {
+        view::cluster_view(&self.shared).await.map(Some)
     }
 
     fn is_healthy(&self) -> bool {

@@ -2,7 +2,9 @@
 //! node's seats after an outage.
 //!
 //! - Every `node_timeout / 3` a node renews `lr:node:<node key>` (expiring
-//!   after `node_timeout`) and lists itself in `lr:nodes`.
+//!   after `node_timeout`) and lists itself in `lr:nodes`. The value is a
+//!   small JSON object: node id, version and the node's
+//!   [`Figures`](crate::metrics::Figures) (`stats`), read by the admin view.
 //! - Every `node_timeout / 3` each node looks for listed nodes whose
 //!   heartbeat has expired, marks each one reaped (`lr:reaped:<node key>`),
 //!   and removes its members from the lobbies of its index
@@ -42,9 +44,12 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>) {
     let mut resync_due = false;
     loop {
         let key = shared.identity.key();
+        // The node's figures ride along, so that any node can show the
+        // whole cluster (the admin view); a few hundred bytes a second.
         let info = serde_json::json!({
             "node_id": shared.identity.node_id(),
             "version": env!("CARGO_PKG_VERSION"),
+            "stats": metrics::figures(),
         })
         .to_string();
         let mut conn = shared.conn();
@@ -67,6 +72,8 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>) {
         metrics::observe(&metrics.redis_heartbeat, started.elapsed());
         if beat.is_err() {
             metrics.redis_errors_heartbeat.increment(1);
+        } else {
+            metrics::record_redis_rtt(started.elapsed());
         }
         match beat {
             Ok((reaped,)) => {

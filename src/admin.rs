@@ -1,0 +1,195 @@
+//! The two browser pages a node serves beside its WebSocket, and the data
+//! behind the second:
+//!
+//! - the **playground** (`GET /` without an upgrade, `/playground`): a
+//!   reference JavaScript client and a tiny tank game, on unless
+//!   `--playground off`;
+//! - the **admin view** (`/admin`, data at `/admin/api/cluster`): the
+//!   cluster's live nodes, their figures and lobbies (by hash prefix), only
+//!   with `--admin-token`, and the API only for requests that present it.
+//!
+//! Each page is one static HTML file (inline CSS and JavaScript, no
+//! libraries) under `src/web/`, compiled into the binary.
+
+use std::sync::Arc;
+
+use hyper::header::HeaderValue;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::Secret;
+use crate::hub::Hub;
+use crate::metrics::{self, Figures};
+
+/// The playground page; `__NODE_ID__` is replaced by the serving node's id.
+const PLAYGROUND_HTML: &str = include_str!("web/playground.html");
+/// The admin page (static: it fetches everything with the token).
+pub const ADMIN_HTML: &str = include_str!("web/admin.html");
+
+/// How many hex digits of a lobby id the admin view shows.
+pub const LOBBY_PREFIX: usize = 8;
+/// The most lobbies one answer of the admin API lists.
+pub const LOBBY_LIMIT: usize = 100;
+
+/// The playground page as served by node `node_id` (letters, digits, `.`,
+/// `_`, `-`: nothing to escape).
+pub fn playground_page(node_id: &str) -> String {
+    PLAYGROUND_HTML.replace("__NODE_ID__", node_id)
+}
+
+/// What `GET /admin/api/cluster` answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterView {
+    /// `redis` (every live node of the cluster) or `memory` (this node).
+    pub store: &'static str,
+    /// The node that answered.
+    pub served_by: String,
+    /// The nodes: with Redis, every node listed in `lr:nodes`.
+    pub nodes: Vec<NodeView>,
+    /// Lobbies, by hash prefix (at most [`LOBBY_LIMIT`]).
+    pub lobbies: Vec<LobbyView>,
+    /// Whether there were more lobbies than listed.
+    pub lobbies_truncated: bool,
+}
+
+/// One node of [`ClusterView`].
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    /// The node id (`--node-id`).
+    pub node: String,
+    /// The node key, `<node id>/<incarnation>`.
+    pub key: String,
+    /// Its heartbeat has not expired.
+    pub alive: bool,
+    /// Time left on its heartbeat (Redis only).
+    pub ttl_ms: Option<u64>,
+    pub version: Option<String>,
+    /// Its figures as of its last heartbeat (now, in memory mode).
+    pub stats: Option<Figures>,
+}
+
+/// One lobby of [`ClusterView`].
+#[derive(Debug, Clone, Serialize)]
+pub struct LobbyView {
+    /// The first [`LOBBY_PREFIX`] hex digits of the lobby id.
+    pub lobby: String,
+    pub players: usize,
+    pub seats: Vec<SeatView>,
+}
+
+/// A seat of a [`LobbyView`] and the node its player is connected to.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeatView {
+    pub seat: u32,
+    pub node: String,
+}
+
+/// The first hex digits of a lobby id, all the admin view ever shows of it.
+pub fn lobby_prefix(hex: &str) -> String {
+    hex.chars().take(LOBBY_PREFIX).collect()
+}
+
+/// The view of a node without Redis: itself and its own lobbies.
+pub fn local_view(node_id: &str, key: &str, hub: &Hub) -> ClusterView {
+    let mut lobbies: Vec<_> = hub.lobbies();
+    lobbies.sort_by(|a, b| a.hex.cmp(&b.hex));
+    let truncated = lobbies.len() > LOBBY_LIMIT;
+    let lobbies = lobbies
+        .into_iter()
+        .take(LOBBY_LIMIT)
+        .map(|lobby| {
+            let seats: Vec<SeatView> = lobby
+                .occupied()
+                .into_iter()
+                .map(|seat| SeatView {
+                    seat: u32::from(seat),
+                    node: node_id.to_owned(),
+                })
+                .collect();
+            LobbyView {
+                lobby: lobby_prefix(&lobby.hex),
+                players: seats.len(),
+                seats,
+            }
+        })
+        .filter(|lobby| lobby.players > 0)
+        .collect();
+    ClusterView {
+        store: "memory",
+        served_by: node_id.to_owned(),
+        nodes: vec![NodeView {
+            node: node_id.to_owned(),
+            key: key.to_owned(),
+            alive: true,
+            ttl_ms: None,
+            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            stats: Some(metrics::figures()),
+        }],
+        lobbies,
+        lobbies_truncated: truncated,
+    }
+}
+
+/// The admin token, kept as its SHA-256 so that comparing takes the same
+/// time whatever the presented token's length and content.
+#[derive(Clone)]
+pub struct AdminToken(Arc<[u8; 32]>);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl AdminToken {
+    pub fn new(secret: &Secret) -> Self {
+        Self(Arc::new(Sha256::digest(secret.bytes()).into()))
+    }
+
+    /// Whether an `Authorization` header presents this token
+    /// (`Bearer <token>`), compared in constant time.
+    pub fn accepts(&self, authorization: Option<&HeaderValue>) -> bool {
+        let Some(presented) = authorization
+            .map(HeaderValue::as_bytes)
+            .and_then(|v| v.strip_prefix(b"Bearer "))
+        else {
+            return false;
+        };
+        let presented: [u8; 32] = Sha256::digest(presented.trim_ascii()).into();
+        presented
+            .iter()
+            .zip(self.0.iter())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_must_match_exactly() {
+        let token = AdminToken::new(&"correct-horse-battery".parse().expect("secret"));
+        let header = |v: &str| HeaderValue::from_str(v).expect("header");
+        assert!(token.accepts(Some(&header("Bearer correct-horse-battery"))));
+        assert!(!token.accepts(Some(&header("Bearer correct-horse-batter"))));
+        assert!(!token.accepts(Some(&header("Bearer correct-horse-battery2"))));
+        assert!(!token.accepts(Some(&header("correct-horse-battery"))));
+        assert!(!token.accepts(Some(&header("Basic correct-horse-battery"))));
+        assert!(!token.accepts(None));
+    }
+
+    #[test]
+    fn pages_carry_the_node_id_and_no_placeholder() {
+        let page = playground_page("relay-7");
+        assert!(page.contains("relay-7"));
+        assert!(!page.contains("__NODE_ID__"));
+        assert!(ADMIN_HTML.contains("/admin/api/cluster"));
+    }
+
+    #[test]
+    fn lobbies_are_shown_by_prefix() {
+        assert_eq!(lobby_prefix(&"ab".repeat(32)), "abababab");
+    }
+}

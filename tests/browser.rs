@@ -1,0 +1,524 @@
+//! The browser pages, in a real browser: headless Chromium driven through
+//! `chromedriver` (WebDriver) against real nodes.
+//!
+//! - Two playground pages, one per node of a two-node Redis cluster, join
+//!   with one passphrase, both see `ready`; a tank moved with the arrow keys
+//!   in one page moves in the other. Screenshots of both are not blank.
+//! - The admin view shows both nodes and the lobby, and its figures change
+//!   after traffic; it refuses a missing or wrong token.
+//! - With `--playground off` the playground answers 404 and the WebSocket
+//!   on `/` and `/ws` works as before.
+//!
+//! Needs `chromium` and `chromedriver` (Debian: `chromium`,
+//! `chromium-driver`; scripts/test.sh installs them). A missing driver fails
+//! the test. Screenshots go to `target/tmp/browser/`; with
+//! `LOBBY_RELAY_SCREENSHOTS=DIR` (e.g. `docs/images`) the README's images
+//! are written there too.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::key::Key;
+use fantoccini::{Client as Browser, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use support::{Client, Cluster};
+
+/// Every wait on the browser is bounded by this.
+const WAIT: Duration = Duration::from_secs(15);
+/// How long chromedriver and a browser session may take to start.
+const START: Duration = Duration::from_secs(30);
+/// The admin token of the tests (at least 16 characters).
+const TOKEN: &str = "browser-test-admin-token";
+
+// ---------------------------------------------------------------------------
+// chromedriver and Chromium
+// ---------------------------------------------------------------------------
+
+/// A `chromedriver` on a free port, killed on drop.
+struct Chromedriver {
+    child: Child,
+    port: u16,
+}
+
+impl Chromedriver {
+    fn start() -> Chromedriver {
+        let program = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".to_owned());
+        let port = support::free_port();
+        let child = match Command::new(&program)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "`{program}` is not on PATH: the browser tests drive headless Chromium through it. \
+                 Run scripts/test.sh, which installs it, or `apt-get install -y chromium \
+                 chromium-driver` (CHROMEDRIVER=/path/to/chromedriver picks another one)."
+            ),
+            Err(e) => panic!("cannot run `{program}`: {e}"),
+        };
+        let mut driver = Chromedriver { child, port };
+        let deadline = Instant::now() + START;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = driver.child.try_wait() {
+                panic!("chromedriver exited at start: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not listen on port {port} within {START:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        driver
+    }
+
+    /// A new headless Chromium session (its own browser process).
+    async fn browser(&self) -> Browser {
+        let mut options = json!({
+            "args": [
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--window-size=1280,860",
+                "--hide-scrollbars",
+            ]
+        });
+        if let Ok(binary) = std::env::var("CHROMIUM") {
+            options["binary"] = json!(binary);
+        }
+        let mut caps = serde_json::Map::new();
+        caps.insert("browserName".into(), json!("chrome"));
+        caps.insert("goog:chromeOptions".into(), options);
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let url = format!("http://127.0.0.1:{}", self.port);
+        tokio::time::timeout(
+            START,
+            ClientBuilder::new(connector)
+                .capabilities(caps)
+                .connect(&url),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("starting a Chromium session took more than {START:?}"))
+        .unwrap_or_else(|e| panic!("cannot start a Chromium session through chromedriver: {e}"))
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `script` in the page until it returns something other than
+/// `null`/`false`, and returns that; fails after [`WAIT`] with `what`.
+async fn wait_js(browser: &Browser, script: &str, what: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let last = match tokio::time::timeout(WAIT, browser.execute(script, vec![])).await {
+            Ok(Ok(value)) if !matches!(value, Value::Null | Value::Bool(false)) => return value,
+            Ok(Ok(value)) => value,
+            Ok(Err(e)) => json!(e.to_string()),
+            Err(_) => json!("the script did not return"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what}: still not true after {WAIT:?} (last: {last})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs one WebDriver command with the [`WAIT`] bound.
+async fn bounded<T, E: std::fmt::Display>(
+    what: &str,
+    command: impl std::future::Future<Output = Result<T, E>>,
+) -> T {
+    match tokio::time::timeout(WAIT, command).await {
+        Ok(Ok(value)) => value,
+        Ok(Err(e)) => panic!("{what}: {e}"),
+        Err(_) => panic!("{what}: no answer within {WAIT:?}"),
+    }
+}
+
+/// Takes a screenshot, checks that it is a real picture (many distinct
+/// colours, not one flat one), and saves it as `name` (and in the docs'
+/// directory too when `publish` and `LOBBY_RELAY_SCREENSHOTS` is set).
+async fn screenshot(browser: &Browser, name: &str, publish: bool) {
+    let png = bounded(&format!("screenshot {name}"), browser.screenshot()).await;
+    let colours = distinct_colours(&png);
+    assert!(
+        colours >= 64,
+        "screenshot {name} looks blank: only {colours} distinct colours"
+    );
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    std::fs::create_dir_all(&dir).expect("screenshot directory");
+    std::fs::write(dir.join(name), &png).expect("write screenshot");
+    if let Some(docs) = std::env::var_os("LOBBY_RELAY_SCREENSHOTS").filter(|_| publish) {
+        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(docs);
+        std::fs::create_dir_all(&docs).expect("screenshot directory");
+        std::fs::write(docs.join(name), &png).expect("write screenshot");
+    }
+}
+
+/// How many different RGB colours a PNG has.
+fn distinct_colours(png: &[u8]) -> usize {
+    let mut decoder = png::Decoder::new(png);
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).expect("a PNG frame");
+    let channels = info.color_type.samples();
+    assert!(
+        channels >= 3,
+        "expected a colour PNG, got {:?}",
+        info.color_type
+    );
+    let mut seen = std::collections::HashSet::new();
+    for pixel in buf[..info.buffer_size()].chunks_exact(channels) {
+        seen.insert((pixel[0], pixel[1], pixel[2]));
+    }
+    seen.len()
+}
+
+// ---------------------------------------------------------------------------
+// Plain HTTP
+// ---------------------------------------------------------------------------
+
+/// `GET path` with extra header lines: status, headers (lower-cased) and body.
+fn http_get(addr: SocketAddr, path: &str, headers: &[&str]) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response head");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+// ---------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------
+
+/// Opens the playground of `addr`, types the passphrase and joins.
+async fn open_and_join(browser: &Browser, addr: SocketAddr, passphrase: &str) {
+    bounded(
+        "open the playground",
+        browser.goto(&format!("http://{addr}/playground")),
+    )
+    .await;
+    let input = bounded(
+        "find the passphrase box",
+        browser.find(Locator::Id("passphrase")),
+    )
+    .await;
+    bounded("type the passphrase", input.send_keys(passphrase)).await;
+    let join = bounded("find Join", browser.find(Locator::Id("join"))).await;
+    bounded("click Join", join.click()).await;
+}
+
+/// The x position of the tank in `seat` as a page sees it.
+async fn tank_x(browser: &Browser, seat: u64) -> Option<f64> {
+    let script = format!("const t = window.playground.state.tanks[{seat}]; return t ? t.x : null;");
+    bounded("read a tank", browser.execute(&script, vec![]))
+        .await
+        .as_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pages_play_through_two_nodes_and_the_admin_view_follows() {
+    let driver = Chromedriver::start();
+    let cluster = Cluster::redis_with(&["--admin-token", TOKEN]);
+    let logs = cluster.logs();
+    let test = async {
+        let passphrase = format!("browser-tanks-{}", support::unique());
+        let page_a = driver.browser().await;
+        let page_b = driver.browser().await;
+        open_and_join(&page_a, cluster.addr_a(), &passphrase).await;
+        wait_js(
+            &page_a,
+            "return window.playground.state.seat === 1",
+            "page A holds seat 1",
+        )
+        .await;
+        open_and_join(&page_b, cluster.addr_b(), &passphrase).await;
+        for (page, name) in [(&page_a, "A"), (&page_b, "B")] {
+            wait_js(
+                page,
+                "return window.playground.state.ready && window.playground.state.events.includes('ready')",
+                &format!("page {name} sees ready"),
+            )
+            .await;
+        }
+        // Each page knows its node (pong with "node") and a ping's round trip.
+        for (page, node) in [(&page_a, "a"), (&page_b, "b")] {
+            let seen = wait_js(
+                page,
+                "const s = window.playground.state; return s.node && s.rtt !== null ? s.node : null",
+                "the page shows its node and a ping",
+            )
+            .await;
+            assert_eq!(seen, json!(node));
+        }
+
+        // B sees A's tank (sent on ready); A moves it right; B sees it move.
+        wait_js(
+            &page_b,
+            "return window.playground.state.tanks[1] !== undefined",
+            "page B sees tank 1",
+        )
+        .await;
+        let before = tank_x(&page_b, 1).await.expect("tank 1 on page B");
+        let arena = bounded("find the arena", page_a.find(Locator::Id("arena"))).await;
+        bounded("focus the arena", arena.click()).await;
+        let right = Key::Right.to_string().repeat(5);
+        bounded("press the right arrow", arena.send_keys(&right)).await;
+        let moved = wait_js(
+            &page_b,
+            &format!(
+                "const t = window.playground.state.tanks[1]; return t && t.x > {before} ? t.x : null"
+            ),
+            "page B sees tank 1 move right",
+        )
+        .await;
+        assert_eq!(moved.as_f64(), tank_x(&page_a, 1).await, "both pages agree");
+        // A shot from B reaches A as playerShoot.
+        let arena_b = bounded("find the arena", page_b.find(Locator::Id("arena"))).await;
+        bounded("focus the arena", arena_b.click()).await;
+        bounded("shoot", arena_b.send_keys(" ")).await;
+        bounded(
+            "press the left arrow",
+            arena_b.send_keys(&Key::Left.to_string()),
+        )
+        .await;
+        wait_js(
+            &page_a,
+            "return [...document.querySelectorAll('#frames .in')].some(l => l.textContent.includes('playerShoot'))",
+            "page A shows B's playerShoot frame",
+        )
+        .await;
+        screenshot(&page_a, "playground.png", true).await;
+        screenshot(&page_b, "playground-b.png", false).await;
+
+        // The admin view, from node a: both nodes, the lobby, and figures that
+        // move with traffic.
+        let admin = driver.browser().await;
+        bounded(
+            "open the admin view",
+            admin.goto(&format!("http://{}/admin#token={TOKEN}", cluster.addr_a())),
+        )
+        .await;
+        let prefix = &support::lobby_id(&passphrase)[..8];
+        wait_js(
+            &admin,
+            &format!(
+                "const nodes = [...document.querySelectorAll('#nodes tbody tr')].map(r => r.dataset.node);
+                 const lobby = document.querySelector('#lobbies tbody tr[data-lobby=\"{prefix}\"]');
+                 return nodes.includes('a') && nodes.includes('b') && lobby !== null
+                     && lobby.textContent.includes('→ a') && lobby.textContent.includes('→ b')"
+            ),
+            "the admin view shows nodes a and b and the lobby's seats on both",
+        )
+        .await;
+        let fragment = bounded("read the URL", admin.current_url()).await;
+        assert_eq!(
+            fragment.fragment(),
+            None,
+            "the token is taken out of the URL"
+        );
+        let total = |text: Value| text.as_str().and_then(|t| t.parse::<u64>().ok());
+        let read_total = "return document.getElementById('total-out').textContent";
+        let first = total(wait_js(&admin, read_total, "the total").await).expect("a number");
+        for _ in 0..3 {
+            bounded(
+                "move tank 2",
+                arena_b.send_keys(&Key::Up.to_string().repeat(4)),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        wait_js(
+            &admin,
+            &format!("return Number(document.getElementById('total-out').textContent) > {first}"),
+            "the admin view's message total grows after traffic",
+        )
+        .await;
+        if std::env::var_os("LOBBY_RELAY_SCREENSHOTS").is_some() {
+            // Taking the published pictures: play for a while first, so
+            // that the charts have something to show.
+            for i in 0..40 {
+                let key = if i % 8 < 4 { Key::Down } else { Key::Up };
+                bounded(
+                    "play",
+                    arena_b.send_keys(&key.to_string().repeat(1 + i % 3)),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(700)).await;
+            }
+        }
+        // Wait for a few readings so that the charts have lines.
+        wait_js(
+            &admin,
+            "return [...window.admin.readings.values()].every(l => l.length >= 3)",
+            "a few readings per node",
+        )
+        .await;
+        screenshot(&admin, "admin.png", true).await;
+        let html = bounded("page source", admin.source()).await;
+        assert!(
+            !html.contains(&passphrase),
+            "no passphrase on the admin page"
+        );
+        for page in [page_a, page_b, admin] {
+            let _ = tokio::time::timeout(WAIT, page.close()).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(120), test)
+        .await
+        .is_err()
+    {
+        for log in &logs {
+            log.print();
+        }
+        panic!("the browser test did not finish within 120 s");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_view_refuses_a_missing_or_wrong_token() {
+    // Without --admin-token there is no admin view at all.
+    let plain = Cluster::memory();
+    assert_eq!(http_get(plain.addr_a(), "/admin", &[]).0, 404);
+    assert_eq!(http_get(plain.addr_a(), "/admin/api/cluster", &[]).0, 404);
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    assert_eq!(
+        http_get(plain.addr_a(), "/admin/api/cluster", &[&bearer]).0,
+        404
+    );
+    drop(plain);
+
+    let c = Cluster::memory_with(&["--admin-token", TOKEN]);
+    let addr = c.addr_a();
+    let (status, head, body) = http_get(addr, "/admin/api/cluster", &[]);
+    assert_eq!(status, 401, "{body}");
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    for wrong in [
+        "Authorization: Bearer browser-test-admin-tokeN",
+        "Authorization: Bearer browser-test-admin-token-and-more",
+        "Authorization: Basic YWRtaW46YWRtaW4=",
+        "Authorization: browser-test-admin-token",
+    ] {
+        assert_eq!(
+            http_get(addr, "/admin/api/cluster", &[wrong]).0,
+            401,
+            "{wrong}"
+        );
+    }
+    // The right token: this one node and its lobby, by hash prefix only.
+    let passphrase = format!("admin-memory-{}", support::unique());
+    let mut player = Client::connect(&c.url_a(), "P").await;
+    player.join(&passphrase).await;
+    let (status, head, body) = http_get(addr, "/admin/api/cluster", &[&bearer]);
+    assert_eq!(status, 200, "{body}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let view: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(view["store"], "memory");
+    assert_eq!(view["nodes"][0]["node"], "a");
+    assert_eq!(view["nodes"][0]["stats"]["connections"], 1);
+    let hex = support::lobby_id(&passphrase);
+    assert_eq!(view["lobbies"][0]["lobby"], json!(&hex[..8]));
+    assert_eq!(view["lobbies"][0]["seats"][0]["node"], "a");
+    assert!(!body.contains(&hex), "only a prefix of the lobby id");
+    assert!(!body.contains(&passphrase));
+    // The page itself is static; it asks for the token, and refuses a
+    // wrong one in the browser too.
+    let (status, _, page) = http_get(addr, "/admin", &[]);
+    assert_eq!(status, 200);
+    assert!(page.contains("/admin/api/cluster"));
+
+    let driver = Chromedriver::start();
+    let browser = driver.browser().await;
+    bounded(
+        "open the admin view without a token",
+        browser.goto(&format!("http://{addr}/admin")),
+    )
+    .await;
+    wait_js(
+        &browser,
+        "return !document.getElementById('login').hidden",
+        "the page asks for the token",
+    )
+    .await;
+    bounded(
+        "open the admin view with a wrong token",
+        browser.goto(&format!("http://{addr}/admin#token=not-the-token-at-all")),
+    )
+    .await;
+    bounded("reload", browser.refresh()).await;
+    wait_js(
+        &browser,
+        "return !document.getElementById('login').hidden
+            && document.getElementById('login-hint').textContent.includes('refused')
+            && document.getElementById('nodes-section').hidden",
+        "the page says the token was refused and shows nothing",
+    )
+    .await;
+    let _ = tokio::time::timeout(WAIT, browser.close()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_playground_is_served_and_can_be_turned_off() {
+    // On (the default): GET / and /playground serve the page, with the node id.
+    let on = Cluster::memory();
+    for path in ["/", "/playground"] {
+        let (status, head, body) = http_get(on.addr_a(), path, &[]);
+        assert_eq!(status, 200, "GET {path}");
+        assert!(head.contains("content-type: text/html"), "{head}");
+        assert!(head.contains("content-security-policy:"), "{head}");
+        assert!(body.contains("lobby-relay playground"));
+        assert!(body.contains(r#"<meta name="lobby-relay-node" content="a">"#));
+    }
+    // Without an upgrade, /ws stays a WebSocket endpoint only.
+    assert_eq!(http_get(on.addr_a(), "/ws", &[]).0, 426);
+    drop(on);
+
+    // Off: /playground is 404, / is as it always was (426 without an
+    // upgrade), and the WebSocket works on both paths.
+    let off = Cluster::memory_with(&["--playground", "off"]);
+    let addr = off.addr_a();
+    assert_eq!(http_get(addr, "/playground", &[]).0, 404);
+    assert_eq!(http_get(addr, "/", &[]).0, 426);
+    assert_eq!(http_get(addr, "/ws", &[]).0, 426);
+    assert_eq!(http_get(addr, "/healthz", &[]).0, 200);
+    let passphrase = format!("no-playground-{}", support::unique());
+    let mut a = Client::connect(&format!("ws://{addr}/"), "A").await;
+    let mut b = Client::connect(&format!("ws://{addr}/ws"), "B").await;
+    a.join(&passphrase).await;
+    b.join(&passphrase).await;
+    a.expect_json(json!({"type": "ready", "players": 2})).await;
+    b.expect_json(json!({"type": "ready", "players": 2})).await;
+    a.send_text(r#"{"type":"playerMove","seat":1,"x":1,"y":2}"#)
+        .await;
+    b.expect_text(r#"{"type":"playerMove","seat":1,"x":1,"y":2}"#)
+        .await;
+}
