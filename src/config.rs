@@ -207,6 +207,34 @@ pub struct ServeArgs {
     #[arg(long, env = "LOBBY_RELAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
 
+    /// Resume (opt-in per client, `"resume":true` in `join`): how long the
+    /// seat of a player whose connection dropped without `leave` is held
+    /// for it to come back (on any node) before the others get
+    /// `playerLeft`. Long enough for a cell handoff or an app switch.
+    #[arg(long, env = "LOBBY_RELAY_RESUME_GRACE", default_value = "15s", value_parser = parse_duration)]
+    pub resume_grace: Duration,
+
+    /// Resume: the most lobby deliveries (game messages and events) kept for
+    /// one resumable seat, to replay on resume (16 to 65536). A player away
+    /// for longer than that many deliveries loses its seat (`playerLeft`).
+    #[arg(
+        long,
+        env = "LOBBY_RELAY_RESUME_BUFFER_MESSAGES",
+        default_value_t = 512,
+        value_parser = clap::value_parser!(u32).range(16..=65536)
+    )]
+    pub resume_buffer_messages: u32,
+
+    /// Resume: the most bytes kept for one resumable seat (4096 to
+    /// 16777216); past it, as past --resume-buffer-messages.
+    #[arg(
+        long,
+        env = "LOBBY_RELAY_RESUME_BUFFER_BYTES",
+        default_value_t = 256 * 1024,
+        value_parser = clap::value_parser!(u32).range(4096..=16 * 1024 * 1024)
+    )]
+    pub resume_buffer_bytes: u32,
+
     #[command(flatten)]
     pub auth: crate::auth::AuthArgs,
 }
@@ -235,6 +263,10 @@ pub struct Config {
     pub node_timeout: Duration,
     /// Player authentication.
     pub auth: crate::auth::AuthArgs,
+    /// Resume: grace period and buffer caps of a held seat.
+    pub resume_grace: Duration,
+    pub resume_buffer_messages: u32,
+    pub resume_buffer_bytes: u32,
     /// Serve the browser playground (`--playground`).
     pub playground: bool,
     /// The admin view's token; no admin view without it.
@@ -278,6 +310,9 @@ impl ServeArgs {
             drain_delay: self.drain_delay,
             node_timeout: self.node_timeout,
             auth: self.auth.clone(),
+            resume_grace: self.resume_grace,
+            resume_buffer_messages: self.resume_buffer_messages,
+            resume_buffer_bytes: self.resume_buffer_bytes,
             playground: self.playground,
             admin_token: self.admin_token.clone(),
         }

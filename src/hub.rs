@@ -52,12 +52,31 @@ struct LocalState {
 #[derive(Debug)]
 struct LocalMember {
     id: MemberId,
-    /// `None` until the member's own join event arrives: from then on it
-    /// receives the lobby's events and messages.
+    /// `None` until the member's own join (or resume) event arrives: from
+    /// then on it receives the lobby's events and messages.
     seat: Option<u8>,
     outbox: Outbox,
-    /// Fired when the member's join event arrives.
+    /// Fired when the member's join (or resume) event arrives.
     activated: Option<oneshot::Sender<u8>>,
+    /// Resume (opt-in): the secret of the member's resume token, sent in
+    /// `joined` as `<lobby hex>.<seat>.<secret>`.
+    resume_secret: Option<Box<str>>,
+    /// While a resuming member waits for its missed deliveries to be queued
+    /// first: what arrived after its resume event, in order.
+    backlog: Option<Vec<Message>>,
+}
+
+impl LocalMember {
+    /// Queues a delivery (behind the backlog of a resuming member).
+    fn give(&mut self, message: Message) -> bool {
+        match &mut self.backlog {
+            Some(backlog) => {
+                backlog.push(message);
+                true
+            }
+            None => self.outbox.deliver(message),
+        }
+    }
 }
 
 impl Hub {
@@ -130,7 +149,12 @@ impl LocalLobby {
     /// join event arrives, which fires the returned receiver with its seat.
     /// `None` if this lobby object was retired: start over with
     /// [`Hub::lobby`].
-    pub fn add_pending(&self, id: MemberId, outbox: Outbox) -> Option<oneshot::Receiver<u8>> {
+    pub fn add_pending(
+        &self,
+        id: MemberId,
+        outbox: Outbox,
+        resume_secret: Option<Box<str>>,
+    ) -> Option<oneshot::Receiver<u8>> {
         let mut state = self.lock();
         if state.retired {
             return None;
@@ -142,8 +166,25 @@ impl LocalLobby {
             seat: None,
             outbox,
             activated: Some(tx),
+            resume_secret,
+            backlog: None,
         });
         Some(rx)
+    }
+
+    /// A resuming member's missed deliveries (`replay`, already turned into
+    /// frames) go out first, then what arrived since its resume event; from
+    /// then on it receives live.
+    pub fn finish_resume(&self, id: &MemberId, replay: Vec<Message>) {
+        let mut state = self.lock();
+        if let Some(m) = state.members.iter_mut().find(|m| m.id == *id) {
+            let backlog = m.backlog.take().unwrap_or_default();
+            for message in replay.into_iter().chain(backlog) {
+                if m.outbox.deliver(message) {
+                    metrics::get().messages_out_event.increment(1);
+                }
+            }
+        }
     }
 
     /// Removes a local member. Returns true if it was the last one: the lobby
@@ -171,8 +212,8 @@ impl LocalLobby {
                     Message::Binary(data) => (&metrics.messages_out_binary, data.len()),
                     other => (&metrics.messages_out_text, other.len()),
                 };
-                for m in &state.members {
-                    if m.seat.is_some_and(|s| s != from_seat) && m.outbox.deliver(message.clone()) {
+                for m in &mut state.members {
+                    if m.seat.is_some_and(|s| s != from_seat) && m.give(message.clone()) {
                         counter.increment(1);
                         metrics.bytes_out.increment(len as u64);
                     }
@@ -193,8 +234,16 @@ impl LocalLobby {
                     .find(|m| m.id == member && m.seat.is_none())
                 {
                     m.seat = Some(seat);
+                    let token = m
+                        .resume_secret
+                        .take()
+                        .map(|secret| format!("{}.{seat}.{secret}", self.hex));
                     if m.outbox.deliver(Message::text(protocol::joined(
-                        players, capacity, seat, &users,
+                        players,
+                        capacity,
+                        seat,
+                        &users,
+                        token.as_deref(),
                     ))) {
                         metrics::get().messages_out_event.increment(1);
                     }
@@ -208,9 +257,8 @@ impl LocalLobby {
                     Message::text(protocol::player_joined(players, seat, &users))
                 };
                 let to_all = players >= capacity;
-                for m in &state.members {
-                    if m.seat.is_some_and(|s| to_all || s != seat) && m.outbox.deliver(note.clone())
-                    {
+                for m in &mut state.members {
+                    if m.seat.is_some_and(|s| to_all || s != seat) && m.give(note.clone()) {
                         metrics::get().messages_out_event.increment(1);
                     }
                 }
@@ -239,8 +287,57 @@ impl LocalLobby {
                     !lost
                 });
                 let note = Message::text(protocol::player_left(players, seat));
-                for m in &state.members {
-                    if m.seat.is_some() && m.outbox.deliver(note.clone()) {
+                for m in &mut state.members {
+                    if m.seat.is_some() && m.give(note.clone()) {
+                        metrics::get().messages_out_event.increment(1);
+                    }
+                }
+            }
+            LobbyEvent::Away { seat, grace_ms } => {
+                // A local member still in that seat was presumed gone by
+                // another node (its node was reaped): its seat is held for a
+                // resume, this connection is over.
+                state.members.retain(|m| {
+                    let lost = m.seat == Some(seat);
+                    if lost {
+                        seat_lost(&m.outbox);
+                        metrics::get().members.decrement(1.0);
+                    }
+                    !lost
+                });
+                let note = Message::text(protocol::player_away(seat, grace_ms));
+                for m in &mut state.members {
+                    if m.seat.is_some() && m.give(note.clone()) {
+                        metrics::get().messages_out_event.increment(1);
+                    }
+                }
+            }
+            LobbyEvent::Back { seat, member } => {
+                // An older connection of the resumed player, still here
+                // (the player saw the drop before this node did): replaced.
+                state.members.retain(|m| {
+                    let replaced = m.seat == Some(seat) && m.id != member;
+                    // (the resumed member itself is still pending: seat None)
+                    if replaced {
+                        m.outbox.close(
+                            CloseCode::from(RESUMED_ELSEWHERE_CLOSE),
+                            "resumed on another connection",
+                        );
+                        metrics::get().members.decrement(1.0);
+                    }
+                    !replaced
+                });
+                let note = Message::text(protocol::player_back(seat));
+                for m in &mut state.members {
+                    if m.seat.is_none() && same_member(&m.id, &member) {
+                        // Its record may carry the user id of the old one.
+                        m.id = member.clone();
+                        m.seat = Some(seat);
+                        m.backlog = Some(Vec::new());
+                        if let Some(tx) = m.activated.take() {
+                            let _ = tx.send(seat);
+                        }
+                    } else if m.seat.is_some_and(|s| s != seat) && m.give(note.clone()) {
                         metrics::get().messages_out_event.increment(1);
                     }
                 }
@@ -299,3 +396,50 @@ fn seat_lost(outbox: &Outbox) {
 
 /// The close code that follows a `seat_lost` error.
 pub const SEAT_LOST_CLOSE: u16 = 4001;
+
+/// The close code of a connection whose seat was resumed on another one.
+pub const RESUMED_ELSEWHERE_CLOSE: u16 = 4002;
+
+/// Whether two member records name the same member (the user id part may
+/// differ: a resumed seat keeps the user of its first member).
+fn same_member(a: &str, b: &str) -> bool {
+    let base = |m: &str| m.split_once('|').map_or(m, |(base, _)| base).len();
+    a[..base(a)] == b[..base(b)]
+}
+
+/// What the member in `seat` receives of `events` (its missed deliveries,
+/// replayed on resume), by the same rules as [`LocalLobby::dispatch`].
+pub fn frames_for_seat(events: Vec<LobbyEvent>, seat: u8) -> Vec<Message> {
+    events
+        .into_iter()
+        .filter_map(|event| match event {
+            LobbyEvent::Relay { from_seat, message } => (from_seat != seat).then_some(message),
+            LobbyEvent::Joined {
+                seat: joiner,
+                players,
+                capacity,
+                users,
+                ..
+            } => {
+                if players >= capacity {
+                    Some(Message::text(protocol::ready(players, &users)))
+                } else {
+                    (joiner != seat)
+                        .then(|| Message::text(protocol::player_joined(players, joiner, &users)))
+                }
+            }
+            LobbyEvent::Left {
+                seat: left,
+                players,
+                ..
+            } => (left != seat).then(|| Message::text(protocol::player_left(players, left))),
+            LobbyEvent::Away {
+                seat: away,
+                grace_ms,
+            } => (away != seat).then(|| Message::text(protocol::player_away(away, grace_ms))),
+            LobbyEvent::Back { seat: back, .. } => {
+                (back != seat).then(|| Message::text(protocol::player_back(back)))
+            }
+        })
+        .collect()
+}

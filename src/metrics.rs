@@ -43,6 +43,10 @@ pub struct Metrics {
     pub redis_errors_publish: Counter,
     pub redis_errors_heartbeat: Counter,
     pub redis_errors_pubsub: Counter,
+    /// Resume: held seats released (grace over or buffer overflow).
+    pub held_seats_released: Counter,
+    /// Resume: seats taken back.
+    pub resumes: Counter,
     /// The round trip of the last heartbeat to Redis, in microseconds
     /// (`u64::MAX`: none yet, or no Redis).
     redis_rtt_us: AtomicU64,
@@ -197,6 +201,8 @@ impl Metrics {
             redis_errors_publish: redis_errors("publish"),
             redis_errors_heartbeat: redis_errors("heartbeat"),
             redis_errors_pubsub: redis_errors("pubsub"),
+            held_seats_released: counter!("lobby_relay_held_seats_released_total"),
+            resumes: counter!("lobby_relay_resumes_total"),
             redis_rtt_us: AtomicU64::new(u64::MAX),
             errors: codes
                 .into_iter()

@@ -11,11 +11,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::auth::Verifier;
 use crate::config::Config;
-use crate::hub::{Hub, LocalLobby};
+use crate::hub::{Hub, LocalLobby, frames_for_seat};
 use crate::identity::Identity;
-use crate::lobby::{JoinOutcome, LobbyStore, MemberId, StoreError};
+use crate::lobby::{JoinOutcome, LobbyStore, MemberId, ResumeOutcome, ResumeSetup, StoreError};
 use crate::outbox::Outbox;
 use crate::passphrase::LobbyId;
+use crate::protocol;
 
 /// How long a joiner waits for its own join event to come back from the
 /// store before the join is undone and answered `unavailable`.
@@ -41,6 +42,18 @@ pub struct Membership {
     pub lobby: Arc<LocalLobby>,
     pub member: MemberId,
     pub seat: u8,
+    /// The member opted in to resume: when its connection ends without
+    /// `leave`, its seat is held rather than given up.
+    pub resumable: bool,
+}
+
+/// Why a resume failed: nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    #[error("{0}")]
+    Refused(&'static str),
+    #[error("the lobby store is unavailable: {0}")]
+    Unavailable(#[from] StoreError),
 }
 
 /// Why a join failed.
@@ -52,6 +65,24 @@ pub enum JoinError {
     DuplicateUser,
     #[error("the lobby store is unavailable: {0}")]
     Unavailable(#[from] StoreError),
+}
+
+/// A fresh resume token secret: 128 random bits, hex.
+fn new_secret() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// `<lobby hex>.<seat>.<secret>` → its parts.
+fn parse_resume_token(token: &str) -> Option<(LobbyId, u8, &str)> {
+    let mut parts = token.split('.');
+    let id = LobbyId::from_hex(parts.next()?)?;
+    let seat: u8 = parts.next()?.parse().ok()?;
+    let secret = parts.next()?;
+    let ok = parts.next().is_none()
+        && seat > 0
+        && secret.len() == 32
+        && secret.bytes().all(|b| b.is_ascii_hexdigit());
+    ok.then_some((id, seat, secret))
 }
 
 impl<S: LobbyStore> Node<S> {
@@ -101,32 +132,18 @@ impl<S: LobbyStore> Node<S> {
         &self,
         id: LobbyId,
         user: Option<&str>,
+        resumable: bool,
         outbox: &Outbox,
     ) -> Result<Membership, JoinError> {
         let member = self.identity.new_member(user);
-        // Be a receiver of the lobby's events before the join becomes
-        // visible, so that nothing sent right after `ready` is missed.
-        let (lobby, activated) = loop {
-            let lobby = self.hub.lobby(id);
-            let mut subscribed = lobby.subscription.lock().await;
-            let Some(activated) = lobby.add_pending(member.clone(), outbox.clone()) else {
-                continue; // torn down meanwhile: take the fresh one
-            };
-            if !*subscribed {
-                if let Err(e) = self.store.subscribe(&id).await {
-                    if lobby.remove(&member) {
-                        self.hub.forget(&lobby);
-                    }
-                    return Err(e.into());
-                }
-                *subscribed = true;
-            }
-            drop(subscribed);
-            break (lobby, activated);
-        };
+        let secret = resumable.then(new_secret);
+        let setup = secret.as_ref().map(|secret| self.resume_setup(secret));
+        let (lobby, activated) = self
+            .attach(id, &member, outbox, secret.map(Into::into))
+            .await?;
         let seat = match self
             .store
-            .join(&id, &member, self.config.lobby_capacity)
+            .join(&id, &member, self.config.lobby_capacity, setup.as_ref())
             .await
         {
             Ok(JoinOutcome::Seated { seat, .. }) => seat,
@@ -152,6 +169,7 @@ impl<S: LobbyStore> Node<S> {
             lobby,
             member,
             seat,
+            resumable,
         };
         match tokio::time::timeout(JOIN_EVENT_TIMEOUT, activated).await {
             Ok(Ok(_)) => Ok(membership),
@@ -167,6 +185,148 @@ impl<S: LobbyStore> Node<S> {
         }
     }
 
+    /// Makes `member` a pending receiver of lobby `id` (subscribing this node
+    /// if it is the first), before its join or resume becomes visible, so
+    /// that nothing sent right after it is missed.
+    async fn attach(
+        &self,
+        id: LobbyId,
+        member: &MemberId,
+        outbox: &Outbox,
+        resume_secret: Option<Box<str>>,
+    ) -> Result<(Arc<LocalLobby>, tokio::sync::oneshot::Receiver<u8>), StoreError> {
+        loop {
+            let lobby = self.hub.lobby(id);
+            let mut subscribed = lobby.subscription.lock().await;
+            let Some(activated) =
+                lobby.add_pending(member.clone(), outbox.clone(), resume_secret.clone())
+            else {
+                continue; // torn down meanwhile: take the fresh one
+            };
+            if !*subscribed {
+                if let Err(e) = self.store.subscribe(&id).await {
+                    if lobby.remove(member) {
+                        self.hub.forget(&lobby);
+                    }
+                    return Err(e);
+                }
+                *subscribed = true;
+            }
+            drop(subscribed);
+            return Ok((lobby, activated));
+        }
+    }
+
+    fn resume_setup(&self, secret: &str) -> ResumeSetup {
+        ResumeSetup {
+            secret_hash: crate::auth::user_hash(secret),
+            max_messages: self.config.resume_buffer_messages,
+            max_bytes: self.config.resume_buffer_bytes,
+            grace: self.config.resume_grace,
+        }
+    }
+
+    /// Takes a held seat back with its resume token (`<lobby hex>.<seat>.
+    /// <secret>`), on this node. On success the member has been sent
+    /// `resumed`, then every delivery it missed after its first `received`,
+    /// and receives everything that follows.
+    pub async fn resume(
+        &self,
+        token: &str,
+        received: u64,
+        user: Option<&str>,
+        outbox: &Outbox,
+    ) -> Result<Membership, ResumeError> {
+        let (id, seat, secret) =
+            parse_resume_token(token).ok_or(ResumeError::Refused("this is not a resume token"))?;
+        let member = self.identity.new_member(user);
+        let new_secret = new_secret();
+        let (lobby, activated) = self.attach(id, &member, outbox, None).await?;
+        let outcome = self
+            .store
+            .resume(
+                &id,
+                seat,
+                &crate::auth::user_hash(secret),
+                &crate::auth::user_hash(&new_secret),
+                received,
+                &member,
+            )
+            .await;
+        let (players, sent, record, missed) = match outcome {
+            Ok(ResumeOutcome::Resumed {
+                players,
+                sent,
+                member,
+                missed,
+            }) => (players, sent, member, missed),
+            Ok(ResumeOutcome::Refused(why)) => {
+                self.detach(&lobby, &member).await;
+                return Err(ResumeError::Refused(why));
+            }
+            Err(e) => {
+                self.detach(&lobby, &member).await;
+                return Err(e.into());
+            }
+        };
+        let membership = Membership {
+            lobby,
+            member: record,
+            seat,
+            resumable: true,
+        };
+        if !matches!(
+            tokio::time::timeout(JOIN_EVENT_TIMEOUT, activated).await,
+            Ok(Ok(_))
+        ) {
+            // Our own resume event never came back: hold the seat again.
+            let _ = self.drop_member(membership).await;
+            return Err(StoreError::Unreachable(
+                "the resume event did not come back from the lobby store",
+            )
+            .into());
+        }
+        let replay = frames_for_seat(missed, seat);
+        let token = format!("{}.{seat}.{new_secret}", membership.lobby.hex);
+        outbox.send(Message::text(protocol::resumed(
+            seat,
+            players,
+            self.config.lobby_capacity,
+            replay.len(),
+            sent,
+            &token,
+        )));
+        membership.lobby.finish_resume(&membership.member, replay);
+        Ok(membership)
+    }
+
+    /// The connection of a member ended without `leave`: a resumable seat
+    /// is held for its player (the others get `playerAway`); any other seat
+    /// is given up as by [`Node::leave`].
+    pub async fn drop_member(&self, membership: Membership) -> Result<(), StoreError> {
+        if !membership.resumable {
+            return self.leave(membership).await;
+        }
+        let Membership {
+            lobby,
+            member,
+            seat,
+            ..
+        } = membership;
+        let mut subscribed = lobby.subscription.lock().await;
+        let last = lobby.remove(&member);
+        let result = match self.store.away(&lobby.id, &member, seat).await {
+            Ok(true) => Ok(()),
+            // Not resumable after all, or the store cannot be reached: the
+            // seat is given up (a leave is retried until it goes through).
+            Ok(false) | Err(_) => self.store.leave(&lobby.id, &member, seat).await,
+        };
+        if last {
+            self.retire(&lobby, &mut subscribed).await;
+        }
+        result
+    }
+
     /// Gives up a seat: the member stops receiving at once, its earlier
     /// messages still reach the others, then they get `playerLeft`.
     pub async fn leave(&self, membership: Membership) -> Result<(), StoreError> {
@@ -174,6 +334,7 @@ impl<S: LobbyStore> Node<S> {
             lobby,
             member,
             seat,
+            ..
         } = membership;
         let mut subscribed = lobby.subscription.lock().await;
         let last = lobby.remove(&member);

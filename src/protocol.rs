@@ -10,8 +10,10 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-/// Message types of the protocol's two tables. A game message may not use them.
-pub const RESERVED_TYPES: [&str; 9] = [
+/// Message types of the protocol's two tables, and those added by resume
+/// (so that no member can forge them to a resuming peer). A game message may
+/// not use them.
+pub const RESERVED_TYPES: [&str; 13] = [
     "join",
     "leave",
     "ping",
@@ -21,6 +23,10 @@ pub const RESERVED_TYPES: [&str; 9] = [
     "playerLeft",
     "pong",
     "error",
+    "resume",
+    "resumed",
+    "playerAway",
+    "playerBack",
 ];
 
 /// Message types added with player authentication; reserved only where it
@@ -32,7 +38,14 @@ pub const AUTH_TYPES: [&str; 2] = ["auth", "authenticated"];
 pub enum ClientMessage<'a> {
     /// `{"type":"join","passphrase":P}` or the short form `{"join":P}`.
     /// The passphrase is as sent: not yet normalised.
-    Join { passphrase: Cow<'a, str> },
+    /// `resume` (an addition): `"resume":true` opts in to resume tokens.
+    Join {
+        passphrase: Cow<'a, str>,
+        resume: bool,
+    },
+    /// `{"type":"resume","token":T,"received":N}` (an addition): take a held
+    /// seat back; `received` counts the deliveries the client got.
+    Resume { token: Cow<'a, str>, received: u64 },
     /// `{"type":"leave"}`.
     Leave,
     /// `{"type":"ping","t":T}`; `t` is any JSON value, echoed verbatim.
@@ -76,6 +89,9 @@ pub enum ErrorCode {
     LobbyNotAllowed,
     /// Added: the token's user already holds a seat in this lobby.
     DuplicateUser,
+    /// Added: a resume token that is wrong, used or expired, or whose seat
+    /// is gone.
+    InvalidResumeToken,
 }
 
 impl ErrorCode {
@@ -99,11 +115,12 @@ impl ErrorCode {
             Self::TokenNotYetValid => "token_not_yet_valid",
             Self::LobbyNotAllowed => "lobby_not_allowed",
             Self::DuplicateUser => "duplicate_user",
+            Self::InvalidResumeToken => "invalid_resume_token",
         }
     }
 
     /// Every code, for metrics.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         Self::InvalidJson,
         Self::InvalidMessage,
         Self::InvalidPassphrase,
@@ -121,6 +138,7 @@ impl ErrorCode {
         Self::TokenNotYetValid,
         Self::LobbyNotAllowed,
         Self::DuplicateUser,
+        Self::InvalidResumeToken,
     ];
 }
 
@@ -153,6 +171,10 @@ struct Head<'a> {
     t: Option<&'a RawValue>,
     #[serde(borrow, default)]
     token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    resume: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    received: Option<&'a RawValue>,
 }
 
 /// Reads a raw JSON value as a string, if it is one.
@@ -199,13 +221,28 @@ pub fn parse_text_with(text: &str, auth: bool) -> Result<ClientMessage<'_>, Refu
             };
             match &*kind {
                 "join" => match head.passphrase.map(as_str) {
-                    Some(Some(passphrase)) => Ok(ClientMessage::Join { passphrase }),
+                    Some(Some(passphrase)) => Ok(ClientMessage::Join {
+                        passphrase,
+                        resume: wants_resume(head.resume),
+                    }),
                     _ => Err(Refusal::new(
                         ErrorCode::InvalidMessage,
                         "join needs a string field \"passphrase\"",
                     )),
                 },
                 "leave" => Ok(ClientMessage::Leave),
+                "resume" => match (
+                    head.token.map(as_str),
+                    head.received.map(|r| r.get().parse::<u64>()),
+                ) {
+                    (Some(Some(token)), Some(Ok(received))) => {
+                        Ok(ClientMessage::Resume { token, received })
+                    }
+                    _ => Err(Refusal::new(
+                        ErrorCode::InvalidMessage,
+                        "resume needs a string field \"token\" and a whole number \"received\"",
+                    )),
+                },
                 "auth" if auth => match head.token.map(as_str) {
                     Some(Some(token)) => Ok(ClientMessage::Auth { token }),
                     _ => Err(Refusal::new(
@@ -230,7 +267,10 @@ pub fn parse_text_with(text: &str, auth: bool) -> Result<ClientMessage<'_>, Refu
             }
         }
         None => match head.join.map(as_str) {
-            Some(Some(passphrase)) => Ok(ClientMessage::Join { passphrase }),
+            Some(Some(passphrase)) => Ok(ClientMessage::Join {
+                passphrase,
+                resume: wants_resume(head.resume),
+            }),
             Some(None) => Err(Refusal::new(
                 ErrorCode::InvalidMessage,
                 "the field \"join\" must be a string passphrase",
@@ -257,6 +297,11 @@ fn asks_for_node(text: &str) -> bool {
         .is_some_and(|node| node.get() == "true")
 }
 
+/// `"resume":true` in a join.
+fn wants_resume(resume: Option<&RawValue>) -> bool {
+    resume.is_some_and(|r| r.get() == "true")
+}
+
 fn not_an_object() -> Refusal {
     Refusal::new(
         ErrorCode::InvalidMessage,
@@ -280,11 +325,47 @@ fn users_field(users: &Users) -> String {
     format!(r#","users":{}"#, serde_json::Value::Object(map))
 }
 
-/// `{"type":"joined",...}`: to the joiner.
-pub fn joined(players: u8, capacity: u8, seat: u8, users: &Users) -> String {
+/// `{"type":"joined",...}`: to the joiner; with its resume token if it
+/// opted in.
+pub fn joined(
+    players: u8,
+    capacity: u8,
+    seat: u8,
+    users: &Users,
+    resume_token: Option<&str>,
+) -> String {
+    let token = resume_token
+        .map(|t| format!(r#","resumeToken":{}"#, serde_json::Value::from(t)))
+        .unwrap_or_default();
     format!(
-        r#"{{"type":"joined","players":{players},"capacity":{capacity},"seat":{seat}{}}}"#,
+        r#"{{"type":"joined","players":{players},"capacity":{capacity},"seat":{seat}{}{token}}}"#,
         users_field(users)
+    )
+}
+
+/// `{"type":"playerAway","seat":S,"grace":MS}`: the member in `seat` lost
+/// its connection; its seat is held for `grace` ms (resume).
+pub fn player_away(seat: u8, grace_ms: u32) -> String {
+    format!(r#"{{"type":"playerAway","seat":{seat},"grace":{grace_ms}}}"#)
+}
+
+/// `{"type":"playerBack","seat":S}`: the member in `seat` resumed.
+pub fn player_back(seat: u8) -> String {
+    format!(r#"{{"type":"playerBack","seat":{seat}}}"#)
+}
+
+/// `{"type":"resumed",...}`: to a member that took its seat back.
+pub fn resumed(
+    seat: u8,
+    players: u8,
+    capacity: u8,
+    replayed: usize,
+    sent: u64,
+    resume_token: &str,
+) -> String {
+    format!(
+        r#"{{"type":"resumed","seat":{seat},"players":{players},"capacity":{capacity},"replayed":{replayed},"sent":{sent},"resumeToken":{}}}"#,
+        serde_json::Value::from(resume_token)
     )
 }
 
@@ -359,6 +440,7 @@ mod tests {
         let short = parse_text(r#"{"join":"jump-rocket"}"#).unwrap();
         let want = ClientMessage::Join {
             passphrase: "jump-rocket".into(),
+            resume: false,
         };
         assert_eq!(long, want);
         assert_eq!(short, want);
@@ -567,7 +649,7 @@ mod tests {
     #[test]
     fn events_have_the_documented_shape() {
         assert_eq!(
-            joined(1, 2, 1, &[]),
+            joined(1, 2, 1, &[], None),
             r#"{"type":"joined","players":1,"capacity":2,"seat":1}"#
         );
         assert_eq!(ready(2, &[]), r#"{"type":"ready","players":2}"#);

@@ -23,7 +23,7 @@ use crate::auth::{AuthError, AuthMode, User};
 use crate::limits::{MessageLimiter, Verdict};
 use crate::lobby::{LobbyStore, RateKey, StoreError};
 use crate::metrics;
-use crate::node::{JoinError, Membership, Node};
+use crate::node::{JoinError, Membership, Node, ResumeError};
 use crate::outbox::Outbox;
 use crate::passphrase::{LobbyId, PassphraseError};
 use crate::protocol::{self, ClientMessage, ErrorCode};
@@ -61,7 +61,8 @@ pub struct Session<S> {
 
 /// What a text frame asks for, once parsed (owning nothing of the frame).
 enum Request {
-    Join(Result<LobbyId, PassphraseError>),
+    Join(Result<LobbyId, PassphraseError>, bool),
+    Resume(String, u64),
     Leave,
     Auth(Result<User, AuthError>),
     Reply(String),
@@ -187,15 +188,18 @@ impl<S: LobbyStore> Session<S> {
                 break reason;
             }
         };
-        self.leave_lobby().await;
+        self.leave_lobby(false).await;
         reason
     }
 
     async fn on_text(&mut self, text: Utf8Bytes) {
         let request = match protocol::parse_text_with(&text, self.node.auth.enabled()) {
-            Ok(ClientMessage::Join { passphrase }) => {
+            Ok(ClientMessage::Join { passphrase, resume }) => {
                 let secret = self.node.config.lobby_secret.as_ref().map(|s| s.bytes());
-                Request::Join(LobbyId::from_passphrase_keyed(&passphrase, secret))
+                Request::Join(LobbyId::from_passphrase_keyed(&passphrase, secret), resume)
+            }
+            Ok(ClientMessage::Resume { token, received }) => {
+                Request::Resume(token.into_owned(), received)
             }
             Ok(ClientMessage::Leave) => Request::Leave,
             Ok(ClientMessage::Auth { .. }) if self.membership.is_some() => Request::Refuse(
@@ -211,8 +215,9 @@ impl<S: LobbyStore> Session<S> {
             Err(refusal) => Request::Refuse(refusal.code, refusal.message.into_owned()),
         };
         match request {
-            Request::Join(Ok(lobby)) => self.join(lobby).await,
-            Request::Join(Err(e)) => {
+            Request::Join(Ok(lobby), resume) => self.join(lobby, resume).await,
+            Request::Resume(token, received) => self.resume(&token, received).await,
+            Request::Join(Err(e), _) => {
                 self.refuse(ErrorCode::InvalidPassphrase, &e.to_string())
                     .await
             }
@@ -225,7 +230,7 @@ impl<S: LobbyStore> Session<S> {
         }
     }
 
-    async fn join(&mut self, lobby: LobbyId) {
+    async fn join(&mut self, lobby: LobbyId, resume: bool) {
         if self.membership.is_some() {
             return self
                 .refuse(
@@ -293,7 +298,11 @@ impl<S: LobbyStore> Session<S> {
             Err(e) => return self.join_unavailable(lobby, &e).await,
         }
         let user = self.user.as_ref().map(|u| u.id.clone());
-        match self.node.join(lobby, user.as_deref(), &self.outbox).await {
+        match self
+            .node
+            .join(lobby, user.as_deref(), resume, &self.outbox)
+            .await
+        {
             Ok(membership) => {
                 metrics::get().joins_joined.increment(1);
                 tracing::info!(
@@ -335,6 +344,66 @@ impl<S: LobbyStore> Session<S> {
             }
             Err(JoinError::Unavailable(e)) => self.join_unavailable(lobby, &e).await,
         }
+    }
+
+    /// Takes a held seat back (resume), on this connection.
+    async fn resume(&mut self, token: &str, received: u64) {
+        if self.membership.is_some() {
+            return self
+                .refuse(
+                    ErrorCode::AlreadyJoined,
+                    "this connection is already in a lobby; leave it first",
+                )
+                .await;
+        }
+        match self
+            .node
+            .store
+            .admit_join(RateKey::Address(self.client), self.node.config.join_limit)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                metrics::get().joins_rate_limited.increment(1);
+                let text = format!(
+                    "too many joins or resumes from your address (at most {} a minute); wait a little",
+                    self.node.config.join_limit.per_minute
+                );
+                return self.refuse(ErrorCode::RateLimited, &text).await;
+            }
+            Err(e) => return self.resume_unavailable(&e).await,
+        }
+        let user = self.user.as_ref().map(|u| u.id.clone());
+        match self
+            .node
+            .resume(token, received, user.as_deref(), &self.outbox)
+            .await
+        {
+            Ok(membership) => {
+                metrics::get().resumes.increment(1);
+                tracing::info!(
+                    event = "resume",
+                    lobby = membership.lobby.id.short(),
+                    seat = membership.seat,
+                    "took a held seat back"
+                );
+                self.membership = Some(membership);
+            }
+            Err(ResumeError::Refused(why)) => {
+                tracing::info!(event = "resume_refused", reason = why, "resume refused");
+                self.refuse(ErrorCode::InvalidResumeToken, why).await;
+            }
+            Err(ResumeError::Unavailable(e)) => self.resume_unavailable(&e).await,
+        }
+    }
+
+    async fn resume_unavailable(&self, error: &StoreError) {
+        tracing::warn!(event = "resume_refused", error = %error, "lobby store unavailable");
+        self.refuse(
+            ErrorCode::Unavailable,
+            "lobbies are unavailable right now; try again",
+        )
+        .await;
     }
 
     /// A token named the player: its next joins are as that user.
@@ -385,13 +454,29 @@ impl<S: LobbyStore> Session<S> {
                 .refuse(ErrorCode::NotInLobby, "this connection is in no lobby")
                 .await;
         }
-        self.leave_lobby().await;
+        self.leave_lobby(true).await;
     }
 
-    async fn leave_lobby(&mut self) {
+    /// Gives the seat up (`explicit`: the client sent `leave`), or, when the
+    /// connection ends without one, holds a resumable seat for its player.
+    async fn leave_lobby(&mut self, explicit: bool) {
         if let Some(membership) = self.membership.take() {
             let lobby = membership.lobby.id.short();
             let seat = membership.seat;
+            if !explicit && membership.resumable {
+                match self.node.drop_member(membership).await {
+                    Ok(()) => tracing::info!(
+                        event = "away",
+                        lobby,
+                        seat,
+                        "connection gone: seat held for a resume"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(event = "away", lobby, seat, error = %e, "holding the seat failed")
+                    }
+                }
+                return;
+            }
             match self.node.leave(membership).await {
                 Ok(()) => tracing::info!(event = "leave", lobby, seat, "left lobby"),
                 Err(e) => {

@@ -13,6 +13,11 @@
 -- ARGV[3]  the lobby's pub/sub channel
 -- ARGV[4]  the lobby hash (for the index)
 -- ARGV[5]  the member's user id, or '' for an anonymous player
+-- ARGV[6]  resume (opt-in): SHA-256 (hex) of the seat's resume token secret,
+--          or '' for a member who did not opt in
+-- ARGV[7]  resume: the most deliveries held for a seat
+-- ARGV[8]  resume: the most bytes held for a seat
+-- ARGV[9]  resume: the grace period, in ms
 -- The event: 'J', seat, players, capacity, then one byte per occupied seat
 -- (players bytes), then the member id; then, if any member is authenticated,
 -- for each occupied seat in the same order a NUL byte and its user id (empty
@@ -46,6 +51,13 @@ end
 redis.call('SADD', KEYS[2], ARGV[4])
 redis.call('HSET', KEYS[1], seat, ARGV[1])
 players = players + 1
+local res = res_of(KEYS[1], 9)
+if ARGV[6] ~= '' then
+  forget_seat(res, seat)
+  local seats = redis.call('HGET', res, 'seats') or ''
+  redis.call('HSET', res, 'seats', seats .. string.char(seat), 'cap_n', ARGV[7], 'cap_b', ARGV[8],
+    'grace', ARGV[9], seat .. ':tok', ARGV[6], seat .. ':n', 0, seat .. ':b', 0, seat .. ':sent', 0)
+end
 local seats = {}
 local users = {}
 local any_user = false
@@ -63,4 +75,11 @@ if any_user then
   event = event .. '\0' .. table.concat(users, '\0')
 end
 redis.call('PUBLISH', ARGV[3], event)
+-- Everybody but the joiner is told; the joiner too when it fills the lobby
+-- (ready).
+if players >= capacity then
+  hold(res, 0, event)
+else
+  hold(res, seat, event)
+end
 return {seat, players}

@@ -1,6 +1,7 @@
 -- Frees a seat if the given member still holds it, and publishes the leave
 -- event from inside the same atomic step. Removing the last field deletes the
--- hash: an empty lobby leaves nothing behind.
+-- hash: an empty lobby leaves nothing behind. What was held for the seat
+-- (resume) goes with it.
 --
 -- KEYS[1]  the lobby's membership hash
 -- ARGV[1]  the seat, or 0 for whichever seat the member holds (after a join
@@ -22,10 +23,13 @@ if redis.call('HGET', KEYS[1], seat) ~= ARGV[2] then
   return -1
 end
 redis.call('HDEL', KEYS[1], seat)
-local seats = {}
-for _, taken in ipairs(redis.call('HKEYS', KEYS[1])) do
-  seats[#seats + 1] = string.char(tonumber(taken))
+local res = res_of(KEYS[1], 9)
+forget_seat(res, seat)
+local event, players = left_event(KEYS[1], seat)
+redis.call('PUBLISH', ARGV[3], event)
+if players == 0 then
+  redis.call('DEL', res)
+else
+  hold(res, tonumber(seat), event)
 end
-redis.call('PUBLISH', ARGV[3], 'L' .. string.char(tonumber(seat), #seats) .. table.concat(seats))
-local players = #seats
 return players

@@ -3,46 +3,250 @@
 //! Membership is a map from lobby to seats under one mutex; events are handed
 //! to the hub while that mutex is held, so that every member sees joins and
 //! leaves in the order they happened. Relayed messages go straight to the
-//! local lobby: the sender's task delivers them, in the order it read them.
+//! local lobby: the sender's task delivers them, in the order it read them
+//! (under the mutex too while some lobby has resumable seats, whose buffers
+//! must hold exactly what their members are sent).
+//!
+//! Held seats (resume) follow the same rules as in Redis (`held.lua`): per
+//! resumable seat, a count of deliveries and the last of them, capped; a
+//! seat whose connection is gone is held until its grace period ends.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use governor::DefaultKeyedRateLimiter;
 
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{JoinOutcome, LobbyEvent, LobbyStore, MemberId, RateKey, StoreError};
+use super::{
+    JoinOutcome, LobbyEvent, LobbyStore, MemberId, RateKey, ResumeOutcome, ResumeSetup, StoreError,
+};
 use crate::hub::{Hub, LocalLobby};
 use crate::identity::user_of;
 use crate::limits::JoinLimit;
+use crate::metrics;
 use crate::passphrase::LobbyId;
 
 /// Lobbies held in this process.
 #[derive(Debug)]
 pub struct MemoryStore {
-    hub: Arc<Hub>,
-    /// Seat `i` of a lobby is `seats[i - 1]`; a lobby with no member is removed.
-    lobbies: Mutex<HashMap<LobbyId, Vec<Option<MemberId>>>>,
+    shared: Arc<Shared>,
     /// Join attempts per client address (the limit is the same for the whole
     /// life of the node, so the limiter is made on first use).
     joins: OnceLock<DefaultKeyedRateLimiter<RateKey>>,
 }
 
+#[derive(Debug)]
+struct Shared {
+    hub: Arc<Hub>,
+    lobbies: Mutex<HashMap<LobbyId, MemLobby>>,
+    /// How many lobbies have resumable seats (relays take the mutex then).
+    held_lobbies: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct MemLobby {
+    /// Seat `i` is `seats[i - 1]`; a lobby with no member is removed.
+    seats: Vec<Option<MemberId>>,
+    /// Resumable seats.
+    held: HashMap<u8, Held>,
+}
+
+/// What is kept for one resumable seat.
+#[derive(Debug)]
+struct Held {
+    secret_hash: String,
+    max_messages: usize,
+    max_bytes: usize,
+    grace: Duration,
+    /// Deliveries to the seat so far.
+    delivered: u64,
+    /// The last deliveries, with their sizes.
+    buffer: VecDeque<(LobbyEvent, usize)>,
+    bytes: usize,
+    /// Game messages accepted from the seat.
+    sent: u64,
+    /// While away: `delivered` when it went away, and which absence it is
+    /// (a timer of an earlier one does nothing).
+    away: Option<(u64, u64)>,
+    overflowed: bool,
+}
+
+impl Held {
+    fn push(&mut self, event: &LobbyEvent) {
+        let size = match event {
+            LobbyEvent::Relay { message, .. } => message.len() + 2,
+            _ => 16,
+        };
+        self.delivered += 1;
+        self.buffer.push_back((event.clone(), size));
+        self.bytes += size;
+        while self.buffer.len() > self.max_messages || self.bytes > self.max_bytes {
+            if let Some((_, size)) = self.buffer.pop_front() {
+                self.bytes -= size;
+            }
+        }
+        if let Some((away_at, _)) = self.away {
+            let first = self.delivered - self.buffer.len() as u64;
+            if first > away_at {
+                self.overflowed = true;
+            }
+        }
+    }
+}
+
+impl MemLobby {
+    fn occupied(&self) -> Vec<u8> {
+        (1..)
+            .zip(&self.seats)
+            .filter_map(|(seat, member)| member.as_ref().map(|_| seat))
+            .collect()
+    }
+
+    fn players(&self) -> u8 {
+        self.seats.iter().flatten().count() as u8
+    }
+
+    /// Keeps `event` for every resumable seat but `skip`; returns the seats
+    /// whose buffer overflowed while away.
+    fn hold(&mut self, skip: u8, event: &LobbyEvent) -> Vec<u8> {
+        let mut overflowed = Vec::new();
+        for (&seat, held) in &mut self.held {
+            if seat != skip {
+                let before = held.overflowed;
+                held.push(event);
+                if held.overflowed && !before {
+                    overflowed.push(seat);
+                }
+            }
+        }
+        overflowed
+    }
+
+    /// Frees `seat`; returns the leave event.
+    fn free(&mut self, seat: u8) -> LobbyEvent {
+        let index = usize::from(seat) - 1;
+        self.seats[index] = None;
+        self.held.remove(&seat);
+        while self.seats.last().is_some_and(Option::is_none) {
+            self.seats.pop();
+        }
+        let occupied = self.occupied();
+        LobbyEvent::Left {
+            seat,
+            players: occupied.len() as u8,
+            occupied,
+        }
+    }
+}
+
 impl MemoryStore {
     pub fn new(hub: Arc<Hub>) -> Self {
         Self {
-            hub,
-            lobbies: Mutex::default(),
+            shared: Arc::new(Shared {
+                hub,
+                lobbies: Mutex::default(),
+                held_lobbies: AtomicUsize::new(0),
+            }),
             joins: OnceLock::new(),
         }
     }
 
     /// How many lobbies exist (for tests and metrics).
     pub fn lobby_count(&self) -> usize {
-        self.lobbies.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.shared.lock().len()
     }
 }
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, HashMap<LobbyId, MemLobby>> {
+        self.lobbies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Delivers `event` of `lobby` and keeps it for its resumable seats but
+    /// `skip`; releases seats whose buffer overflowed. Runs under the lock.
+    fn emit(
+        self: &Arc<Self>,
+        lobbies: &mut HashMap<LobbyId, MemLobby>,
+        id: &LobbyId,
+        skip: u8,
+        event: LobbyEvent,
+    ) {
+        let Some(lobby) = lobbies.get_mut(id) else {
+            return;
+        };
+        let overflowed = if lobby.held.is_empty() {
+            Vec::new()
+        } else {
+            lobby.hold(skip, &event)
+        };
+        self.hub.dispatch(id, event);
+        for seat in overflowed {
+            self.release(lobbies, id, seat);
+        }
+    }
+
+    /// Releases a held seat: the others get `playerLeft`.
+    fn release(self: &Arc<Self>, lobbies: &mut HashMap<LobbyId, MemLobby>, id: &LobbyId, seat: u8) {
+        let Some(lobby) = lobbies.get_mut(id) else {
+            return;
+        };
+        if lobby.held.get(&seat).is_none_or(|h| h.away.is_none()) {
+            return;
+        }
+        let had_held = !lobby.held.is_empty();
+        let event = lobby.free(seat);
+        self.forget_if_empty(lobbies, id, had_held);
+        metrics::get().held_seats_released.increment(1);
+        tracing::info!(
+            event = "held_seat_released",
+            lobby = id.short(),
+            seat,
+            "a held seat was released: its player did not come back in time"
+        );
+        self.emit(lobbies, id, seat, event);
+    }
+
+    /// Drops an empty lobby; keeps the count of lobbies with held seats.
+    fn forget_if_empty(
+        &self,
+        lobbies: &mut HashMap<LobbyId, MemLobby>,
+        id: &LobbyId,
+        had_held: bool,
+    ) {
+        let Some(lobby) = lobbies.get(id) else {
+            return;
+        };
+        let has_held = !lobby.held.is_empty();
+        if had_held && !has_held {
+            self.held_lobbies.fetch_sub(1, Ordering::Relaxed);
+        }
+        if lobby.players() == 0 {
+            lobbies.remove(id);
+        }
+    }
+
+    /// Starts the grace period of an away seat.
+    fn start_grace(self: &Arc<Self>, id: LobbyId, seat: u8, absence: u64, grace: Duration) {
+        let shared = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let mut lobbies = shared.lock();
+            let due = lobbies
+                .get(&id)
+                .and_then(|l| l.held.get(&seat))
+                .is_some_and(|h| h.away.is_some_and(|(_, n)| n == absence));
+            if due {
+                shared.release(&mut lobbies, &id, seat);
+            }
+        });
+    }
+}
+
+/// Absences are numbered so that the timer of an earlier one does nothing.
+static ABSENCES: AtomicUsize = AtomicUsize::new(0);
 
 impl LobbyStore for MemoryStore {
     async fn subscribe(&self, _lobby: &LobbyId) -> Result<(), StoreError> {
@@ -58,77 +262,198 @@ impl LobbyStore for MemoryStore {
         lobby: &LobbyId,
         member: &MemberId,
         capacity: u8,
+        resume: Option<&ResumeSetup>,
     ) -> Result<JoinOutcome, StoreError> {
-        let mut lobbies = self.lobbies.lock().unwrap_or_else(|e| e.into_inner());
-        let seats = lobbies.entry(*lobby).or_default();
-        let players = seats.iter().flatten().count();
-        if players >= usize::from(capacity) {
+        let shared = &self.shared;
+        let mut lobbies = shared.lock();
+        let entry = lobbies.entry(*lobby).or_default();
+        let players = entry.players();
+        if players >= capacity {
             return Ok(JoinOutcome::Full);
         }
         if let Some(user) = user_of(member)
-            && seats.iter().flatten().any(|m| user_of(m) == Some(user))
+            && entry
+                .seats
+                .iter()
+                .flatten()
+                .any(|m| user_of(m) == Some(user))
         {
             return Ok(JoinOutcome::DuplicateUser);
         }
-        let index = match seats.iter().position(Option::is_none) {
+        let index = match entry.seats.iter().position(Option::is_none) {
             Some(free) => free,
             None => {
-                seats.push(None);
-                seats.len() - 1
+                entry.seats.push(None);
+                entry.seats.len() - 1
             }
         };
-        seats[index] = Some(member.clone());
+        entry.seats[index] = Some(member.clone());
         // Seats and players are at most `capacity`, which fits in a u8.
         let seat = (index + 1) as u8;
-        let players = (players + 1) as u8;
-        self.hub.dispatch(
-            lobby,
-            LobbyEvent::Joined {
+        let players = players + 1;
+        if let Some(setup) = resume {
+            if entry.held.is_empty() {
+                shared.held_lobbies.fetch_add(1, Ordering::Relaxed);
+            }
+            entry.held.insert(
                 seat,
-                players,
-                capacity,
-                occupied: occupied(seats),
-                member: member.clone(),
-                users: users(seats),
-            },
-        );
+                Held {
+                    secret_hash: setup.secret_hash.clone(),
+                    max_messages: setup.max_messages as usize,
+                    max_bytes: setup.max_bytes as usize,
+                    grace: setup.grace,
+                    delivered: 0,
+                    buffer: VecDeque::new(),
+                    bytes: 0,
+                    sent: 0,
+                    away: None,
+                    overflowed: false,
+                },
+            );
+        }
+        let event = LobbyEvent::Joined {
+            seat,
+            players,
+            capacity,
+            occupied: entry.occupied(),
+            member: member.clone(),
+            users: users(&entry.seats),
+        };
+        // Everybody but the joiner is told; the joiner too when it fills the
+        // lobby (ready).
+        let skip = if players >= capacity { 0 } else { seat };
+        shared.emit(&mut lobbies, lobby, skip, event);
         Ok(JoinOutcome::Seated { seat, players })
     }
 
     async fn leave(&self, lobby: &LobbyId, member: &MemberId, seat: u8) -> Result<(), StoreError> {
-        let mut lobbies = self.lobbies.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(seats) = lobbies.get_mut(lobby) else {
+        let shared = &self.shared;
+        let mut lobbies = shared.lock();
+        let Some(entry) = lobbies.get_mut(lobby) else {
             return Ok(());
         };
         let index = match seat {
-            0 => match seats.iter().position(|m| m.as_ref() == Some(member)) {
+            0 => match entry.seats.iter().position(|m| m.as_ref() == Some(member)) {
                 Some(index) => index,
                 None => return Ok(()),
             },
             seat => usize::from(seat) - 1,
         };
         let seat = (index + 1) as u8;
-        if seats.get(index).and_then(Option::as_ref) != Some(member) {
+        if entry.seats.get(index).and_then(Option::as_ref) != Some(member) {
             return Ok(());
         }
-        seats[index] = None;
-        while seats.last().is_some_and(Option::is_none) {
-            seats.pop();
+        let had_held = !entry.held.is_empty();
+        let event = entry.free(seat);
+        shared.forget_if_empty(&mut lobbies, lobby, had_held);
+        if lobbies.contains_key(lobby) {
+            shared.emit(&mut lobbies, lobby, seat, event);
+        } else {
+            shared.hub.dispatch(lobby, event);
         }
-        let occupied = occupied(seats);
-        let players = occupied.len() as u8;
-        if players == 0 {
-            lobbies.remove(lobby);
-        }
-        self.hub.dispatch(
-            lobby,
-            LobbyEvent::Left {
-                seat,
-                players,
-                occupied,
-            },
-        );
         Ok(())
+    }
+
+    async fn away(&self, lobby: &LobbyId, member: &MemberId, seat: u8) -> Result<bool, StoreError> {
+        let shared = &self.shared;
+        let mut lobbies = shared.lock();
+        let Some(entry) = lobbies.get_mut(lobby) else {
+            return Ok(true);
+        };
+        if entry
+            .seats
+            .get(usize::from(seat).wrapping_sub(1))
+            .and_then(Option::as_ref)
+            != Some(member)
+        {
+            return Ok(true); // not the member's seat any more: nothing to do
+        }
+        let Some(held) = entry.held.get_mut(&seat) else {
+            return Ok(false);
+        };
+        if held.away.is_some() {
+            return Ok(true);
+        }
+        let absence = ABSENCES.fetch_add(1, Ordering::Relaxed) as u64;
+        held.away = Some((held.delivered, absence));
+        let grace = held.grace;
+        shared.start_grace(*lobby, seat, absence, grace);
+        let event = LobbyEvent::Away {
+            seat,
+            grace_ms: grace.as_millis().min(u128::from(u32::MAX)) as u32,
+        };
+        shared.emit(&mut lobbies, lobby, seat, event);
+        Ok(true)
+    }
+
+    async fn resume(
+        &self,
+        lobby: &LobbyId,
+        seat: u8,
+        secret_hash: &str,
+        new_secret_hash: &str,
+        received: u64,
+        member: &MemberId,
+    ) -> Result<ResumeOutcome, StoreError> {
+        let shared = &self.shared;
+        let mut lobbies = shared.lock();
+        let Some(entry) = lobbies.get_mut(lobby) else {
+            return Ok(ResumeOutcome::Refused(
+                "the token is wrong, already used or expired",
+            ));
+        };
+        let old = entry
+            .seats
+            .get(usize::from(seat).wrapping_sub(1))
+            .cloned()
+            .flatten();
+        let (Some(old), Some(held)) = (old, entry.held.get_mut(&seat)) else {
+            return Ok(ResumeOutcome::Refused(
+                "the token is wrong, already used or expired",
+            ));
+        };
+        if held.secret_hash != secret_hash {
+            return Ok(ResumeOutcome::Refused(
+                "the token is wrong, already used or expired",
+            ));
+        }
+        if held.overflowed {
+            return Ok(ResumeOutcome::Refused(
+                "too much was missed: the seat is being released",
+            ));
+        }
+        let first = held.delivered - held.buffer.len() as u64;
+        if received > held.delivered || received < first {
+            return Ok(ResumeOutcome::Refused(
+                "`received` is not a count of this seat's deliveries, or what followed it is no longer held",
+            ));
+        }
+        let missed: Vec<LobbyEvent> = held
+            .buffer
+            .iter()
+            .skip((received - first) as usize)
+            .map(|(event, _)| event.clone())
+            .collect();
+        held.secret_hash = new_secret_hash.to_owned();
+        held.away = None;
+        let sent = held.sent;
+        let record: MemberId = match (user_of(member), old.split_once('|')) {
+            (None, Some((_, user))) => format!("{member}|{user}").into(),
+            _ => member.clone(),
+        };
+        entry.seats[usize::from(seat) - 1] = Some(record.clone());
+        let players = entry.players();
+        let event = LobbyEvent::Back {
+            seat,
+            member: record.clone(),
+        };
+        shared.emit(&mut lobbies, lobby, seat, event);
+        Ok(ResumeOutcome::Resumed {
+            players,
+            sent,
+            member: record,
+            missed,
+        })
     }
 
     async fn admit_join(&self, who: RateKey, limit: JoinLimit) -> Result<bool, StoreError> {
@@ -155,7 +480,25 @@ impl LobbyStore for MemoryStore {
         from_seat: u8,
         message: Message,
     ) -> Result<(), StoreError> {
-        lobby.dispatch(LobbyEvent::Relay { from_seat, message });
+        let event = LobbyEvent::Relay { from_seat, message };
+        if self.shared.held_lobbies.load(Ordering::Relaxed) == 0 {
+            lobby.dispatch(event);
+            return Ok(());
+        }
+        let shared = &self.shared;
+        let mut lobbies = shared.lock();
+        match lobbies.get_mut(&lobby.id) {
+            Some(entry) if !entry.held.is_empty() => {
+                if let Some(held) = entry.held.get_mut(&from_seat) {
+                    held.sent += 1;
+                }
+                shared.emit(&mut lobbies, &lobby.id.clone(), from_seat, event);
+            }
+            _ => {
+                drop(lobbies);
+                lobby.dispatch(event);
+            }
+        }
         Ok(())
     }
 }
@@ -165,13 +508,5 @@ fn users(seats: &[Option<MemberId>]) -> Vec<(u8, Arc<str>)> {
     (1..)
         .zip(seats)
         .filter_map(|(seat, member)| Some((seat, user_of(member.as_ref()?)?.into())))
-        .collect()
-}
-
-/// The numbers of the seats that hold a member.
-fn occupied(seats: &[Option<MemberId>]) -> Vec<u8> {
-    (1..)
-        .zip(seats)
-        .filter_map(|(seat, member)| member.as_ref().map(|_| seat))
         .collect()
 }

@@ -50,6 +50,43 @@ pub enum LobbyEvent {
     },
     /// A game message from the member in `from_seat`, relayed byte for byte.
     Relay { from_seat: u8, message: Message },
+    /// Resume: the connection of the member in `seat` is gone; its seat is
+    /// held for `grace_ms`.
+    Away { seat: u8, grace_ms: u32 },
+    /// Resume: `member` took `seat` back with its resume token.
+    Back { seat: u8, member: MemberId },
+}
+
+/// Resume (opt-in) settings of a seat, given at join.
+#[derive(Debug, Clone)]
+pub struct ResumeSetup {
+    /// SHA-256 (hex) of the secret of the seat's resume token.
+    pub secret_hash: String,
+    /// The most deliveries held for the seat.
+    pub max_messages: u32,
+    /// The most bytes held for the seat.
+    pub max_bytes: u32,
+    /// How long the seat is held once its connection is gone.
+    pub grace: std::time::Duration,
+}
+
+/// The answer to a resume.
+#[derive(Debug)]
+pub enum ResumeOutcome {
+    /// The seat is the new member's: `players` in the lobby, `sent` game
+    /// messages of the seat were relayed before the drop, and `missed` are
+    /// the deliveries the player had not received, in order.
+    /// `member` is the seat's member record (the new member id, with the
+    /// user id of the old one if it had one).
+    Resumed {
+        players: u8,
+        sent: u64,
+        member: MemberId,
+        missed: Vec<LobbyEvent>,
+    },
+    /// Nothing changed: the token is wrong, used or expired, the seat was
+    /// released, or what the player missed is no longer held.
+    Refused(&'static str),
 }
 
 /// The answer to a join.
@@ -107,7 +144,32 @@ pub trait LobbyStore: Send + Sync + 'static {
         lobby: &LobbyId,
         member: &MemberId,
         capacity: u8,
+        resume: Option<&ResumeSetup>,
     ) -> impl Future<Output = Result<JoinOutcome, StoreError>> + Send;
+
+    /// Resume: the connection of `member` (in `seat`) ended without leave.
+    /// Holds the seat and emits [`LobbyEvent::Away`] if the seat is
+    /// resumable (`true`); `false` if it is not (the caller leaves instead).
+    fn away(
+        &self,
+        lobby: &LobbyId,
+        member: &MemberId,
+        seat: u8,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Resume: gives `seat` to `member` if `secret_hash` is the seat's
+    /// token, replaces the token by `new_secret_hash`, emits
+    /// [`LobbyEvent::Back`], and returns what the player missed after its
+    /// first `received` deliveries.
+    fn resume(
+        &self,
+        lobby: &LobbyId,
+        seat: u8,
+        secret_hash: &str,
+        new_secret_hash: &str,
+        received: u64,
+        member: &MemberId,
+    ) -> impl Future<Output = Result<ResumeOutcome, StoreError>> + Send;
 
     /// Frees `seat` if `member` still holds it and emits [`LobbyEvent::Left`];
     /// when the lobby is empty afterwards, nothing of it remains. Seat 0

@@ -1,23 +1,35 @@
 -- Removes from a lobby every member recorded under a dead node's key, and
--- publishes a leave event for each, from inside the same atomic step.
+-- publishes a leave event for each, from inside the same atomic step. A
+-- resumable member (resume) is not removed but marked away: its seat is held
+-- for the grace period, for the player to come back on another node.
 --
 -- KEYS[1]  the lobby's membership hash
 -- ARGV[1]  the member id prefix of the dead node: '<node key>.'
 -- ARGV[2]  the lobby's pub/sub channel
--- Returns how many members were removed.
+-- ARGV[3]  now, in ms since the epoch
+-- Returns how many members were removed or marked away.
 local fields = redis.call('HGETALL', KEYS[1])
 local prefix = ARGV[1]
+local res = res_of(KEYS[1], 9)
 local removed = 0
 for i = 1, #fields, 2 do
   local seat, member = fields[i], fields[i + 1]
   if string.sub(member, 1, #prefix) == prefix then
-    redis.call('HDEL', KEYS[1], seat)
-    removed = removed + 1
-    local seats = {}
-    for _, taken in ipairs(redis.call('HKEYS', KEYS[1])) do
-      seats[#seats + 1] = string.char(tonumber(taken))
+    if resumable(res, tonumber(seat)) then
+      if mark_away(res, seat, tonumber(ARGV[3]), ARGV[2]) then
+        removed = removed + 1
+      end
+    else
+      redis.call('HDEL', KEYS[1], seat)
+      removed = removed + 1
+      local event, players = left_event(KEYS[1], seat)
+      redis.call('PUBLISH', ARGV[2], event)
+      if players == 0 then
+        redis.call('DEL', res)
+      else
+        hold(res, tonumber(seat), event)
+      end
     end
-    redis.call('PUBLISH', ARGV[2], 'L' .. string.char(tonumber(seat), #seats) .. table.concat(seats))
   end
 end
 return removed

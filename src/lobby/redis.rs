@@ -35,7 +35,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{JoinOutcome, LobbyStore, MemberId, RateKey, StoreError};
+use super::{JoinOutcome, LobbyStore, MemberId, RateKey, ResumeOutcome, ResumeSetup, StoreError};
 use crate::hub::{Hub, LocalLobby};
 use crate::identity::{self, Identity};
 use crate::limits::JoinLimit;
@@ -93,8 +93,29 @@ fn lobby_of_channel(name: &str) -> Option<LobbyId> {
     LobbyId::from_hex(name.strip_prefix(CHANNEL_PREFIX)?.strip_suffix('}')?)
 }
 
-/// Publishes a node's game messages unless the node has been reaped.
-const RELAY_LUA: &str = include_str!("relay.lua");
+/// The helpers of held seats (resume), prepended to the scripts that change
+/// a lobby or relay in it.
+const HELD_LUA: &str = include_str!("held.lua");
+
+/// A script with the held-seat helpers in front.
+fn held_script(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{HELD_LUA}\n{body}"))
+}
+
+/// The sorted set of held seats by the end of their grace period.
+pub const AWAY_KEY: &str = "lr:away";
+
+/// What is held for a lobby's resumable seats.
+pub fn resume_key(hex: &str) -> String {
+    format!("lr:resume:{{{hex}}}")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
 
 /// How many queued publishes go into one pipeline at most.
 const PUBLISH_BATCH: usize = 1024;
@@ -159,6 +180,12 @@ struct Scripts {
     leave: redis::Script,
     reap: redis::Script,
     claim: redis::Script,
+    /// Publishes a node's game messages unless the node has been reaped
+    /// (run by hash from the publisher's pipelines).
+    relay: redis::Script,
+    away: redis::Script,
+    resume: redis::Script,
+    expire: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -300,10 +327,14 @@ impl RedisStore {
             scripts: Scripts {
                 gcra: redis::Script::new(include_str!("gcra.lua")),
                 heartbeat: redis::Script::new(include_str!("heartbeat.lua")),
-                join: redis::Script::new(include_str!("join.lua")),
-                leave: redis::Script::new(include_str!("leave.lua")),
-                reap: redis::Script::new(include_str!("reap.lua")),
+                join: held_script(include_str!("join.lua")),
+                leave: held_script(include_str!("leave.lua")),
+                reap: held_script(include_str!("reap.lua")),
                 claim: redis::Script::new(include_str!("claim.lua")),
+                relay: held_script(include_str!("relay.lua")),
+                away: held_script(include_str!("away.lua")),
+                resume: held_script(include_str!("resume.lua")),
+                expire: held_script(include_str!("expire.lua")),
             },
             commands_ok: AtomicBool::new(false),
             pubsub_ok: AtomicBool::new(false),
@@ -407,6 +438,7 @@ impl LobbyStore for RedisStore {
         lobby: &LobbyId,
         member: &MemberId,
         capacity: u8,
+        resume: Option<&ResumeSetup>,
     ) -> Result<JoinOutcome, StoreError> {
         let hex = lobby.to_string();
         let mut conn = self.shared.conn();
@@ -422,6 +454,10 @@ impl LobbyStore for RedisStore {
                 .arg(channel(&hex))
                 .arg(&hex)
                 .arg(identity::user_of(member).unwrap_or(""))
+                .arg(resume.map_or("", |r| r.secret_hash.as_str()))
+                .arg(resume.map_or(0, |r| r.max_messages))
+                .arg(resume.map_or(0, |r| r.max_bytes))
+                .arg(resume.map_or(0, |r| r.grace.as_millis() as u64))
                 .invoke_async(&mut conn),
         )
         .await;
@@ -480,6 +516,97 @@ impl LobbyStore for RedisStore {
         view::cluster_view(&self.shared).await.map(Some)
     }
 
+    async fn away(&self, lobby: &LobbyId, member: &MemberId, seat: u8) -> Result<bool, StoreError> {
+        // As for a leave: the member's earlier messages go out first.
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(PublishOp::Barrier(tx)).await?;
+        rx.await.map_err(|_| StoreError::Closed)?;
+        let hex = lobby.to_string();
+        let mut conn = self.shared.conn();
+        let held: i64 = timed(
+            self.shared
+                .scripts
+                .away
+                .key(lobby_key(&hex))
+                .arg(seat)
+                .arg(&**member)
+                .arg(channel(&hex))
+                .arg(now_ms())
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        Ok(held != 0)
+    }
+
+    async fn resume(
+        &self,
+        lobby: &LobbyId,
+        seat: u8,
+        secret_hash: &str,
+        new_secret_hash: &str,
+        received: u64,
+        member: &MemberId,
+    ) -> Result<ResumeOutcome, StoreError> {
+        let hex = lobby.to_string();
+        let mut conn = self.shared.conn();
+        let reply: Vec<redis::Value> = timed(
+            self.shared
+                .scripts
+                .resume
+                .key(lobby_key(&hex))
+                .key(node_lobbies_key(&self.shared.identity.key()))
+                .arg(seat)
+                .arg(secret_hash)
+                .arg(new_secret_hash)
+                .arg(received)
+                .arg(&**member)
+                .arg(channel(&hex))
+                .arg(&hex)
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        let int = |v: Option<&redis::Value>| match v {
+            Some(redis::Value::Int(i)) => Some(*i),
+            _ => None,
+        };
+        match int(reply.first()) {
+            Some(1) => {}
+            Some(-2) => {
+                return Ok(ResumeOutcome::Refused(
+                    "too much was missed: the seat is being released",
+                ));
+            }
+            Some(-3) => {
+                return Ok(ResumeOutcome::Refused(
+                    "`received` is not a count of this seat's deliveries, or what followed it is no longer held",
+                ));
+            }
+            _ => {
+                return Ok(ResumeOutcome::Refused(
+                    "the token is wrong, already used or expired",
+                ));
+            }
+        }
+        let bad = || StoreError::Protocol("resume.lua answered something unexpected".into());
+        let players = int(reply.get(1)).ok_or_else(bad)? as u8;
+        let sent = int(reply.get(2)).ok_or_else(bad)?.max(0) as u64;
+        let record: String = match reply.get(3) {
+            Some(v) => redis::from_redis_value(v.clone()).map_err(|_| bad())?,
+            None => return Err(bad()),
+        };
+        let mut missed = Vec::with_capacity(reply.len().saturating_sub(4));
+        for entry in &reply[4..] {
+            let bytes: Vec<u8> = redis::from_redis_value(entry.clone()).map_err(|_| bad())?;
+            missed.push(envelope::decode(&bytes).ok_or_else(bad)?);
+        }
+        Ok(ResumeOutcome::Resumed {
+            players,
+            sent,
+            member: record.into(),
+            missed,
+        })
+    }
+
     fn is_healthy(&self) -> bool {
         self.shared.commands_ok.load(Ordering::Relaxed)
             && self.shared.pubsub_ok.load(Ordering::Relaxed)
@@ -535,8 +662,10 @@ async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>
                         if let Some((_, eval)) = run.take() {
                             pipe.add_command(eval);
                         }
-                        let mut eval = redis::cmd("EVAL");
-                        eval.arg(RELAY_LUA).arg(1).arg(reaped_key(&node_key));
+                        let mut eval = redis::cmd("EVALSHA");
+                        eval.arg(shared.scripts.relay.get_hash())
+                            .arg(1)
+                            .arg(reaped_key(&node_key));
                         runs.push((node_key.clone(), 0));
                         run = Some((node_key, eval));
                     }
@@ -557,7 +686,18 @@ async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>
         if publishes > 0 {
             let mut conn = shared.conn();
             let started = Instant::now();
-            let sent = timed(pipe.query_async::<Vec<i64>>(&mut conn)).await;
+            let mut sent = timed(pipe.query_async::<Vec<i64>>(&mut conn)).await;
+            if let Err(StoreError::Redis(e)) = &sent
+                && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+            {
+                // A restarted Redis forgot the script; nothing of the batch
+                // ran: load it and send the batch again.
+                let loaded =
+                    timed(shared.scripts.relay.prepare_invoke().load_async(&mut conn)).await;
+                if loaded.is_ok() {
+                    sent = timed(pipe.query_async::<Vec<i64>>(&mut conn)).await;
+                }
+            }
             let metrics = metrics::get();
             metrics::observe(&metrics.redis_publish, started.elapsed());
             match sent {

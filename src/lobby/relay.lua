@@ -4,6 +4,8 @@
 -- the node was cut off (they are checked here, when Redis runs them).
 -- `reap` sets the mark before it publishes the leave events, so nothing of a
 -- reaped member can follow its `playerLeft`.
+-- In a lobby with resumable members, each message is also kept in their
+-- buffers (held.lua), and counted for its sender.
 --
 -- KEYS[1]  the node's reaped mark, lr:reaped:<node key>
 -- ARGV     channel, payload, channel, payload, ...
@@ -12,6 +14,15 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   return -1
 end
 for i = 1, #ARGV, 2 do
-  redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+  local channel, payload = ARGV[i], ARGV[i + 1]
+  redis.call('PUBLISH', channel, payload)
+  local res = res_of(channel, 8)
+  if redis.call('EXISTS', res) == 1 then
+    local from = string.byte(payload, 2)
+    hold(res, from, payload)
+    if resumable(res, from) then
+      redis.call('HINCRBY', res, from .. ':sent', 1)
+    end
+  end
 end
 return #ARGV / 2

@@ -8,6 +8,9 @@
 //!   member is authenticated, then for each occupied seat (same order) a NUL
 //!   and its user id (empty for an anonymous one)
 //! - `L` seat players occupied[players]: a leave
+//! - `A` seat grace: a resumable member's connection is gone (grace in ms,
+//!   decimal)
+//! - `K` seat member: a member took its held seat back (resume)
 
 use bytes::Bytes;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -18,6 +21,8 @@ pub const TEXT: u8 = b'T';
 pub const BINARY: u8 = b'B';
 pub const JOINED: u8 = b'J';
 pub const LEFT: u8 = b'L';
+pub const AWAY: u8 = b'A';
+pub const BACK: u8 = b'K';
 
 /// The envelope of a game message from `from_seat`; `None` for frames that
 /// are not relayed (control frames).
@@ -92,6 +97,20 @@ pub fn decode(payload: &[u8]) -> Option<LobbyEvent> {
             }
             _ => None,
         },
+        AWAY => {
+            let (&seat, grace) = rest.split_first()?;
+            Some(LobbyEvent::Away {
+                seat,
+                grace_ms: std::str::from_utf8(grace).ok()?.parse().ok()?,
+            })
+        }
+        BACK => {
+            let (&seat, member) = rest.split_first()?;
+            Some(LobbyEvent::Back {
+                seat,
+                member: std::str::from_utf8(member).ok()?.into(),
+            })
+        }
         _ => None,
     }
 }
@@ -172,6 +191,17 @@ mod tests {
             decode(b"L\x01\x00"),
             Some(LobbyEvent::Left { players: 0, .. })
         ));
+        assert!(matches!(
+            decode(b"A\x0215000"),
+            Some(LobbyEvent::Away {
+                seat: 2,
+                grace_ms: 15000
+            })
+        ));
+        match decode(b"K\x02node-b/9.4") {
+            Some(LobbyEvent::Back { seat: 2, member }) => assert_eq!(&*member, "node-b/9.4"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

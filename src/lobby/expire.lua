@@ -1,0 +1,31 @@
+-- Releases a held seat whose grace period has ended (or whose buffer
+-- overflowed): the seat is freed and the others get playerLeft. Nothing held
+-- for it remains.
+--
+-- KEYS[1]  the lobby's membership hash
+-- ARGV[1]  the seat
+-- ARGV[2]  the lobby's pub/sub channel
+-- ARGV[3]  now, in ms since the epoch
+-- ARGV[4]  the lobby hash
+-- Returns 1 if the seat was released, 0 if it is not (or no longer) due.
+local res = res_of(KEYS[1], 9)
+local seat = ARGV[1]
+local entry = ARGV[4] .. ':' .. seat
+if redis.call('HEXISTS', res, seat .. ':away') == 0 then
+  redis.call('ZREM', 'lr:away', entry)
+  return 0
+end
+local due = redis.call('ZSCORE', 'lr:away', entry)
+if due and tonumber(due) > tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('HDEL', KEYS[1], seat)
+forget_seat(res, seat)
+local event, players = left_event(KEYS[1], seat)
+redis.call('PUBLISH', ARGV[2], event)
+if players == 0 then
+  redis.call('DEL', res)
+else
+  hold(res, tonumber(seat), event)
+end
+return 1

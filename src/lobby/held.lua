@@ -1,0 +1,111 @@
+-- Held seats (resume, opt-in): helpers shared by the scripts that change a
+-- lobby or relay in it. This text is prepended to those scripts.
+--
+-- For a lobby HASH:
+--   lr:resume:{HASH}         hash: 'seats' (one byte per resumable seat),
+--                            'cap_n', 'cap_b', 'grace' (the caps and grace in
+--                            ms of the node that created it), and per seat S:
+--                            'S:tok' SHA-256 of its resume token's secret,
+--                            'S:n' lobby deliveries to S so far, 'S:b' bytes
+--                            in its buffer, 'S:sent' game messages accepted
+--                            from S, 'S:away' (while away) the value of S:n
+--                            when it went away, 'S:over' its buffer overflowed
+--   lr:resume:{HASH}:S       list: the last deliveries to S (envelopes), at
+--                            most cap_n of them and cap_b bytes
+--   lr:away                  sorted set: 'HASH:S' scored by the end of grace
+--                            (ms since the epoch), 0 when it must go at once
+-- A delivery is what the relay sends a member of the lobby after `joined`:
+-- game messages, ready, playerJoined, playerLeft, playerAway, playerBack.
+
+local function res_of(key, prefix_len)
+  return 'lr:resume:' .. string.sub(key, prefix_len + 1)
+end
+
+local function hex_of(res)
+  return string.sub(res, 12, -2)
+end
+
+-- Appends `entry` to the buffer of every resumable seat but `skip`.
+local function hold(res, skip, entry)
+  local seats = redis.call('HGET', res, 'seats')
+  if not seats or seats == '' then
+    return
+  end
+  local cap_n = tonumber(redis.call('HGET', res, 'cap_n'))
+  local cap_b = tonumber(redis.call('HGET', res, 'cap_b'))
+  for i = 1, #seats do
+    local s = string.byte(seats, i)
+    if s ~= skip then
+      local list = res .. ':' .. s
+      local n = redis.call('HINCRBY', res, s .. ':n', 1)
+      local len = redis.call('RPUSH', list, entry)
+      local bytes = redis.call('HINCRBY', res, s .. ':b', #entry)
+      while len > cap_n or bytes > cap_b do
+        local old = redis.call('LPOP', list)
+        bytes = redis.call('HINCRBY', res, s .. ':b', -#old)
+        len = len - 1
+      end
+      local away = redis.call('HGET', res, s .. ':away')
+      if away and n - len > tonumber(away) then
+        -- Deliveries the away member has not seen were dropped: its seat
+        -- goes now (the reaper releases it with playerLeft).
+        redis.call('HSET', res, s .. ':over', 1)
+        redis.call('ZADD', 'lr:away', 0, hex_of(res) .. ':' .. s)
+      end
+    end
+  end
+end
+
+-- Forgets everything held for `seat`.
+local function forget_seat(res, seat)
+  local seats = redis.call('HGET', res, 'seats')
+  if not seats then
+    return
+  end
+  local kept = {}
+  for i = 1, #seats do
+    local b = string.byte(seats, i)
+    if b ~= tonumber(seat) then
+      kept[#kept + 1] = string.char(b)
+    end
+  end
+  kept = table.concat(kept)
+  redis.call('HDEL', res, seat .. ':tok', seat .. ':n', seat .. ':b', seat .. ':sent', seat .. ':away', seat .. ':over')
+  redis.call('DEL', res .. ':' .. seat)
+  redis.call('ZREM', 'lr:away', hex_of(res) .. ':' .. seat)
+  if kept == '' then
+    redis.call('DEL', res)
+  else
+    redis.call('HSET', res, 'seats', kept)
+  end
+end
+
+-- Whether `seat` is resumable.
+local function resumable(res, seat)
+  local seats = redis.call('HGET', res, 'seats')
+  return seats and string.find(seats, string.char(seat), 1, true) ~= nil
+end
+
+-- The leave event of `seat` (already removed from the lobby hash).
+local function left_event(lobby, seat)
+  local seats = {}
+  for _, taken in ipairs(redis.call('HKEYS', lobby)) do
+    seats[#seats + 1] = string.char(tonumber(taken))
+  end
+  return 'L' .. string.char(tonumber(seat), #seats) .. table.concat(seats), #seats
+end
+
+-- Marks a resumable seat away (its connection is gone, its seat held for the
+-- grace period) and tells the others. False if it already was.
+local function mark_away(res, seat, now, channel)
+  if redis.call('HEXISTS', res, seat .. ':away') == 1 then
+    return false
+  end
+  redis.call('HSET', res, seat .. ':away', redis.call('HGET', res, seat .. ':n'))
+  local grace = tonumber(redis.call('HGET', res, 'grace'))
+  redis.call('ZADD', 'lr:away', now + grace, hex_of(res) .. ':' .. seat)
+  local event = 'A' .. string.char(tonumber(seat)) .. tostring(grace)
+  redis.call('PUBLISH', channel, event)
+  hold(res, tonumber(seat), event)
+  return true
+end

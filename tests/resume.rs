@@ -1,0 +1,480 @@
+//! Resume (opt-in): a player whose connection drops comes back, on any node,
+//! and gets every delivery it missed, in order, none twice. Real nodes, a
+//! real Redis; connections cut by a TCP proxy, nodes drained with SIGTERM and
+//! killed with SIGKILL.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Client, Cluster, Node, RedisServer, Sender, TcpProxy, unique};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A client that opted in to resume, counting the deliveries it receives
+/// (everything after `joined` but `pong`, `error` and `resumed`), as a client
+/// author would.
+struct Player {
+    client: Option<Client>,
+    received: u64,
+    token: String,
+    name: String,
+}
+
+fn counted(value: &Value) -> bool {
+    !matches!(
+        value["type"].as_str(),
+        Some("joined" | "resumed" | "pong" | "error")
+    )
+}
+
+impl Player {
+    /// Connects to `url` and joins `passphrase` with `"resume":true`.
+    async fn join(url: &str, passphrase: &str, name: &str) -> Player {
+        let mut client = Client::connect(url, name).await;
+        client
+            .send_json(json!({"type": "join", "passphrase": passphrase, "resume": true}))
+            .await;
+        let joined = client.recv_json().await;
+        assert_eq!(joined["type"], "joined", "{name}: {joined}");
+        let token = joined["resumeToken"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: joined without a resumeToken: {joined}"))
+            .to_owned();
+        Player {
+            client: Some(client),
+            received: 0,
+            token,
+            name: name.to_owned(),
+        }
+    }
+
+    fn client(&mut self) -> &mut Client {
+        self.client.as_mut().expect("connected")
+    }
+
+    /// Drops the connection without a close frame (the TCP connection ends).
+    fn disconnect(&mut self) {
+        self.client = None;
+    }
+
+    /// The next JSON message; counts it if it is a delivery.
+    async fn recv(&mut self) -> Value {
+        let value = self.client().recv_json().await;
+        if counted(&value) {
+            self.received += 1;
+        }
+        value
+    }
+
+    /// Reads deliveries until the connection fails (it was cut); returns the
+    /// game messages' numbers seen.
+    async fn read_until_cut(&mut self) -> Vec<u64> {
+        let mut numbers = Vec::new();
+        loop {
+            match self.client().try_recv_within(Duration::from_secs(10)).await {
+                Ok(Some(Message::Text(text))) => {
+                    let value: Value = serde_json::from_str(text.as_str()).unwrap();
+                    if counted(&value) {
+                        self.received += 1;
+                    }
+                    if let Some(n) = value["n"].as_u64() {
+                        numbers.push(n);
+                    }
+                }
+                Ok(Some(Message::Close(_))) | Err(_) => return numbers,
+                Ok(Some(other)) => panic!("{}: unexpected {other:?}", self.name),
+                Ok(None) => panic!("{}: the connection was not cut within 10 s", self.name),
+            }
+        }
+    }
+
+    /// Resumes on `url`; returns the `resumed` reply.
+    async fn resume(&mut self, url: &str) -> Value {
+        let mut client = Client::connect(url, &self.name).await;
+        client
+            .send_json(json!({"type": "resume", "token": self.token, "received": self.received}))
+            .await;
+        let reply = client.recv_json().await;
+        assert_eq!(reply["type"], "resumed", "{}: {reply}", self.name);
+        self.token = reply["resumeToken"].as_str().unwrap().to_owned();
+        self.client = Some(client);
+        reply
+    }
+
+    /// Reads deliveries until game message `last`; returns their numbers.
+    async fn numbers_until(&mut self, last: u64) -> Vec<u64> {
+        let mut numbers = Vec::new();
+        while numbers.last() != Some(&last) {
+            let value = self.recv().await;
+            if let Some(n) = value["n"].as_u64() {
+                numbers.push(n);
+            }
+        }
+        numbers
+    }
+}
+
+/// Sends `{"type":"move","n":1..=count}`, one every `every`.
+fn send_numbered(mut tx: Sender, count: u64, every: Duration) -> tokio::task::JoinHandle<Sender> {
+    tokio::spawn(async move {
+        for n in 1..=count {
+            tx.send_json(json!({"type": "move", "n": n})).await;
+            tokio::time::sleep(every).await;
+        }
+        tx
+    })
+}
+
+/// Everything after a cut: what arrived before it and after the resume,
+/// joined, must be 1..=count exactly.
+fn assert_complete(before: &[u64], after: &[u64], count: u64) {
+    let all: Vec<u64> = before.iter().chain(after).copied().collect();
+    let want: Vec<u64> = (1..=count).collect();
+    assert_eq!(
+        all, want,
+        "in order, none missing, none twice (before the drop: {before:?}; after: {after:?})"
+    );
+}
+
+/// The JSON messages a receiver half gets within `timeout`, until `stop`
+/// matches one.
+async fn events_until(
+    rx: &mut support::Receiver,
+    stop: impl Fn(&Value) -> bool,
+    timeout: Duration,
+) -> Vec<Value> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match rx.try_recv_within(left).await {
+            Ok(Some(Message::Text(text))) => {
+                let value: Value = serde_json::from_str(text.as_str()).unwrap();
+                let done = stop(&value);
+                seen.push(value);
+                if done {
+                    return seen;
+                }
+            }
+            other => panic!("waiting for an event: {other:?}; saw {seen:?}"),
+        }
+    }
+}
+
+fn is(kind: &'static str) -> impl Fn(&Value) -> bool {
+    move |v: &Value| v["type"] == kind
+}
+
+fn node(id: &str, url: &str, args: &[&str]) -> Node {
+    let mut all = vec!["--redis-url", url];
+    all.extend_from_slice(args);
+    Node::start(id, &all)
+}
+
+/// The TCP connection of player A (node a, behind a proxy) is cut without a
+/// close frame while B (node b) sends 100 numbered messages; A resumes on
+/// node b and has all 100, in order, none twice; B saw `playerAway` and
+/// `playerBack`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_resumes_on_the_other_node_with_nothing_lost() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = node("a", &url, &[]);
+    let b = node("b", &url, &[]);
+    let proxy = TcpProxy::start(a.addr()).await;
+    let pass = format!("resume-{}", unique());
+    let mut pa = Player::join(&format!("ws://127.0.0.1:{}/", proxy.port()), &pass, "A").await;
+    let mut pb = Client::connect(&b.url(), "B").await;
+    pb.send_json(json!({"type": "join", "passphrase": pass}))
+        .await;
+    assert_eq!(pb.recv_json().await["type"], "joined");
+    assert_eq!(pa.recv().await["type"], "ready");
+    assert_eq!(pb.recv_json().await["type"], "ready");
+    let (tx, mut rx) = pb.split();
+    let sender = send_numbered(tx, 100, Duration::from_millis(10));
+    // Let some arrive, then cut A's connection (no close frame, and bytes
+    // on the wire are lost).
+    let mut before = Vec::new();
+    while before.len() < 20 {
+        if let Some(n) = pa.recv().await["n"].as_u64() {
+            before.push(n);
+        }
+    }
+    proxy.cut();
+    before.extend(pa.read_until_cut().await);
+    let away = events_until(&mut rx, is("playerAway"), Duration::from_secs(5)).await;
+    assert_eq!(
+        away.last().unwrap(),
+        &json!({"type": "playerAway", "seat": 1, "grace": 15000})
+    );
+    // The phone takes a moment to reconnect; B's messages go on meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resumed = pa.resume(&b.url()).await;
+    assert_eq!(resumed["seat"], 1);
+    assert_eq!(resumed["players"], 2);
+    println!(
+        "cut: {} game messages before the cut, {} deliveries replayed",
+        before.len(),
+        resumed["replayed"]
+    );
+    assert!(resumed["replayed"].as_u64().unwrap() > 0, "{resumed}");
+    let after = pa.numbers_until(100).await;
+    assert_complete(&before, &after, 100);
+    let back = events_until(&mut rx, is("playerBack"), Duration::from_secs(5)).await;
+    assert_eq!(
+        back.last().unwrap(),
+        &json!({"type": "playerBack", "seat": 1})
+    );
+    let mut tx = support::finish(sender).await;
+    // The game goes on both ways, and the old token is spent.
+    pa.client()
+        .send_json(json!({"type": "move", "n": 1000}))
+        .await;
+    assert_eq!(
+        events_until(&mut rx, |v| v["n"] == 1000, Duration::from_secs(5))
+            .await
+            .len(),
+        1
+    );
+    tx.send_json(json!({"type": "move", "n": 101})).await;
+    assert_eq!(pa.numbers_until(101).await, [101]);
+}
+
+/// SIGTERM (drain) of the node of player A in mid-game: A is closed with
+/// 1012, resumes on the other node, and the game goes on without a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_hands_the_seat_over_without_a_gap() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut a = node("a", &url, &[]);
+    let b = node("b", &url, &[]);
+    let pass = format!("drain-{}", unique());
+    let mut pa = Player::join(&a.url(), &pass, "A").await;
+    let mut pb = Client::connect(&b.url(), "B").await;
+    pb.send_json(json!({"type": "join", "passphrase": pass}))
+        .await;
+    pb.recv_json().await;
+    pa.recv().await;
+    pb.recv_json().await;
+    let (tx, mut rx) = pb.split();
+    let sender = send_numbered(tx, 150, Duration::from_millis(10));
+    let mut before = Vec::new();
+    while before.len() < 30 {
+        if let Some(n) = pa.recv().await["n"].as_u64() {
+            before.push(n);
+        }
+    }
+    a.signal_term();
+    // A reads until node a closes it (1012), then comes back on node b.
+    before.extend(pa.read_until_cut().await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resumed = pa.resume(&b.url()).await;
+    assert!(resumed["replayed"].as_u64().unwrap() > 0, "{resumed}");
+    println!(
+        "drain: {} game messages before the close, {} deliveries replayed",
+        before.len(),
+        resumed["replayed"]
+    );
+    let after = pa.numbers_until(150).await;
+    assert_complete(&before, &after, 150);
+    let events = events_until(&mut rx, is("playerBack"), Duration::from_secs(5)).await;
+    assert!(events.iter().any(is("playerAway")), "{events:?}");
+    assert!(a.wait_exit(Duration::from_secs(10)).await.is_some());
+    support::finish(sender).await;
+}
+
+/// kill -9 of the node of player A. The promise (docs/protocol.md): the
+/// others get `playerAway` once the node is found dead (within about 4/3
+/// of the node timeout), the seat is held, and A resumes on another node
+/// with every delivery it missed, the ones sent while its node was dead
+/// included (they are kept in Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_nothing() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut a = node("a", &url, &[]);
+    let b = node("b", &url, &[]);
+    let pass = format!("kill-{}", unique());
+    let mut pa = Player::join(&a.url(), &pass, "A").await;
+    let mut pb = Client::connect(&b.url(), "B").await;
+    pb.send_json(json!({"type": "join", "passphrase": pass}))
+        .await;
+    pb.recv_json().await;
+    pa.recv().await;
+    pb.recv_json().await;
+    let (tx, mut rx) = pb.split();
+    let sender = send_numbered(tx, 400, Duration::from_millis(10));
+    let mut before = Vec::new();
+    while before.len() < 30 {
+        if let Some(n) = pa.recv().await["n"].as_u64() {
+            before.push(n);
+        }
+    }
+    a.kill9();
+    before.extend(pa.read_until_cut().await);
+    let killed = tokio::time::Instant::now();
+    let away = events_until(&mut rx, is("playerAway"), Duration::from_secs(6)).await;
+    println!("kill -9: playerAway after {:?}", killed.elapsed());
+    assert_eq!(away.last().unwrap()["seat"], 1);
+    let resumed = pa.resume(&b.url()).await;
+    println!(
+        "kill -9: {} game messages before the kill, {} deliveries replayed",
+        before.len(),
+        resumed["replayed"]
+    );
+    // B went on sending while node a was dead: those come from Redis.
+    assert!(resumed["replayed"].as_u64().unwrap() > 100, "{resumed}");
+    let after = pa.numbers_until(400).await;
+    assert_complete(&before, &after, 400);
+    events_until(&mut rx, is("playerBack"), Duration::from_secs(5)).await;
+    support::finish(sender).await;
+}
+
+/// The grace period runs out: the others get `playerLeft`, the seat is free
+/// for somebody else, and the token is refused. A forged token and a token
+/// already used are refused with `invalid_resume_token`, changing nothing.
+/// Nothing held remains in Redis once the seat is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grace_expiry_and_refused_tokens() {
+    for cluster in [
+        Cluster::memory_with(&["--resume-grace", "1s"]),
+        Cluster::redis_with(&["--resume-grace", "1s"]),
+    ] {
+        let flavour = cluster.flavour();
+        let pass = format!("grace-{}", unique());
+        let mut pa = Player::join(&cluster.url_a(), &pass, "A").await;
+        let mut pb = Client::connect(&cluster.url_b(), "B").await;
+        pb.send_json(json!({"type": "join", "passphrase": pass}))
+            .await;
+        pb.recv_json().await;
+        pa.recv().await;
+        pb.recv_json().await;
+        // A resumes once (its old token is then spent).
+        let old = pa.token.clone();
+        pa.disconnect();
+        pb.expect_json(json!({"type": "playerAway", "seat": 1, "grace": 1000}))
+            .await;
+        pa.resume(&cluster.url_b()).await;
+        pb.expect_json(json!({"type": "playerBack", "seat": 1}))
+            .await;
+        let mut reuse = Client::connect(&cluster.url_a(), "reuse").await;
+        reuse
+            .send_json(json!({"type": "resume", "token": old, "received": 0}))
+            .await;
+        reuse.expect_error("invalid_resume_token").await;
+        reuse.assert_open().await;
+        // Forged: right lobby and seat, wrong secret; and garbage.
+        let forged = format!(
+            "{}.1.{}",
+            support::lobby_id(&pass),
+            "0123456789abcdef0123456789abcdef"
+        );
+        for token in [forged.as_str(), "nonsense"] {
+            reuse
+                .send_json(json!({"type": "resume", "token": token, "received": 0}))
+                .await;
+            reuse.expect_error("invalid_resume_token").await;
+        }
+        // A count it never had.
+        reuse
+            .send_json(json!({"type": "resume", "token": pa.token, "received": 99}))
+            .await;
+        reuse.expect_error("invalid_resume_token").await;
+        // Away for good: after the grace, playerLeft, and the seat is free.
+        let token = pa.token.clone();
+        pa.disconnect();
+        pb.expect_json(json!({"type": "playerAway", "seat": 1, "grace": 1000}))
+            .await;
+        let left = pb.recv_json_within(Duration::from_secs(4)).await;
+        assert_eq!(
+            left,
+            json!({"type": "playerLeft", "players": 1, "seat": 1}),
+            "{flavour}"
+        );
+        reuse
+            .send_json(json!({"type": "resume", "token": token, "received": 0}))
+            .await;
+        reuse.expect_error("invalid_resume_token").await;
+        let mut pc = Client::connect(&cluster.url_a(), "C").await;
+        pc.join(&pass).await;
+        pb.expect_json(json!({"type": "ready", "players": 2})).await;
+        if let Some(probe) = cluster.redis_probe().await {
+            let held = probe.keys("lr:resume:*").await;
+            assert!(held.is_empty(), "nothing held after the grace: {held:?}");
+            let away: u64 = probe.query(redis::cmd("ZCARD").arg("lr:away")).await;
+            assert_eq!(away, 0);
+        }
+    }
+}
+
+/// The buffer of an away player is capped: past `--resume-buffer-messages`
+/// deliveries the seat is released with `playerLeft` before the grace ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overflowing_buffer_releases_the_seat() {
+    for cluster in [
+        Cluster::memory_with(&["--resume-buffer-messages", "16"]),
+        Cluster::redis_with(&["--resume-buffer-messages", "16"]),
+    ] {
+        let pass = format!("cap-{}", unique());
+        let mut pa = Player::join(&cluster.url_a(), &pass, "A").await;
+        let mut pb = Client::connect(&cluster.url_b(), "B").await;
+        pb.send_json(json!({"type": "join", "passphrase": pass}))
+            .await;
+        pb.recv_json().await;
+        pa.recv().await;
+        pb.recv_json().await;
+        let token = pa.token.clone();
+        pa.disconnect();
+        assert_eq!(pb.recv_json().await["type"], "playerAway");
+        for n in 1..=40 {
+            pb.send_json(json!({"type": "move", "n": n})).await;
+        }
+        let left = pb.recv_json_within(Duration::from_secs(3)).await;
+        assert_eq!(
+            left,
+            json!({"type": "playerLeft", "players": 1, "seat": 1}),
+            "{}",
+            cluster.flavour()
+        );
+        let mut again = Client::connect(&cluster.url_a(), "A again").await;
+        again
+            .send_json(json!({"type": "resume", "token": token, "received": 1}))
+            .await;
+        again.expect_error("invalid_resume_token").await;
+    }
+}
+
+/// A player that does not opt in gets no token and no held seat: its drop is
+/// `playerLeft` at once, as in protocol v1. `resumed` tells a resuming
+/// player how many of its own messages were relayed (`sent`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opting_out_is_v1_and_sent_counts_what_was_relayed() {
+    let cluster = Cluster::redis();
+    let pass = format!("v1-{}", unique());
+    let mut a = Client::connect(&cluster.url_a(), "A").await;
+    let joined = a.join(&pass).await;
+    assert_eq!(
+        joined,
+        json!({"type": "joined", "players": 1, "capacity": 2, "seat": 1})
+    );
+    let mut pb = Player::join(&cluster.url_b(), &pass, "B").await;
+    a.recv_json().await;
+    pb.recv().await;
+    for n in 1..=5 {
+        pb.client().send_json(json!({"type": "move", "n": n})).await;
+    }
+    for _ in 1..=5 {
+        a.recv_json().await;
+    }
+    drop(a);
+    assert_eq!(
+        pb.recv().await,
+        json!({"type": "playerLeft", "players": 1, "seat": 1})
+    );
+    pb.disconnect();
+    let resumed = pb.resume(&cluster.url_a()).await;
+    assert_eq!(resumed["sent"], 5, "{resumed}");
+    assert_eq!(resumed["replayed"], 0, "{resumed}");
+    assert_eq!(resumed["players"], 1, "{resumed}");
+}
