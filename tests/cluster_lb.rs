@@ -974,3 +974,97 @@ async fn nodes_see_the_players_address_through_haproxy() {
     );
     cluster.down();
 }
+
+// ---------------------------------------------------------------------------
+// Resume through the load balancer
+// ---------------------------------------------------------------------------
+
+/// The node a connection landed on, from a ping with `"node":true`.
+async fn node_of(client: &mut Client) -> String {
+    client
+        .send_json(json!({"type": "ping", "t": 0, "node": true}))
+        .await;
+    let pong = client.recv_json().await;
+    pong["node"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no node in {pong}"))
+        .to_owned()
+}
+
+/// Player A (opted in to resume) and B play through HAProxy; A's TCP
+/// connection ends without a close frame while B sends 100 numbered
+/// messages; A reconnects through HAProxy, lands on a node other than its
+/// first, resumes there and has all 100, in order, none twice; B saw A away
+/// and back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_resumes_through_haproxy_on_another_node() {
+    let cluster = ScriptCluster::up();
+    let url = cluster.ws_url();
+    let pass = passphrase("lb-resume");
+    let mut a = Client::connect(&url, "A").await;
+    let first_node = node_of(&mut a).await;
+    a.send_json(json!({"type": "join", "passphrase": pass, "resume": true}))
+        .await;
+    let joined = a.recv_json().await;
+    let token = joined["resumeToken"]
+        .as_str()
+        .expect("a resume token")
+        .to_owned();
+    let mut b = Client::connect(&url, "B").await;
+    b.join(&pass).await;
+    // A counts its deliveries (ready, game messages, events).
+    let mut received = 0u64;
+    assert_eq!(a.recv_json().await["type"], "ready");
+    received += 1;
+    assert_eq!(b.recv_json().await["type"], "ready");
+    let (mut tx, mut rx) = b.split();
+    let sender = tokio::spawn(async move {
+        for n in 1..=100u64 {
+            tx.send_json(json!({"type": "move", "n": n})).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let mut numbers = Vec::new();
+    while numbers.len() < 20 {
+        let value = a.recv_json().await;
+        received += 1;
+        numbers.extend(value["n"].as_u64());
+    }
+    drop(a); // the TCP connection ends, no close frame
+    let away = rx.recv_json().await;
+    assert_eq!(away["type"], "playerAway", "B: {away}");
+    // Through HAProxy again, until a node other than the first answers
+    // (connections that land on the first one stay open, so that leastconn
+    // sends the next one elsewhere).
+    let mut parked = Vec::new();
+    let mut resumed_on = None;
+    for _ in 0..6 {
+        let mut again = Client::connect(&url, "A again").await;
+        let node = node_of(&mut again).await;
+        if node == first_node {
+            parked.push(again);
+            continue;
+        }
+        again
+            .send_json(json!({"type": "resume", "token": token, "received": received}))
+            .await;
+        let reply = again.recv_json().await;
+        assert_eq!(reply["type"], "resumed", "{reply}");
+        resumed_on = Some((again, node));
+        break;
+    }
+    let (mut a, node) = resumed_on.expect("HAProxy never sent A to another node");
+    println!("resume through HAProxy: first on {first_node}, resumed on {node}");
+    while numbers.last() != Some(&100) {
+        numbers.extend(a.recv_json().await["n"].as_u64());
+    }
+    assert_eq!(
+        numbers,
+        (1..=100).collect::<Vec<u64>>(),
+        "in order, complete, once"
+    );
+    let back = rx.recv_json().await;
+    assert_eq!(back, json!({"type": "playerBack", "seat": 1}));
+    support::finish(sender).await;
+    drop(parked);
+}
