@@ -87,9 +87,14 @@ async fn connect(target: &Target, idle: bool) -> Result<Ws, String> {
 }
 
 /// Connects, joins and waits for `ready`.
-async fn join_player(target: &Target, passphrase: &str, idle: bool) -> Result<Ws, String> {
+async fn join_player(
+    target: &Target,
+    passphrase: &str,
+    idle: bool,
+    resume: bool,
+) -> Result<Ws, String> {
     let mut ws = connect(target, idle).await?;
-    let join = format!(r#"{{"type":"join","passphrase":"{passphrase}"}}"#);
+    let join = format!(r#"{{"type":"join","passphrase":"{passphrase}","resume":{resume}}}"#);
     ws.send(Message::text(join))
         .await
         .map_err(|e| format!("send join: {e}"))?;
@@ -138,13 +143,14 @@ async fn form_lobby(
     b: &Target,
     passphrase: String,
     idle: bool,
+    resume: bool,
     timeout: Duration,
 ) -> Result<Formed, String> {
     let started = Instant::now();
     let both = async {
         let (pa, pb) = tokio::join!(
-            join_player(a, &passphrase, idle),
-            join_player(b, &passphrase, idle)
+            join_player(a, &passphrase, idle, resume),
+            join_player(b, &passphrase, idle, resume)
         );
         Ok::<_, String>((
             pa.map_err(|e| format!("player A: {e}"))?,
@@ -533,7 +539,7 @@ pub async fn run(args: RunArgs) -> Result<Summary, String> {
     {
         let (a, b, timeout) = (&target_a, &target_b, args.join_timeout);
         let mut attempts = futures_util::stream::iter(0..args.lobbies)
-            .map(|i| form_lobby(a, b, format!("{prefix}-{i}"), idle, timeout))
+            .map(|i| form_lobby(a, b, format!("{prefix}-{i}"), idle, args.resume, timeout))
             .buffer_unordered(args.join_concurrency);
         while let Some(result) = attempts.next().await {
             match result {

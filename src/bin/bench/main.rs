@@ -148,6 +148,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "250us", value_parser = humantime::parse_duration)]
     pub tick: Duration,
 
+    /// Players join with `"resume":true` (the relay keeps their recent
+    /// deliveries for a resume: what that costs).
+    #[arg(long)]
+    pub resume: bool,
+
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
