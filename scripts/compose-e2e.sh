@@ -20,7 +20,12 @@
 #      the image variables pointing at those images, HAProxy's ports on free
 #      127.0.0.1 ports and a free /24 network, and waits until every service
 #      is healthy and HAProxy sees the three nodes up;
-#   3. plays through HAProxy's published port (Python, websockets): two
+#   3. checks the browser pages through HAProxy's published port: GET / and
+#      /playground answer 200 with the playground page; with the admin token
+#      set for the stack (LOBBY_RELAY_ADMIN_TOKEN, a random one), /admin
+#      serves the admin page, /admin/api/cluster answers 401 without the
+#      token (or with a wrong one) and, with it, lists relay-1..3 alive;
+#      then plays through the same port (Python, websockets): two
 #      players join, get ready and exchange text, binary and ping messages;
 #      they sit on two different relay containers, as `redis-cli HGETALL`
 #      in the redis container shows, and `lobby-relay inspect` in a relay
@@ -30,7 +35,10 @@
 #      killed (SIGKILL): the other gets playerLeft within the bound, and a new
 #      player takes the seat through HAProxy and plays;
 #   4. `down -v`, and checks that no container, network or volume of the
-#      project remains; then a second up / healthy / short game / down.
+#      project remains; then a second up / healthy / short game / down, this
+#      time with LOBBY_RELAY_ADMIN_TOKEN unset: the nodes must have no such
+#      variable at all, the playground still answers and /admin and
+#      /admin/api/cluster answer 404.
 # On any failure, or Ctrl-C, it shows the services' state and last log lines
 # and takes the project down.
 #
@@ -368,7 +376,7 @@ up() {
 
 # The Python side of the test: the players, and the checks that need them.
 cat >"$TMP/e2e.py" <<'PYTHON'
-import asyncio, hashlib, json, os, re, subprocess, sys, time, urllib.request
+import asyncio, hashlib, json, os, re, subprocess, sys, time, urllib.error, urllib.request
 
 try:
     from websockets.asyncio.client import connect  # websockets >= 13
@@ -378,6 +386,11 @@ from websockets.exceptions import ConnectionClosed
 
 COMPOSE = json.loads(os.environ["E2E_COMPOSE"])
 URL = os.environ["E2E_URL"]
+HTTP_URL = os.environ["E2E_HTTP_URL"]  # HAProxy's published port, plain HTTP
+ADMIN_TOKEN = os.environ.get("E2E_ADMIN_TOKEN") or None  # the stack's LOBBY_RELAY_ADMIN_TOKEN
+# The pages' titles (src/web/playground.html, src/web/admin.html).
+PLAYGROUND_MARKER = "<title>lobby-relay playground</title>"
+ADMIN_MARKER = "<title>lobby-relay cluster</title>"
 MODE = sys.argv[1]
 START = time.monotonic()
 NODES = ("relay-1", "relay-2", "relay-3")
@@ -507,6 +520,58 @@ def counter(body, name):
     return total
 
 
+def http_get(path, token=None):
+    """(status, content type, body) of a plain GET through HAProxy."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(HTTP_URL + path, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read().decode(errors="replace")
+
+
+def check_pages():
+    """The playground, and the admin view as the stack's token says, through HAProxy."""
+    for path in ("/", "/playground"):
+        code, ctype, body = http_get(path)
+        check(code == 200, f"GET {path} through HAProxy answered {code}: {body[:200]!r}")
+        check(ctype.startswith("text/html"), f"GET {path}: Content-Type {ctype!r}")
+        check(PLAYGROUND_MARKER in body, f"GET {path}: no {PLAYGROUND_MARKER!r} in {body[:200]!r}")
+    say(f"GET / and /playground through HAProxy: 200, the playground page ({len(body)} bytes)")
+
+    if ADMIN_TOKEN is None:
+        for path in ("/admin", "/admin/api/cluster"):
+            code, _, body = http_get(path)
+            check(code == 404, f"GET {path} without an admin token set answered {code}: {body[:200]!r}")
+        say("no admin token set: /admin and /admin/api/cluster answer 404")
+        return
+
+    code, ctype, body = http_get("/admin")
+    check(code == 200 and ADMIN_MARKER in body, f"GET /admin answered {code}: {body[:200]!r}")
+    for token, what in ((None, "without the token"), ("x" * 16 + ADMIN_TOKEN, "with a wrong token")):
+        code, _, body = http_get("/admin/api/cluster", token)
+        check(code == 401, f"GET /admin/api/cluster {what} answered {code}: {body[:200]!r}")
+    say("GET /admin: 200, the admin page; /admin/api/cluster: 401 without the token and with a wrong one")
+    # Every node registers itself at start and heartbeats every second: all
+    # three are listed as soon as they are healthy; allow a few seconds.
+    deadline = time.monotonic() + 10
+    while True:
+        code, ctype, body = http_get("/admin/api/cluster", ADMIN_TOKEN)
+        check(code == 200, f"GET /admin/api/cluster with the token answered {code}: {body[:200]!r}")
+        check(ctype.startswith("application/json"), f"/admin/api/cluster: Content-Type {ctype!r}")
+        view = json.loads(body)
+        alive = sorted(n["node"] for n in view["nodes"] if n["alive"])
+        if alive == list(NODES):
+            break
+        check(time.monotonic() < deadline, f"/admin/api/cluster lists {alive} alive, not {list(NODES)}: {body[:400]}")
+        time.sleep(0.2)
+    check(view["store"] == "redis", f"/admin/api/cluster: store {view['store']!r}")
+    check(view["served_by"] in NODES, f"/admin/api/cluster served by {view['served_by']!r}")
+    say(f"GET /admin/api/cluster with the token (served by {view['served_by']}): store redis, "
+        f"nodes alive {', '.join(alive)}")
+
+
 async def join_pair(passphrase):
     a = await Player("A").open()
     await a.send({"type": "join", "passphrase": passphrase})
@@ -553,6 +618,7 @@ async def wait_closed(player, timeout):
 async def full():
     passphrase = os.environ["E2E_PASS"]
     h = lobby_hash(passphrase)
+    check_pages()
     say(f"passphrase {passphrase!r}, lobby {h}")
 
     say("A and B join through HAProxy")
@@ -646,6 +712,7 @@ async def full():
 
 async def smoke():
     passphrase = os.environ["E2E_PASS"]
+    check_pages()
     a, b = await join_pair(passphrase)
     await exchange(a, b, 3)
     seats = seats_in_redis(lobby_hash(passphrase))
@@ -665,20 +732,37 @@ PYTHON
 python_scenario() {
   E2E_COMPOSE=$(python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' \
     timeout 60 "${COMPOSE_CMD[@]}" -f "$ROOT/docker-compose.yml" -p "$PROJECT") \
-    E2E_URL=ws://127.0.0.1:$PLAYER_PORT/ E2E_STATS_URL=http://127.0.0.1:$STATS_PORT/ E2E_PASS=$2 \
+    E2E_URL=ws://127.0.0.1:$PLAYER_PORT/ E2E_HTTP_URL=http://127.0.0.1:$PLAYER_PORT \
+    E2E_STATS_URL=http://127.0.0.1:$STATS_PORT/ E2E_PASS=$2 E2E_ADMIN_TOKEN=${LOBBY_RELAY_ADMIN_TOKEN:-} \
     timeout 180 "$PY" "$TMP/e2e.py" "$1" || fail "the $1 scenario failed"
 }
 
+# The relay containers' own environment: whether LOBBY_RELAY_ADMIN_TOKEN is in
+# it (as NAME=..., or as NAME alone, which Docker leaves unset).
+admin_token_in_nodes() {
+  local service cid
+  for service in relay-1 relay-2 relay-3; do
+    cid=$(compose ps -q "$service")
+    docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$cid" | grep -c '^LOBBY_RELAY_ADMIN_TOKEN=' || true
+  done | paste -sd' '
+}
+
 # --- first cycle -------------------------------------------------------------------------------
-step "first run: up, a game through HAProxy, a node killed, down"
+step "first run: up with an admin token, the pages and a game through HAProxy, a node killed, down"
+# A random token for this run: compose passes it to every node.
+LOBBY_RELAY_ADMIN_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+export LOBBY_RELAY_ADMIN_TOKEN
 up
+[ "$(admin_token_in_nodes)" = "1 1 1" ] || fail "LOBBY_RELAY_ADMIN_TOKEN is not set in every relay container"
 t=$SECONDS
 python_scenario full "lre2e-$$-jump-rocket"
 say "scenario in $((SECONDS - t)) s"
 down_and_check
 
 # --- second cycle ------------------------------------------------------------------------------
-step "second run: up, a short game, down"
+step "second run: up without an admin token, the pages and a short game, down"
+unset LOBBY_RELAY_ADMIN_TOKEN
 up
+[ "$(admin_token_in_nodes)" = "0 0 0" ] || fail "LOBBY_RELAY_ADMIN_TOKEN is set in a relay container although it is unset"
 python_scenario smoke "lre2e-$$-second-round"
 down_and_check

@@ -6,7 +6,9 @@
 #
 # The tests start their own redis-server (and, for the cluster test, haproxy;
 # for the browser test, chromedriver and headless chromium) processes on free
-# loopback ports; nothing here touches a Redis you already run.
+# loopback ports; nothing here touches a Redis you already run. The
+# Kubernetes manifests' test needs kubernetes-validate (PyPI), installed below
+# into a virtualenv under the target directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--" ]; then shift; fi
@@ -55,6 +57,29 @@ fi
 redis-server --version
 haproxy -v | sed -n 1p
 chromedriver --version
+
+# tests/kubernetes.rs: validates deploy/kubernetes/ against the Kubernetes API
+# schemas with kubernetes-validate (PyPI), which ships the schemas of every
+# Kubernetes version it knows inside the package: nothing is downloaded when
+# the tests run. Installed once, pinned, into a virtualenv under the target
+# directory; the test finds it through LOBBY_RELAY_KUBERNETES_VENV.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+mkdir -p "${CARGO_TARGET_DIR:-target}/tools"
+LOBBY_RELAY_KUBERNETES_VENV="$(cd "${CARGO_TARGET_DIR:-target}/tools" && pwd)/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
+export LOBBY_RELAY_KUBERNETES_VENV
+if [ "$("$LOBBY_RELAY_KUBERNETES_VENV/bin/kubernetes-validate" --version 2>/dev/null)" != "$KUBERNETES_VALIDATE_VERSION" ]; then
+  say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION (pip) into $LOBBY_RELAY_KUBERNETES_VENV"
+  command -v python3 >/dev/null 2>&1 || need_packages python3 python3-venv
+  rm -rf "$LOBBY_RELAY_KUBERNETES_VENV"
+  if ! python3 -m venv "$LOBBY_RELAY_KUBERNETES_VENV" >/dev/null 2>&1; then
+    need_packages python3-venv # Debian's python3 has no ensurepip without it
+    rm -rf "$LOBBY_RELAY_KUBERNETES_VENV"
+    python3 -m venv "$LOBBY_RELAY_KUBERNETES_VENV"
+  fi
+  "$LOBBY_RELAY_KUBERNETES_VENV/bin/python" -m pip install -q --disable-pip-version-check \
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+echo "kubernetes-validate $("$LOBBY_RELAY_KUBERNETES_VENV/bin/kubernetes-validate" --version)"
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
