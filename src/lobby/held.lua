@@ -9,7 +9,8 @@
 --                            'S:n' lobby deliveries to S so far, 'S:b' bytes
 --                            in its buffer, 'S:sent' game messages accepted
 --                            from S, 'S:away' (while away) the value of S:n
---                            when it went away, 'S:over' its buffer overflowed
+--                            when it went away, 'S:over' its buffer overflowed;
+--                            'away' (one byte per seat) the seats away
 --   lr:resume:{HASH}:S       list: the last deliveries to S (envelopes), at
 --                            most cap_n of them and cap_b bytes
 --   lr:away                  sorted set: 'HASH:S' scored by the end of grace
@@ -25,42 +26,50 @@ local function hex_of(res)
   return string.sub(res, 12, -2)
 end
 
--- Appends `entry` to the buffer of every resumable seat but `skip`.
-local function hold(res, skip, entry)
-  local seats = redis.call('HGET', res, 'seats')
+-- Appends `entry` to the buffer of every resumable seat but `skip`. `meta`
+-- is HMGET res seats cap_n cap_b away, when the caller has it already.
+-- Per seat and message: HINCRBY n, RPUSH, (once full) LPOP, HINCRBY b.
+local function hold(res, skip, entry, meta)
+  meta = meta or redis.call('HMGET', res, 'seats', 'cap_n', 'cap_b', 'away')
+  local seats = meta[1]
   if not seats or seats == '' then
     return
   end
-  local cap_n = tonumber(redis.call('HGET', res, 'cap_n'))
-  local cap_b = tonumber(redis.call('HGET', res, 'cap_b'))
+  local cap_n, cap_b, away = tonumber(meta[2]), tonumber(meta[3]), meta[4] or ''
   for i = 1, #seats do
     local s = string.byte(seats, i)
     if s ~= skip then
       local list = res .. ':' .. s
       local n = redis.call('HINCRBY', res, s .. ':n', 1)
       local len = redis.call('RPUSH', list, entry)
-      local bytes = redis.call('HINCRBY', res, s .. ':b', #entry)
-      while len > cap_n or bytes > cap_b do
-        local old = redis.call('LPOP', list)
-        bytes = redis.call('HINCRBY', res, s .. ':b', -#old)
+      local grown = #entry
+      if len > cap_n then
+        grown = grown - #redis.call('LPOP', list)
         len = len - 1
       end
-      local away = redis.call('HGET', res, s .. ':away')
-      if away and n - len > tonumber(away) then
-        -- Deliveries the away member has not seen were dropped: its seat
-        -- goes now (the reaper releases it with playerLeft).
-        redis.call('HSET', res, s .. ':over', 1)
-        redis.call('ZADD', 'lr:away', 0, hex_of(res) .. ':' .. s)
+      local bytes = redis.call('HINCRBY', res, s .. ':b', grown)
+      while bytes > cap_b and len > 1 do
+        bytes = redis.call('HINCRBY', res, s .. ':b', -#redis.call('LPOP', list))
+        len = len - 1
+      end
+      if away ~= '' and string.find(away, string.char(s), 1, true) then
+        local away_at = tonumber(redis.call('HGET', res, s .. ':away'))
+        if n - len > away_at then
+          -- Deliveries the away member has not seen were dropped: its seat
+          -- goes now (the reaper releases it with playerLeft).
+          redis.call('HSET', res, s .. ':over', 1)
+          redis.call('ZADD', 'lr:away', 0, hex_of(res) .. ':' .. s)
+        end
       end
     end
   end
 end
 
--- Forgets everything held for `seat`.
-local function forget_seat(res, seat)
-  local seats = redis.call('HGET', res, 'seats')
+-- Removes `seat` from the seat list in `field` (seats, away).
+local function drop_seat(res, field, seat)
+  local seats = redis.call('HGET', res, field)
   if not seats then
-    return
+    return ''
   end
   local kept = {}
   for i = 1, #seats do
@@ -70,13 +79,22 @@ local function forget_seat(res, seat)
     end
   end
   kept = table.concat(kept)
+  redis.call('HSET', res, field, kept)
+  return kept
+end
+
+-- Forgets everything held for `seat`.
+local function forget_seat(res, seat)
+  if redis.call('EXISTS', res) == 0 then
+    return
+  end
+  drop_seat(res, 'away', seat)
+  local kept = drop_seat(res, 'seats', seat)
   redis.call('HDEL', res, seat .. ':tok', seat .. ':n', seat .. ':b', seat .. ':sent', seat .. ':away', seat .. ':over')
   redis.call('DEL', res .. ':' .. seat)
   redis.call('ZREM', 'lr:away', hex_of(res) .. ':' .. seat)
   if kept == '' then
     redis.call('DEL', res)
-  else
-    redis.call('HSET', res, 'seats', kept)
   end
 end
 
@@ -101,7 +119,8 @@ local function mark_away(res, seat, now, channel)
   if redis.call('HEXISTS', res, seat .. ':away') == 1 then
     return false
   end
-  redis.call('HSET', res, seat .. ':away', redis.call('HGET', res, seat .. ':n'))
+  redis.call('HSET', res, seat .. ':away', redis.call('HGET', res, seat .. ':n'),
+    'away', (redis.call('HGET', res, 'away') or '') .. string.char(tonumber(seat)))
   local grace = tonumber(redis.call('HGET', res, 'grace'))
   redis.call('ZADD', 'lr:away', now + grace, hex_of(res) .. ':' .. seat)
   local event = 'A' .. string.char(tonumber(seat)) .. tostring(grace)

@@ -17,10 +17,11 @@ for i = 1, #ARGV, 2 do
   local channel, payload = ARGV[i], ARGV[i + 1]
   redis.call('PUBLISH', channel, payload)
   local res = res_of(channel, 8)
-  if redis.call('EXISTS', res) == 1 then
+  local meta = redis.call('HMGET', res, 'seats', 'cap_n', 'cap_b', 'away')
+  if meta[1] then
     local from = string.byte(payload, 2)
-    hold(res, from, payload)
-    if resumable(res, from) then
+    hold(res, from, payload, meta)
+    if string.find(meta[1], string.char(from), 1, true) then
       redis.call('HINCRBY', res, from .. ':sent', 1)
     end
   end

@@ -43,6 +43,7 @@ redis.call('HSET', KEYS[1], seat, record)
 redis.call('SADD', KEYS[2], ARGV[7])
 redis.call('HSET', res, seat .. ':tok', ARGV[3])
 redis.call('HDEL', res, seat .. ':away')
+drop_seat(res, 'away', seat)
 redis.call('ZREM', 'lr:away', ARGV[7] .. ':' .. seat)
 local event = 'K' .. string.char(tonumber(seat)) .. record
 redis.call('PUBLISH', ARGV[6], event)
