@@ -39,10 +39,17 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
 
     /// Redis to share lobbies with other nodes, e.g. `redis://127.0.0.1:6379/`
-    /// (`rediss://` for TLS). Without it the node runs alone, with lobbies in
+    /// (`rediss://` for TLS, verified against the system's trust store or
+    /// --redis-ca-cert). Without it the node runs alone, with lobbies in
     /// memory.
     #[arg(long, env = "LOBBY_RELAY_REDIS_URL", value_parser = parse_redis_url, hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// With a `rediss://` URL: the PEM certificate(s) of the authority that
+    /// signed Redis's certificate (a private CA), instead of the system's
+    /// trust store.
+    #[arg(long, env = "LOBBY_RELAY_REDIS_CA_CERT")]
+    pub redis_ca_cert: Option<PathBuf>,
 
     /// This node's name in logs and in Redis records: letters, digits, `.`,
     /// `_`, `-` (at most 64). Each node of a cluster needs its own. Default: a
@@ -204,7 +211,9 @@ pub struct ServeArgs {
     /// the page asks for it). At least 16 characters. Without it both paths
     /// answer 404. Prefer the environment variable to the flag (flags show
     /// in `ps`).
-    #[arg(long, env = "LOBBY_RELAY_ADMIN_TOKEN", hide_env_values = true)]
+    /// An empty value (`LOBBY_RELAY_ADMIN_TOKEN=` in a compose file) means
+    /// no admin view, as unset.
+    #[arg(long, env = "LOBBY_RELAY_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_admin_token)]
     pub admin_token: Option<Secret>,
 
     /// Resume (opt-in per client, `"resume":true` in `join`): how long the
@@ -263,6 +272,8 @@ pub struct Config {
     pub node_timeout: Duration,
     /// Player authentication.
     pub auth: crate::auth::AuthArgs,
+    /// The CA to verify a `rediss://` Redis with (else the system's).
+    pub redis_ca_cert: Option<PathBuf>,
     /// Resume: grace period and buffer caps of a held seat.
     pub resume_grace: Duration,
     pub resume_buffer_messages: u32,
@@ -310,11 +321,15 @@ impl ServeArgs {
             drain_delay: self.drain_delay,
             node_timeout: self.node_timeout,
             auth: self.auth.clone(),
+            redis_ca_cert: self.redis_ca_cert.clone(),
             resume_grace: self.resume_grace,
             resume_buffer_messages: self.resume_buffer_messages,
             resume_buffer_bytes: self.resume_buffer_bytes,
             playground: self.playground,
-            admin_token: self.admin_token.clone(),
+            admin_token: self
+                .admin_token
+                .clone()
+                .filter(|token| !token.bytes().is_empty()),
         }
     }
 }
@@ -365,6 +380,14 @@ fn parse_on_off(s: &str) -> Result<bool, String> {
         "off" | "false" | "no" | "0" => Ok(false),
         _ => Err("use on or off".into()),
     }
+}
+
+/// An admin token of 16+ characters, or empty for none.
+fn parse_admin_token(s: &str) -> Result<Secret, String> {
+    if s.is_empty() {
+        return Ok(Secret(std::sync::Arc::from(&b""[..])));
+    }
+    s.parse()
 }
 
 fn parse_node_id(s: &str) -> Result<String, String> {
@@ -427,6 +450,8 @@ mod tests {
         assert!(c.node_id.starts_with("node-"));
         assert!(c.playground);
         assert!(c.admin_token.is_none());
+        assert!(parse_admin_token("").is_ok_and(|t| t.bytes().is_empty()));
+        assert!(parse_admin_token("short").is_err());
     }
 
     #[test]

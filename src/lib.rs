@@ -103,8 +103,18 @@ pub async fn serve(
     tracing::info!(node_key = &*identity.key(), "node identity");
     match redis_url {
         Some(url) => {
+            let ca_cert = match &config.redis_ca_cert {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    StartError::Store(StoreError::Protocol(format!(
+                        "--redis-ca-cert {}: {e}",
+                        path.display()
+                    )))
+                })?),
+                None => None,
+            };
             let settings = RedisSettings {
                 url: url.to_owned(),
+                ca_cert,
                 node_timeout: config.node_timeout,
                 lobby_capacity: config.lobby_capacity,
             };

@@ -23,6 +23,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once, at start
 enum Command {
     /// Run a relay node (the default).
     Serve(Box<ServeArgs>),
@@ -91,6 +92,9 @@ struct InspectArgs {
         hide_env_values = true
     )]
     redis_url: Option<String>,
+    /// With `rediss://`: the PEM CA certificate(s) to verify Redis with.
+    #[arg(long, env = "LOBBY_RELAY_REDIS_CA_CERT", global = true)]
+    redis_ca_cert: Option<std::path::PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -248,8 +252,17 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-fn redis_connection(url: &str) -> Result<redis::Connection, String> {
-    redis::Client::open(url)
+fn redis_connection(
+    url: &str,
+    ca_cert: Option<&std::path::Path>,
+) -> Result<redis::Connection, String> {
+    let ca_cert = match ca_cert {
+        Some(path) => Some(
+            std::fs::read(path).map_err(|e| format!("--redis-ca-cert {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    lobby_relay::lobby::redis::open_client(url, ca_cert)
         .and_then(|client| client.get_connection_with_timeout(std::time::Duration::from_secs(2)))
         .map_err(|e| format!("cannot reach Redis at {url}: {e}"))
 }
@@ -259,7 +272,7 @@ fn inspect_list(common: InspectArgs, what: &str) -> ExitCode {
         eprintln!("lobby-relay: inspect {what} needs --redis-url (or LOBBY_RELAY_REDIS_URL)");
         return ExitCode::from(2);
     };
-    let result = redis_connection(&url).and_then(|mut conn| {
+    let result = redis_connection(&url, common.redis_ca_cert.as_deref()).and_then(|mut conn| {
         let rows = match what {
             "nodes" => inspect::nodes(&mut conn),
             _ => inspect::all_lobbies(&mut conn),
@@ -319,7 +332,7 @@ fn inspect_lobby(lobby: LobbyArgs, common: InspectArgs) -> ExitCode {
     };
     let report = match &common.redis_url {
         None => inspect::lobby(None, &hex).map_err(|e| e.to_string()),
-        Some(url) => redis_connection(url).and_then(|mut conn| {
+        Some(url) => redis_connection(url, common.redis_ca_cert.as_deref()).and_then(|mut conn| {
             inspect::lobby(Some(&mut conn), &hex).map_err(|e| format!("cannot read Redis: {e}"))
         }),
     };

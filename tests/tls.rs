@@ -102,3 +102,68 @@ async fn wss_end_to_end_with_a_generated_certificate() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `rediss://`: two nodes reach a Redis that speaks only TLS, verifying its
+/// certificate (generated here) with `--redis-ca-cert`, and a game goes
+/// across them. Without the CA the certificate is refused (the node stays
+/// not ready); plain Redis protocol on the TLS port gets nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_redis_over_tls() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let dir = std::env::temp_dir().join(format!("lobby-relay-rediss-{}", support::unique()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write key");
+    let port = support::free_port();
+    let mut redis = std::process::Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string()])
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--tls-cert-file", cert_path.to_str().unwrap()])
+        .args(["--tls-key-file", key_path.to_str().unwrap()])
+        .args(["--tls-ca-cert-file", cert_path.to_str().unwrap()])
+        .args(["--tls-auth-clients", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let url = format!("rediss://localhost:{port}/");
+    let ca = cert_path.to_str().unwrap();
+    let untrusting = Node::start("untrusting", &["--redis-url", &url]);
+    let a = Node::start("a", &["--redis-url", &url, "--redis-ca-cert", ca]);
+    let b = Node::start("b", &["--redis-url", &url, "--redis-ca-cert", ca]);
+    for node in [&a, &b] {
+        support::wait_for_status(
+            node.addr(),
+            "/readyz",
+            200,
+            std::time::Duration::from_secs(10),
+        )
+        .await;
+    }
+    let mut pa = support::Client::connect(&a.url(), "A").await;
+    let mut pb = support::Client::connect(&b.url(), "B").await;
+    pa.join("tls-redis").await;
+    pb.join("tls-redis").await;
+    pa.recv_json().await;
+    pb.recv_json().await;
+    pa.send_text(r#"{"type":"playerMove","x":7}"#).await;
+    pb.expect_text(r#"{"type":"playerMove","x":7}"#).await;
+    assert_eq!(
+        support::http_status(untrusting.addr(), "/readyz").await,
+        Ok(503),
+        "a node that does not trust Redis's certificate must not be ready"
+    );
+    // Plain Redis protocol on the TLS port gets nowhere.
+    let plain = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    assert!(
+        plain
+            .get_connection_with_timeout(std::time::Duration::from_secs(2))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_err()
+    );
+    drop((pa, pb, a, b, untrusting));
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -132,6 +132,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     pub url: String,
+    /// PEM CA certificate(s) for a `rediss://` URL (else the system's).
+    pub ca_cert: Option<Vec<u8>>,
     /// A node whose heartbeat is older than this is presumed dead.
     pub node_timeout: Duration,
     pub lobby_capacity: u8,
@@ -204,6 +206,21 @@ enum PublishOp {
     },
     /// Acknowledged once every publish queued before it has been sent.
     Barrier(oneshot::Sender<()>),
+}
+
+/// A Redis client for `url`, trusting `ca_cert` (PEM) for `rediss://` when
+/// given.
+pub fn open_client(url: &str, ca_cert: Option<Vec<u8>>) -> redis::RedisResult<redis::Client> {
+    match ca_cert {
+        None => redis::Client::open(url),
+        Some(root_cert) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            },
+        ),
+    }
 }
 
 fn connection_manager(client: &redis::Client) -> Result<ConnectionManager, redis::RedisError> {
@@ -317,7 +334,7 @@ impl RedisStore {
         hub: Arc<Hub>,
         identity: Arc<Identity>,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(settings.url.as_str())?;
+        let client = open_client(&settings.url, settings.ca_cert.clone())?;
         let shared = Arc::new(Shared {
             conn: RwLock::new(connection_manager(&client)?),
             client,
