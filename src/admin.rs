@@ -156,11 +156,7 @@ impl AdminToken {
             return false;
         };
         let presented: [u8; 32] = Sha256::digest(presented.trim_ascii()).into();
-        presented
-            .iter()
-            .zip(self.0.iter())
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0
+        bool::from(subtle::ConstantTimeEq::ct_eq(&presented[..], &self.0[..]))
     }
 }
 
