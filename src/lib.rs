@@ -16,6 +16,7 @@
 //! - [`session`]: one connection: read, answer, relay.
 //! - [`tls`]: `wss://` served directly (rustls).
 //! - [`outbox`]: a connection's bounded outbound queue and batching writer.
+//! - [`read_ahead`]: large socket reads without a large buffer per connection.
 //! - [`node`]: join, leave and relay, the same for every lobby store.
 //! - [`hub`]: this node's members of each lobby, and delivery to them.
 //! - [`inspect`]: `lobby-relay inspect`, read-only views of Redis.
@@ -25,6 +26,7 @@
 //! - [`lobby`]: the lobby store interface, with [`lobby::memory`] and
 //!   [`lobby::redis`].
 
+mod both;
 pub mod client_addr;
 pub mod config;
 pub mod hub;
@@ -37,6 +39,7 @@ pub mod node;
 pub mod outbox;
 pub mod passphrase;
 pub mod protocol;
+pub mod read_ahead;
 pub mod server;
 pub mod session;
 pub mod tls;

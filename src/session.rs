@@ -5,7 +5,8 @@
 //! [`protocol::parse_text`] classifies it (no re-encoding) →
 //! [`Node::relay`] hands it to the lobby store → the store delivers it to
 //! the hub of every node with members in the lobby → the hub queues it in
-//! each receiver's [`Outbox`] → the receiver's writer task sends it.
+//! each receiver's [`Outbox`] → the receiver's writer (in the same task as
+//! the receiver's session) sends it.
 //!
 //! A session handles its frames one after the other, so a sender's messages
 //! keep their order from here on.
@@ -156,7 +157,10 @@ impl<S: LobbyStore> Session<S> {
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
         };
-        self.leave_lobby().await;
+        // Boxed, like the join: an `async fn`'s state machine is as large as
+        // its largest state, and every connection holds this one while idle;
+        // the join and leave paths (Redis round trips) are rare and large.
+        Box::pin(self.leave_lobby()).await;
         reason
     }
 
@@ -172,7 +176,7 @@ impl<S: LobbyStore> Session<S> {
             Err(refusal) => Request::Refuse(refusal.code, refusal.message.into_owned()),
         };
         match request {
-            Request::Join(Ok(lobby)) => self.join(lobby).await,
+            Request::Join(Ok(lobby)) => Box::pin(self.join(lobby)).await,
             Request::Join(Err(e)) => {
                 self.refuse(ErrorCode::InvalidPassphrase, &e.to_string())
                     .await
@@ -262,7 +266,7 @@ impl<S: LobbyStore> Session<S> {
                 .refuse(ErrorCode::NotInLobby, "this connection is in no lobby")
                 .await;
         }
-        self.leave_lobby().await;
+        Box::pin(self.leave_lobby()).await;
     }
 
     async fn leave_lobby(&mut self) {
