@@ -161,6 +161,10 @@ impl LocalLobby {
         }
         let (tx, rx) = oneshot::channel();
         metrics::get().members.increment(1.0);
+        // Room for this one member only: a lobby has a few members, mostly
+        // one or two per node, and a `Vec`'s first growth would make room
+        // for four.
+        state.members.reserve_exact(1);
         state.members.push(LocalMember {
             id,
             seat: None,

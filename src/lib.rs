@@ -18,6 +18,7 @@
 //! - [`session`]: one connection: read, answer, relay.
 //! - [`tls`]: `wss://` served directly (rustls).
 //! - [`outbox`]: a connection's bounded outbound queue and batching writer.
+//! - [`read_ahead`]: large socket reads without a large buffer per connection.
 //! - [`node`]: join, leave and relay, the same for every lobby store.
 //! - [`hub`]: this node's members of each lobby, and delivery to them.
 //! - [`inspect`]: `lobby-relay inspect`, read-only views of Redis.
@@ -29,6 +30,7 @@
 
 pub mod admin;
 pub mod auth;
+mod both;
 pub mod client_addr;
 pub mod config;
 pub mod hub;
@@ -41,6 +43,7 @@ pub mod node;
 pub mod outbox;
 pub mod passphrase;
 pub mod protocol;
+pub mod read_ahead;
 pub mod server;
 pub mod session;
 pub mod tls;

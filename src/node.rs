@@ -346,15 +346,19 @@ impl<S: LobbyStore> Node<S> {
     }
 
     /// Relays a game message from `membership`'s seat to the other members.
-    pub async fn relay(&self, membership: &Membership, message: Message) -> Result<(), StoreError> {
-        self.store
-            .publish(
-                &membership.lobby,
-                &membership.member,
-                membership.seat,
-                message,
-            )
-            .await
+    /// (Not an `async fn`: the store's future is returned as it is, without
+    /// a wrapper holding a second copy of the arguments.)
+    pub fn relay<'a>(
+        &'a self,
+        membership: &'a Membership,
+        message: Message,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
+        self.store.publish(
+            &membership.lobby,
+            &membership.member,
+            membership.seat,
+            message,
+        )
     }
 
     /// Removes a member that never got a seat.

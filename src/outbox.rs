@@ -1,5 +1,6 @@
 //! A connection's outbound side: a bounded queue of frames, and the writer
-//! task that drains it into the socket in batches.
+//! that drains it into the socket in batches (in the connection's task,
+//! beside the session that reads: see `server.rs`).
 //!
 //! Everything that wants to reach a client goes through its [`Outbox`]: the
 //! session's own answers (pong, errors) and the lobby's events and relayed
@@ -12,16 +13,16 @@
 //! (a game catching up, a benchmark) is never mistaken for a slow reader,
 //! while a reader that really stops is found as soon as it holds the limit.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_util::sync::CancellationToken;
 
 /// How many queued frames the writer feeds to the socket before one flush.
 const WRITE_BATCH: usize = 64;
@@ -35,51 +36,110 @@ fn cost(message: &Message) -> usize {
 }
 
 /// The sending end of a connection's queue. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Message>,
     shared: Arc<Shared>,
 }
 
+/// The queue itself: a `VecDeque` under a mutex and a [`Notify`] for the
+/// writer. Tokio's mpsc channel allocates a block of 32 slots (1.8 KiB here)
+/// as soon as it is created; an empty `VecDeque` allocates nothing, so an idle
+/// connection's queue costs only this struct.
 #[derive(Debug)]
 struct Shared {
-    /// Bytes queued and not yet taken by the writer.
-    queued: AtomicUsize,
+    queue: Mutex<Queue>,
     /// Most bytes that may wait for this client.
     limit: usize,
-    /// An out-of-band close: used when the client is too slow for the queue
-    /// to carry the close frame, or when the connection must stop at once.
-    token: CancellationToken,
+    /// The [`Outbox`]es alive (the session's, the lobby's); the writer ends
+    /// once they are all gone and the queue is empty.
+    senders: AtomicUsize,
+    /// Wakes the writer: a frame was queued, or the last sender went.
+    wake_writer: Notify,
+    /// Set (once) by [`Outbox::abort`]; `abort_signal` wakes whoever waits
+    /// for it (the session and the writer).
+    aborted: AtomicBool,
+    abort_signal: Notify,
+    /// The close frame of an abort: used when the client is too slow for the
+    /// queue to carry the close frame, or when the connection must stop at
+    /// once.
     frame: OnceLock<CloseFrame>,
     /// A last message sent just before the close frame of an abort (e.g. the
     /// error that explains it).
     last_word: OnceLock<Message>,
 }
 
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Message>,
+    /// Bytes queued and not yet taken by the writer.
+    bytes: usize,
+    /// The writer has ended: nothing is queued any more.
+    closed: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the connection was aborted.
+    async fn aborted(&self) {
+        // A `Notified` created before `notify_waiters` is woken by it even
+        // if it was not polled yet: no abort is missed between the check and
+        // the wait.
+        let signal = self.abort_signal.notified();
+        if self.is_aborted() {
+            return;
+        }
+        signal.await;
+    }
+}
+
 /// The receiving end, consumed by [`run_writer`].
 #[derive(Debug)]
 pub struct Inbox {
-    rx: mpsc::UnboundedReceiver<Message>,
     shared: Arc<Shared>,
 }
 
 /// Creates a connection's queue, holding at most `limit` bytes.
 pub fn channel(limit: usize) -> (Outbox, Inbox) {
-    let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
-        queued: AtomicUsize::new(0),
+        queue: Mutex::default(),
         limit,
-        token: CancellationToken::new(),
+        senders: AtomicUsize::new(1),
+        wake_writer: Notify::new(),
+        aborted: AtomicBool::new(false),
+        abort_signal: Notify::new(),
         frame: OnceLock::new(),
         last_word: OnceLock::new(),
     });
     (
         Outbox {
-            tx,
             shared: shared.clone(),
         },
-        Inbox { rx, shared },
+        Inbox { shared },
     )
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.wake_writer.notify_one();
+        }
+    }
 }
 
 impl Outbox {
@@ -88,21 +148,29 @@ impl Outbox {
     /// (1008). Returns whether the frame was queued.
     pub fn deliver(&self, message: Message) -> bool {
         let cost = cost(&message);
-        let queued = self.shared.queued.fetch_add(cost, Ordering::Relaxed) + cost;
-        if queued > self.shared.limit {
-            self.shared.queued.fetch_sub(cost, Ordering::Relaxed);
-            if !self.shared.token.is_cancelled() {
+        let mut queue = self.shared.lock();
+        if queue.closed {
+            return false;
+        }
+        if queue.bytes + cost > self.shared.limit {
+            let queued = queue.bytes;
+            drop(queue);
+            if !self.is_aborted() {
                 crate::metrics::get().slow_clients.increment(1);
                 tracing::info!(
                     event = "slow_client",
-                    queued_bytes = queued - cost,
+                    queued_bytes = queued,
                     "outbound queue full, disconnecting"
                 );
             }
             self.abort(CloseCode::Policy, "too slow: outbound queue full");
             return false;
         }
-        self.tx.send(message).is_ok()
+        queue.bytes += cost;
+        queue.frames.push_back(message);
+        drop(queue);
+        self.shared.wake_writer.notify_one();
+        true
     }
 
     /// Queues the connection's own answer (pong, error); see [`Outbox::deliver`].
@@ -117,10 +185,14 @@ impl Outbox {
             code,
             reason: reason.into(),
         }));
-        self.shared
-            .queued
-            .fetch_add(cost(&frame), Ordering::Relaxed);
-        let _ = self.tx.send(frame);
+        let mut queue = self.shared.lock();
+        if queue.closed {
+            return;
+        }
+        queue.bytes += cost(&frame);
+        queue.frames.push_back(frame);
+        drop(queue);
+        self.shared.wake_writer.notify_one();
     }
 
     /// Closes the connection now, skipping whatever is still queued.
@@ -129,7 +201,8 @@ impl Outbox {
             code,
             reason: reason.into(),
         });
-        self.shared.token.cancel();
+        self.shared.aborted.store(true, Ordering::Release);
+        self.shared.abort_signal.notify_waiters();
     }
 
     /// Like [`Outbox::abort`], but sends `last_word` (say, an error that
@@ -141,42 +214,91 @@ impl Outbox {
 
     /// Resolves once [`Outbox::abort`] was called.
     pub async fn aborted(&self) {
-        self.shared.token.cancelled().await;
+        self.shared.aborted().await;
     }
 
     /// Whether [`Outbox::abort`] was called.
     pub fn is_aborted(&self) -> bool {
-        self.shared.token.is_cancelled()
+        self.shared.is_aborted()
     }
 }
 
-/// Drains a connection's queue into its socket until the queue is closed, a
-/// close frame was sent, the connection was aborted, or the socket fails.
+/// What the writer finds in the queue.
+enum Taken {
+    Batch(VecDeque<Message>),
+    Nothing,
+    /// Nothing, and every sender is gone.
+    End,
+}
+
+impl Inbox {
+    /// Takes up to [`WRITE_BATCH`] frames. When everything queued fits in
+    /// one batch, the queue's storage itself is taken (and freed after the
+    /// write), so that an idle connection keeps no buffer.
+    fn take(&self) -> Taken {
+        let mut queue = self.shared.lock();
+        if queue.frames.is_empty() {
+            // Read under the lock: a sender still alive may yet queue.
+            if self.shared.senders.load(Ordering::Acquire) == 0 {
+                return Taken::End;
+            }
+            return Taken::Nothing;
+        }
+        let batch = if queue.frames.len() <= WRITE_BATCH {
+            std::mem::take(&mut queue.frames)
+        } else {
+            queue.frames.drain(..WRITE_BATCH).collect()
+        };
+        let taken: usize = batch.iter().map(cost).sum();
+        queue.bytes -= taken;
+        Taken::Batch(batch)
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        // The writer has ended: whatever is still queued will never be sent.
+        let mut queue = self.shared.lock();
+        queue.closed = true;
+        queue.bytes = 0;
+        let frames = std::mem::take(&mut queue.frames);
+        drop(queue);
+        drop(frames);
+    }
+}
+
+/// Drains a connection's queue into its socket until every [`Outbox`] is gone
+/// and the queue is empty, a close frame was sent, the connection was
+/// aborted, or the socket fails.
 ///
 /// Frames are fed in batches (up to 64) and flushed once per
 /// batch: one system call for many small game messages.
-pub async fn run_writer<S>(mut sink: S, mut inbox: Inbox)
+pub async fn run_writer<S>(mut sink: S, inbox: Inbox)
 where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
-    // Grows to the largest batch this connection has seen: an idle
-    // connection holds no room for 64 frames it never gets.
-    let mut batch = Vec::new();
-    let token = inbox.shared.token.clone();
-    loop {
-        let received = tokio::select! {
-            biased;
-            _ = token.cancelled() => break,
-            n = inbox.rx.recv_many(&mut batch, WRITE_BATCH) => n,
+    let shared = inbox.shared.clone();
+    'writing: loop {
+        let mut batch = loop {
+            if shared.is_aborted() {
+                break 'writing;
+            }
+            match inbox.take() {
+                Taken::Batch(batch) => break batch,
+                Taken::Nothing => {}
+                Taken::End => {
+                    // Every sender is gone: the session ended without a
+                    // close frame of its own. Close normally.
+                    close(&mut sink).await;
+                    return;
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = shared.aborted() => break 'writing,
+                _ = shared.wake_writer.notified() => {}
+            }
         };
-        let taken: usize = batch.iter().map(cost).sum();
-        inbox.shared.queued.fetch_sub(taken, Ordering::Relaxed);
-        if received == 0 {
-            // Every sender is gone: the session ended without a close frame
-            // of its own. Close normally.
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
-            return;
-        }
         let write = async {
             let mut closing = false;
             for message in batch.drain(..) {
@@ -191,14 +313,14 @@ where
         };
         let outcome = tokio::select! {
             biased;
-            _ = token.cancelled() => break,
+            _ = shared.aborted() => break,
             outcome = write => outcome,
         };
         match outcome {
             Ok(false) => {}
             Ok(true) => {
                 // Let the peer answer our close; the reader sees its reply.
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+                close(&mut sink).await;
                 return;
             }
             Err(e) => {
@@ -208,15 +330,25 @@ where
         }
     }
     // Aborted: send the close frame if the socket takes it in time.
-    if let Some(frame) = inbox.shared.frame.get().cloned() {
-        let last_word = inbox.shared.last_word.get().cloned();
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+    if let Some(frame) = shared.frame.get().cloned() {
+        let last_word = shared.last_word.get().cloned();
+        let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, async {
             if let Some(message) = last_word {
                 sink.feed(message).await?;
             }
             sink.send(Message::Close(Some(frame))).await?;
             sink.close().await
-        })
+        }))
         .await;
     }
+}
+
+/// Closes the socket, waiting at most [`CLOSE_TIMEOUT`]. The closing paths
+/// are boxed: they run once, and their timer and futures would otherwise
+/// take room in every connection's writer state, idle or not.
+async fn close<S>(sink: &mut S)
+where
+    S: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, sink.close())).await;
 }

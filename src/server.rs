@@ -43,19 +43,26 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::admin::{self, AdminToken};
+use crate::both::both;
 use crate::client_addr;
 use crate::lobby::LobbyStore;
 use crate::metrics;
 use crate::node::Node;
 use crate::outbox;
+use crate::read_ahead::ReadAhead;
 use crate::session::Session;
 
 /// Paths that accept the WebSocket upgrade.
 pub const WEBSOCKET_PATHS: [&str; 2] = ["/", "/ws"];
-/// Per-connection read buffer. Small: most game messages are tens of bytes,
-/// and tens of thousands of connections must fit (tungstenite allocates this
-/// up front; its default of 128 KiB costs ~1 GB per 10,000 connections).
-const READ_BUFFER: usize = 4 * 1024;
+/// tungstenite's read buffer, per connection. Small: tungstenite allocates
+/// it up front, zero-fills it and never shrinks it, so for an idle connection
+/// it is all resident (its default of 128 KiB costs ~1 GB per 10,000
+/// connections; 4 KiB was a quarter of the relay's memory per connection).
+/// Most game messages are tens of bytes; a larger one grows it to its size.
+/// Reads from the socket are still up to 4 KiB at a time ([`ReadAhead`]).
+const READ_BUFFER: usize = 256;
+/// The socket under each WebSocket: reads from it go through [`ReadAhead`].
+type Socket = ReadAhead<TokioIo<hyper::upgrade::Upgraded>>;
 /// Frames are gathered up to this many bytes before a write to the socket;
 /// the writer flushes after each batch anyway.
 const WRITE_BUFFER: usize = 8 * 1024;
@@ -321,7 +328,7 @@ impl<S: LobbyStore> Server<S> {
             return;
         };
         let ws = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
+            ReadAhead::new(TokioIo::new(upgraded)),
             Role::Server,
             Some(self.ws_config),
         )
@@ -329,9 +336,11 @@ impl<S: LobbyStore> Server<S> {
         let span = tracing::info_span!("conn", id = next_connection(), peer = %client);
         match (permit, slot) {
             (Some(permit), Some(slot)) => {
-                let session = self.clone().session(ws, client, token).instrument(span);
-                self.sessions.track_future(session).await;
-                drop((permit, slot));
+                // A task of its own: this one's future holds the states of
+                // the accept, TLS and HTTP phases (about 14 KiB), which an
+                // idle connection should not keep.
+                let session = span.in_scope(|| self.session(ws, client, token, (permit, slot)));
+                self.sessions.spawn(session.instrument(span));
             }
             (None, _) => {
                 span.in_scope(|| tracing::warn!("connection limit reached: closing with 1013"));
@@ -351,26 +360,32 @@ impl<S: LobbyStore> Server<S> {
         }
     }
 
-    async fn session(
-        self: Arc<Self>,
-        ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
-        client: std::net::IpAddr,
+    /// A WebSocket's session: the reader ([`Session::run`]) and the writer
+    /// ([`outbox::run_writer`]) as one future, for a task of its own. Built
+    /// from plain structs (no `async fn` around them, which would keep its
+    /// arguments beside the futures it awaits): an idle connection is mostly
+    /// this future, so its size is memory per connection.
+    fn session(
+        &self,
+        ws: WebSocketStream<Socket>,
+        client: IpAddr,
         token: Option<String>,
-    ) {
-        use futures_util::StreamExt;
+        held: (OwnedSemaphorePermit, AddressSlot),
+    ) -> impl Future<Output = ()> + Send + 'static {
+        use futures_util::{FutureExt, StreamExt};
         tracing::info!(event = "connect", "connected");
         metrics::get().connections.increment(1.0);
         let (sink, frames) = ws.split();
         let (outbox, inbox) = outbox::channel(self.node.config.outbound_queue_bytes);
-        let writer = tokio::spawn(outbox::run_writer(sink, inbox).in_current_span());
-        let reason = Session::new(self.node.clone(), outbox, client, token.as_deref())
-            .run(frames, self.stop.clone())
-            .await;
-        // The session and its outbox are gone: the writer sends what is
-        // left, closes, and ends.
-        let _ = writer.await;
-        metrics::get().connections.decrement(1.0);
-        tracing::info!(event = "disconnect", reason = ?reason, "disconnected");
+        let reading = Session::new(self.node.clone(), outbox, client, token.as_deref())
+            .run(frames, self.stop.clone());
+        // Once the session and its outbox are gone, the writer sends what
+        // is left, closes, and ends.
+        both(reading, outbox::run_writer(sink, inbox)).map(move |(reason, ())| {
+            metrics::get().connections.decrement(1.0);
+            tracing::info!(event = "disconnect", reason = ?reason, "disconnected");
+            drop(held);
+        })
     }
 
     /// Answers one HTTP request.

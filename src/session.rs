@@ -5,7 +5,8 @@
 //! [`protocol::parse_text`] classifies it (no re-encoding) →
 //! [`Node::relay`] hands it to the lobby store → the store delivers it to
 //! the hub of every node with members in the lobby → the hub queues it in
-//! each receiver's [`Outbox`] → the receiver's writer task sends it.
+//! each receiver's [`Outbox`] → the receiver's writer (in the same task as
+//! the receiver's session) sends it.
 //!
 //! A session handles its frames one after the other, so a sender's messages
 //! keep their order from here on.
@@ -188,7 +189,10 @@ impl<S: LobbyStore> Session<S> {
                 break reason;
             }
         };
-        self.leave_lobby(false).await;
+        // Boxed, like the join: an `async fn`'s state machine is as large as
+        // its largest state, and every connection holds this one while idle;
+        // the join and leave paths (Redis round trips) are rare and large.
+        Box::pin(self.leave_lobby(false)).await;
         reason
     }
 
@@ -215,8 +219,8 @@ impl<S: LobbyStore> Session<S> {
             Err(refusal) => Request::Refuse(refusal.code, refusal.message.into_owned()),
         };
         match request {
-            Request::Join(Ok(lobby), resume) => self.join(lobby, resume).await,
-            Request::Resume(token, received) => self.resume(&token, received).await,
+            Request::Join(Ok(lobby), resume) => Box::pin(self.join(lobby, resume)).await,
+            Request::Resume(token, received) => Box::pin(self.resume(&token, received)).await,
             Request::Join(Err(e), _) => {
                 self.refuse(ErrorCode::InvalidPassphrase, &e.to_string())
                     .await
@@ -454,7 +458,7 @@ impl<S: LobbyStore> Session<S> {
                 .refuse(ErrorCode::NotInLobby, "this connection is in no lobby")
                 .await;
         }
-        self.leave_lobby(true).await;
+        Box::pin(self.leave_lobby(false)).await;
     }
 
     /// Gives the seat up (`explicit`: the client sent `leave`), or, when the

@@ -24,6 +24,7 @@ mod view;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -633,24 +634,50 @@ impl LobbyStore for RedisStore {
         liveness::goodbye(&self.shared).await;
     }
 
-    async fn publish(
+    fn publish(
         &self,
         lobby: &Arc<LocalLobby>,
         member: &MemberId,
         from_seat: u8,
         message: Message,
-    ) -> Result<(), StoreError> {
-        let Some(payload) = envelope::encode_relay(from_seat, &message) else {
-            return Ok(());
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        // Queued at once, not when first polled (the caller awaits at once
+        // anyway): the future returned is then a few bytes, not a copy of
+        // the message and the channel's send state, and every session holds
+        // room for it.
+        let queued = match envelope::encode_relay(from_seat, &message) {
+            None => Queued::Done(Ok(())),
+            Some(payload) => {
+                let op = PublishOp::Publish {
+                    node_key: identity::node_key_of(member).into(),
+                    channel: channel(&lobby.hex),
+                    payload,
+                };
+                match self.publisher.try_send(op) {
+                    Ok(()) => Queued::Done(Ok(())),
+                    Err(mpsc::error::TrySendError::Full(op)) => {
+                        Queued::Waiting(Box::pin(self.publisher.send(op)))
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        Queued::Done(Err(StoreError::Closed))
+                    }
+                }
+            }
         };
-        let node_key = identity::node_key_of(member).into();
-        self.enqueue(PublishOp::Publish {
-            node_key,
-            channel: channel(&lobby.hex),
-            payload,
-        })
-        .await
+        async move {
+            match queued {
+                Queued::Done(result) => result,
+                Queued::Waiting(send) => send.await.map_err(|_| StoreError::Closed),
+            }
+        }
     }
+}
+
+/// A publish handed to the publisher task, or waiting for room in its queue
+/// (boxed: rare).
+enum Queued<F> {
+    Done(Result<(), StoreError>),
+    Waiting(Pin<Box<F>>),
 }
 
 /// Sends queued publishes in pipelines: while one batch is on its way, the
