@@ -4,6 +4,8 @@
 //! - Two playground pages, one per node of a two-node Redis cluster, join
 //!   with one passphrase, both see `ready`; a tank moved with the arrow keys
 //!   in one page moves in the other. Screenshots of both are not blank.
+//! - Resume: a page whose connection drops resumes by itself, with what it
+//!   missed; the other page sees `playerAway` and `playerBack`.
 //! - The admin view shows both nodes and the lobby, and its figures change
 //!   after traffic; it refuses a missing or wrong token.
 //! - With `--playground off` the playground answers 404 and the WebSocket
@@ -401,6 +403,150 @@ async fn two_pages_play_through_two_nodes_and_the_admin_view_follows() {
             log.print();
         }
         panic!("the browser test did not finish within 120 s");
+    }
+}
+
+/// Resume in the playground: pages A (node a) and B (node b) join one
+/// passphrase with resume on (the default). A's connection is dropped by its
+/// test hook and kept "offline" while B moves its tank; once the network is
+/// back, A resumes by itself, shows `resumed`, has B's tank where B has it,
+/// and its frames show the `resume` and `resumed` frames; B saw
+/// `playerAway` (A's tank faded) and then `playerBack`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_page_resumes_and_gets_what_it_missed() {
+    let driver = Chromedriver::start();
+    let cluster = Cluster::redis();
+    let logs = cluster.logs();
+    let test = async {
+        let passphrase = format!("browser-resume-{}", support::unique());
+        let page_a = driver.browser().await;
+        let page_b = driver.browser().await;
+        open_and_join(&page_a, cluster.addr_a(), &passphrase).await;
+        wait_js(
+            &page_a,
+            "const s = window.playground.state; return s.seat === 1 && s.resumable",
+            "page A holds seat 1, resumable",
+        )
+        .await;
+        open_and_join(&page_b, cluster.addr_b(), &passphrase).await;
+        for (page, name) in [(&page_a, "A"), (&page_b, "B")] {
+            wait_js(
+                page,
+                "const s = window.playground.state; return s.ready && s.resumable",
+                &format!("page {name} sees ready, resumable"),
+            )
+            .await;
+        }
+        wait_js(
+            &page_a,
+            "return window.playground.state.tanks[2] !== undefined",
+            "page A sees tank 2",
+        )
+        .await;
+
+        // The network of A goes away (for a minute at most: until
+        // restoreNetwork()); its resume attempts fail meanwhile.
+        let dropped = bounded(
+            "drop A's connection",
+            page_a.execute("return window.playground.dropConnection(60000)", vec![]),
+        )
+        .await;
+        assert_eq!(dropped, json!(true), "page A had a connection to drop");
+        wait_js(
+            &page_b,
+            "const s = window.playground.state; return s.events.includes('playerAway') && s.away[1] === true",
+            "page B sees seat 1 away",
+        )
+        .await;
+
+        // B moves while A is away.
+        let arena_b = bounded("find the arena", page_b.find(Locator::Id("arena"))).await;
+        bounded("focus the arena", arena_b.click()).await;
+        let keys = Key::Left.to_string().repeat(5) + &Key::Down.to_string().repeat(3);
+        bounded("move tank 2", arena_b.send_keys(&keys)).await;
+        let want = wait_js(
+            &page_b,
+            "const t = window.playground.state.tanks[2]; return t.x === 490 && t.y === 110 ? [t.x, t.y] : null",
+            "page B's tank moved 5 left and 3 down (from 540, 80)",
+        )
+        .await;
+        let still_away = bounded(
+            "read A's state",
+            page_a.execute("return window.playground.state.reconnecting", vec![]),
+        )
+        .await;
+        assert_eq!(still_away, json!(true), "page A is still resuming");
+        // Let B's moves reach the relay, then bring A's network back: A's
+        // next attempt (within the 2 s of the backoff, plus jitter) resumes.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        bounded(
+            "restore A's network",
+            page_a.execute("window.playground.restoreNetwork()", vec![]),
+        )
+        .await;
+        wait_js(
+            &page_a,
+            "const s = window.playground.state; return s.events.includes('resumed') && !s.reconnecting && s.seat === 1",
+            "page A resumes seat 1",
+        )
+        .await;
+        let seen = wait_js(
+            &page_a,
+            &format!(
+                "const t = window.playground.state.tanks[2]; const w = {want};
+                 return t && t.x === w[0] && t.y === w[1] ? [t.x, t.y] : null"
+            ),
+            "page A sees tank 2 where page B has it",
+        )
+        .await;
+        assert_eq!(seen, want);
+        let replayed = bounded(
+            "read A's last resume",
+            page_a.execute(
+                "return window.playground.state.lastResumed.replayed",
+                vec![],
+            ),
+        )
+        .await;
+        assert!(
+            replayed.as_u64().is_some_and(|n| n >= 1),
+            "B's moves were replayed to A: {replayed}"
+        );
+        wait_js(
+            &page_a,
+            "const li = document.querySelector('#events li.resumed');
+             return li !== null && /resumed \\(\\d+ replayed\\)/.test(li.textContent)",
+            "page A's events show \"resumed (k replayed)\"",
+        )
+        .await;
+        wait_js(
+            &page_a,
+            "const lines = (dir) => [...document.querySelectorAll('#frames .' + dir)].map(l => l.textContent);
+             return lines('out').some(t => t.includes('{\"type\":\"resume\",\"token\":'))
+                 && lines('in').some(t => t.includes('{\"type\":\"resumed\",'))",
+            "page A's raw frames show resume and resumed",
+        )
+        .await;
+        wait_js(
+            &page_b,
+            "const s = window.playground.state, e = s.events;
+             return e.indexOf('playerAway') >= 0 && e.lastIndexOf('playerBack') > e.indexOf('playerAway')
+                 && s.away[1] === undefined && s.tanks[1] !== undefined",
+            "page B sees playerAway, then playerBack",
+        )
+        .await;
+        for page in [page_a, page_b] {
+            let _ = tokio::time::timeout(WAIT, page.close()).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(120), test)
+        .await
+        .is_err()
+    {
+        for log in &logs {
+            log.print();
+        }
+        panic!("the browser resume test did not finish within 120 s");
     }
 }
 
