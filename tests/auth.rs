@@ -120,21 +120,42 @@ async fn expect_refused(client: &mut Client, code: &str) {
     client.expect_close(1008).await;
 }
 
-/// Every kind of bad token, presented in the upgrade request, is refused with
-/// its code and close 1008; without a token a join is refused
-/// (`token_required`); a good token joins and names its user.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn required_mode_refuses_each_bad_token_with_its_code() {
-    let c = Cluster::memory_with(&[
+/// How a test signs tokens: the relay's HS256 secret or an ES256 key pair.
+enum Signer {
+    Hs256(&'static [u8]),
+    Es256(Box<EcKey>),
+}
+
+impl Signer {
+    fn sign(&self, claims: &Value) -> String {
+        match self {
+            Signer::Hs256(secret) => encode(
+                &Header::new(Algorithm::HS256),
+                claims,
+                &EncodingKey::from_secret(secret).unwrap(),
+            )
+            .unwrap(),
+            Signer::Es256(key) => key.sign(claims),
+        }
+    }
+}
+
+/// Every kind of bad token, presented in the upgrade request to a node in
+/// `required` mode (with `key_args` for its key), is refused with its code
+/// and close 1008; without a token a join is refused (`token_required`); a
+/// good token joins and names its user. `stranger` signs like `signer` with
+/// a key the relay does not know.
+async fn refuses_each_bad_token(key_args: &[&str], signer: &Signer, stranger: &Signer) {
+    let mut args = vec![
         "--auth",
         "required",
-        "--auth-hs256-secret",
-        SECRET,
         "--auth-audience",
         "tank-game",
         "--auth-issuer",
         "https://studio.example",
-    ]);
+    ];
+    args.extend_from_slice(key_args);
+    let c = Cluster::memory_with(&args);
     let url = c.url_a();
     let base = json!({
         "sub": "alice", "exp": now() + 300,
@@ -143,9 +164,9 @@ async fn required_mode_refuses_each_bad_token_with_its_code() {
     let with = |field: &str, value: Value| {
         let mut claims = base.clone();
         claims[field] = value;
-        hs256(&claims)
+        signer.sign(&claims)
     };
-    let mut tampered = hs256(&base);
+    let mut tampered = signer.sign(&base);
     let last = tampered.pop().unwrap();
     tampered.push(if last == 'A' { 'B' } else { 'A' });
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -154,12 +175,6 @@ async fn required_mode_refuses_each_bad_token_with_its_code() {
         b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
         b64.encode(base.to_string())
     );
-    let wrong_secret = encode(
-        &Header::new(Algorithm::HS256),
-        &base,
-        &EncodingKey::from_secret(b"another-secret-of-at-least-32-bytes").unwrap(),
-    )
-    .unwrap();
     let cases = [
         ("expired", with("exp", json!(now() - 60)), "token_expired"),
         (
@@ -178,14 +193,14 @@ async fn required_mode_refuses_each_bad_token_with_its_code() {
             "token_invalid",
         ),
         ("bad signature", tampered, "token_invalid"),
-        ("other secret", wrong_secret, "token_invalid"),
+        ("unknown key", stranger.sign(&base), "token_invalid"),
         ("alg none", alg_none, "token_invalid"),
         (
             "no sub",
             {
                 let mut claims = base.clone();
                 claims.as_object_mut().unwrap().remove("sub");
-                hs256(&claims)
+                signer.sign(&claims)
             },
             "token_invalid",
         ),
@@ -207,8 +222,57 @@ async fn required_mode_refuses_each_bad_token_with_its_code() {
         .await;
     expect_refused(&mut late, "token_expired").await;
     // The good token plays, and its user id shows.
-    let mut alice = connect_bearer(&url, &hs256(&base), "alice").await;
+    let mut alice = connect_bearer(&url, &signer.sign(&base), "alice").await;
     let joined = alice.join("jump-rocket").await;
+    assert_eq!(joined["users"], json!({"1": "alice"}), "{joined}");
+}
+
+/// `required` mode with an HS256 secret: every refusal with its code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_mode_refuses_each_bad_hs256_token_with_its_code() {
+    refuses_each_bad_token(
+        &["--auth-hs256-secret", SECRET],
+        &Signer::Hs256(SECRET.as_bytes()),
+        &Signer::Hs256(b"another-secret-of-at-least-32-bytes"),
+    )
+    .await;
+}
+
+/// `required` mode with an ES256 public key (PEM): every refusal with its
+/// code, and an HS256 token signed with the public key's bytes (algorithm
+/// confusion) refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_mode_refuses_each_bad_es256_token_with_its_code() {
+    let dir = TempDir::new();
+    let key = EcKey::new("k1");
+    let public = key.pair.public_key_pem();
+    let pem = dir.write("public.pem", &public);
+    refuses_each_bad_token(
+        &["--auth-public-key", &pem],
+        &Signer::Es256(Box::new(key)),
+        &Signer::Es256(Box::new(EcKey::new("k1"))),
+    )
+    .await;
+    let c = Cluster::memory_with(&["--auth", "required", "--auth-public-key", &pem]);
+    let confused = encode(
+        &Header::new(Algorithm::HS256),
+        &good("mallory"),
+        &EncodingKey::from_secret(public.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let mut mallory = connect_bearer(&c.url_a(), &confused, "mallory").await;
+    expect_refused(&mut mallory, "token_invalid").await;
+}
+
+/// `optional` mode with an HS256 secret: a token names its user, a client
+/// without one plays anonymously beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_mode_with_an_hs256_secret() {
+    let c = Cluster::memory_with(&["--auth", "optional", "--auth-hs256-secret", SECRET]);
+    let mut alice = connect_bearer(&c.url_a(), &hs256(&good("alice")), "alice").await;
+    alice.join("jump-rocket").await;
+    let mut guest = Client::connect(&c.url_a(), "guest").await;
+    let joined = guest.join("jump-rocket").await;
     assert_eq!(joined["users"], json!({"1": "alice"}), "{joined}");
 }
 

@@ -13,12 +13,24 @@
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return -1
 end
+-- Whether a lobby has resumable seats is looked up once per lobby and batch
+-- (a batch does not change it): most lobbies have none, and a batch at full
+-- load holds many messages of each lobby.
+local held = {}
 for i = 1, #ARGV, 2 do
   local channel, payload = ARGV[i], ARGV[i + 1]
   redis.call('PUBLISH', channel, payload)
-  local res = res_of(channel, 8)
-  local meta = redis.call('HMGET', res, 'seats', 'cap_n', 'cap_b', 'away')
-  if meta[1] then
+  local lobby = held[channel]
+  if lobby == nil then
+    lobby = false
+    local res = res_of(channel, 8)
+    if redis.call('EXISTS', res) == 1 then
+      lobby = {res, redis.call('HMGET', res, 'seats', 'cap_n', 'cap_b', 'away')}
+    end
+    held[channel] = lobby
+  end
+  if lobby and lobby[2][1] then
+    local res, meta = lobby[1], lobby[2]
     local from = string.byte(payload, 2)
     hold(res, from, payload, meta)
     if string.find(meta[1], string.char(from), 1, true) then
