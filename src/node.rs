@@ -304,41 +304,37 @@ impl<S: LobbyStore> Node<S> {
     /// is held for its player (the others get `playerAway`); any other seat
     /// is given up as by [`Node::leave`].
     pub async fn drop_member(&self, membership: Membership) -> Result<(), StoreError> {
-        if !membership.resumable {
-            return self.leave(membership).await;
-        }
-        let Membership {
-            lobby,
-            member,
-            seat,
-            ..
-        } = membership;
-        let mut subscribed = lobby.subscription.lock().await;
-        let last = lobby.remove(&member);
-        let result = match self.store.away(&lobby.id, &member, seat).await {
-            Ok(true) => Ok(()),
-            // Not resumable after all, or the store cannot be reached: the
-            // seat is given up (a leave is retried until it goes through).
-            Ok(false) | Err(_) => self.store.leave(&lobby.id, &member, seat).await,
-        };
-        if last {
-            self.retire(&lobby, &mut subscribed).await;
-        }
-        result
+        self.give_up(membership, true).await
     }
 
     /// Gives up a seat: the member stops receiving at once, its earlier
     /// messages still reach the others, then they get `playerLeft`.
     pub async fn leave(&self, membership: Membership) -> Result<(), StoreError> {
+        self.give_up(membership, false).await
+    }
+
+    /// The member stops receiving at once; its seat is held (`hold`, if it
+    /// is resumable) or given up.
+    async fn give_up(&self, membership: Membership, hold: bool) -> Result<(), StoreError> {
         let Membership {
             lobby,
             member,
             seat,
-            ..
+            resumable,
         } = membership;
         let mut subscribed = lobby.subscription.lock().await;
         let last = lobby.remove(&member);
-        let result = self.store.leave(&lobby.id, &member, seat).await;
+        // A seat that turns out not to be resumable, or a store that cannot
+        // be reached, gives the seat up (a leave is retried until it goes
+        // through).
+        let held = hold
+            && resumable
+            && matches!(self.store.away(&lobby.id, &member, seat).await, Ok(true));
+        let result = if held {
+            Ok(())
+        } else {
+            self.store.leave(&lobby.id, &member, seat).await
+        };
         if last {
             self.retire(&lobby, &mut subscribed).await;
         }

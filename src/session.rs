@@ -234,14 +234,22 @@ impl<S: LobbyStore> Session<S> {
         }
     }
 
+    /// Refuses a join or resume on a connection that is in a lobby already.
+    async fn refuse_if_joined(&self) -> bool {
+        if self.membership.is_none() {
+            return false;
+        }
+        self.refuse(
+            ErrorCode::AlreadyJoined,
+            "this connection is already in a lobby; leave it first",
+        )
+        .await;
+        true
+    }
+
     async fn join(&mut self, lobby: LobbyId, resume: bool) {
-        if self.membership.is_some() {
-            return self
-                .refuse(
-                    ErrorCode::AlreadyJoined,
-                    "this connection is already in a lobby; leave it first",
-                )
-                .await;
+        if self.refuse_if_joined().await {
+            return;
         }
         if self.node.auth.enabled() {
             match &self.user {
@@ -352,13 +360,8 @@ impl<S: LobbyStore> Session<S> {
 
     /// Takes a held seat back (resume), on this connection.
     async fn resume(&mut self, token: &str, received: u64) {
-        if self.membership.is_some() {
-            return self
-                .refuse(
-                    ErrorCode::AlreadyJoined,
-                    "this connection is already in a lobby; leave it first",
-                )
-                .await;
+        if self.refuse_if_joined().await {
+            return;
         }
         match self
             .node

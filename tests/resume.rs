@@ -172,6 +172,41 @@ fn node(id: &str, url: &str, args: &[&str]) -> Node {
     Node::start(id, &all)
 }
 
+/// A game under way: A (resume) and B (not) in one lobby, past `ready`; B
+/// sends `count` numbered messages, one every 10 ms; A has read `first` of
+/// them (their numbers in `before`).
+struct Game {
+    pa: Player,
+    rx: support::Receiver,
+    sender: tokio::task::JoinHandle<Sender>,
+    before: Vec<u64>,
+}
+
+async fn start_game(url_a: &str, url_b: &str, what: &str, count: u64, first: usize) -> Game {
+    let pass = format!("{what}-{}", unique());
+    let mut pa = Player::join(url_a, &pass, "A").await;
+    let mut pb = Client::connect(url_b, "B").await;
+    pb.send_json(json!({"type": "join", "passphrase": pass}))
+        .await;
+    assert_eq!(pb.recv_json().await["type"], "joined");
+    assert_eq!(pa.recv().await["type"], "ready");
+    assert_eq!(pb.recv_json().await["type"], "ready");
+    let (tx, rx) = pb.split();
+    let sender = send_numbered(tx, count, Duration::from_millis(10));
+    let mut before = Vec::new();
+    while before.len() < first {
+        if let Some(n) = pa.recv().await["n"].as_u64() {
+            before.push(n);
+        }
+    }
+    Game {
+        pa,
+        rx,
+        sender,
+        before,
+    }
+}
+
 /// The TCP connection of player A (node a, behind a proxy) is cut without a
 /// close frame while B (node b) sends 100 numbered messages; A resumes on
 /// node b and has all 100, in order, none twice; B saw `playerAway` and
@@ -183,24 +218,15 @@ async fn a_cut_connection_resumes_on_the_other_node_with_nothing_lost() {
     let a = node("a", &url, &[]);
     let b = node("b", &url, &[]);
     let proxy = TcpProxy::start(a.addr()).await;
-    let pass = format!("resume-{}", unique());
-    let mut pa = Player::join(&format!("ws://127.0.0.1:{}/", proxy.port()), &pass, "A").await;
-    let mut pb = Client::connect(&b.url(), "B").await;
-    pb.send_json(json!({"type": "join", "passphrase": pass}))
-        .await;
-    assert_eq!(pb.recv_json().await["type"], "joined");
-    assert_eq!(pa.recv().await["type"], "ready");
-    assert_eq!(pb.recv_json().await["type"], "ready");
-    let (tx, mut rx) = pb.split();
-    let sender = send_numbered(tx, 100, Duration::from_millis(10));
+    let proxied = format!("ws://127.0.0.1:{}/", proxy.port());
     // Let some arrive, then cut A's connection (no close frame, and bytes
     // on the wire are lost).
-    let mut before = Vec::new();
-    while before.len() < 20 {
-        if let Some(n) = pa.recv().await["n"].as_u64() {
-            before.push(n);
-        }
-    }
+    let Game {
+        mut pa,
+        mut rx,
+        sender,
+        mut before,
+    } = start_game(&proxied, &b.url(), "cut", 100, 20).await;
     proxy.cut();
     before.extend(pa.read_until_cut().await);
     let away = events_until(&mut rx, is("playerAway"), Duration::from_secs(5)).await;
@@ -249,22 +275,12 @@ async fn a_drained_node_hands_the_seat_over_without_a_gap() {
     let url = redis.url();
     let mut a = node("a", &url, &[]);
     let b = node("b", &url, &[]);
-    let pass = format!("drain-{}", unique());
-    let mut pa = Player::join(&a.url(), &pass, "A").await;
-    let mut pb = Client::connect(&b.url(), "B").await;
-    pb.send_json(json!({"type": "join", "passphrase": pass}))
-        .await;
-    pb.recv_json().await;
-    pa.recv().await;
-    pb.recv_json().await;
-    let (tx, mut rx) = pb.split();
-    let sender = send_numbered(tx, 150, Duration::from_millis(10));
-    let mut before = Vec::new();
-    while before.len() < 30 {
-        if let Some(n) = pa.recv().await["n"].as_u64() {
-            before.push(n);
-        }
-    }
+    let Game {
+        mut pa,
+        mut rx,
+        sender,
+        mut before,
+    } = start_game(&a.url(), &b.url(), "drain", 150, 30).await;
     a.signal_term();
     // A reads until node a closes it (1012), then comes back on node b.
     before.extend(pa.read_until_cut().await);
@@ -295,22 +311,12 @@ async fn a_killed_node_loses_nothing() {
     let url = redis.url();
     let mut a = node("a", &url, &[]);
     let b = node("b", &url, &[]);
-    let pass = format!("kill-{}", unique());
-    let mut pa = Player::join(&a.url(), &pass, "A").await;
-    let mut pb = Client::connect(&b.url(), "B").await;
-    pb.send_json(json!({"type": "join", "passphrase": pass}))
-        .await;
-    pb.recv_json().await;
-    pa.recv().await;
-    pb.recv_json().await;
-    let (tx, mut rx) = pb.split();
-    let sender = send_numbered(tx, 400, Duration::from_millis(10));
-    let mut before = Vec::new();
-    while before.len() < 30 {
-        if let Some(n) = pa.recv().await["n"].as_u64() {
-            before.push(n);
-        }
-    }
+    let Game {
+        mut pa,
+        mut rx,
+        sender,
+        mut before,
+    } = start_game(&a.url(), &b.url(), "kill", 400, 30).await;
     a.kill9();
     before.extend(pa.read_until_cut().await);
     let killed = tokio::time::Instant::now();

@@ -19,13 +19,5 @@ local due = redis.call('ZSCORE', 'lr:away', entry)
 if due and tonumber(due) > tonumber(ARGV[3]) then
   return 0
 end
-redis.call('HDEL', KEYS[1], seat)
-forget_seat(res, seat)
-local event, players = left_event(KEYS[1], seat)
-redis.call('PUBLISH', ARGV[2], event)
-if players == 0 then
-  redis.call('DEL', res)
-else
-  hold(res, tonumber(seat), event)
-end
+free_seat(KEYS[1], res, seat, ARGV[2])
 return 1

@@ -128,3 +128,19 @@ local function mark_away(res, seat, now, channel)
   hold(res, tonumber(seat), event)
   return true
 end
+
+-- Frees `seat` of `lobby` (whose holder the caller checked), forgets what
+-- was held for it and tells the others (playerLeft, kept for the resumable
+-- ones). Returns the players left; an empty lobby leaves nothing behind.
+local function free_seat(lobby, res, seat, channel)
+  redis.call('HDEL', lobby, seat)
+  forget_seat(res, seat)
+  local event, players = left_event(lobby, seat)
+  redis.call('PUBLISH', channel, event)
+  if players == 0 then
+    redis.call('DEL', res)
+  else
+    hold(res, tonumber(seat), event)
+  end
+  return players
+end

@@ -22,14 +22,4 @@ end
 if redis.call('HGET', KEYS[1], seat) ~= ARGV[2] then
   return -1
 end
-redis.call('HDEL', KEYS[1], seat)
-local res = res_of(KEYS[1], 9)
-forget_seat(res, seat)
-local event, players = left_event(KEYS[1], seat)
-redis.call('PUBLISH', ARGV[3], event)
-if players == 0 then
-  redis.call('DEL', res)
-else
-  hold(res, tonumber(seat), event)
-end
-return players
+return free_seat(KEYS[1], res_of(KEYS[1], 9), seat, ARGV[3])

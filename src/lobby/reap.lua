@@ -20,15 +20,8 @@ for i = 1, #fields, 2 do
         removed = removed + 1
       end
     else
-      redis.call('HDEL', KEYS[1], seat)
+      free_seat(KEYS[1], res, seat, ARGV[2])
       removed = removed + 1
-      local event, players = left_event(KEYS[1], seat)
-      redis.call('PUBLISH', ARGV[2], event)
-      if players == 0 then
-        redis.call('DEL', res)
-      else
-        hold(res, tonumber(seat), event)
-      end
     end
   end
 end
