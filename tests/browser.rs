@@ -8,6 +8,10 @@
 //!   missed; the other page sees `playerAway` and `playerBack`.
 //! - The admin view shows both nodes and the lobby, and its figures change
 //!   after traffic; it refuses a missing or wrong token.
+//! - Player accounts: with `--auth required`, two pages given tokens for
+//!   different users join one passphrase and each shows the other's user
+//!   id; no token shows in the raw frames; a page without a token shows
+//!   `token_required` and stops.
 //! - With `--playground off` the playground answers 404 and the WebSocket
 //!   on `/` and `/ws` works as before.
 //!
@@ -23,10 +27,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fantoccini::key::Key;
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use support::{Client, Cluster};
 
@@ -36,6 +41,8 @@ const WAIT: Duration = Duration::from_secs(15);
 const START: Duration = Duration::from_secs(30);
 /// The admin token of the tests (at least 16 characters).
 const TOKEN: &str = "browser-test-admin-token";
+/// The HS256 secret of the player-account test (at least 32 bytes).
+const AUTH_SECRET: &str = "browser-test-hs256-secret-of-32-bytes";
 
 // ---------------------------------------------------------------------------
 // chromedriver and Chromium
@@ -224,11 +231,32 @@ fn http_get(addr: SocketAddr, path: &str, headers: &[&str]) -> (u16, String, Str
 
 /// Opens the playground of `addr`, types the passphrase and joins.
 async fn open_and_join(browser: &Browser, addr: SocketAddr, passphrase: &str) {
+    open_and_join_as(browser, addr, passphrase, None).await;
+}
+
+/// Opens the playground of `addr`, types `token` (if any) under "player
+/// account", types the passphrase and joins.
+async fn open_and_join_as(
+    browser: &Browser,
+    addr: SocketAddr,
+    passphrase: &str,
+    token: Option<&str>,
+) {
     bounded(
         "open the playground",
         browser.goto(&format!("http://{addr}/playground")),
     )
     .await;
+    if let Some(token) = token {
+        let summary = bounded(
+            "find \"player account\"",
+            browser.find(Locator::Css("#account summary")),
+        )
+        .await;
+        bounded("open \"player account\"", summary.click()).await;
+        let field = bounded("find the token box", browser.find(Locator::Id("token"))).await;
+        bounded("type the token", field.send_keys(token)).await;
+    }
     let input = bounded(
         "find the passphrase box",
         browser.find(Locator::Id("passphrase")),
@@ -237,6 +265,21 @@ async fn open_and_join(browser: &Browser, addr: SocketAddr, passphrase: &str) {
     bounded("type the passphrase", input.send_keys(passphrase)).await;
     let join = bounded("find Join", browser.find(Locator::Id("join"))).await;
     bounded("click Join", join.click()).await;
+}
+
+/// An HS256 token for `sub`, valid for ten minutes.
+fn player_token(sub: &str) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 600;
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": sub, "exp": exp}),
+        &EncodingKey::from_secret(AUTH_SECRET.as_bytes()).expect("key"),
+    )
+    .expect("token")
 }
 
 /// The x position of the tank in `seat` as a page sees it.
@@ -547,6 +590,157 @@ async fn a_dropped_page_resumes_and_gets_what_it_missed() {
             log.print();
         }
         panic!("the browser resume test did not finish within 120 s");
+    }
+}
+
+/// Player accounts in the playground, against two nodes with `--auth
+/// required`: pages A (node a, alice) and B (node b, bob) present their
+/// tokens, join one passphrase, see `ready`, and each labels the other's
+/// tank with its user id. Neither token shows in the raw frames (the `auth`
+/// frame shows "…"), in storage or in the URL. Page C, without a token, is
+/// refused with `token_required`, shows it, and does not reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_with_player_tokens_show_each_others_user_id() {
+    let driver = Chromedriver::start();
+    let cluster = Cluster::redis_with(&["--auth", "required", "--auth-hs256-secret", AUTH_SECRET]);
+    let logs = cluster.logs();
+    let test = async {
+        let passphrase = format!("browser-accounts-{}", support::unique());
+        let alice = player_token("alice");
+        let bob = player_token("bob");
+        let page_a = driver.browser().await;
+        let page_b = driver.browser().await;
+        open_and_join_as(&page_a, cluster.addr_a(), &passphrase, Some(&alice)).await;
+        wait_js(
+            &page_a,
+            "const s = window.playground.state; return s.seat === 1 && s.user === 'alice'",
+            "page A is signed in as alice and holds seat 1",
+        )
+        .await;
+        open_and_join_as(&page_b, cluster.addr_b(), &passphrase, Some(&bob)).await;
+        for (page, name) in [(&page_a, "A"), (&page_b, "B")] {
+            wait_js(
+                page,
+                "const s = window.playground.state;
+                 return s.ready && s.events.includes('ready')
+                     && s.users[1] === 'alice' && s.users[2] === 'bob'",
+                &format!("page {name} sees ready, with both user ids"),
+            )
+            .await;
+        }
+        // Each page labels both tanks: itself as "you", the other by seat,
+        // each with its user id; the lobby events name them too.
+        for (page, mine, theirs) in [
+            (&page_a, "[1, 'you (alice)']", "[2, 'P2 (bob)']"),
+            (&page_b, "[2, 'you (bob)']", "[1, 'P1 (alice)']"),
+        ] {
+            wait_js(
+                page,
+                &format!(
+                    "const p = window.playground, [m, me] = {mine}, [o, other] = {theirs};
+                     const ready = document.querySelector('#events li.ready');
+                     return p.tankLabel(m) === me && p.tankLabel(o) === other
+                         && p.state.tanks[o] !== undefined
+                         && ready !== null && ready.textContent.includes('seat 1: alice, seat 2: bob')
+                         && document.getElementById('account-user').textContent.includes(me.slice(5, -1))"
+                ),
+                &format!("the page labels {mine} and {theirs}"),
+            )
+            .await;
+        }
+        screenshot(&page_a, "playground-accounts.png", false).await;
+        // A resume is on a new connection too: A's dropped connection is
+        // taken back after presenting the token again (`auth`, then
+        // `resume`), and the labels stay.
+        let dropped = bounded(
+            "drop A's connection",
+            page_a.execute("return window.playground.dropConnection()", vec![]),
+        )
+        .await;
+        assert_eq!(dropped, json!(true), "page A had a connection to drop");
+        wait_js(
+            &page_a,
+            "const s = window.playground.state;
+             const out = [...document.querySelectorAll('#frames .out')].map(l => l.textContent);
+             const auths = out.filter(t => t.includes('{\"type\":\"auth\",'));
+             const lastAuth = out.findLastIndex(t => t.includes('{\"type\":\"auth\",'));
+             const lastResume = out.findLastIndex(t => t.includes('{\"type\":\"resume\",'));
+             return s.events.includes('resumed') && !s.reconnecting && s.user === 'alice'
+                 && auths.length === 2 && lastResume > lastAuth
+                 && window.playground.tankLabel(2) === 'P2 (bob)'",
+            "page A resumes after presenting its token again",
+        )
+        .await;
+        // The tokens went out in `auth` frames shown as "…", and nowhere
+        // else: not the panel (what Copy copies), storage, URL or markup.
+        for (page, token) in [(&page_a, &alice), (&page_b, &bob)] {
+            let leaks = bounded(
+                "look for the token",
+                page.execute(
+                    "const token = arguments[0];
+                     const frames = document.getElementById('frames').textContent;
+                     return {
+                         authFrame: frames.includes('{\"type\":\"auth\",\"token\":\"…\"}'),
+                         inFrames: frames.includes(token),
+                         inStorage: localStorage.length + sessionStorage.length > 0,
+                         inUrl: location.href.includes(token),
+                         inMarkup: document.documentElement.outerHTML.includes(token),
+                     };",
+                    vec![json!(token)],
+                ),
+            )
+            .await;
+            assert_eq!(
+                leaks,
+                json!({"authFrame": true, "inFrames": false, "inStorage": false,
+                       "inUrl": false, "inMarkup": false}),
+                "the token shows only as … in the auth frame"
+            );
+        }
+
+        // C has no token: the relay refuses the join and closes with 1008;
+        // the page says so and stays closed (no reconnect loop).
+        let page_c = driver.browser().await;
+        open_and_join_as(&page_c, cluster.addr_a(), &passphrase, None).await;
+        wait_js(
+            &page_c,
+            "const s = window.playground.state, box = document.getElementById('auth-error');
+             return s.authError !== null && s.authError.code === 'token_required'
+                 && s.socket === 'closed' && s.lastClose.code === 1008
+                 && !box.hidden && box.textContent.includes('token_required')
+                 && document.getElementById('account').open",
+            "page C shows token_required",
+        )
+        .await;
+        // Longer than any reconnect delay of the page (1 s after 1006).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let after = bounded(
+            "read C's state",
+            page_c.execute(
+                "const s = window.playground.state;
+                 return [s.socket, s.seat, s.events.filter(e => e === 'close').length,
+                         document.querySelectorAll('#frames .out').length > 0];",
+                vec![],
+            ),
+        )
+        .await;
+        assert_eq!(
+            after,
+            json!(["closed", null, 1, true]),
+            "page C stays closed after token_required"
+        );
+        for page in [page_a, page_b, page_c] {
+            let _ = tokio::time::timeout(WAIT, page.close()).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(120), test)
+        .await
+        .is_err()
+    {
+        for log in &logs {
+            log.print();
+        }
+        panic!("the browser player-account test did not finish within 120 s");
     }
 }
 
