@@ -117,7 +117,7 @@ async fn nodes_reach_redis_over_tls() {
     std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write key");
     let port = support::free_port();
-    let mut redis = std::process::Command::new("redis-server")
+    let redis = std::process::Command::new("redis-server")
         .args(["--port", "0", "--tls-port", &port.to_string()])
         .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .args(["--tls-cert-file", cert_path.to_str().unwrap()])
@@ -127,6 +127,8 @@ async fn nodes_reach_redis_over_tls() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("redis-server");
+    // Stopped however the test ends.
+    let _redis = KillOnDrop(redis);
     let url = format!("rediss://localhost:{port}/");
     let ca = cert_path.to_str().unwrap();
     let untrusting = Node::start("untrusting", &["--redis-url", &url]);
@@ -163,7 +165,15 @@ async fn nodes_reach_redis_over_tls() {
             .is_err()
     );
     drop((pa, pb, a, b, untrusting));
-    let _ = redis.kill();
-    let _ = redis.wait();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A child process killed (and reaped) when dropped, panics included.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
