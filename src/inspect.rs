@@ -12,7 +12,7 @@ use redis::Connection;
 use serde_json::{Value, json};
 
 use crate::identity::node_key_of;
-use crate::lobby::redis::{NODES_KEY, channel, lobby_key, node_key};
+use crate::lobby::redis::{NODES_KEY, channel, lobby_key, node_key, resume_key};
 
 /// A lobby as stored: its hash and its seats (seat → member id).
 struct Lobby {
@@ -105,14 +105,37 @@ pub fn all_lobbies(conn: &mut Connection) -> redis::RedisResult<Value> {
 }
 
 /// `inspect lobby`: one lobby by its hash (without Redis: its names only).
+/// A seat whose player opted in to resume is `resumable`; one held for a
+/// player whose connection is gone is `away`.
 pub fn lobby(conn: Option<&mut Connection>, hex: &str) -> redis::RedisResult<Value> {
-    let seats: BTreeMap<u32, String> = match conn {
-        Some(conn) => redis::cmd("HGETALL").arg(lobby_key(hex)).query(conn)?,
-        None => BTreeMap::new(),
+    let (seats, resumable, away): (BTreeMap<u32, String>, Vec<u8>, Vec<u8>) = match conn {
+        Some(conn) => {
+            let seats = redis::cmd("HGETALL").arg(lobby_key(hex)).query(conn)?;
+            let (resumable, away): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("HMGET")
+                .arg(resume_key(hex))
+                .arg("seats")
+                .arg("away")
+                .query(conn)?;
+            (
+                seats,
+                resumable.unwrap_or_default(),
+                away.unwrap_or_default(),
+            )
+        }
+        None => Default::default(),
     };
     let seats: Vec<Value> = seats
         .iter()
-        .map(|(seat, member)| json!({"seat": seat, "member": member, "node": node_key_of(member)}))
+        .map(|(seat, member)| {
+            let held = |set: &[u8]| u8::try_from(*seat).is_ok_and(|s| set.contains(&s));
+            json!({
+                "seat": seat,
+                "member": member,
+                "node": node_key_of(member),
+                "resumable": held(&resumable),
+                "away": held(&away),
+            })
+        })
         .collect();
     Ok(json!({
         "lobby": hex,

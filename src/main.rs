@@ -359,8 +359,13 @@ fn inspect_lobby(lobby: LobbyArgs, common: InspectArgs) -> ExitCode {
     match report["seats"].as_array() {
         Some(seats) if !seats.is_empty() => {
             for seat in seats {
+                let state = match (seat["resumable"] == true, seat["away"] == true) {
+                    (_, true) => " (away: held for a resume)",
+                    (true, false) => " (resumable)",
+                    _ => "",
+                };
                 println!(
-                    "seat {}: {}",
+                    "seat {}: {}{state}",
                     seat["seat"],
                     seat["member"].as_str().unwrap_or_default()
                 );

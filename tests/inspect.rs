@@ -88,3 +88,30 @@ async fn inspect_matches_the_players() {
     let table = inspect(&url, &["lobbies"]);
     assert!(table.contains(&support::lobby_id(&l2)), "{table}");
 }
+
+/// A seat held for a resume shows as such: resumable while its player
+/// plays, away once its connection is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_shows_held_seats() {
+    let c = Cluster::redis();
+    let url = c.redis_server().expect("redis").url();
+    let pass = format!("inspect-held-{}", support::unique());
+    let mut a = Client::connect(&c.url_a(), "A").await;
+    a.send_json(serde_json::json!({"type": "join", "passphrase": pass, "resume": true}))
+        .await;
+    assert_eq!(a.recv_json().await["type"], "joined");
+    let mut b = Client::connect(&c.url_b(), "B").await;
+    b.join(&pass).await;
+    let one = json(&url, &["lobby", &pass]);
+    assert_eq!(one["seats"][0]["resumable"], true, "{one}");
+    assert_eq!(one["seats"][0]["away"], false, "{one}");
+    assert_eq!(one["seats"][1]["resumable"], false, "{one}");
+    drop(a);
+    b.recv_json().await; // ready
+    assert_eq!(b.recv_json().await["type"], "playerAway");
+    let one = json(&url, &["lobby", &pass]);
+    assert_eq!(one["players"], 2, "a held seat still counts: {one}");
+    assert_eq!(one["seats"][0]["away"], true, "{one}");
+    let text = inspect(&url, &["lobby", &pass]);
+    assert!(text.contains("(away: held for a resume)"), "{text}");
+}
