@@ -290,6 +290,24 @@ async fn tank_x(browser: &Browser, seat: u64) -> Option<f64> {
         .as_f64()
 }
 
+/// Runs a browser test with a bound of two minutes; on timeout the nodes'
+/// logs are printed and the test fails, naming `what`.
+async fn within_two_minutes(
+    logs: &[support::NodeLogs],
+    what: &str,
+    test: impl Future<Output = ()>,
+) {
+    if tokio::time::timeout(Duration::from_secs(120), test)
+        .await
+        .is_err()
+    {
+        for log in logs {
+            log.print();
+        }
+        panic!("the {what} did not finish within 120 s");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pages_play_through_two_nodes_and_the_admin_view_follows() {
     let driver = Chromedriver::start();
@@ -438,15 +456,7 @@ async fn two_pages_play_through_two_nodes_and_the_admin_view_follows() {
             let _ = tokio::time::timeout(WAIT, page.close()).await;
         }
     };
-    if tokio::time::timeout(Duration::from_secs(120), test)
-        .await
-        .is_err()
-    {
-        for log in &logs {
-            log.print();
-        }
-        panic!("the browser test did not finish within 120 s");
-    }
+    within_two_minutes(&logs, "browser test", test).await;
 }
 
 /// Resume in the playground: pages A (node a) and B (node b) join one
@@ -582,15 +592,7 @@ async fn a_dropped_page_resumes_and_gets_what_it_missed() {
             let _ = tokio::time::timeout(WAIT, page.close()).await;
         }
     };
-    if tokio::time::timeout(Duration::from_secs(120), test)
-        .await
-        .is_err()
-    {
-        for log in &logs {
-            log.print();
-        }
-        panic!("the browser resume test did not finish within 120 s");
-    }
+    within_two_minutes(&logs, "browser resume test", test).await;
 }
 
 /// Player accounts in the playground, against two nodes with `--auth
@@ -733,15 +735,7 @@ async fn pages_with_player_tokens_show_each_others_user_id() {
             let _ = tokio::time::timeout(WAIT, page.close()).await;
         }
     };
-    if tokio::time::timeout(Duration::from_secs(120), test)
-        .await
-        .is_err()
-    {
-        for log in &logs {
-            log.print();
-        }
-        panic!("the browser player-account test did not finish within 120 s");
-    }
+    within_two_minutes(&logs, "browser player-account test", test).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -709,6 +709,10 @@ impl Client {
         let ws = try_connect(url)
             .await
             .unwrap_or_else(|e| panic!("{name}: connecting to {url} failed: {e}"));
+        Client::from_ws(ws, name)
+    }
+
+    fn from_ws(ws: Ws, name: &str) -> Client {
         let (sink, stream) = ws.split();
         Client {
             tx: Sender {
@@ -734,17 +738,7 @@ impl Client {
             Ok(result) => result?.0,
             Err(_) => panic!("{name}: connecting timed out after {RECV_TIMEOUT:?}"),
         };
-        let (sink, stream) = ws.split();
-        Ok(Client {
-            tx: Sender {
-                name: name.to_owned(),
-                sink,
-            },
-            rx: Receiver {
-                name: name.to_owned(),
-                stream,
-            },
-        })
+        Ok(Client::from_ws(ws, name))
     }
 
     pub fn name(&self) -> &str {
