@@ -40,8 +40,10 @@ pub struct ServeArgs {
 
     /// Redis to share lobbies with other nodes, e.g. `redis://127.0.0.1:6379/`
     /// (`rediss://` for TLS, verified against the system's trust store or
-    /// --redis-ca-cert). Without it the node runs alone, with lobbies in
-    /// memory.
+    /// --redis-ca-cert). A Redis Cluster: `redis+cluster://` (or
+    /// `rediss+cluster://`) and comma-separated seed nodes, e.g.
+    /// `redis+cluster://10.0.0.1:7000,10.0.0.2:7000/`. Without it the node
+    /// runs alone, with lobbies in memory.
     #[arg(long, env = "LOBBY_RELAY_REDIS_URL", value_parser = parse_redis_url, hide_env_values = true)]
     pub redis_url: Option<String>,
 
@@ -403,9 +405,7 @@ fn parse_node_id(s: &str) -> Result<String, String> {
 }
 
 fn parse_redis_url(s: &str) -> Result<String, String> {
-    redis::Client::open(s)
-        .map(|_| s.to_owned())
-        .map_err(|e| format!("{e} (example: redis://127.0.0.1:6379/)"))
+    crate::lobby::redis::target::Target::parse(s).map(|_| s.to_owned())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -432,6 +432,8 @@ mod tests {
     fn redis_urls() {
         assert!(parse_redis_url("redis://127.0.0.1:6379/").is_ok());
         assert!(parse_redis_url("localhost:6379").is_err());
+        assert!(parse_redis_url("redis+cluster://127.0.0.1:7000,127.0.0.1:7001").is_ok());
+        assert!(parse_redis_url("redis+cluster://").is_err());
     }
 
     #[test]

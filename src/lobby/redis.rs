@@ -20,6 +20,7 @@
 
 mod envelope;
 mod liveness;
+pub mod target;
 mod view;
 
 use std::collections::HashMap;
