@@ -577,7 +577,7 @@ cmd_status() {
   fi
   if command -v redis-cli >/dev/null 2>&1 && redis_pings; then
     local nodes lobbies
-    nodes=$(redis_cli --scan --pattern 'lr:node:*' | sort)
+    nodes=$(redis_cli --scan --pattern 'lr:{nodes}:node:*' | sort)
     lobbies=$(redis_cli --scan --pattern 'lr:lobby:*' | wc -l | tr -d ' ')
     say "redis (redis-cli -p $CLUSTER_REDIS_PORT):"
     say "  live nodes: $(printf '%s' "$nodes" | grep -c . || true)"

@@ -44,7 +44,7 @@ pub struct ClusterView {
     pub store: &'static str,
     /// The node that answered.
     pub served_by: String,
-    /// The nodes: with Redis, every node listed in `lr:nodes`.
+    /// The nodes: with Redis, every node listed in `lr:{nodes}`.
     pub nodes: Vec<NodeView>,
     /// Lobbies, by hash prefix (at most [`LOBBY_LIMIT`]).
     pub lobbies: Vec<LobbyView>,

@@ -12,7 +12,7 @@ use redis::Connection;
 use serde_json::{Value, json};
 
 use crate::identity::node_key_of;
-use crate::lobby::redis::{NODES_KEY, channel, lobby_key, node_key, resume_key};
+use crate::lobby::redis::{NODE_KEY_PREFIX, NODES_KEY, channel, lobby_key, node_key, resume_key};
 
 /// A lobby as stored: its hash and its seats (seat → member id).
 struct Lobby {
@@ -52,8 +52,8 @@ fn lobbies(conn: &mut Connection) -> redis::RedisResult<Vec<Lobby>> {
 /// `inspect nodes`.
 pub fn nodes(conn: &mut Connection) -> redis::RedisResult<Value> {
     let mut listed: Vec<String> = redis::cmd("SMEMBERS").arg(NODES_KEY).query(conn)?;
-    for key in scan(conn, "lr:node:*")? {
-        listed.push(key.trim_start_matches("lr:node:").to_owned());
+    for key in scan(conn, &format!("{NODE_KEY_PREFIX}*"))? {
+        listed.push(key.trim_start_matches(NODE_KEY_PREFIX).to_owned());
     }
     listed.sort();
     listed.dedup();

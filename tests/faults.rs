@@ -66,23 +66,23 @@ fn node(id: &str, url: &str, args: &[&str]) -> Node {
 }
 
 /// The key `<id>/<incarnation>` under which node `id` lists itself in
-/// `lr:nodes` (waits for its first heartbeat).
+/// `lr:{nodes}` (waits for its first heartbeat).
 async fn node_key(redis: &RedisProbe, id: &str) -> String {
     let prefix = format!("{id}/");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let nodes: Vec<String> = redis.query(redis::cmd("SMEMBERS").arg("lr:nodes")).await;
+        let nodes: Vec<String> = redis.query(redis::cmd("SMEMBERS").arg("lr:{nodes}")).await;
         let mine: Vec<&String> = nodes.iter().filter(|n| n.starts_with(&prefix)).collect();
         match mine.as_slice() {
             [one] => return (*one).clone(),
             [] if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
-            _ => panic!("expected one key of node {id} in lr:nodes, found {nodes:?}"),
+            _ => panic!("expected one key of node {id} in lr:{{nodes}}, found {nodes:?}"),
         }
     }
 }
 
 async fn listed_nodes(redis: &RedisProbe) -> Vec<String> {
-    let mut nodes: Vec<String> = redis.query(redis::cmd("SMEMBERS").arg("lr:nodes")).await;
+    let mut nodes: Vec<String> = redis.query(redis::cmd("SMEMBERS").arg("lr:{nodes}")).await;
     nodes.sort();
     nodes
 }
@@ -342,10 +342,10 @@ async fn killed_node_is_reaped() {
                 async move {
                     let nodes = listed_nodes(&probe).await;
                     let index = exists(&probe, &format!("lr:node-lobbies:{b_key}")).await;
-                    let beat = exists(&probe, &format!("lr:node:{b_key}")).await;
+                    let beat = exists(&probe, &format!("lr:{{nodes}}:node:{b_key}")).await;
                     if nodes.contains(&b_key) || index || beat {
                         Err(format!(
-                            "lr:nodes {nodes:?}, node-lobbies exists {index}, heartbeat exists {beat}"
+                            "lr:{{nodes}} {nodes:?}, node-lobbies exists {index}, heartbeat exists {beat}"
                         ))
                     } else {
                         Ok(())
@@ -354,7 +354,7 @@ async fn killed_node_is_reaped() {
             })
             .await;
         assert!(
-            exists(&probe, &format!("lr:reaped:{b_key}")).await,
+            exists(&probe, &format!("lr:{{nodes}}:reaped:{b_key}")).await,
             "the reaper marks node b reaped"
         );
         let seats = probe.hgetall(&key).await;
@@ -485,7 +485,7 @@ async fn redis_restart(outage: Duration) {
                             Ok(())
                         } else {
                             Err(format!(
-                                "seats {seats:?} (want {expected:?}), lr:nodes {nodes:?}"
+                                "seats {seats:?} (want {expected:?}), lr:{{nodes}} {nodes:?}"
                             ))
                         }
                     }
@@ -634,10 +634,10 @@ async fn sigterm_drains_the_node() {
         );
 
         // Goodbye: node b's records are gone, and so is its seat.
-        assert!(!exists(&probe, &format!("lr:node:{b_key}")).await, "heartbeat key of b");
+        assert!(!exists(&probe, &format!("lr:{{nodes}}:node:{b_key}")).await, "heartbeat key of b");
         assert!(
             !listed_nodes(&probe).await.contains(&b_key),
-            "lr:nodes still lists b"
+            "lr:{{nodes}} still lists b"
         );
         assert!(!exists(&probe, &format!("lr:node-lobbies:{b_key}")).await, "index of b");
         let seats = probe.hgetall(&lobby_key(&pass)).await;

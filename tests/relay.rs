@@ -945,7 +945,7 @@ async fn passphrase_never_reaches_redis(c: Cluster) {
 
 /// Waits until nothing of any lobby remains: no `lr:lobby:*` key, no node
 /// lobby index (`lr:node-lobbies:*`), no `lr:chan:*` channel subscribed.
-/// (What remains are the nodes' own heartbeats, `lr:node:*` and `lr:nodes`.)
+/// (What remains are the nodes' own heartbeats, `lr:{nodes}:node:*` and `lr:{nodes}`.)
 async fn wait_for_empty_redis(redis: &support::RedisProbe) {
     redis
         .wait_until(support::CLEANUP_TIMEOUT, |redis| async move {

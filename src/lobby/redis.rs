@@ -20,10 +20,11 @@
 //! The `{...}` around the hash is a Redis Cluster hash tag: every key and the
 //! channel of a lobby live in the same slot, and every script touches the
 //! keys of one lobby only, so that in a cluster it runs on the one shard that
-//! owns the lobby. The node-level keys (`lr:node:*`, `lr:nodes`,
-//! `lr:node-lobbies:*`, `lr:reaped:*`, `lr:away`, `lr:rate:*`) live where
-//! their names hash; they are read and written by plain commands, never from
-//! inside a lobby's script (see docs/operations.md, "Redis Cluster").
+//! owns the lobby. The liveness keys (`lr:{nodes}`, `lr:{nodes}:node:*`,
+//! `lr:{nodes}:reaped:*`) share the tag `{nodes}` and so one shard; the
+//! others (`lr:node-lobbies:*`, `lr:away`, `lr:rate:*`) live where their
+//! names hash; none is touched from inside a lobby's script (see
+//! docs/operations.md, "Redis Cluster").
 
 mod envelope;
 mod liveness;
@@ -70,13 +71,21 @@ pub fn channel(hex: &str) -> String {
 }
 
 /// A live node's heartbeat key; it expires when the node stops renewing it.
+///
+/// The liveness keys (heartbeats, [`NODES_KEY`], reaped marks) share the hash
+/// tag `{nodes}`: in a Redis Cluster they sit on one shard, so that a shard
+/// failing over stops every heartbeat and every reaper at once, never the
+/// heartbeats of some nodes while others go on judging them dead.
 pub fn node_key(node: &str) -> String {
-    format!("lr:node:{node}")
+    format!("lr:{{nodes}}:node:{node}")
 }
 
 /// The set of every node key that has announced itself (live or not yet
 /// reaped).
-pub const NODES_KEY: &str = "lr:nodes";
+pub const NODES_KEY: &str = "lr:{nodes}";
+
+/// The start of every heartbeat key, for scans.
+pub const NODE_KEY_PREFIX: &str = "lr:{nodes}:node:";
 
 /// The lobbies a node has (or recently had) members in: where to look for
 /// them if the node dies.
@@ -87,7 +96,7 @@ pub fn node_lobbies_key(node: &str) -> String {
 /// Set by the node that reaped `node`: tells it, should it come back, that
 /// its seats are gone.
 pub fn reaped_key(node: &str) -> String {
-    format!("lr:reaped:{node}")
+    format!("lr:{{nodes}}:reaped:{node}")
 }
 
 /// The join limit's state for one client address (expires by itself).
@@ -227,6 +236,11 @@ struct Shared {
     scripts: Scripts,
     /// The last heartbeat was written.
     commands_ok: AtomicBool,
+    /// When the heartbeat last came back after failing: the other nodes'
+    /// heartbeats may have expired meanwhile (a Redis failover takes longer
+    /// than --node-timeout), so nobody is reaped until they had the time to
+    /// beat again.
+    beating_since: Mutex<Option<Instant>>,
     /// The pub/sub connection is up and subscribed.
     pubsub_ok: AtomicBool,
     /// Wakes the heartbeat task to re-register this node's seats (the
@@ -239,6 +253,8 @@ struct Shared {
     /// Sharded channels this node is leaving (cluster): the `sunsubscribe`
     /// confirmations they cause are not slot moves.
     leaving_channels: Mutex<std::collections::HashSet<LobbyId>>,
+    /// The pub/sub connection's subscribe handle (see [`RedisStore::sink`]).
+    sink: watch::Receiver<Option<Sink>>,
     stop: CancellationToken,
 }
 
@@ -250,6 +266,7 @@ impl Shared {
 
 struct Scripts {
     gcra: redis::Script,
+    heartbeat: redis::Script,
     join: redis::Script,
     leave: redis::Script,
     reap: redis::Script,
@@ -430,6 +447,23 @@ impl Shared {
         timed(pipe.query_async::<()>(&mut conn)).await
     }
 
+    /// Subscribes again to the sharded channel of every lobby of this node
+    /// (cluster). A shard that failed over lost its subscribers, and the
+    /// client's own attempt to move them may have come before the replica
+    /// took over; subscribing to a channel twice is harmless.
+    async fn resubscribe_all(&self) -> Result<(), StoreError> {
+        let Some(sink) = self.sink.borrow().clone() else {
+            return Err(StoreError::Unreachable("not connected to Redis pub/sub"));
+        };
+        let lobbies = self.hub.lobby_ids();
+        let replies = join_all(lobbies.iter().map(|lobby| {
+            let mut sink = sink.clone();
+            async move { timed(sink.subscribe(channel(&lobby.to_string()))).await }
+        }))
+        .await;
+        replies.into_iter().collect()
+    }
+
     /// Adds lobbies to this node's index, before it takes seats in them: so
     /// that its members are found should it die.
     async fn index_lobbies(&self, hexes: &[&str]) -> Result<(), StoreError> {
@@ -550,6 +584,7 @@ impl RedisStore {
     ) -> Result<Self, StoreError> {
         let target = Target::parse(&settings.url).map_err(StoreError::Protocol)?;
         let (pushes_tx, pushes) = mpsc::unbounded_channel();
+        let (sink_slot, sink) = watch::channel(None);
         let (clients, conn, publish) = match &target {
             Target::Single(url) => {
                 let client = open_client(url, settings.ca_cert.clone())?;
@@ -572,6 +607,7 @@ impl RedisStore {
             settings,
             scripts: Scripts {
                 gcra: redis::Script::new(include_str!("gcra.lua")),
+                heartbeat: redis::Script::new(include_str!("heartbeat.lua")),
                 join: held_script(include_str!("join.lua"), publish),
                 leave: held_script(include_str!("leave.lua"), publish),
                 reap: held_script(include_str!("reap.lua"), publish),
@@ -582,15 +618,16 @@ impl RedisStore {
                 expire: held_script(include_str!("expire.lua"), publish),
             },
             commands_ok: AtomicBool::new(false),
+            beating_since: Mutex::new(None),
             pubsub_ok: AtomicBool::new(false),
             resync: Notify::new(),
             pending_leaves: Mutex::default(),
             leaving_channels: Mutex::default(),
+            sink: sink.clone(),
             stop: CancellationToken::new(),
         });
         let stop = shared.stop.clone();
         let (publisher, queue) = mpsc::channel(PUBLISH_QUEUE);
-        let (sink_slot, sink) = watch::channel(None);
         let subscriber = if shared.is_cluster() {
             tokio::spawn(
                 stop.clone()
@@ -1369,6 +1406,13 @@ mod tests {
         assert_eq!(lobby_of_channel(&channel(&hex)).unwrap().to_string(), hex);
         assert!(lobby_of_channel("lr:chan:{nope}").is_none());
         assert!(lobby_of_channel("other").is_none());
-        assert!(node_key("relay-1/0a").starts_with(PREFIX));
+        assert!(node_key("relay-1/0a").starts_with(NODE_KEY_PREFIX));
+        assert!(NODE_KEY_PREFIX.starts_with(PREFIX));
+        for key in [node_key("a/1"), NODES_KEY.into(), reaped_key("a/1")] {
+            assert_eq!(
+                target::slot(key.as_bytes()),
+                target::slot(NODES_KEY.as_bytes())
+            );
+        }
     }
 }

@@ -1,18 +1,21 @@
 //! Node liveness: heartbeats, reaping dead nodes, and re-registering this
 //! node's seats after an outage.
 //!
-//! - Every `node_timeout / 3` a node renews `lr:node:<node key>` (expiring
-//!   after `node_timeout`) and lists itself in `lr:nodes`. The value is a
+//! - Every `node_timeout / 3` a node renews `lr:{nodes}:node:<node key>` (expiring
+//!   after `node_timeout`) and lists itself in `lr:{nodes}`. The value is a
 //!   small JSON object: node id, version and the node's
 //!   [`Figures`](crate::metrics::Figures) (`stats`), read by the admin view.
 //! - Every `node_timeout / 3` each node looks for listed nodes whose
-//!   heartbeat has expired, marks each one reaped (`lr:reaped:<node key>`),
+//!   heartbeat has expired, marks each one reaped (`lr:{nodes}:reaped:<node key>`),
 //!   and removes its members from the lobbies of its index
 //!   (`lr:node-lobbies:<node key>`) with `reap.lua`, which publishes a leave
 //!   event for each: the other players get `playerLeft`. Reaping is
 //!   idempotent, so several nodes may do it at once. Bound: a dead node's
 //!   players are gone at most `node_timeout + node_timeout / 3` (plus a
-//!   round trip) after its last heartbeat.
+//!   round trip) after its last heartbeat. A node whose own heartbeat just
+//!   came back from failing (or just started) judges nobody for
+//!   `node_timeout`: after a Redis restart or failover every heartbeat may
+//!   have expired, and the others need a beat to say they are alive.
 //! - When this node finds itself marked reaped (it was cut off from Redis for
 //!   longer than `node_timeout`), every seat it held is lost: its members get
 //!   `seat_lost` and are disconnected, and it starts a new incarnation.
@@ -42,6 +45,10 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>) {
     let ttl_ms = shared.settings.node_timeout.as_millis() as u64;
     let mut failures = 0u32;
     let mut resync_due = false;
+    // A cluster connection is being set up (and says so if it cannot be).
+    while shared.conn().is_err() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     loop {
         let key = shared.identity.key();
         // The node's figures ride along, so that any node can show the
@@ -68,6 +75,12 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>) {
                 if failures > 0 {
                     tracing::info!(after_failures = failures, "lobby store reachable again");
                     resync_due = true;
+                }
+                if failures > 0 || !shared.commands_ok.load(Ordering::Relaxed) {
+                    *shared
+                        .beating_since
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
                 }
                 failures = 0;
                 shared.commands_ok.store(true, Ordering::Relaxed);
@@ -115,28 +128,22 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>) {
 
 /// Renews this node's heartbeat unless the node has been reaped (a reaped
 /// incarnation must not be listed as alive again). Returns whether it was.
-///
-/// Three keys in as many slots, so not one script: should a reaper mark the
-/// node between the check and the renewal, the heartbeat key of a reaped
-/// incarnation lives on until it expires (the next beat sees the mark and
-/// starts a new incarnation); its members are gone either way.
 async fn beat(shared: &Shared, key: &str, info: String, ttl_ms: u64) -> Result<bool, StoreError> {
     let mut conn = shared.conn()?;
-    let reaped: bool = timed(
-        redis::cmd("EXISTS")
-            .arg(reaped_key(key))
-            .query_async(&mut conn),
+    let reaped: i64 = timed(
+        shared
+            .scripts
+            .heartbeat
+            .key(node_key(key))
+            .key(NODES_KEY)
+            .key(reaped_key(key))
+            .arg(info)
+            .arg(ttl_ms)
+            .arg(key)
+            .invoke_async(&mut conn),
     )
     .await?;
-    if reaped {
-        return Ok(true);
-    }
-    let mut set = redis::cmd("SET");
-    set.arg(node_key(key)).arg(info).arg("PX").arg(ttl_ms);
-    let mut add = redis::cmd("SADD");
-    add.arg(NODES_KEY).arg(key);
-    shared.exec_all(vec![set, add]).await?;
-    Ok(false)
+    Ok(reaped == 1)
 }
 
 /// Whether the other nodes have reaped this node's current incarnation.
@@ -171,7 +178,8 @@ pub(super) fn lose_everything(shared: &Shared, key: &str) {
     );
 }
 
-/// Re-registers every seat this node holds (Redis may have lost them).
+/// Re-registers every seat this node holds (Redis may have lost them) and,
+/// in a cluster, subscribes again to its lobbies.
 async fn resync(shared: &Shared) -> Result<(), StoreError> {
     let key = shared.identity.key();
     let mut conn = shared.conn()?;
@@ -206,6 +214,9 @@ async fn resync(shared: &Shared) -> Result<(), StoreError> {
                 }
             }
         }
+    }
+    if shared.is_cluster() {
+        shared.resubscribe_all().await?;
     }
     tracing::info!(kept, reclaimed, lost, "re-registered this node's seats");
     Ok(())
@@ -266,6 +277,15 @@ pub(super) async fn run_reaper(shared: Arc<Shared>) {
         tokio::time::sleep(every).await;
         if !shared.commands_ok.load(Ordering::Relaxed) {
             continue; // cut off ourselves: nobody to judge
+        }
+        let since = *shared
+            .beating_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if since.is_none_or(|since| since.elapsed() < shared.settings.node_timeout) {
+            // Just back (or just started): the others may be coming back
+            // too, and have not beaten yet.
+            continue;
         }
         if let Err(e) = reap_dead_nodes(&shared).await {
             tracing::warn!(error = %e, "looking for dead nodes failed");

@@ -1,5 +1,5 @@
 //! The cluster as the admin view shows it, read from Redis by any node:
-//! the nodes of `lr:nodes` with the figures of their heartbeats, and their
+//! the nodes of `lr:{nodes}` with the figures of their heartbeats, and their
 //! lobbies (from each node's `lr:node-lobbies:*` index, not a `SCAN`) with
 //! the node of each seat. Read-only; a handful of pipelined round trips (in
 //! a Redis Cluster, concurrent commands, each to its shard).
