@@ -2,16 +2,14 @@
 -- may have lost everything). Conditional and atomic: a seat still free is
 -- reclaimed, a seat taken by someone else is not, and a lobby is never
 -- filled beyond its capacity. Silent: the players never saw the seat go.
+-- (The node has added the lobby to its index before.)
 --
 -- KEYS[1]  the lobby's membership hash
--- KEYS[2]  the node's lobby index (set of lobby hashes it has members in)
 -- ARGV[1]  the seat
 -- ARGV[2]  the member id
 -- ARGV[3]  the lobby capacity
--- ARGV[4]  the lobby hash (for the index)
 -- Returns 1 if the seat was still the member's, 2 if it was reclaimed, 0 if
 -- it is lost.
-redis.call('SADD', KEYS[2], ARGV[4])
 local holder = redis.call('HGET', KEYS[1], ARGV[1])
 if holder == ARGV[2] then
   return 1

@@ -13,10 +13,25 @@
 --                            'away' (one byte per seat) the seats away
 --   lr:resume:{HASH}:S       list: the last deliveries to S (envelopes), at
 --                            most cap_n of them and cap_b bytes
---   lr:away                  sorted set: 'HASH:S' scored by the end of grace
---                            (ms since the epoch), 0 when it must go at once
+--   'S:due' (while away) when its grace ends (ms since the epoch), 0 when
+--   it must go at once (its buffer overflowed)
 -- A delivery is what the relay sends a member of the lobby after `joined`:
 -- game messages, ready, playerJoined, playerLeft, playerAway, playerBack.
+--
+-- Every key a script touches carries the lobby's hash tag, so that in a Redis
+-- Cluster it runs on the one shard that owns the lobby. The index of held
+-- seats by due time, lr:away (sorted set, 'HASH:S' scored by S:due), lives
+-- elsewhere: scripts list the changes it needs in AWAY_ADD (entry, score,
+-- ...) and AWAY_DEL (entry, ...), returned beside the script's own result
+-- (see the end of the script), and the node applies them right after. Should
+-- it die in between, the index heals: a reaper re-adds the held seats of a
+-- dead node, and expire.lua drops entries of seats no longer held.
+--
+-- PUBLISH is 'PUBLISH' with one Redis and 'SPUBLISH' (sharded pub/sub) in a
+-- Redis Cluster; it is defined in front of this text.
+
+local AWAY_ADD = {}
+local AWAY_DEL = {}
 
 local function res_of(key, prefix_len)
   return 'lr:resume:' .. string.sub(key, prefix_len + 1)
@@ -57,8 +72,9 @@ local function hold(res, skip, entry, meta)
         if n - len > away_at then
           -- Deliveries the away member has not seen were dropped: its seat
           -- goes now (the reaper releases it with playerLeft).
-          redis.call('HSET', res, s .. ':over', 1)
-          redis.call('ZADD', 'lr:away', 0, hex_of(res) .. ':' .. s)
+          redis.call('HSET', res, s .. ':over', 1, s .. ':due', 0)
+          AWAY_ADD[#AWAY_ADD + 1] = hex_of(res) .. ':' .. s
+          AWAY_ADD[#AWAY_ADD + 1] = 0
         end
       end
     end
@@ -90,9 +106,10 @@ local function forget_seat(res, seat)
   end
   drop_seat(res, 'away', seat)
   local kept = drop_seat(res, 'seats', seat)
-  redis.call('HDEL', res, seat .. ':tok', seat .. ':n', seat .. ':b', seat .. ':sent', seat .. ':away', seat .. ':over')
+  redis.call('HDEL', res, seat .. ':tok', seat .. ':n', seat .. ':b', seat .. ':sent', seat .. ':away',
+    seat .. ':over', seat .. ':due')
   redis.call('DEL', res .. ':' .. seat)
-  redis.call('ZREM', 'lr:away', hex_of(res) .. ':' .. seat)
+  AWAY_DEL[#AWAY_DEL + 1] = hex_of(res) .. ':' .. seat
   if kept == '' then
     redis.call('DEL', res)
   end
@@ -114,17 +131,24 @@ local function left_event(lobby, seat)
 end
 
 -- Marks a resumable seat away (its connection is gone, its seat held for the
--- grace period) and tells the others. False if it already was.
+-- grace period) and tells the others. False if it already was (its entry in
+-- lr:away is listed again, in case the node that marked it died before
+-- adding it).
 local function mark_away(res, seat, now, channel)
+  local entry = hex_of(res) .. ':' .. seat
   if redis.call('HEXISTS', res, seat .. ':away') == 1 then
+    AWAY_ADD[#AWAY_ADD + 1] = entry
+    AWAY_ADD[#AWAY_ADD + 1] = tonumber(redis.call('HGET', res, seat .. ':due')) or 0
     return false
   end
-  redis.call('HSET', res, seat .. ':away', redis.call('HGET', res, seat .. ':n'),
-    'away', (redis.call('HGET', res, 'away') or '') .. string.char(tonumber(seat)))
   local grace = tonumber(redis.call('HGET', res, 'grace'))
-  redis.call('ZADD', 'lr:away', now + grace, hex_of(res) .. ':' .. seat)
+  redis.call('HSET', res, seat .. ':away', redis.call('HGET', res, seat .. ':n'),
+    seat .. ':due', now + grace,
+    'away', (redis.call('HGET', res, 'away') or '') .. string.char(tonumber(seat)))
+  AWAY_ADD[#AWAY_ADD + 1] = entry
+  AWAY_ADD[#AWAY_ADD + 1] = now + grace
   local event = 'A' .. string.char(tonumber(seat)) .. tostring(grace)
-  redis.call('PUBLISH', channel, event)
+  redis.call(PUBLISH, channel, event)
   hold(res, tonumber(seat), event)
   return true
 end
@@ -136,7 +160,7 @@ local function free_seat(lobby, res, seat, channel)
   redis.call('HDEL', lobby, seat)
   forget_seat(res, seat)
   local event, players = left_event(lobby, seat)
-  redis.call('PUBLISH', channel, event)
+  redis.call(PUBLISH, channel, event)
   if players == 0 then
     redis.call('DEL', res)
   else

@@ -1,17 +1,17 @@
 -- Seats a member in the lowest free seat of a lobby, unless the lobby is full
 -- (or the member's user already holds a seat there), and publishes the join
 -- event from inside the same atomic step, so that every node sees membership
--- changes and messages in one order.
+-- changes and messages in one order. (The node has added the lobby to its
+-- index, lr:node-lobbies:<node key>, before: so that its members can be
+-- found if it dies.)
 --
 -- KEYS[1]  the lobby's membership hash: field = seat number, value = member id
 --          (`<node key>.<n>`, then `|<user id>` for an authenticated player)
--- KEYS[2]  the joining node's lobby index (set of lobby hashes it has members
---          in), so that its members can be found if it dies
 -- ARGV[1]  the member id (node id / connection id [| user id]; never a
 --          passphrase, never a token)
 -- ARGV[2]  the lobby capacity
 -- ARGV[3]  the lobby's pub/sub channel
--- ARGV[4]  the lobby hash (for the index)
+-- ARGV[4]  the lobby hash
 -- ARGV[5]  the member's user id, or '' for an anonymous player
 -- ARGV[6]  resume (opt-in): SHA-256 (hex) of the seat's resume token secret,
 --          or '' for a member who did not opt in
@@ -48,7 +48,6 @@ local seat = 1
 while redis.call('HEXISTS', KEYS[1], seat) == 1 do
   seat = seat + 1
 end
-redis.call('SADD', KEYS[2], ARGV[4])
 redis.call('HSET', KEYS[1], seat, ARGV[1])
 players = players + 1
 local res = res_of(KEYS[1], 9)
@@ -74,7 +73,7 @@ local event = 'J' .. string.char(seat, players, capacity) .. table.concat(seats)
 if any_user then
   event = event .. '\0' .. table.concat(users, '\0')
 end
-redis.call('PUBLISH', ARGV[3], event)
+redis.call(PUBLISH, ARGV[3], event)
 -- Everybody but the joiner is told; the joiner too when it fills the lobby
 -- (ready).
 if players >= capacity then

@@ -6,7 +6,9 @@
 //!   joiners never overfills a lobby, and which publish the join/leave event
 //!   themselves.
 //! - Fan-out: one pub/sub channel per lobby, `lr:chan:{<sha256 hex>}`. A
-//!   node subscribes only to the lobbies it has members in.
+//!   node subscribes only to the lobbies it has members in. In a Redis
+//!   Cluster it is a sharded channel (`SPUBLISH`/`SSUBSCRIBE`): its messages
+//!   go through the one shard that owns the lobby's slot.
 //! - Order: every publish of this node goes through one publisher task and
 //!   one multiplexed connection, in batches (one pipeline per batch), so a
 //!   sender's messages keep their order; a leave waits until the member's
@@ -15,8 +17,13 @@
 //!   others reap the members of a node whose heartbeat expired. After an
 //!   outage a node re-registers the seats it holds.
 //!
-//! The `{...}` around the hash is a Redis Cluster hash tag: a lobby's key and
-//! channel live in the same slot.
+//! The `{...}` around the hash is a Redis Cluster hash tag: every key and the
+//! channel of a lobby live in the same slot, and every script touches the
+//! keys of one lobby only, so that in a cluster it runs on the one shard that
+//! owns the lobby. The node-level keys (`lr:node:*`, `lr:nodes`,
+//! `lr:node-lobbies:*`, `lr:reaped:*`, `lr:away`, `lr:rate:*`) live where
+//! their names hash; they are read and written by plain commands, never from
+//! inside a lobby's script (see docs/operations.md, "Redis Cluster").
 
 mod envelope;
 mod liveness;
@@ -31,7 +38,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use futures_util::future::join_all;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use target::{Conn, Slot, Target};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -99,9 +110,42 @@ fn lobby_of_channel(name: &str) -> Option<LobbyId> {
 /// a lobby or relay in it.
 const HELD_LUA: &str = include_str!("held.lua");
 
-/// A script with the held-seat helpers in front.
-fn held_script(body: &str) -> redis::Script {
-    redis::Script::new(&format!("{HELD_LUA}\n{body}"))
+/// A script with the held-seat helpers in front. `publish` is the command
+/// that publishes to a lobby's channel (`SPUBLISH` in a cluster). The script
+/// returns `{result, AWAY_ADD, AWAY_DEL}`: see [`HeldReply`].
+fn held_script(body: &str, publish: &str) -> redis::Script {
+    redis::Script::new(&format!(
+        "local PUBLISH = '{publish}'\n{HELD_LUA}\nlocal function main()\n{body}\nend\n\
+         local result = main()\nreturn {{result, AWAY_ADD, AWAY_DEL}}\n"
+    ))
+}
+
+/// What a held script returns: its own result, and the changes to
+/// `lr:away` (which lives outside the lobby's slot) for the node to apply.
+struct HeldReply {
+    result: redis::Value,
+    away_add: Vec<(String, i64)>,
+    away_del: Vec<String>,
+}
+
+impl redis::FromRedisValue for HeldReply {
+    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
+        let (result, adds, away_del): (redis::Value, Vec<redis::Value>, Vec<String>) =
+            redis::from_redis_value(v)?;
+        let mut away_add = Vec::with_capacity(adds.len() / 2);
+        let mut adds = adds.into_iter();
+        while let (Some(entry), Some(score)) = (adds.next(), adds.next()) {
+            away_add.push((
+                redis::from_redis_value(entry)?,
+                redis::from_redis_value(score)?,
+            ));
+        }
+        Ok(HeldReply {
+            result,
+            away_add,
+            away_del,
+        })
+    }
 }
 
 /// The sorted set of held seats by the end of their grace period.
@@ -133,6 +177,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Settings of the Redis store.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
+    /// `redis://`, `rediss://`, or a cluster's `redis+cluster://` seeds.
     pub url: String,
     /// PEM CA certificate(s) for a `rediss://` URL (else the system's).
     pub ca_cert: Option<Vec<u8>>,
@@ -148,17 +193,34 @@ pub struct RedisStore {
     publisher: mpsc::Sender<PublishOp>,
     /// Subscribe/unsubscribe handle of the current pub/sub connection; `None`
     /// while it is being (re-)established.
-    sink: watch::Receiver<Option<PubSubSink>>,
+    sink: watch::Receiver<Option<Sink>>,
     /// Stops the background tasks when the store is dropped.
     stop: CancellationToken,
 }
 
+/// How the store reaches Redis (one per process: the variants' sizes do not
+/// matter).
+#[allow(clippy::large_enum_variant)]
+enum Clients {
+    Single(redis::Client),
+    /// Commands and scripts, and sharded pub/sub (RESP3: its pushes arrive
+    /// on the subscriber's channel).
+    Cluster(Box<ClusterClients>),
+}
+
+struct ClusterClients {
+    commands: ClusterClient,
+    pubsub: ClusterClient,
+}
+
 /// What the store's background tasks share with it.
 struct Shared {
-    client: redis::Client,
-    /// Commands and scripts. Replaced when it stops answering (a dead peer
-    /// is otherwise only noticed after the OS's TCP timeout).
-    conn: RwLock<ConnectionManager>,
+    clients: Clients,
+    /// Commands and scripts; `None` until a cluster connection is up. The
+    /// single-Redis one is replaced when it stops answering (a dead peer is
+    /// otherwise only noticed after the OS's TCP timeout); a cluster
+    /// connection repairs itself.
+    conn: RwLock<Option<Conn>>,
     identity: Arc<Identity>,
     hub: Arc<Hub>,
     settings: RedisSettings,
@@ -174,18 +236,26 @@ struct Shared {
     /// lobby stays in the node's index meanwhile, so that the seat is reaped
     /// should the node die before the retry succeeds.
     pending_leaves: Mutex<HashMap<LobbyId, usize>>,
+    /// Sharded channels this node is leaving (cluster): the `sunsubscribe`
+    /// confirmations they cause are not slot moves.
+    leaving_channels: Mutex<std::collections::HashSet<LobbyId>>,
     stop: CancellationToken,
+}
+
+impl Shared {
+    fn is_cluster(&self) -> bool {
+        matches!(self.clients, Clients::Cluster(_))
+    }
 }
 
 struct Scripts {
     gcra: redis::Script,
-    heartbeat: redis::Script,
     join: redis::Script,
     leave: redis::Script,
     reap: redis::Script,
     claim: redis::Script,
-    /// Publishes a node's game messages unless the node has been reaped
-    /// (run by hash from the publisher's pipelines).
+    /// Publishes a node's game messages, each if its sender still holds its
+    /// seat (run by hash from the publisher's pipelines).
     relay: redis::Script,
     away: redis::Script,
     resume: redis::Script,
@@ -208,6 +278,59 @@ enum PublishOp {
     },
     /// Acknowledged once every publish queued before it has been sent.
     Barrier(oneshot::Sender<()>),
+}
+
+/// The subscribe/unsubscribe handle of the pub/sub connection.
+#[derive(Clone)]
+enum Sink {
+    Single(PubSubSink),
+    Cluster(ClusterConnection),
+}
+
+impl Sink {
+    async fn subscribe(&mut self, channel: String) -> redis::RedisResult<()> {
+        match self {
+            Sink::Single(sink) => sink.subscribe(channel).await,
+            Sink::Cluster(conn) => conn.ssubscribe(channel).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: String) -> redis::RedisResult<()> {
+        match self {
+            Sink::Single(sink) => sink.unsubscribe(channel).await,
+            Sink::Cluster(conn) => conn.sunsubscribe(channel).await,
+        }
+    }
+}
+
+/// A Redis Cluster client for `seeds`, trusting `ca_cert` (PEM) for
+/// `rediss://` when given; with `pushes`, a RESP3 client whose pub/sub
+/// messages arrive there.
+pub fn open_cluster_client(
+    seeds: &[String],
+    ca_cert: Option<Vec<u8>>,
+    pushes: Option<mpsc::UnboundedSender<redis::PushInfo>>,
+) -> redis::RedisResult<ClusterClient> {
+    let mut builder = ClusterClientBuilder::new(seeds.to_vec())
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(RESPONSE_TIMEOUT)
+        // A failover or slot move answers MOVED or refuses connections for a
+        // while: retry briefly, the store's own timeouts bound the wait.
+        .retries(4)
+        .min_retry_wait(10)
+        .max_retry_wait(250);
+    if let Some(root_cert) = ca_cert {
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_cert),
+        });
+    }
+    if let Some(pushes) = pushes {
+        builder = builder
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(pushes);
+    }
+    builder.build()
 }
 
 /// A Redis client for `url`, trusting `ca_cert` (PEM) for `rediss://` when
@@ -235,23 +358,106 @@ fn connection_manager(client: &redis::Client) -> Result<ConnectionManager, redis
 }
 
 impl Shared {
-    fn conn(&self) -> ConnectionManager {
-        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    fn conn(&self) -> Result<Conn, StoreError> {
+        self.conn
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Unreachable(
+                "not connected to the Redis Cluster yet",
+            ))
+    }
+
+    /// Runs commands that may touch keys in different slots: one pipeline
+    /// with one Redis, concurrent commands (each routed to its shard) in a
+    /// cluster.
+    async fn exec_all(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<redis::Value>, StoreError> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let conn = self.conn()?;
+        if self.is_cluster() {
+            let replies = join_all(cmds.iter().map(|cmd| {
+                let mut conn = conn.clone();
+                async move { timed(cmd.query_async::<redis::Value>(&mut conn)).await }
+            }))
+            .await;
+            replies.into_iter().collect()
+        } else {
+            let mut pipe = redis::pipe();
+            for cmd in cmds {
+                pipe.add_command(cmd);
+            }
+            let mut conn = conn;
+            timed(pipe.query_async(&mut conn)).await
+        }
+    }
+
+    /// Runs a held script (see [`held_script`]) and applies the changes to
+    /// `lr:away` it asks for.
+    async fn invoke_held<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn()?;
+        let reply: HeldReply = timed(invocation.invoke_async(&mut conn)).await?;
+        self.apply_away(reply.away_add, reply.away_del).await?;
+        redis::from_redis_value(reply.result)
+            .map_err(|e| StoreError::Protocol(format!("a lobby script answered {e}")))
+    }
+
+    /// Adds and removes entries of `lr:away`, the held seats by due time.
+    async fn apply_away(
+        &self,
+        add: Vec<(String, i64)>,
+        del: Vec<String>,
+    ) -> Result<(), StoreError> {
+        if add.is_empty() && del.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        if !del.is_empty() {
+            pipe.cmd("ZREM").arg(AWAY_KEY).arg(&del).ignore();
+        }
+        if !add.is_empty() {
+            let cmd = pipe.cmd("ZADD").arg(AWAY_KEY);
+            for (entry, score) in &add {
+                cmd.arg(*score).arg(entry);
+            }
+            cmd.ignore();
+        }
+        let mut conn = self.conn()?;
+        timed(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Adds lobbies to this node's index, before it takes seats in them: so
+    /// that its members are found should it die.
+    async fn index_lobbies(&self, hexes: &[&str]) -> Result<(), StoreError> {
+        if hexes.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn()?;
+        timed(
+            redis::cmd("SADD")
+                .arg(node_lobbies_key(&self.identity.key()))
+                .arg(hexes)
+                .query_async::<()>(&mut conn),
+        )
+        .await
     }
 
     /// Runs `leave.lua` once.
     async fn leave_once(&self, hex: &str, member: &MemberId, seat: u8) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let _remaining: i64 = timed(
-            self.scripts
-                .leave
-                .key(lobby_key(hex))
-                .arg(seat)
-                .arg(&**member)
-                .arg(channel(hex))
-                .invoke_async(&mut conn),
-        )
-        .await?;
+        let _remaining: i64 = self
+            .invoke_held(
+                self.scripts
+                    .leave
+                    .key(lobby_key(hex))
+                    .arg(seat)
+                    .arg(&**member)
+                    .arg(channel(hex)),
+            )
+            .await?;
         Ok(())
     }
 
@@ -308,7 +514,7 @@ impl Shared {
     /// only costs a reaper a look at an empty lobby).
     async fn drop_from_index(&self, hex: &str) {
         let index = node_lobbies_key(&self.identity.key());
-        let mut conn = self.conn();
+        let Ok(mut conn) = self.conn() else { return };
         let _ = timed(
             redis::cmd("SREM")
                 .arg(index)
@@ -318,11 +524,17 @@ impl Shared {
         .await;
     }
 
-    /// Drops the command connection and starts a fresh one.
+    /// Drops the command connection to a single Redis and starts a fresh one
+    /// (a cluster connection repairs itself).
     fn reconnect(&self) {
-        match connection_manager(&self.client) {
-            Ok(fresh) => *self.conn.write().unwrap_or_else(|e| e.into_inner()) = fresh,
-            Err(e) => tracing::warn!(error = %e, "cannot create a Redis connection"),
+        if let Clients::Single(client) = &self.clients {
+            match connection_manager(client) {
+                Ok(fresh) => {
+                    *self.conn.write().unwrap_or_else(|e| e.into_inner()) =
+                        Some(Conn::Single(fresh));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot create a Redis connection"),
+            }
         }
     }
 }
@@ -336,43 +548,72 @@ impl RedisStore {
         hub: Arc<Hub>,
         identity: Arc<Identity>,
     ) -> Result<Self, StoreError> {
-        let client = open_client(&settings.url, settings.ca_cert.clone())?;
+        let target = Target::parse(&settings.url).map_err(StoreError::Protocol)?;
+        let (pushes_tx, pushes) = mpsc::unbounded_channel();
+        let (clients, conn, publish) = match &target {
+            Target::Single(url) => {
+                let client = open_client(url, settings.ca_cert.clone())?;
+                let conn = Conn::Single(connection_manager(&client)?);
+                (Clients::Single(client), Some(conn), "PUBLISH")
+            }
+            Target::Cluster(seeds) => {
+                let clients = Clients::Cluster(Box::new(ClusterClients {
+                    commands: open_cluster_client(seeds, settings.ca_cert.clone(), None)?,
+                    pubsub: open_cluster_client(seeds, settings.ca_cert.clone(), Some(pushes_tx))?,
+                }));
+                (clients, None, "SPUBLISH")
+            }
+        };
         let shared = Arc::new(Shared {
-            conn: RwLock::new(connection_manager(&client)?),
-            client,
+            conn: RwLock::new(conn),
+            clients,
             identity,
             hub,
             settings,
             scripts: Scripts {
                 gcra: redis::Script::new(include_str!("gcra.lua")),
-                heartbeat: redis::Script::new(include_str!("heartbeat.lua")),
-                join: held_script(include_str!("join.lua")),
-                leave: held_script(include_str!("leave.lua")),
-                reap: held_script(include_str!("reap.lua")),
+                join: held_script(include_str!("join.lua"), publish),
+                leave: held_script(include_str!("leave.lua"), publish),
+                reap: held_script(include_str!("reap.lua"), publish),
                 claim: redis::Script::new(include_str!("claim.lua")),
-                relay: held_script(include_str!("relay.lua")),
-                away: held_script(include_str!("away.lua")),
-                resume: held_script(include_str!("resume.lua")),
-                expire: held_script(include_str!("expire.lua")),
+                relay: held_script(include_str!("relay.lua"), publish),
+                away: held_script(include_str!("away.lua"), publish),
+                resume: held_script(include_str!("resume.lua"), publish),
+                expire: held_script(include_str!("expire.lua"), publish),
             },
             commands_ok: AtomicBool::new(false),
             pubsub_ok: AtomicBool::new(false),
             resync: Notify::new(),
             pending_leaves: Mutex::default(),
+            leaving_channels: Mutex::default(),
             stop: CancellationToken::new(),
         });
         let stop = shared.stop.clone();
         let (publisher, queue) = mpsc::channel(PUBLISH_QUEUE);
         let (sink_slot, sink) = watch::channel(None);
-        let tasks = [
+        let subscriber = if shared.is_cluster() {
             tokio::spawn(
                 stop.clone()
-                    .run_until_cancelled_owned(run_publisher(shared.clone(), queue))
+                    .run_until_cancelled_owned(run_cluster_subscriber(
+                        shared.clone(),
+                        sink_slot,
+                        pushes,
+                    ))
                     .in_current_span(),
-            ),
+            )
+        } else {
+            drop(pushes);
             tokio::spawn(
                 stop.clone()
                     .run_until_cancelled_owned(run_subscriber(shared.clone(), sink_slot))
+                    .in_current_span(),
+            )
+        };
+        let tasks = [
+            subscriber,
+            tokio::spawn(
+                stop.clone()
+                    .run_until_cancelled_owned(run_publisher(shared.clone(), queue))
                     .in_current_span(),
             ),
             tokio::spawn(
@@ -397,7 +638,7 @@ impl RedisStore {
 
     /// The current pub/sub connection, waiting a moment for it if it is
     /// being (re-)established.
-    async fn sink(&self) -> Result<PubSubSink, StoreError> {
+    async fn sink(&self) -> Result<Sink, StoreError> {
         let mut sink = self.sink.clone();
         match tokio::time::timeout(CONNECT_TIMEOUT, sink.wait_for(Option::is_some)).await {
             Ok(Ok(current)) => Ok(current.clone().expect("waited for Some")),
@@ -431,6 +672,11 @@ async fn timed<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T,
 
 impl LobbyStore for RedisStore {
     async fn subscribe(&self, lobby: &LobbyId) -> Result<(), StoreError> {
+        self.shared
+            .leaving_channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(lobby);
         let mut sink = self.sink().await?;
         timed(sink.subscribe(channel(&lobby.to_string()))).await
     }
@@ -449,6 +695,13 @@ impl LobbyStore for RedisStore {
             self.shared.drop_from_index(&hex).await;
         }
         let mut sink = self.sink().await?;
+        if self.shared.is_cluster() {
+            self.shared
+                .leaving_channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(*lobby);
+        }
         timed(sink.unsubscribe(channel(&hex))).await
     }
 
@@ -460,26 +713,28 @@ impl LobbyStore for RedisStore {
         resume: Option<&ResumeSetup>,
     ) -> Result<JoinOutcome, StoreError> {
         let hex = lobby.to_string();
-        let mut conn = self.shared.conn();
         let started = Instant::now();
-        let result: Result<(i64, i64), _> = timed(
+        let joined = async {
+            self.shared.index_lobbies(&[&hex]).await?;
             self.shared
-                .scripts
-                .join
-                .key(lobby_key(&hex))
-                .key(node_lobbies_key(&self.shared.identity.key()))
-                .arg(&**member)
-                .arg(capacity)
-                .arg(channel(&hex))
-                .arg(&hex)
-                .arg(identity::user_of(member).unwrap_or(""))
-                .arg(resume.map_or("", |r| r.secret_hash.as_str()))
-                .arg(resume.map_or(0, |r| r.max_messages))
-                .arg(resume.map_or(0, |r| r.max_bytes))
-                .arg(resume.map_or(0, |r| r.grace.as_millis() as u64))
-                .invoke_async(&mut conn),
-        )
-        .await;
+                .invoke_held::<(i64, i64)>(
+                    self.shared
+                        .scripts
+                        .join
+                        .key(lobby_key(&hex))
+                        .arg(&**member)
+                        .arg(capacity)
+                        .arg(channel(&hex))
+                        .arg(&hex)
+                        .arg(identity::user_of(member).unwrap_or(""))
+                        .arg(resume.map_or("", |r| r.secret_hash.as_str()))
+                        .arg(resume.map_or(0, |r| r.max_messages))
+                        .arg(resume.map_or(0, |r| r.max_bytes))
+                        .arg(resume.map_or(0, |r| r.grace.as_millis() as u64)),
+                )
+                .await
+        };
+        let result = joined.await;
         let metrics = metrics::get();
         metrics::observe(&metrics.redis_join, started.elapsed());
         if result.is_err() {
@@ -517,7 +772,7 @@ impl LobbyStore for RedisStore {
             RateKey::Address(client) => join_rate_key(client),
             RateKey::User(user) => user_join_rate_key(&user),
         };
-        let mut conn = self.shared.conn();
+        let mut conn = self.shared.conn()?;
         let admitted: i64 = timed(
             self.shared
                 .scripts
@@ -541,19 +796,19 @@ impl LobbyStore for RedisStore {
         self.enqueue(PublishOp::Barrier(tx)).await?;
         rx.await.map_err(|_| StoreError::Closed)?;
         let hex = lobby.to_string();
-        let mut conn = self.shared.conn();
-        let held: i64 = timed(
-            self.shared
-                .scripts
-                .away
-                .key(lobby_key(&hex))
-                .arg(seat)
-                .arg(&**member)
-                .arg(channel(&hex))
-                .arg(now_ms())
-                .invoke_async(&mut conn),
-        )
-        .await?;
+        let held: i64 = self
+            .shared
+            .invoke_held(
+                self.shared
+                    .scripts
+                    .away
+                    .key(lobby_key(&hex))
+                    .arg(seat)
+                    .arg(&**member)
+                    .arg(channel(&hex))
+                    .arg(now_ms()),
+            )
+            .await?;
         Ok(held != 0)
     }
 
@@ -567,23 +822,23 @@ impl LobbyStore for RedisStore {
         member: &MemberId,
     ) -> Result<ResumeOutcome, StoreError> {
         let hex = lobby.to_string();
-        let mut conn = self.shared.conn();
-        let reply: Vec<redis::Value> = timed(
-            self.shared
-                .scripts
-                .resume
-                .key(lobby_key(&hex))
-                .key(node_lobbies_key(&self.shared.identity.key()))
-                .arg(seat)
-                .arg(secret_hash)
-                .arg(new_secret_hash)
-                .arg(received)
-                .arg(&**member)
-                .arg(channel(&hex))
-                .arg(&hex)
-                .invoke_async(&mut conn),
-        )
-        .await?;
+        self.shared.index_lobbies(&[&hex]).await?;
+        let reply: Vec<redis::Value> = self
+            .shared
+            .invoke_held(
+                self.shared
+                    .scripts
+                    .resume
+                    .key(lobby_key(&hex))
+                    .arg(seat)
+                    .arg(secret_hash)
+                    .arg(new_secret_hash)
+                    .arg(received)
+                    .arg(&**member)
+                    .arg(channel(&hex))
+                    .arg(&hex),
+            )
+            .await?;
         let int = |v: Option<&redis::Value>| match v {
             Some(redis::Value::Int(i)) => Some(*i),
             _ => None,
@@ -681,21 +936,33 @@ enum Queued<F> {
     Waiting(Pin<Box<F>>),
 }
 
-/// Sends queued publishes in pipelines: while one batch is on its way, the
-/// next one accumulates. One task and one connection keep the order.
+/// The messages of one batch that go out in one `relay.lua` run: sent by
+/// one node key (incarnation), and in a cluster of lobbies in one slot.
+struct RelayRun {
+    node_key: Arc<str>,
+    slot: Option<Slot>,
+    /// A lobby key of the run, which routes it in a cluster.
+    lobby_key: String,
+    messages: Vec<(String, Vec<u8>)>,
+}
+
+/// Sends queued publishes in batches: while one batch is on its way, the
+/// next one accumulates. One task keeps the order: a batch is out before the
+/// next one goes.
 ///
-/// Each run of messages of one node key is one `EVAL relay.lua` (the script
-/// is sent as text: Redis caches it, and a restarted Redis needs no reload),
-/// which publishes them unless that node key has been reaped.
+/// A batch is split into runs ([`RelayRun`]) of one node key (and one slot in
+/// a cluster); each run is one `relay.lua`, which publishes every message
+/// whose sender still holds its seat. With one Redis the runs of a batch go
+/// as one pipeline of `EVALSHA`s (reloaded once if Redis forgot the script);
+/// in a cluster each run goes to the shard of its slot, all at once, and a
+/// lobby's messages are always in one run, so they keep their order.
 async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>) {
     let mut ops = Vec::with_capacity(PUBLISH_BATCH);
     let mut barriers = Vec::new();
-    let mut pipe = redis::pipe();
+    let mut runs: Vec<RelayRun> = Vec::new();
+    let cluster = shared.is_cluster();
     while queue.recv_many(&mut ops, PUBLISH_BATCH).await > 0 {
         let mut publishes = 0usize;
-        // The run of messages being gathered: its node key and its EVAL.
-        let mut run: Option<(Arc<str>, redis::Cmd)> = None;
-        let mut runs: Vec<(Arc<str>, usize)> = Vec::new();
         for op in ops.drain(..) {
             match op {
                 PublishOp::Publish {
@@ -703,68 +970,65 @@ async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>
                     channel,
                     payload,
                 } => {
-                    if run.as_ref().is_none_or(|(key, _)| *key != node_key) {
-                        if let Some((_, eval)) = run.take() {
-                            pipe.add_command(eval);
+                    let slot = cluster.then(|| target::slot(channel.as_bytes()));
+                    let found = runs
+                        .iter()
+                        .rposition(|run| run.slot == slot && run.node_key == node_key);
+                    let run = match found {
+                        Some(i) => &mut runs[i],
+                        None => {
+                            runs.push(RelayRun {
+                                node_key,
+                                slot,
+                                lobby_key: lobby_key_of_channel(&channel),
+                                messages: Vec::new(),
+                            });
+                            runs.last_mut().expect("just pushed")
                         }
-                        let mut eval = redis::cmd("EVALSHA");
-                        eval.arg(shared.scripts.relay.get_hash())
-                            .arg(1)
-                            .arg(reaped_key(&node_key));
-                        runs.push((node_key.clone(), 0));
-                        run = Some((node_key, eval));
-                    }
-                    if let Some((_, eval)) = run.as_mut() {
-                        eval.arg(channel).arg(payload);
-                    }
-                    if let Some(last) = runs.last_mut() {
-                        last.1 += 1;
-                    }
+                    };
+                    run.messages.push((channel, payload));
                     publishes += 1;
                 }
                 PublishOp::Barrier(ack) => barriers.push(ack),
             }
         }
-        if let Some((_, eval)) = run.take() {
-            pipe.add_command(eval);
-        }
         if publishes > 0 {
-            let mut conn = shared.conn();
             let started = Instant::now();
-            let mut sent = timed(pipe.query_async::<Vec<i64>>(&mut conn)).await;
-            if let Err(StoreError::Redis(e)) = &sent
-                && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-            {
-                // A restarted Redis forgot the script; nothing of the batch
-                // ran: load it and send the batch again.
-                let loaded =
-                    timed(shared.scripts.relay.prepare_invoke().load_async(&mut conn)).await;
-                if loaded.is_ok() {
-                    sent = timed(pipe.query_async::<Vec<i64>>(&mut conn)).await;
-                }
-            }
+            let sent = if cluster {
+                relay_runs_cluster(&shared, &runs).await
+            } else {
+                relay_runs_single(&shared, &runs).await
+            };
             let metrics = metrics::get();
             metrics::observe(&metrics.redis_publish, started.elapsed());
-            match sent {
-                Ok(published) => {
-                    for ((node_key, count), result) in runs.iter().zip(published) {
-                        if result < 0 {
+            let mut away = Vec::new();
+            for (run, result) in runs.iter().zip(sent) {
+                match result {
+                    Ok(reply) => {
+                        let dropped = i64::from_redis_value(reply.result).unwrap_or_default();
+                        if dropped > 0 {
                             tracing::warn!(
-                                node_key = &**node_key,
-                                dropped = count,
-                                "messages of a reaped incarnation were not relayed"
+                                node_key = &*run.node_key,
+                                dropped,
+                                "messages of members who no longer hold their seats were not relayed"
                             );
                         }
+                        away.extend(reply.away_add);
+                    }
+                    Err(e) => {
+                        metrics.redis_errors_publish.increment(1);
+                        // Pub/sub is at-most-once: what could not be published
+                        // is lost, as it would be for a subscriber that was away.
+                        tracing::warn!(error = %e, lost = run.messages.len(), "publishing to Redis failed");
                     }
                 }
-                Err(e) => {
-                    metrics.redis_errors_publish.increment(1);
-                    // Pub/sub is at-most-once: what could not be published
-                    // is lost, as it would be for a subscriber that was away.
-                    tracing::warn!(error = %e, lost = publishes, "publishing to Redis failed");
-                }
             }
-            pipe.clear();
+            if !away.is_empty()
+                && let Err(e) = shared.apply_away(away, Vec::new()).await
+            {
+                tracing::warn!(error = %e, "cannot list overflowed held seats (they go at the end of their grace)");
+            }
+            runs.clear();
         }
         for ack in barriers.drain(..) {
             let _ = ack.send(());
@@ -772,16 +1036,110 @@ async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>
     }
 }
 
+use redis::FromRedisValue as _;
+
+/// The `relay.lua` command of a run, by script hash.
+fn relay_command(shared: &Shared, run: &RelayRun) -> redis::Cmd {
+    let mut eval = redis::cmd("EVALSHA");
+    eval.arg(shared.scripts.relay.get_hash())
+        .arg(1)
+        .arg(&run.lobby_key)
+        .arg(format!("{}.", run.node_key));
+    for (channel, payload) in &run.messages {
+        eval.arg(channel).arg(payload);
+    }
+    eval
+}
+
+/// One Redis: every run of the batch in one pipeline.
+async fn relay_runs_single(
+    shared: &Shared,
+    runs: &[RelayRun],
+) -> Vec<Result<HeldReply, StoreError>> {
+    let mut pipe = redis::pipe();
+    for run in runs {
+        pipe.add_command(relay_command(shared, run));
+    }
+    let sent = async {
+        let mut conn = shared.conn()?;
+        let mut sent = timed(pipe.query_async::<Vec<HeldReply>>(&mut conn)).await;
+        if let Err(StoreError::Redis(e)) = &sent
+            && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+        {
+            // A restarted Redis forgot the script; nothing of the batch
+            // ran: load it and send the batch again.
+            let loaded = timed(shared.scripts.relay.prepare_invoke().load_async(&mut conn)).await;
+            if loaded.is_ok() {
+                sent = timed(pipe.query_async::<Vec<HeldReply>>(&mut conn)).await;
+            }
+        }
+        sent
+    };
+    match sent.await {
+        Ok(replies) => replies.into_iter().map(Ok).collect(),
+        Err(e) => runs
+            .iter()
+            .map(|_| Err(StoreError::Protocol(e.to_string())))
+            .collect(),
+    }
+}
+
+/// A cluster: each run to the shard of its slot, all at once. A shard that
+/// forgot the script (a promoted replica that never saw it) gets it loaded.
+async fn relay_runs_cluster(
+    shared: &Shared,
+    runs: &[RelayRun],
+) -> Vec<Result<HeldReply, StoreError>> {
+    let conn = match shared.conn() {
+        Ok(conn) => conn,
+        Err(e) => {
+            return runs
+                .iter()
+                .map(|_| Err(StoreError::Protocol(e.to_string())))
+                .collect();
+        }
+    };
+    join_all(runs.iter().map(|run| {
+        let mut conn = conn.clone();
+        async move {
+            let cmd = relay_command(shared, run);
+            let sent = timed(cmd.query_async::<HeldReply>(&mut conn)).await;
+            match sent {
+                Err(StoreError::Redis(e))
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    // SCRIPT LOAD goes to every master.
+                    timed(shared.scripts.relay.prepare_invoke().load_async(&mut conn)).await?;
+                    timed(cmd.query_async::<HeldReply>(&mut conn)).await
+                }
+                other => other,
+            }
+        }
+    }))
+    .await
+}
+
+/// The membership hash of a lobby channel's lobby.
+fn lobby_key_of_channel(channel: &str) -> String {
+    format!(
+        "lr:lobby:{}",
+        channel.strip_prefix("lr:chan:").unwrap_or(channel)
+    )
+}
+
 /// Keeps one pub/sub connection up and turns its messages into hub events.
 /// Pings it to notice a dead connection; after a reconnect it subscribes
 /// again to every lobby of this node and asks for a resync (what happened
 /// while it was away was not delivered).
-async fn run_subscriber(shared: Arc<Shared>, slot: watch::Sender<Option<PubSubSink>>) {
+async fn run_subscriber(shared: Arc<Shared>, slot: watch::Sender<Option<Sink>>) {
     let ping_every = shared.settings.node_timeout / 3;
     let mut backoff = Duration::from_millis(50);
     let mut first = true;
+    let Clients::Single(client) = &shared.clients else {
+        return;
+    };
     loop {
-        match tokio::time::timeout(CONNECT_TIMEOUT, shared.client.get_async_pubsub()).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await {
             Ok(Ok(pubsub)) => {
                 // Back after a cut: if the others reaped this node meanwhile,
                 // its members are gone, and must not hear the lobby again
@@ -808,7 +1166,7 @@ async fn run_subscriber(shared: Arc<Shared>, slot: watch::Sender<Option<PubSubSi
                 let resubscribed =
                     channels.is_empty() || timed(sink.subscribe(&channels)).await.is_ok();
                 if resubscribed {
-                    slot.send_replace(Some(sink.clone()));
+                    slot.send_replace(Some(Sink::Single(sink.clone())));
                     shared.pubsub_ok.store(true, Ordering::Relaxed);
                     backoff = Duration::from_millis(50);
                     tracing::info!(lobbies = channels.len(), "pub/sub connected");
@@ -842,6 +1200,142 @@ async fn run_subscriber(shared: Arc<Shared>, slot: watch::Sender<Option<PubSubSi
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot connect to Redis pub/sub"),
             Err(_) => tracing::warn!("connecting to Redis pub/sub timed out"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// The cluster's side of [`run_subscriber`]: one RESP3 cluster connection
+/// for sharded pub/sub (and, until it is up, for commands: see
+/// [`connect_cluster`]), whose pushes arrive on `pushes`.
+///
+/// The cluster client keeps a connection to every shard, reconnects, and
+/// moves subscriptions to a slot's new owner when it learns of a topology
+/// change. Two things are left to the node:
+/// - A shard that gives a slot away (a migration, a master demoted) sends
+///   `sunsubscribe` for its channels: the node subscribes again (the client
+///   routes it to the new owner) unless it is leaving that lobby.
+/// - A shard connection that dropped may have lost messages, and its shard
+///   writes (failover: replication is asynchronous): the node re-registers
+///   its seats and makes up missed joins and leaves, as after a Redis
+///   restart.
+async fn run_cluster_subscriber(
+    shared: Arc<Shared>,
+    slot: watch::Sender<Option<Sink>>,
+    mut pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
+) {
+    let conn = connect_cluster(&shared).await;
+    let channels: Vec<String> = shared
+        .hub
+        .lobby_ids()
+        .iter()
+        .map(|id| channel(&id.to_string()))
+        .collect();
+    let mut sink = Sink::Cluster(conn);
+    for channel in channels {
+        if let Err(e) = sink.subscribe(channel).await {
+            tracing::warn!(error = %e, "subscribing to a lobby failed");
+        }
+    }
+    slot.send_replace(Some(sink.clone()));
+    shared.pubsub_ok.store(true, Ordering::Relaxed);
+    tracing::info!("sharded pub/sub connected");
+    while let Some(push) = pushes.recv().await {
+        match push.kind {
+            redis::PushKind::SMessage | redis::PushKind::Message => {
+                let (Some(redis::Value::BulkString(name)), Some(redis::Value::BulkString(payload))) =
+                    (push.data.first(), push.data.get(1))
+                else {
+                    continue;
+                };
+                if let Ok(name) = std::str::from_utf8(name) {
+                    dispatch(&shared.hub, name, payload);
+                }
+            }
+            redis::PushKind::SUnsubscribe => {
+                let Some(redis::Value::BulkString(name)) = push.data.first() else {
+                    continue;
+                };
+                let Some(lobby) = std::str::from_utf8(name).ok().and_then(lobby_of_channel) else {
+                    continue;
+                };
+                let leaving = shared
+                    .leaving_channels
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&lobby);
+                if leaving || shared.hub.get(&lobby).is_none() {
+                    continue;
+                }
+                // The slot moved: follow it. Messages published meanwhile
+                // went to nobody of this node; the resync makes up the
+                // joins and leaves among them.
+                tracing::info!(
+                    lobby = &lobby.to_string()[..8],
+                    "a shard gave up a lobby's slot: subscribing again"
+                );
+                metrics::get().pubsub_reconnects.increment(1);
+                let mut sink = sink.clone();
+                let resubscribe = async move {
+                    let mut backoff = Duration::from_millis(50);
+                    for _ in 0..20 {
+                        match timed(sink.subscribe(channel(&lobby.to_string()))).await {
+                            Ok(()) => return,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "subscribing again failed; retrying")
+                            }
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                };
+                tokio::spawn(
+                    shared
+                        .stop
+                        .clone()
+                        .run_until_cancelled_owned(resubscribe)
+                        .in_current_span(),
+                );
+                shared.resync.notify_one();
+            }
+            redis::PushKind::Disconnection => {
+                tracing::warn!(
+                    "a Redis Cluster shard connection dropped: re-registering seats once it is back"
+                );
+                metrics::get().pubsub_reconnects.increment(1);
+                metrics::get().redis_errors_pubsub.increment(1);
+                shared.resync.notify_one();
+            }
+            _ => {}
+        }
+    }
+    slot.send_replace(None);
+    shared.pubsub_ok.store(false, Ordering::Relaxed);
+}
+
+/// Connects to the cluster (retrying until it answers), installs the command
+/// connection and returns the pub/sub one.
+async fn connect_cluster(shared: &Shared) -> ClusterConnection {
+    let Clients::Cluster(clients) = &shared.clients else {
+        unreachable!("connect_cluster is only called for a cluster");
+    };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let both = async {
+            let commands = clients.commands.get_async_connection().await?;
+            let pubsub = clients.pubsub.get_async_connection().await?;
+            Ok::<_, redis::RedisError>((commands, pubsub))
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT * 3, both).await {
+            Ok(Ok((commands, pubsub))) => {
+                *shared.conn.write().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Conn::Cluster(commands));
+                tracing::info!("connected to the Redis Cluster");
+                return pubsub;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot connect to the Redis Cluster"),
+            Err(_) => tracing::warn!("connecting to the Redis Cluster timed out"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -1,25 +1,27 @@
--- Publishes a batch of game messages of one node, unless that node has been
--- presumed dead and reaped: a member whose seat was given up must not be heard
--- in the lobby again, not even through messages that were on their way while
--- the node was cut off (they are checked here, when Redis runs them).
--- `reap` sets the mark before it publishes the leave events, so nothing of a
--- reaped member can follow its `playerLeft`.
+-- Publishes a batch of game messages sent by members of one node, each only
+-- if its sender still holds its seat: a member whose seat was given up
+-- (left, reaped after its node was presumed dead, or held away for resume)
+-- must not be heard in the lobby again, not even through messages that were
+-- on their way while its node was cut off (they are checked here, when Redis
+-- runs them). `reap` frees or holds the seats before it publishes the leave
+-- or away events, so nothing of a reaped member can follow its `playerLeft`.
 -- In a lobby with resumable members, each message is also kept in their
 -- buffers (held.lua), and counted for its sender.
 --
--- KEYS[1]  the node's reaped mark, lr:reaped:<node key>
--- ARGV     channel, payload, channel, payload, ...
--- Returns the number of messages published, or -1 if the node was reaped.
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return -1
-end
--- Whether a lobby has resumable seats is looked up once per lobby and batch
--- (a batch does not change it): most lobbies have none, and a batch at full
--- load holds many messages of each lobby.
+-- KEYS[1]  the membership hash of a lobby of the batch (in a Redis Cluster
+--          every lobby of a batch is in the same slot)
+-- ARGV[1]  the senders' member id prefix, '<node key>.'
+-- ARGV     then channel, payload, channel, payload, ...
+-- Returns the number of messages dropped (senders without their seat).
+local prefix = ARGV[1]
+-- Per lobby and batch (a batch does not change them): whether the lobby has
+-- resumable seats, and whether each sender holds its seat. Most lobbies have
+-- no resumable seat, and a batch at full load holds many messages of each.
 local held = {}
-for i = 1, #ARGV, 2 do
+local allowed = {}
+local dropped = 0
+for i = 2, #ARGV, 2 do
   local channel, payload = ARGV[i], ARGV[i + 1]
-  redis.call('PUBLISH', channel, payload)
   local lobby = held[channel]
   if lobby == nil then
     lobby = false
@@ -29,13 +31,28 @@ for i = 1, #ARGV, 2 do
     end
     held[channel] = lobby
   end
-  if lobby and lobby[2][1] then
-    local res, meta = lobby[1], lobby[2]
-    local from = string.byte(payload, 2)
-    hold(res, from, payload, meta)
-    if string.find(meta[1], string.char(from), 1, true) then
-      redis.call('HINCRBY', res, from .. ':sent', 1)
+  local from = string.byte(payload, 2)
+  local sender = channel .. ':' .. from
+  local ok = allowed[sender]
+  if ok == nil then
+    local member = redis.call('HGET', 'lr:lobby:' .. string.sub(channel, 9), from)
+    ok = member and string.sub(member, 1, #prefix) == prefix or false
+    if ok and lobby and lobby[2][4] and string.find(lobby[2][4], string.char(from), 1, true) then
+      ok = false
     end
+    allowed[sender] = ok
+  end
+  if ok then
+    redis.call(PUBLISH, channel, payload)
+    if lobby and lobby[2][1] then
+      local res, meta = lobby[1], lobby[2]
+      hold(res, from, payload, meta)
+      if string.find(meta[1], string.char(from), 1, true) then
+        redis.call('HINCRBY', res, from .. ':sent', 1)
+      end
+    end
+  else
+    dropped = dropped + 1
   end
 end
-return #ARGV / 2
+return dropped

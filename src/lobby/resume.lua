@@ -1,9 +1,9 @@
 -- A player presents the resume token of a seat on a new connection: the seat
 -- becomes the new member's, the token is replaced, the others are told
 -- (playerBack), and the deliveries the player has not received are returned.
+-- (The node has added the lobby to its index before.)
 --
 -- KEYS[1]  the lobby's membership hash
--- KEYS[2]  the resuming node's lobby index
 -- ARGV[1]  the seat
 -- ARGV[2]  SHA-256 (hex) of the presented token's secret
 -- ARGV[3]  SHA-256 (hex) of the new token's secret
@@ -11,7 +11,7 @@
 -- ARGV[5]  the new member id (given the user id of the old one, if it has
 --          none of its own)
 -- ARGV[6]  the lobby's pub/sub channel
--- ARGV[7]  the lobby hash (for the index)
+-- ARGV[7]  the lobby hash
 -- The event: 'K', seat, then the new member id.
 -- Returns {1, players, sent, member record, delivery...} on success; {-1} for a wrong or
 -- used token or a released seat, {-2} when the buffer overflowed, {-3, n,
@@ -40,13 +40,12 @@ if bar and not string.find(record, '|', 1, true) then
   record = record .. string.sub(old, bar)
 end
 redis.call('HSET', KEYS[1], seat, record)
-redis.call('SADD', KEYS[2], ARGV[7])
 redis.call('HSET', res, seat .. ':tok', ARGV[3])
-redis.call('HDEL', res, seat .. ':away')
+redis.call('HDEL', res, seat .. ':away', seat .. ':due')
 drop_seat(res, 'away', seat)
-redis.call('ZREM', 'lr:away', ARGV[7] .. ':' .. seat)
+AWAY_DEL[#AWAY_DEL + 1] = ARGV[7] .. ':' .. seat
 local event = 'K' .. string.char(tonumber(seat)) .. record
-redis.call('PUBLISH', ARGV[6], event)
+redis.call(PUBLISH, ARGV[6], event)
 hold(res, tonumber(seat), event)
 local reply = {1, redis.call('HLEN', KEYS[1]), tonumber(redis.call('HGET', res, seat .. ':sent')), record}
 for _, entry in ipairs(missed) do

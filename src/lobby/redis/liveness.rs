@@ -52,22 +52,10 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>) {
             "stats": metrics::figures(),
         })
         .to_string();
-        let mut conn = shared.conn();
         let started = std::time::Instant::now();
-        let beat = timed(
-            shared
-                .scripts
-                .heartbeat
-                .key(node_key(&key))
-                .key(NODES_KEY)
-                .key(reaped_key(&key))
-                .arg(info)
-                .arg(ttl_ms)
-                .arg(&*key)
-                .invoke_async::<i64>(&mut conn),
-        )
-        .await
-        .map(|reaped| (reaped == 1,));
+        let beat = beat(&shared, &key, info, ttl_ms)
+            .await
+            .map(|reaped| (reaped,));
         let metrics = metrics::get();
         metrics::observe(&metrics.redis_heartbeat, started.elapsed());
         if beat.is_err() {
@@ -125,9 +113,35 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>) {
     }
 }
 
+/// Renews this node's heartbeat unless the node has been reaped (a reaped
+/// incarnation must not be listed as alive again). Returns whether it was.
+///
+/// Three keys in as many slots, so not one script: should a reaper mark the
+/// node between the check and the renewal, the heartbeat key of a reaped
+/// incarnation lives on until it expires (the next beat sees the mark and
+/// starts a new incarnation); its members are gone either way.
+async fn beat(shared: &Shared, key: &str, info: String, ttl_ms: u64) -> Result<bool, StoreError> {
+    let mut conn = shared.conn()?;
+    let reaped: bool = timed(
+        redis::cmd("EXISTS")
+            .arg(reaped_key(key))
+            .query_async(&mut conn),
+    )
+    .await?;
+    if reaped {
+        return Ok(true);
+    }
+    let mut set = redis::cmd("SET");
+    set.arg(node_key(key)).arg(info).arg("PX").arg(ttl_ms);
+    let mut add = redis::cmd("SADD");
+    add.arg(NODES_KEY).arg(key);
+    shared.exec_all(vec![set, add]).await?;
+    Ok(false)
+}
+
 /// Whether the other nodes have reaped this node's current incarnation.
 pub(super) async fn is_reaped(shared: &Shared) -> Result<bool, StoreError> {
-    let mut conn = shared.conn();
+    let mut conn = shared.conn()?;
     timed(
         redis::cmd("EXISTS")
             .arg(reaped_key(&shared.identity.key()))
@@ -160,10 +174,12 @@ pub(super) fn lose_everything(shared: &Shared, key: &str) {
 /// Re-registers every seat this node holds (Redis may have lost them).
 async fn resync(shared: &Shared) -> Result<(), StoreError> {
     let key = shared.identity.key();
-    let index = node_lobbies_key(&key);
-    let mut conn = shared.conn();
+    let mut conn = shared.conn()?;
+    let lobbies = shared.hub.lobbies();
+    let hexes: Vec<&str> = lobbies.iter().map(|lobby| &*lobby.hex).collect();
+    shared.index_lobbies(&hexes).await?;
     let (mut kept, mut reclaimed, mut lost) = (0, 0, 0);
-    for lobby in shared.hub.lobbies() {
+    for lobby in &lobbies {
         for (member, seat) in lobby.seated() {
             if !is_member_of(&member, &key) {
                 lobby.lose(&member);
@@ -175,11 +191,9 @@ async fn resync(shared: &Shared) -> Result<(), StoreError> {
                     .scripts
                     .claim
                     .key(lobby_key(&lobby.hex))
-                    .key(&index)
                     .arg(seat)
                     .arg(&*member)
                     .arg(shared.settings.lobby_capacity)
-                    .arg(&*lobby.hex)
                     .invoke_async(&mut conn),
             )
             .await?;
@@ -200,7 +214,7 @@ async fn resync(shared: &Shared) -> Result<(), StoreError> {
 /// Compares each local lobby's seats in Redis with the last event its
 /// members saw, and delivers the joins and leaves they missed.
 async fn reconcile(shared: &Shared) -> Result<(), StoreError> {
-    let mut conn = shared.conn();
+    let mut conn = shared.conn()?;
     for lobby in shared.hub.lobbies() {
         let seats: std::collections::BTreeMap<u8, String> = timed(
             redis::cmd("HGETALL")
@@ -268,7 +282,7 @@ pub(super) async fn run_reaper(shared: Arc<Shared>) {
 /// are alive.
 async fn release_expired_seats(shared: &Shared) -> Result<(), StoreError> {
     let now = super::now_ms();
-    let mut conn = shared.conn();
+    let mut conn = shared.conn()?;
     let due: Vec<String> = timed(
         redis::cmd("ZRANGEBYSCORE")
             .arg(super::AWAY_KEY)
@@ -284,18 +298,18 @@ async fn release_expired_seats(shared: &Shared) -> Result<(), StoreError> {
         let Some((hex, seat)) = entry.split_once(':') else {
             continue;
         };
-        let released: i64 = timed(
-            shared
-                .scripts
-                .expire
-                .key(lobby_key(hex))
-                .arg(seat)
-                .arg(channel(hex))
-                .arg(now)
-                .arg(hex)
-                .invoke_async(&mut conn),
-        )
-        .await?;
+        let released: i64 = shared
+            .invoke_held(
+                shared
+                    .scripts
+                    .expire
+                    .key(lobby_key(hex))
+                    .arg(seat)
+                    .arg(channel(hex))
+                    .arg(now)
+                    .arg(hex),
+            )
+            .await?;
         if released == 1 {
             metrics::get().held_seats_released.increment(1);
             tracing::info!(
@@ -311,20 +325,24 @@ async fn release_expired_seats(shared: &Shared) -> Result<(), StoreError> {
 
 async fn reap_dead_nodes(shared: &Shared) -> Result<(), StoreError> {
     let me = shared.identity.key();
-    let mut conn = shared.conn();
+    let mut conn = shared.conn()?;
     let nodes: Vec<String> =
         timed(redis::cmd("SMEMBERS").arg(NODES_KEY).query_async(&mut conn)).await?;
     let others: Vec<&String> = nodes.iter().filter(|n| n.as_str() != &*me).collect();
     if others.is_empty() {
         return Ok(());
     }
-    let mut pipe = redis::pipe();
-    for node in &others {
-        pipe.cmd("EXISTS").arg(node_key(node));
-    }
-    let alive: Vec<bool> = timed(pipe.query_async(&mut conn)).await?;
+    let exists = others
+        .iter()
+        .map(|node| {
+            let mut cmd = redis::cmd("EXISTS");
+            cmd.arg(node_key(node));
+            cmd
+        })
+        .collect();
+    let alive = shared.exec_all(exists).await?;
     for (node, alive) in others.into_iter().zip(alive) {
-        if !alive {
+        if alive == redis::Value::Int(0) {
             reap(shared, node).await?;
         }
     }
@@ -333,7 +351,7 @@ async fn reap_dead_nodes(shared: &Shared) -> Result<(), StoreError> {
 
 /// Removes every member of a dead node from its lobbies.
 async fn reap(shared: &Shared, node: &str) -> Result<(), StoreError> {
-    let mut conn = shared.conn();
+    let mut conn = shared.conn()?;
     timed(
         redis::cmd("SET")
             .arg(reaped_key(node))
@@ -352,30 +370,23 @@ async fn reap(shared: &Shared, node: &str) -> Result<(), StoreError> {
     let prefix = format!("{node}.");
     let mut removed = 0i64;
     for hex in &lobbies {
-        removed += timed(
-            shared
-                .scripts
-                .reap
-                .key(lobby_key(hex))
-                .arg(&prefix)
-                .arg(channel(hex))
-                .arg(super::now_ms())
-                .invoke_async::<i64>(&mut conn),
-        )
-        .await?;
+        removed += shared
+            .invoke_held::<i64>(
+                shared
+                    .scripts
+                    .reap
+                    .key(lobby_key(hex))
+                    .arg(&prefix)
+                    .arg(channel(hex))
+                    .arg(super::now_ms()),
+            )
+            .await?;
     }
-    timed(
-        redis::pipe()
-            .cmd("DEL")
-            .arg(node_lobbies_key(node))
-            .ignore()
-            .cmd("SREM")
-            .arg(NODES_KEY)
-            .arg(node)
-            .ignore()
-            .query_async::<()>(&mut conn),
-    )
-    .await?;
+    let mut del = redis::cmd("DEL");
+    del.arg(node_lobbies_key(node));
+    let mut srem = redis::cmd("SREM");
+    srem.arg(NODES_KEY).arg(node);
+    shared.exec_all(vec![del, srem]).await?;
     metrics::get().nodes_reaped.increment(1);
     tracing::warn!(
         node,
@@ -390,24 +401,14 @@ async fn reap(shared: &Shared, node: &str) -> Result<(), StoreError> {
 /// left by then).
 pub(super) async fn goodbye(shared: &Shared) {
     let key = shared.identity.key();
-    let mut conn = shared.conn();
-    let done = timed(
-        redis::pipe()
-            .cmd("DEL")
-            .arg(node_key(&key))
-            .ignore()
-            .cmd("DEL")
-            .arg(node_lobbies_key(&key))
-            .ignore()
-            .cmd("SREM")
-            .arg(NODES_KEY)
-            .arg(&*key)
-            .ignore()
-            .query_async::<()>(&mut conn),
-    )
-    .await;
-    match done {
-        Ok(()) => tracing::info!("said goodbye to the lobby store"),
+    let mut beat = redis::cmd("DEL");
+    beat.arg(node_key(&key));
+    let mut index = redis::cmd("DEL");
+    index.arg(node_lobbies_key(&key));
+    let mut srem = redis::cmd("SREM");
+    srem.arg(NODES_KEY).arg(&*key);
+    match shared.exec_all(vec![beat, index, srem]).await {
+        Ok(_) => tracing::info!("said goodbye to the lobby store"),
         Err(e) => tracing::warn!(error = %e, "could not say goodbye to the lobby store"),
     }
 }

@@ -1,7 +1,8 @@
 //! The cluster as the admin view shows it, read from Redis by any node:
 //! the nodes of `lr:nodes` with the figures of their heartbeats, and their
 //! lobbies (from each node's `lr:node-lobbies:*` index, not a `SCAN`) with
-//! the node of each seat. Read-only; a handful of pipelined round trips.
+//! the node of each seat. Read-only; a handful of pipelined round trips (in
+//! a Redis Cluster, concurrent commands, each to its shard).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,36 +25,48 @@ fn node_id_of_key(key: &str) -> &str {
     key.split('/').next().unwrap_or(key)
 }
 
+/// A command on one key.
+fn command(name: &str, key: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd(name);
+    cmd.arg(key);
+    cmd
+}
+
+/// Replies converted to `T`.
+fn convert<T: redis::FromRedisValue>(values: Vec<redis::Value>) -> Result<Vec<T>, StoreError> {
+    values
+        .into_iter()
+        .map(|v| {
+            redis::from_redis_value(v)
+                .map_err(|e| StoreError::Protocol(format!("unexpected reply from Redis: {e}")))
+        })
+        .collect()
+}
+
 pub(super) async fn cluster_view(shared: &Shared) -> Result<ClusterView, StoreError> {
-    let mut conn = shared.conn();
+    let mut conn = shared.conn()?;
     let mut keys: Vec<String> =
         timed(redis::cmd("SMEMBERS").arg(NODES_KEY).query_async(&mut conn)).await?;
     keys.sort();
 
-    let mut beats = redis::pipe();
-    let mut ttls = redis::pipe();
-    let mut indexed = redis::pipe();
+    let mut beats = Vec::new();
+    let mut ttls = Vec::new();
+    let mut indexed = Vec::new();
     for key in &keys {
-        beats.cmd("GET").arg(node_key(key));
-        ttls.cmd("PTTL").arg(node_key(key));
-        ttls.cmd("SCARD").arg(node_lobbies_key(key));
+        beats.push(command("GET", &node_key(key)));
+        ttls.push(command("PTTL", &node_key(key)));
+        ttls.push(command("SCARD", &node_lobbies_key(key)));
         // A sample when a node holds many lobbies: the page lists at most
         // LOBBY_LIMIT anyway.
-        indexed
-            .cmd("SRANDMEMBER")
-            .arg(node_lobbies_key(key))
-            .arg(LOBBY_LIMIT);
+        let mut sample = command("SRANDMEMBER", &node_lobbies_key(key));
+        sample.arg(LOBBY_LIMIT);
+        indexed.push(sample);
     }
-    let (beats, ttls, indexed): (Vec<Option<String>>, Vec<i64>, Vec<Vec<String>>) =
-        if keys.is_empty() {
-            Default::default()
-        } else {
-            (
-                timed(beats.query_async(&mut conn)).await?,
-                timed(ttls.query_async(&mut conn)).await?,
-                timed(indexed.query_async(&mut conn)).await?,
-            )
-        };
+    let (beats, ttls, indexed): (Vec<Option<String>>, Vec<i64>, Vec<Vec<String>>) = (
+        convert(shared.exec_all(beats).await?)?,
+        convert(shared.exec_all(ttls).await?)?,
+        convert(shared.exec_all(indexed).await?)?,
+    );
 
     let mut truncated = false;
     let mut nodes = Vec::with_capacity(keys.len());
@@ -84,11 +97,11 @@ pub(super) async fn cluster_view(shared: &Shared) -> Result<ClusterView, StoreEr
     let hexes: Vec<String> = hexes.into_iter().take(LOBBY_LIMIT).collect();
     let mut lobbies = Vec::new();
     if !hexes.is_empty() {
-        let mut pipe = redis::pipe();
-        for hex in &hexes {
-            pipe.cmd("HGETALL").arg(lobby_key(hex));
-        }
-        let seats: Vec<BTreeMap<u32, String>> = timed(pipe.query_async(&mut conn)).await?;
+        let reads = hexes
+            .iter()
+            .map(|hex| command("HGETALL", &lobby_key(hex)))
+            .collect();
+        let seats: Vec<BTreeMap<u32, String>> = convert(shared.exec_all(reads).await?)?;
         for (hex, seats) in hexes.iter().zip(seats) {
             if seats.is_empty() {
                 continue; // emptied since it was indexed
@@ -107,7 +120,11 @@ pub(super) async fn cluster_view(shared: &Shared) -> Result<ClusterView, StoreEr
         }
     }
     Ok(ClusterView {
-        store: "redis",
+        store: if shared.is_cluster() {
+            "redis-cluster"
+        } else {
+            "redis"
+        },
         served_by: shared.identity.node_id().to_owned(),
         nodes,
         lobbies,
