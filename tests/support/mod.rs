@@ -709,6 +709,45 @@ impl Node {
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().expect("try_wait")
     }
+
+    /// Waits (blocking) until `GET /readyz` answers 200, for at most
+    /// `timeout`.
+    pub fn wait_until_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = http_status_blocking(self.addr, "/readyz");
+            if status == Ok(200) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "node {}: GET /readyz still {status:?} after {timeout:?}",
+                    self.logs.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The status code of `GET PATH` (plain HTTP/1.1, blocking, 2 s at most).
+fn http_status_blocking(addr: SocketAddr, path: &str) -> Result<u16, String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(|e| format!("read: {e}"))?;
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .filter(|_| line.starts_with("HTTP/1."))
+        .ok_or_else(|| format!("not an HTTP status line: {line:?}"))
 }
 
 impl Drop for Node {
@@ -826,6 +865,11 @@ impl Cluster {
         node_args.extend_from_slice(args);
         let a = Node::start("a", &node_args);
         let b = Node::start("b", &node_args);
+        // A node listens before its cluster connection is up, and answers
+        // joins `unavailable` until then: wait as a load balancer would.
+        for node in [&a, &b] {
+            node.wait_until_ready(NODE_START_TIMEOUT);
+        }
         Cluster {
             flavour: "redis-cluster",
             a,

@@ -455,7 +455,7 @@ fn print_log_tail(dir: &Path, port: u16) {
     };
     let lines: Vec<&str> = log.lines().collect();
     eprintln!("---- last lines of the log of redis cluster node {port} ----");
-    for line in &lines[lines.len().saturating_sub(15)..] {
+    for line in &lines[lines.len().saturating_sub(10)..] {
         eprintln!("{line}");
     }
 }
