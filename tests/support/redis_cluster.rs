@@ -463,6 +463,7 @@ fn print_log_tail(dir: &Path, port: u16) {
 /// Starts one cluster node on free ports, retrying on port races as
 /// [`RedisServer::start`](super::RedisServer::start) does.
 fn spawn_node_with_retries(dir: &Path) -> ClusterProcess {
+    require_redis_server();
     let mut last_error = String::new();
     for _ in 0..5 {
         let port = free_port();
@@ -470,14 +471,8 @@ fn spawn_node_with_retries(dir: &Path) -> ClusterProcess {
         if port == 6379 || bus_port == port {
             continue;
         }
-        let mut child = match spawn_cluster_node(dir, port, bus_port) {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "`redis-server` is not on PATH: the integration tests need a real Redis. \
-                 Run scripts/test.sh, which installs it, or install redis-server yourself."
-            ),
-            Err(e) => panic!("cannot spawn redis-server: {e}"),
-        };
+        let mut child = spawn_cluster_node(dir, port, bus_port)
+            .unwrap_or_else(|e| panic!("cannot spawn redis-server: {e}"));
         match wait_for_ping(&mut child, port) {
             Ok(()) => {
                 return ClusterProcess {
@@ -499,10 +494,24 @@ fn spawn_node_with_retries(dir: &Path) -> ClusterProcess {
 /// saved, its node file and log in `dir`. The cluster bus gets a port of its
 /// own (`--cluster-port`) rather than the default `port + 10000`, which may
 /// be taken or out of range.
+///
+/// Where util-linux's `setpriv` is installed, the server is started through
+/// `setpriv --pdeathsig KILL` (which then becomes `redis-server` itself), so
+/// that it dies with the thread that started it even when the test process
+/// is killed without unwinding (a test runner cancelling a run), instead of
+/// being left behind with its six siblings. Clusters are started from the
+/// test's own thread, which lives as long as the test.
 fn spawn_cluster_node(dir: &Path, port: u16, bus_port: u16) -> std::io::Result<Child> {
     let nodes_file = dir.join(format!("nodes-{port}.conf"));
     let _ = std::fs::remove_file(&nodes_file);
-    Command::new("redis-server")
+    let mut command = if has_setpriv() {
+        let mut command = Command::new("setpriv");
+        command.args(["--pdeathsig", "KILL", "--", "redis-server"]);
+        command
+    } else {
+        Command::new("redis-server")
+    };
+    command
         .args(["--port", &port.to_string()])
         .args(["--cluster-port", &bus_port.to_string()])
         .args(["--bind", "127.0.0.1"])
@@ -526,6 +535,38 @@ fn spawn_cluster_node(dir: &Path, port: u16, bus_port: u16) -> std::io::Result<C
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+}
+
+/// Whether `setpriv` (util-linux) can be run.
+fn has_setpriv() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        Command::new("setpriv")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Panics with a clear message if `redis-server` is not on PATH (behind
+/// `setpriv`, a missing server would only show as an early exit).
+fn require_redis_server() {
+    if let Err(e) = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => panic!(
+                "`redis-server` is not on PATH: the integration tests need a real Redis. \
+                 Run scripts/test.sh, which installs it, or install redis-server yourself."
+            ),
+            _ => panic!("cannot run redis-server: {e}"),
+        }
+    }
 }
 
 /// Runs one command on one node, on a connection of its own, with timeouts.
