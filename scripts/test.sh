@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need, then runs every gate.
 #
-#   scripts/test.sh            format check, clippy, docs, the whole test suite
+#   scripts/test.sh            format check, clippy, docs, the whole test suite,
+#                              then tests/relay.rs again on a Redis Cluster
 #   scripts/test.sh -- ARGS    extra arguments for the test runner (a filter)
 #
-# The tests start their own redis-server (and, for the cluster test, haproxy;
-# for the browser test, chromedriver and headless chromium) processes on free
-# loopback ports; nothing here touches a Redis you already run. The
-# Kubernetes manifests' test needs kubernetes-validate (PyPI), installed below
-# into a virtualenv under the target directory.
+# The tests start their own redis-server (and, for tests/redis_cluster.rs and
+# the second run of tests/relay.rs, a Redis Cluster of them joined by
+# redis-cli; for the cluster test, haproxy; for the browser test, chromedriver
+# and headless chromium) processes on free loopback ports; nothing here
+# touches a Redis you already run. The Kubernetes manifests' test needs
+# kubernetes-validate (PyPI), installed below into a virtualenv under the
+# target directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--" ]; then shift; fi
@@ -94,10 +97,22 @@ say "docker compose end to end (scripts/compose-e2e.sh; skipped without a Docker
 scripts/compose-e2e.sh
 
 say "tests"
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest does not run doctests: run them first, the whole suite last.
   cargo test --doc --locked --quiet
-  cargo nextest run --locked --no-fail-fast "$@"
+  cargo nextest run --locked --no-fail-fast "$@" || status=$?
 else
-  cargo test --locked --no-fail-fast "$@"
+  cargo test --locked --no-fail-fast "$@" || status=$?
 fi
+
+# The cross-node behavioural tests once more, each on a private Redis Cluster
+# of three masters instead of one Redis (tests/support: Cluster::redis_with).
+# Run even when the suite above failed, so that one run reports both.
+say "tests/relay.rs again on a Redis Cluster (LOBBY_RELAY_TEST_REDIS=cluster)"
+if cargo nextest --version >/dev/null 2>&1; then
+  LOBBY_RELAY_TEST_REDIS=cluster cargo nextest run --locked --no-fail-fast --test relay "$@" || status=$?
+else
+  LOBBY_RELAY_TEST_REDIS=cluster cargo test --locked --no-fail-fast --test relay "$@" || status=$?
+fi
+exit "$status"

@@ -30,7 +30,7 @@ fn json(redis_url: &str, args: &[&str]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_matches_the_players() {
     let c = Cluster::redis();
-    let url = c.redis_server().expect("redis").url();
+    let url = c.redis_url().expect("redis");
     let l1 = format!("inspect-one-{}", support::unique());
     let l2 = format!("inspect-two-{}", support::unique());
     let (_a, _b) = pair(&c, &l1).await;
@@ -94,7 +94,7 @@ async fn inspect_matches_the_players() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_shows_held_seats() {
     let c = Cluster::redis();
-    let url = c.redis_server().expect("redis").url();
+    let url = c.redis_url().expect("redis");
     let pass = format!("inspect-held-{}", support::unique());
     let mut a = Client::connect(&c.url_a(), "A").await;
     a.send_json(serde_json::json!({"type": "join", "passphrase": pass, "resume": true}))

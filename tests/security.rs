@@ -98,7 +98,7 @@ async fn lobby_secret_hardens_the_keys() {
         );
     }
 
-    let redis_url = c.redis_server().expect("redis").url();
+    let redis_url = c.redis_url().expect("redis");
     let run = |secret: Option<&str>| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_lobby-relay"));
         command

@@ -1,5 +1,5 @@
-//! Test harness for the integration tests: a private `redis-server` per test,
-//! real `lobby-relay` nodes started from the built binary, and a WebSocket
+//! Test harness for the integration tests: a private `redis-server` (or Redis
+//! Cluster, `redis_cluster.rs`) per test, real `lobby-relay` nodes started from the built binary, and a WebSocket
 //! client that speaks the wire protocol of `PROTOCOL.md` with a timeout on
 //! every read.
 //!
@@ -71,6 +71,9 @@ pub fn free_port() -> u16 {
 // Redis
 // ---------------------------------------------------------------------------
 
+pub mod redis_cluster;
+pub use redis_cluster::RedisCluster;
+
 /// A private `redis-server` on a free port, killed on drop.
 pub struct RedisServer {
     child: Child,
@@ -104,25 +107,7 @@ impl RedisServer {
     }
 
     fn wait_for_ping(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + REDIS_START_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!(
-                    "redis-server on port {} exited: {status}",
-                    self.port
-                ));
-            }
-            if ping(self.port) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "redis-server on port {} did not answer PING within {:?}",
-                    self.port, REDIS_START_TIMEOUT
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_ping(&mut self.child, self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -132,6 +117,26 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Waits until the `redis-server` just spawned answers PING on `port`; an
+/// error if it exits first (a port race) or stays silent too long.
+fn wait_for_ping(child: &mut Child, port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + REDIS_START_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("redis-server on port {port} exited: {status}"));
+        }
+        if ping(port) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "redis-server on port {port} did not answer PING within {REDIS_START_TIMEOUT:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -155,36 +160,104 @@ impl Drop for RedisServer {
     }
 }
 
-/// A connection to a test's Redis, for checking what the relay stored.
+/// A connection to a test's Redis, for checking what the relay stored: one
+/// Redis, or a Redis Cluster (from a `redis+cluster://` URL).
+///
+/// With a cluster, [`RedisProbe::query`] is routed to the shard of its key by
+/// the redis crate's cluster client, and the questions that are per server
+/// (`KEYS`, channels, `MONITOR`) are asked of every current master directly
+/// and their answers joined.
 #[derive(Clone)]
 pub struct RedisProbe {
-    client: redis::Client,
-    conn: redis::aio::MultiplexedConnection,
+    backend: ProbeBackend,
+}
+
+#[derive(Clone)]
+enum ProbeBackend {
+    Single {
+        /// Boxed: a `Client` is several times the size of the other variant.
+        client: Box<redis::Client>,
+        conn: redis::aio::MultiplexedConnection,
+    },
+    Cluster {
+        /// Where to ask for the topology (`CLUSTER NODES`).
+        seeds: Vec<u16>,
+        conn: redis::cluster_async::ClusterConnection,
+        /// Direct connections to single nodes, by port.
+        direct: Arc<Mutex<BTreeMap<u16, redis::aio::MultiplexedConnection>>>,
+    },
 }
 
 impl RedisProbe {
+    /// Connects to `redis://...` (one Redis) or `redis+cluster://...` (a
+    /// cluster, by its seeds).
     pub async fn connect(url: &str) -> RedisProbe {
-        let client = redis::Client::open(url).expect("redis url");
-        let conn = tokio::time::timeout(RECV_TIMEOUT, client.get_multiplexed_async_connection())
-            .await
-            .unwrap_or_else(|_| panic!("connecting to {url} timed out"))
-            .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
-        RedisProbe { client, conn }
+        let backend = match redis_cluster::seed_ports(url) {
+            None => {
+                let client = redis::Client::open(url).expect("redis url");
+                let conn =
+                    tokio::time::timeout(RECV_TIMEOUT, client.get_multiplexed_async_connection())
+                        .await
+                        .unwrap_or_else(|_| panic!("connecting to {url} timed out"))
+                        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+                ProbeBackend::Single {
+                    client: Box::new(client),
+                    conn,
+                }
+            }
+            Some(seeds) => {
+                let client = redis::cluster::ClusterClient::new(
+                    seeds.iter().map(|p| format!("redis://127.0.0.1:{p}/")),
+                )
+                .unwrap_or_else(|e| panic!("cluster client for {url}: {e}"));
+                let conn = tokio::time::timeout(RECV_TIMEOUT, client.get_async_connection())
+                    .await
+                    .unwrap_or_else(|_| panic!("connecting to {url} timed out"))
+                    .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+                ProbeBackend::Cluster {
+                    seeds,
+                    conn,
+                    direct: Arc::default(),
+                }
+            }
+        };
+        RedisProbe { backend }
     }
 
-    /// Runs one command and returns its reply converted to `T`.
+    /// Whether this probes a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.backend, ProbeBackend::Cluster { .. })
+    }
+
+    /// Runs one command and returns its reply converted to `T` (in a
+    /// cluster, on the shard of the command's key).
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
-        let mut conn = self.conn.clone();
-        tokio::time::timeout(RECV_TIMEOUT, cmd.query_async::<T>(&mut conn))
-            .await
+        let reply = match &self.backend {
+            ProbeBackend::Single { conn, .. } => {
+                let mut conn = conn.clone();
+                tokio::time::timeout(RECV_TIMEOUT, cmd.query_async::<T>(&mut conn)).await
+            }
+            ProbeBackend::Cluster { conn, .. } => {
+                let mut conn = conn.clone();
+                tokio::time::timeout(RECV_TIMEOUT, cmd.query_async::<T>(&mut conn)).await
+            }
+        };
+        reply
             .unwrap_or_else(|_| panic!("redis command timed out: {cmd:?}"))
             .unwrap_or_else(|e| panic!("redis command failed: {cmd:?}: {e}"))
     }
 
-    /// `KEYS pattern`, sorted.
+    /// `KEYS pattern`, sorted (in a cluster: of every master, joined).
     pub async fn keys(&self, pattern: &str) -> Vec<String> {
-        let mut keys: Vec<String> = self.query(redis::cmd("KEYS").arg(pattern)).await;
+        let cmd = redis::cmd("KEYS").arg(pattern).clone();
+        let mut keys: Vec<String> = match self.backend {
+            ProbeBackend::Single { .. } => self.query(&cmd).await,
+            ProbeBackend::Cluster { .. } => {
+                self.on_every_master::<Vec<String>>(&cmd).await.concat()
+            }
+        };
         keys.sort();
+        keys.dedup();
         keys
     }
 
@@ -200,12 +273,26 @@ impl RedisProbe {
             .collect()
     }
 
-    /// `PUBSUB CHANNELS pattern`, sorted.
+    /// The channels matching `pattern` that somebody subscribes to, sorted:
+    /// `PUBSUB CHANNELS pattern` with one Redis; in a cluster, where lobby
+    /// channels are sharded, `PUBSUB SHARDCHANNELS pattern` of every master,
+    /// joined.
     pub async fn channels(&self, pattern: &str) -> Vec<String> {
-        let mut channels: Vec<String> = self
-            .query(redis::cmd("PUBSUB").arg("CHANNELS").arg(pattern))
-            .await;
+        let mut channels: Vec<String> = match self.backend {
+            ProbeBackend::Single { .. } => {
+                self.query(redis::cmd("PUBSUB").arg("CHANNELS").arg(pattern))
+                    .await
+            }
+            ProbeBackend::Cluster { .. } => {
+                let cmd = redis::cmd("PUBSUB")
+                    .arg("SHARDCHANNELS")
+                    .arg(pattern)
+                    .clone();
+                self.on_every_master::<Vec<String>>(&cmd).await.concat()
+            }
+        };
         channels.sort();
+        channels.dedup();
         channels
     }
 
@@ -260,43 +347,196 @@ impl RedisProbe {
         }
     }
 
-    /// Opens a `MONITOR` connection: every command Redis runs from now on is
-    /// recorded until [`Monitor::finish`].
+    /// Opens a `MONITOR` connection (in a cluster, one to every master):
+    /// every command Redis runs from now on is recorded until
+    /// [`Monitor::finish`].
     pub async fn monitor(&self) -> Monitor {
-        let monitor = tokio::time::timeout(RECV_TIMEOUT, self.client.get_async_monitor())
-            .await
-            .expect("MONITOR timed out")
-            .expect("MONITOR");
+        let servers = match &self.backend {
+            ProbeBackend::Single { client, .. } => vec![(None, (**client).clone())],
+            ProbeBackend::Cluster { .. } => self
+                .masters()
+                .await
+                .into_iter()
+                .map(|port| {
+                    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                        .expect("redis url");
+                    (Some(port), client)
+                })
+                .collect(),
+        };
+        let mut streams = Vec::new();
+        for (port, client) in servers {
+            let monitor = tokio::time::timeout(RECV_TIMEOUT, client.get_async_monitor())
+                .await
+                .expect("MONITOR timed out")
+                .expect("MONITOR");
+            let stream: MonitorStream = Box::pin(monitor.into_on_message::<String>());
+            streams.push((port, stream));
+        }
         Monitor {
-            stream: Box::pin(monitor.into_on_message::<String>()),
+            streams,
             probe: self.clone(),
+        }
+    }
+
+    // -- cluster only ------------------------------------------------------
+
+    /// The ports of the cluster's current masters (those not marked failed),
+    /// sorted, as the first seed that answers sees them.
+    pub async fn masters(&self) -> Vec<u16> {
+        let mut masters: Vec<u16> = self
+            .topology()
+            .await
+            .into_iter()
+            .filter(|n| n.is_master() && !n.is_failed())
+            .map(|n| n.port)
+            .collect();
+        masters.sort_unstable();
+        masters
+    }
+
+    /// `CLUSTER NODES` of the first seed that answers.
+    pub async fn topology(&self) -> Vec<redis_cluster::NodeView> {
+        let ProbeBackend::Cluster { seeds, .. } = &self.backend else {
+            panic!("the topology of a cluster, asked of a single Redis");
+        };
+        for &port in seeds {
+            if let Some(text) = self
+                .try_on_node::<String>(port, redis::cmd("CLUSTER").arg("NODES"))
+                .await
+            {
+                return redis_cluster::parse_cluster_nodes(&text);
+            }
+        }
+        panic!("no seed of the cluster answers: {seeds:?}");
+    }
+
+    /// Runs one command on the cluster node on `port` itself (no routing).
+    pub async fn query_node<T: redis::FromRedisValue>(&self, port: u16, cmd: &redis::Cmd) -> T {
+        self.try_on_node(port, cmd)
+            .await
+            .unwrap_or_else(|| panic!("node {port} is unreachable for {cmd:?}"))
+    }
+
+    /// `KEYS pattern` of one cluster node, sorted.
+    pub async fn keys_on(&self, port: u16, pattern: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self.query_node(port, redis::cmd("KEYS").arg(pattern)).await;
+        keys.sort();
+        keys
+    }
+
+    /// `PUBSUB SHARDCHANNELS pattern` of one cluster node, sorted.
+    pub async fn shard_channels_on(&self, port: u16, pattern: &str) -> Vec<String> {
+        let mut channels: Vec<String> = self
+            .query_node(port, redis::cmd("PUBSUB").arg("SHARDCHANNELS").arg(pattern))
+            .await;
+        channels.sort();
+        channels
+    }
+
+    /// Runs `cmd` on every current master and returns their replies; a
+    /// master that cannot be reached (just killed) is left out.
+    async fn on_every_master<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Vec<T> {
+        let mut replies = Vec::new();
+        for port in self.masters().await {
+            if let Some(reply) = self.try_on_node(port, cmd).await {
+                replies.push(reply);
+            }
+        }
+        replies
+    }
+
+    /// Runs one command on one cluster node directly: `None` if the node
+    /// cannot be reached; panics if it answers with an error.
+    async fn try_on_node<T: redis::FromRedisValue>(
+        &self,
+        port: u16,
+        cmd: &redis::Cmd,
+    ) -> Option<T> {
+        let ProbeBackend::Cluster { direct, .. } = &self.backend else {
+            panic!("a cluster node's command, asked of a single Redis: {cmd:?}");
+        };
+        let cached = direct
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&port)
+            .cloned();
+        let mut conn = match cached {
+            Some(conn) => conn,
+            None => {
+                let client =
+                    redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("redis url");
+                let conn =
+                    tokio::time::timeout(RECV_TIMEOUT, client.get_multiplexed_async_connection())
+                        .await
+                        .ok()?
+                        .ok()?;
+                direct
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(port, conn.clone());
+                conn
+            }
+        };
+        let gone = |e: &redis::RedisError| {
+            e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
+        };
+        match tokio::time::timeout(RECV_TIMEOUT, cmd.query_async::<T>(&mut conn)).await {
+            Ok(Ok(reply)) => Some(reply),
+            Ok(Err(e)) if !gone(&e) => {
+                panic!("redis command failed on node {port}: {cmd:?}: {e}")
+            }
+            Ok(Err(_)) | Err(_) => {
+                // Gone (killed, or its connection broke): forget it.
+                direct
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&port);
+                None
+            }
         }
     }
 }
 
-/// A running `MONITOR`: Redis queues every command it runs for us.
+type MonitorStream = Pin<Box<dyn Stream<Item = String> + Send>>;
+
+/// A running `MONITOR`: Redis (every master of a cluster) queues every
+/// command it runs for us.
 pub struct Monitor {
-    stream: Pin<Box<dyn Stream<Item = String> + Send>>,
+    /// One stream per monitored server, with the port to send its end marker
+    /// to (`None`: the single Redis).
+    streams: Vec<(Option<u16>, MonitorStream)>,
     probe: RedisProbe,
 }
 
 impl Monitor {
     /// Returns every command Redis ran since the monitor started, up to a
-    /// marker command sent now (so nothing that came before is missed).
-    pub async fn finish(mut self) -> Vec<String> {
-        let marker = format!("monitor-end-{}", unique());
-        let _: String = self.probe.query(redis::cmd("ECHO").arg(&marker)).await;
+    /// marker command sent now (so nothing that came before is missed). In
+    /// a cluster: each master's commands up to its own marker, one master
+    /// after the other.
+    pub async fn finish(self) -> Vec<String> {
         let mut lines = Vec::new();
-        loop {
-            let line = tokio::time::timeout(RECV_TIMEOUT, self.stream.next())
-                .await
-                .unwrap_or_else(|_| panic!("MONITOR never showed the end marker; saw {lines:#?}"))
-                .unwrap_or_else(|| panic!("MONITOR stream ended; saw {lines:#?}"));
-            if line.contains(&marker) {
-                return lines;
+        for (port, mut stream) in self.streams {
+            let marker = format!("monitor-end-{}", unique());
+            let echo = redis::cmd("ECHO").arg(&marker).clone();
+            let _: String = match port {
+                None => self.probe.query(&echo).await,
+                Some(port) => self.probe.query_node(port, &echo).await,
+            };
+            loop {
+                let line = tokio::time::timeout(RECV_TIMEOUT, stream.next())
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!("MONITOR never showed the end marker; saw {lines:#?}")
+                    })
+                    .unwrap_or_else(|| panic!("MONITOR stream ended; saw {lines:#?}"));
+                if line.contains(&marker) {
+                    break;
+                }
+                lines.push(line);
             }
-            lines.push(line);
         }
+        lines
     }
 }
 
@@ -469,6 +709,45 @@ impl Node {
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().expect("try_wait")
     }
+
+    /// Waits (blocking) until `GET /readyz` answers 200, for at most
+    /// `timeout`.
+    pub fn wait_until_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = http_status_blocking(self.addr, "/readyz");
+            if status == Ok(200) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "node {}: GET /readyz still {status:?} after {timeout:?}",
+                    self.logs.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The status code of `GET PATH` (plain HTTP/1.1, blocking, 2 s at most).
+fn http_status_blocking(addr: SocketAddr, path: &str) -> Result<u16, String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(|e| format!("read: {e}"))?;
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .filter(|_| line.starts_with("HTTP/1."))
+        .ok_or_else(|| format!("not an HTTP status line: {line:?}"))
 }
 
 impl Drop for Node {
@@ -520,7 +799,12 @@ fn drain(
 /// The relay deployment a test runs against.
 ///
 /// - [`Cluster::redis`]: one private Redis and two nodes `a` and `b` sharing
-///   it; `url_a` and `url_b` lead to different nodes.
+///   it; `url_a` and `url_b` lead to different nodes. With
+///   `LOBBY_RELAY_TEST_REDIS=cluster` in the environment, a private Redis
+///   Cluster of three masters instead ([`Cluster::redis_cluster_with`]), so
+///   that the same tests run against both (`scripts/test.sh` does).
+/// - [`Cluster::redis_cluster_with`]: two nodes `a` and `b` sharing a private
+///   Redis Cluster, whatever the environment says.
 /// - [`Cluster::memory`]: one node without Redis; `url_a` and `url_b` are the
 ///   same node.
 pub struct Cluster {
@@ -529,6 +813,21 @@ pub struct Cluster {
     a: Node,
     b: Option<Node>,
     redis: Option<RedisServer>,
+    redis_cluster: Option<RedisCluster>,
+}
+
+/// The environment variable that turns the Redis flavour into a Redis
+/// Cluster: `cluster`; unset, empty or `single` for one Redis.
+pub const TEST_REDIS_ENV: &str = "LOBBY_RELAY_TEST_REDIS";
+
+/// Whether `LOBBY_RELAY_TEST_REDIS=cluster` asks for a Redis Cluster.
+pub fn cluster_requested() -> bool {
+    match std::env::var(TEST_REDIS_ENV) {
+        Ok(value) if value == "cluster" => true,
+        Ok(value) if value.is_empty() || value == "single" => false,
+        Ok(other) => panic!("{TEST_REDIS_ENV}={other:?}: expected `cluster` or `single`"),
+        Err(_) => false,
+    }
 }
 
 impl Cluster {
@@ -536,8 +835,12 @@ impl Cluster {
         Cluster::redis_with(&[])
     }
 
-    /// Two nodes on one Redis, both given `args` (e.g. `--lobby-capacity 3`).
+    /// Two nodes on one Redis, both given `args` (e.g. `--lobby-capacity 3`);
+    /// on a Redis Cluster of three masters with `LOBBY_RELAY_TEST_REDIS=cluster`.
     pub fn redis_with(args: &[&str]) -> Cluster {
+        if cluster_requested() {
+            return Cluster::redis_cluster_with(3, 0, args);
+        }
         let redis = RedisServer::start();
         let url = redis.url();
         let mut node_args = vec!["--redis-url", &url];
@@ -549,6 +852,30 @@ impl Cluster {
             a,
             b: Some(b),
             redis: Some(redis),
+            redis_cluster: None,
+        }
+    }
+
+    /// Two nodes on a private Redis Cluster of `masters` masters with
+    /// `replicas` replicas each, both given the cluster's seed URL and `args`.
+    pub fn redis_cluster_with(masters: usize, replicas: usize, args: &[&str]) -> Cluster {
+        let redis_cluster = RedisCluster::start(masters, replicas);
+        let url = redis_cluster.url();
+        let mut node_args = vec!["--redis-url", &url];
+        node_args.extend_from_slice(args);
+        let a = Node::start("a", &node_args);
+        let b = Node::start("b", &node_args);
+        // A node listens before its cluster connection is up, and answers
+        // joins `unavailable` until then: wait as a load balancer would.
+        for node in [&a, &b] {
+            node.wait_until_ready(NODE_START_TIMEOUT);
+        }
+        Cluster {
+            flavour: "redis-cluster",
+            a,
+            b: Some(b),
+            redis: None,
+            redis_cluster: Some(redis_cluster),
         }
     }
 
@@ -563,6 +890,7 @@ impl Cluster {
             a: Node::start("a", args),
             b: None,
             redis: None,
+            redis_cluster: None,
         }
     }
 
@@ -574,16 +902,18 @@ impl Cluster {
             a: Node::start("a", &["--redis-url", &url]),
             b: None,
             redis: None,
+            redis_cluster: None,
         }
     }
 
-    /// `"redis"`, `"memory"` or `"unreachable-redis"`.
+    /// `"redis"`, `"redis-cluster"`, `"memory"` or `"unreachable-redis"`.
     pub fn flavour(&self) -> &'static str {
         self.flavour
     }
 
+    /// Whether the nodes share a Redis (one server or a cluster).
     pub fn is_redis(&self) -> bool {
-        self.redis.is_some()
+        self.redis.is_some() || self.redis_cluster.is_some()
     }
 
     /// The WebSocket URL of node `a`.
@@ -619,16 +949,32 @@ impl Cluster {
         &mut self.a
     }
 
-    /// The Redis server, in the Redis flavour.
+    /// The Redis server, in the Redis flavour (`None` with a Redis Cluster:
+    /// see [`Cluster::redis_cluster`] and [`Cluster::redis_url`]).
     pub fn redis_server(&self) -> Option<&RedisServer> {
         self.redis.as_ref()
     }
 
-    /// A connection for checking the stored state, in the Redis flavour.
+    /// The Redis Cluster, in the Redis Cluster flavour.
+    pub fn redis_cluster(&self) -> Option<&RedisCluster> {
+        self.redis_cluster.as_ref()
+    }
+
+    /// The nodes' `--redis-url`, with one Redis or a cluster.
+    pub fn redis_url(&self) -> Option<String> {
+        match (&self.redis, &self.redis_cluster) {
+            (Some(server), _) => Some(server.url()),
+            (None, Some(cluster)) => Some(cluster.url()),
+            (None, None) => None,
+        }
+    }
+
+    /// A connection for checking the stored state, in the Redis flavours
+    /// (routed through the cluster with a Redis Cluster).
     /// (Named `redis_probe` because `Cluster::redis` is the constructor.)
     pub async fn redis_probe(&self) -> Option<RedisProbe> {
-        match &self.redis {
-            Some(server) => Some(RedisProbe::connect(&server.url()).await),
+        match self.redis_url() {
+            Some(url) => Some(RedisProbe::connect(&url).await),
             None => None,
         }
     }
