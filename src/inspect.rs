@@ -298,7 +298,9 @@ fn topology(conn: &mut Connection, info: &ConnectionInfo) -> redis::RedisResult<
             .iter()
             .filter_map(|shard| from_cluster_shards(shard, here, tls))
             .collect(),
-        Err(e) if matches!(e.kind(), ErrorKind::Server(_)) => from_cluster_slots(conn, here)?,
+        Err(e) if matches!(e.kind(), ErrorKind::Server(_)) => {
+            from_cluster_slots(redis::cmd("CLUSTER").arg("SLOTS").query(conn)?, here)?
+        }
         Err(e) => return Err(e),
     };
     shards.sort_by(|a: &Shard, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
@@ -349,8 +351,10 @@ fn from_cluster_shards(
 }
 
 /// `CLUSTER SLOTS`: slot ranges, each with its master first.
-fn from_cluster_slots(conn: &mut Connection, here: &str) -> redis::RedisResult<Vec<Shard>> {
-    let ranges: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER").arg("SLOTS").query(conn)?;
+fn from_cluster_slots(
+    ranges: Vec<Vec<redis::Value>>,
+    here: &str,
+) -> redis::RedisResult<Vec<Shard>> {
     let mut masters: BTreeMap<(String, u16), Vec<(u16, u16)>> = BTreeMap::new();
     for range in ranges {
         let [start, end, master, ..] = range.as_slice() else {
@@ -568,6 +572,161 @@ pub fn table(rows: &Value, columns: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use redis::Value::{Array, BulkString, Int, Nil};
+
+    fn text(s: &str) -> redis::Value {
+        BulkString(s.as_bytes().to_vec())
+    }
+
+    /// A node of `CLUSTER SHARDS` as RESP2 gives it (a flat list of pairs).
+    fn node(fields: &[(&str, redis::Value)]) -> redis::Value {
+        Array(
+            fields
+                .iter()
+                .flat_map(|(k, v)| [text(k), v.clone()])
+                .collect(),
+        )
+    }
+
+    fn shards(value: redis::Value, here: &str, tls: bool) -> Vec<Shard> {
+        let shards: Vec<HashMap<String, redis::Value>> =
+            FromRedisValue::from_redis_value(value).expect("shards");
+        shards
+            .iter()
+            .filter_map(|s| from_cluster_shards(s, here, tls))
+            .collect()
+    }
+
+    #[test]
+    fn cluster_shards_give_each_online_master_and_its_slots() {
+        let reply = Array(vec![
+            // After a failover: the old master is down, the new one online.
+            node(&[
+                ("slots", Array(vec![Int(0), Int(100), Int(200), Int(300)])),
+                (
+                    "nodes",
+                    Array(vec![
+                        node(&[
+                            ("port", Int(7000)),
+                            ("ip", text("10.0.0.1")),
+                            ("endpoint", text("10.0.0.1")),
+                            ("role", text("master")),
+                            ("health", text("fail")),
+                        ]),
+                        node(&[
+                            ("port", Int(7001)),
+                            ("tls-port", Int(7101)),
+                            ("ip", text("10.0.0.2")),
+                            ("endpoint", text("?")),
+                            ("role", text("master")),
+                            ("health", text("online")),
+                        ]),
+                    ]),
+                ),
+            ]),
+            // An empty master that is down holds nothing: not listed.
+            node(&[
+                ("slots", Array(vec![])),
+                (
+                    "nodes",
+                    Array(vec![node(&[
+                        ("port", Int(7002)),
+                        ("ip", text("10.0.0.3")),
+                        ("role", text("master")),
+                        ("health", text("fail")),
+                    ])]),
+                ),
+            ]),
+            // A node that does not know its address is the one we asked.
+            node(&[
+                ("slots", Array(vec![Int(101), Int(199)])),
+                (
+                    "nodes",
+                    Array(vec![node(&[
+                        ("port", Int(7003)),
+                        ("ip", text("")),
+                        ("endpoint", text("")),
+                        ("role", text("master")),
+                        ("health", text("online")),
+                    ])]),
+                ),
+            ]),
+        ]);
+        let plain = shards(reply.clone(), "seed.example", false);
+        assert_eq!(
+            plain,
+            vec![
+                Shard {
+                    host: "10.0.0.2".into(),
+                    port: 7001,
+                    slots: vec![(0, 100), (200, 300)],
+                },
+                Shard {
+                    host: "seed.example".into(),
+                    port: 7003,
+                    slots: vec![(101, 199)],
+                },
+            ]
+        );
+        assert_eq!(
+            shards(reply, "seed.example", true)[0].port,
+            7101,
+            "TLS port"
+        );
+        assert!(plain[0].serves(250) && !plain[0].serves(150) && plain[1].serves(150));
+    }
+
+    #[test]
+    fn cluster_slots_give_the_masters_before_redis_7() {
+        let range = |start, end, host: redis::Value, port| {
+            vec![
+                Int(start),
+                Int(end),
+                Array(vec![host, Int(port), text("id")]),
+                Array(vec![text("10.0.0.9"), Int(7009), text("replica")]),
+            ]
+        };
+        let masters = from_cluster_slots(
+            vec![
+                range(0, 99, text("10.0.0.1"), 7000),
+                range(100, 199, Nil, 7001),
+                range(200, 299, text("10.0.0.1"), 7000),
+            ],
+            "seed.example",
+        )
+        .expect("parsed");
+        assert_eq!(
+            masters,
+            vec![
+                Shard {
+                    host: "10.0.0.1".into(),
+                    port: 7000,
+                    slots: vec![(0, 99), (200, 299)],
+                },
+                Shard {
+                    host: "seed.example".into(),
+                    port: 7001,
+                    slots: vec![(100, 199)],
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn slots_and_addresses_as_redis_cluster_has_them() {
+        assert_eq!(slot_number("foo"), 12182);
+        assert_eq!(
+            slot_number("lr:lobby:{abc}"),
+            slot_number("lr:resume:{abc}")
+        );
+        let v6 = Shard {
+            host: "::1".into(),
+            port: 7000,
+            slots: vec![],
+        };
+        assert_eq!(v6.addr(), "[::1]:7000");
+    }
 
     #[test]
     fn tables_align_their_columns() {
