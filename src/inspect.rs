@@ -90,9 +90,25 @@ impl Store {
                     .get_connection_info()
                     .clone();
                 let (tx, rx) = mpsc::channel();
-                std::thread::spawn(move || tx.send(connect(&info)));
+                std::thread::spawn(move || {
+                    tx.send(connect(&info).map(|mut conn| {
+                        // A node of a cluster would show its own keys only.
+                        let info: String = redis::cmd("INFO")
+                            .arg("cluster")
+                            .query(&mut conn)
+                            .unwrap_or_default();
+                        (conn, info.contains("cluster_enabled:1"))
+                    }))
+                });
                 match rx.recv_timeout(OPEN_DEADLINE) {
-                    Ok(Ok(conn)) => Ok(Store::Single(conn)),
+                    Ok(Ok((conn, false))) => Ok(Store::Single(conn)),
+                    Ok(Ok((_, true))) => {
+                        return Err(format!(
+                            "{} is a node of a Redis Cluster: give the cluster as \
+                             redis+cluster://HOST:PORT,... (rediss+cluster:// with TLS)",
+                            redacted(&url)
+                        ));
+                    }
                     Ok(Err(e)) => Err(describe(&e)),
                     Err(_) => Err(no_answer()),
                 }
@@ -197,8 +213,16 @@ impl Cluster {
                         .map(|(s, e)| format!("{}: {e}", redacted(s)))
                         .collect::<Vec<_>>()
                         .join("; ");
+                    let hint = if errors
+                        .iter()
+                        .any(|e| e.contains("cluster support disabled"))
+                    {
+                        ": not a Redis Cluster? One Redis is given as redis:// (rediss://)"
+                    } else {
+                        ""
+                    };
                     return Err(format!(
-                        "cannot reach the Redis Cluster through any seed ({detail})"
+                        "cannot reach the Redis Cluster through any seed ({detail}){hint}"
                     ));
                 }
             }
