@@ -91,14 +91,14 @@ impl Store {
                     .clone();
                 let (tx, rx) = mpsc::channel();
                 std::thread::spawn(move || {
-                    tx.send(connect(&info).map(|mut conn| {
+                    let _ = tx.send(connect(&info).map(|mut conn| {
                         // A node of a cluster would show its own keys only.
                         let info: String = redis::cmd("INFO")
                             .arg("cluster")
                             .query(&mut conn)
                             .unwrap_or_default();
                         (conn, info.contains("cluster_enabled:1"))
-                    }))
+                    }));
                 });
                 match rx.recv_timeout(OPEN_DEADLINE) {
                     Ok(Ok((conn, false))) => Ok(Store::Single(conn)),
