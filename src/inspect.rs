@@ -5,23 +5,409 @@
 //! - `inspect lobbies`: every lobby with its players (hash prefixes).
 //! - `inspect lobby PASSPHRASE` (or `--hash HEX`): one lobby's key, channel,
 //!   seats and the node of each seat.
+//!
+//! It reads one Redis or a Redis Cluster (a `redis+cluster://` URL, see
+//! [`crate::lobby::redis::target`]): keyed commands go through a cluster
+//! client, which routes each to the shard that owns its key; listings SCAN
+//! every master with a connection of their own. In a cluster, lobbies also
+//! say which shard (master address) holds them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc;
+use std::time::Duration;
 
-use redis::Connection;
+use redis::cluster::{ClusterClient, ClusterConnection};
+use redis::{Connection, ConnectionAddr, ConnectionInfo, ErrorKind, FromRedisValue};
 use serde_json::{Value, json};
 
 use crate::identity::node_key_of;
-use crate::lobby::redis::{NODE_KEY_PREFIX, NODES_KEY, channel, lobby_key, node_key, resume_key};
+use crate::lobby::redis::target::{self, Target, redacted};
+use crate::lobby::redis::{
+    NODE_KEY_PREFIX, NODES_KEY, channel, lobby_key, node_key, open_client, resume_key,
+};
 
-/// A lobby as stored: its hash and its seats (seat → member id).
-struct Lobby {
-    hex: String,
-    seats: BTreeMap<u32, String>,
+/// How long a connection attempt, or an answer, may take.
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// How long finding Redis (or a cluster seed that answers) may take in all.
+const OPEN_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Where `inspect` reads: one Redis, or a Redis Cluster.
+pub enum Store {
+    Single(Connection),
+    Cluster(Box<Cluster>),
+}
+
+/// A Redis Cluster: a cluster connection for keyed commands and the masters
+/// found when it was opened, for listings.
+pub struct Cluster {
+    conn: ClusterConnection,
+    shards: Vec<Shard>,
+    /// How to reach any node: a seed's credentials, TLS and options.
+    node_info: ConnectionInfo,
+}
+
+/// One master and the slot ranges it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Shard {
+    host: String,
+    port: u16,
+    slots: Vec<(u16, u16)>,
+}
+
+impl Shard {
+    /// `host:port` (`[host]:port` for IPv6).
+    fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    fn serves(&self, slot: u16) -> bool {
+        self.slots
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&slot))
+    }
+}
+
+/// A key found by a listing, and in a cluster the master it was found on.
+struct Found {
+    key: String,
+    shard: Option<String>,
+}
+
+impl Store {
+    /// Connects to the Redis or Redis Cluster of `url` (a `--redis-url`),
+    /// trusting `ca_cert` (PEM) for TLS when given. Fails within a few
+    /// seconds when nothing answers, naming what was tried (without
+    /// passwords).
+    pub fn open(url: &str, ca_cert: Option<Vec<u8>>) -> Result<Store, String> {
+        let target =
+            Target::parse(url).map_err(|e| format!("--redis-url {}: {e}", redacted(url)))?;
+        match target {
+            Target::Single(url) => {
+                let info = open_client(&url, ca_cert)
+                    .map_err(|e| format!("--redis-url {}: {e}", redacted(&url)))?
+                    .get_connection_info()
+                    .clone();
+                let (tx, rx) = mpsc::channel();
+                std::thread::spawn(move || {
+                    let _ = tx.send(connect(&info).map(|mut conn| {
+                        // A node of a cluster would show its own keys only.
+                        let info: String = redis::cmd("INFO")
+                            .arg("cluster")
+                            .query(&mut conn)
+                            .unwrap_or_default();
+                        (conn, info.contains("cluster_enabled:1"))
+                    }));
+                });
+                match rx.recv_timeout(OPEN_DEADLINE) {
+                    Ok(Ok((conn, false))) => Ok(Store::Single(conn)),
+                    Ok(Ok((_, true))) => {
+                        return Err(format!(
+                            "{} is a node of a Redis Cluster: give the cluster as \
+                             redis+cluster://HOST:PORT,... (rediss+cluster:// with TLS)",
+                            redacted(&url)
+                        ));
+                    }
+                    Ok(Err(e)) => Err(describe(&e)),
+                    Err(_) => Err(no_answer()),
+                }
+                .map_err(|e| format!("cannot reach Redis at {}: {e}", redacted(&url)))
+            }
+            Target::Cluster(seeds) => {
+                Cluster::open(&seeds, ca_cert).map(|c| Store::Cluster(c.into()))
+            }
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Store::Cluster(_))
+    }
+
+    /// A command on one key (or none), sent where that key lives.
+    fn query<T: FromRedisValue>(&mut self, cmd: &redis::Cmd) -> Result<T, String> {
+        match self {
+            Store::Single(conn) => cmd
+                .query(conn)
+                .map_err(|e| format!("cannot read Redis: {e}")),
+            Store::Cluster(cluster) => cmd
+                .query(&mut cluster.conn)
+                .map_err(|e| format!("cannot read the Redis Cluster: {e}")),
+        }
+    }
+
+    /// Every key matching `pattern`, sorted; in a cluster, from every master.
+    fn scan(&mut self, pattern: &str) -> Result<Vec<Found>, String> {
+        let mut found = Vec::new();
+        match self {
+            Store::Single(conn) => {
+                let keys = scan(conn, pattern).map_err(|e| format!("cannot read Redis: {e}"))?;
+                found.extend(keys.into_iter().map(|key| Found { key, shard: None }));
+            }
+            Store::Cluster(cluster) => {
+                for shard in &cluster.shards {
+                    let addr = shard.addr();
+                    let keys = connect(&cluster.node_info_for(shard))
+                        .and_then(|mut conn| scan(&mut conn, pattern))
+                        .map_err(|e| format!("cannot read shard {addr}: {e}"))?;
+                    found.extend(keys.into_iter().map(|key| Found {
+                        key,
+                        shard: Some(addr.clone()),
+                    }));
+                }
+            }
+        }
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        found.dedup_by(|a, b| a.key == b.key);
+        Ok(found)
+    }
+
+    /// In a cluster: the hash slot of `key` and the master that serves it
+    /// (if one does).
+    fn shard_of(&self, key: &str) -> Option<(u16, Option<String>)> {
+        let Store::Cluster(cluster) = self else {
+            return None;
+        };
+        let slot = slot_number(key);
+        let shard = cluster.shards.iter().find(|s| s.serves(slot));
+        Some((slot, shard.map(Shard::addr)))
+    }
+}
+
+impl Cluster {
+    fn open(seeds: &[String], ca_cert: Option<Vec<u8>>) -> Result<Cluster, String> {
+        let tried = || {
+            seeds
+                .iter()
+                .map(|s| redacted(s))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut infos = Vec::with_capacity(seeds.len());
+        for seed in seeds {
+            let client = open_client(seed, ca_cert.clone())
+                .map_err(|e| format!("seed {}: {e}", redacted(seed)))?;
+            infos.push(client.get_connection_info().clone());
+        }
+        // Ask every seed at once for the topology; the first answer wins,
+        // so one dead seed costs nothing when another answers.
+        let (tx, rx) = mpsc::channel();
+        for (i, info) in infos.iter().enumerate() {
+            let (tx, info) = (tx.clone(), info.clone());
+            std::thread::spawn(move || {
+                let _ = tx.send((i, connect(&info).and_then(|mut c| topology(&mut c, &info))));
+            });
+        }
+        drop(tx);
+        let deadline = std::time::Instant::now() + OPEN_DEADLINE;
+        let mut errors = vec![no_answer(); seeds.len()];
+        let (first, shards) = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((i, Ok(shards))) => break (i, shards),
+                Ok((i, Err(e))) => errors[i] = describe(&e),
+                Err(_) => {
+                    let detail = seeds
+                        .iter()
+                        .zip(&errors)
+                        .map(|(s, e)| format!("{}: {e}", redacted(s)))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    let hint = if errors
+                        .iter()
+                        .any(|e| e.contains("cluster support disabled"))
+                    {
+                        ": not a Redis Cluster? One Redis is given as redis:// (rediss://)"
+                    } else {
+                        ""
+                    };
+                    return Err(format!(
+                        "cannot reach the Redis Cluster through any seed ({detail}){hint}"
+                    ));
+                }
+            }
+        };
+        // The cluster client, starting with the seed that answered.
+        let mut ordered: Vec<&str> = vec![seeds[first].as_str()];
+        ordered.extend(
+            seeds
+                .iter()
+                .map(String::as_str)
+                .filter(|s| *s != seeds[first]),
+        );
+        let mut builder = ClusterClient::builder(ordered)
+            .connection_timeout(TIMEOUT)
+            .response_timeout(TIMEOUT)
+            .retries(2);
+        if let (Some(root_cert), ConnectionAddr::TcpTls { .. }) = (ca_cert, infos[first].addr()) {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            });
+        }
+        let conn = builder
+            .build()
+            .and_then(|client| client.get_connection())
+            .map_err(|e| format!("cannot reach the Redis Cluster (seeds {}): {e}", tried()))?;
+        Ok(Cluster {
+            conn,
+            shards,
+            node_info: infos.swap_remove(first),
+        })
+    }
+
+    /// How to reach `shard`: the seed's settings at the shard's address.
+    fn node_info_for(&self, shard: &Shard) -> ConnectionInfo {
+        let addr = match self.node_info.addr() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host: shard.host.clone(),
+                port: shard.port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => ConnectionAddr::Tcp(shard.host.clone(), shard.port),
+        };
+        self.node_info.clone().set_addr(addr)
+    }
+}
+
+/// A Redis error for people: a timeout says so.
+fn describe(e: &redis::RedisError) -> String {
+    if e.is_timeout() {
+        format!("no answer within {} s", TIMEOUT.as_secs())
+    } else {
+        e.to_string()
+    }
+}
+
+fn no_answer() -> String {
+    format!("no answer within {} s", OPEN_DEADLINE.as_secs())
+}
+
+/// A plain connection with timeouts.
+fn connect(info: &ConnectionInfo) -> redis::RedisResult<Connection> {
+    let conn = redis::Client::open(info.clone())?.get_connection_with_timeout(TIMEOUT)?;
+    conn.set_read_timeout(Some(TIMEOUT))?;
+    conn.set_write_timeout(Some(TIMEOUT))?;
+    Ok(conn)
+}
+
+/// The hash slot of a key, as Redis Cluster computes it.
+fn slot_number(key: &str) -> u16 {
+    let slot = target::slot(key.as_bytes());
+    (0..16384)
+        .find(|n| target::Slot::new(*n) == Some(slot))
+        .unwrap_or_default()
+}
+
+/// The masters of the cluster and the slots they serve, as one node sees
+/// them: `CLUSTER SHARDS` (Redis 7 and later, lists empty masters too), or
+/// `CLUSTER SLOTS` where that command is unknown.
+fn topology(conn: &mut Connection, info: &ConnectionInfo) -> redis::RedisResult<Vec<Shard>> {
+    // Where a node does not know its own address, it is the one we asked.
+    let (here, tls) = match info.addr() {
+        ConnectionAddr::TcpTls { host, .. } => (host.as_str(), true),
+        ConnectionAddr::Tcp(host, _) => (host.as_str(), false),
+        _ => ("", false),
+    };
+    let shards = redis::cmd("CLUSTER")
+        .arg("SHARDS")
+        .query::<Vec<HashMap<String, redis::Value>>>(conn);
+    let mut shards = match shards {
+        Ok(shards) => shards
+            .iter()
+            .filter_map(|shard| from_cluster_shards(shard, here, tls))
+            .collect(),
+        Err(e) if matches!(e.kind(), ErrorKind::Server(_)) => {
+            from_cluster_slots(redis::cmd("CLUSTER").arg("SLOTS").query(conn)?, here)?
+        }
+        Err(e) => return Err(e),
+    };
+    shards.sort_by(|a: &Shard, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
+    Ok(shards)
+}
+
+fn field<T: FromRedisValue>(map: &HashMap<String, redis::Value>, name: &str) -> Option<T> {
+    T::from_redis_value_ref(map.get(name)?).ok()
+}
+
+/// A known endpoint (`?` or empty: unknown).
+fn known(host: Option<String>) -> Option<String> {
+    host.filter(|h| !h.is_empty() && h != "?")
+}
+
+/// One entry of `CLUSTER SHARDS`: its master (the online one, after a
+/// failover), with the port for our kind of connection.
+fn from_cluster_shards(
+    shard: &HashMap<String, redis::Value>,
+    here: &str,
+    tls: bool,
+) -> Option<Shard> {
+    let bounds: Vec<u16> = field(shard, "slots").unwrap_or_default();
+    let slots: Vec<(u16, u16)> = bounds.chunks_exact(2).map(|b| (b[0], b[1])).collect();
+    let nodes: Vec<HashMap<String, redis::Value>> = field(shard, "nodes").unwrap_or_default();
+    let is = |node: &HashMap<String, redis::Value>, name: &str, value: &str| {
+        field::<String>(node, name).as_deref() == Some(value)
+    };
+    let mut masters = nodes.iter().filter(|n| is(n, "role", "master"));
+    let master = masters
+        .clone()
+        .find(|n| is(n, "health", "online"))
+        .or_else(|| masters.next())?;
+    // A master that is down and serves no slot holds nothing to list.
+    if slots.is_empty() && !is(master, "health", "online") {
+        return None;
+    }
+    let (first, second) = if tls {
+        ("tls-port", "port")
+    } else {
+        ("port", "tls-port")
+    };
+    let port = field(master, first).or_else(|| field(master, second))?;
+    let host = known(field(master, "endpoint"))
+        .or_else(|| known(field(master, "ip")))
+        .unwrap_or_else(|| here.to_owned());
+    Some(Shard { host, port, slots })
+}
+
+/// `CLUSTER SLOTS`: slot ranges, each with its master first.
+fn from_cluster_slots(
+    ranges: Vec<Vec<redis::Value>>,
+    here: &str,
+) -> redis::RedisResult<Vec<Shard>> {
+    let mut masters: BTreeMap<(String, u16), Vec<(u16, u16)>> = BTreeMap::new();
+    for range in ranges {
+        let [start, end, master, ..] = range.as_slice() else {
+            continue;
+        };
+        let master = Vec::<redis::Value>::from_redis_value_ref(master)?;
+        let [host, port, ..] = master.as_slice() else {
+            continue;
+        };
+        let host =
+            known(String::from_redis_value_ref(host).ok()).unwrap_or_else(|| here.to_owned());
+        masters
+            .entry((host, u16::from_redis_value_ref(port)?))
+            .or_default()
+            .push((
+                u16::from_redis_value_ref(start)?,
+                u16::from_redis_value_ref(end)?,
+            ));
+    }
+    Ok(masters
+        .into_iter()
+        .map(|((host, port), slots)| Shard { host, port, slots })
+        .collect())
 }
 
 fn scan(conn: &mut Connection, pattern: &str) -> redis::RedisResult<Vec<String>> {
-    let mut keys: Vec<String> = redis::cmd("SCAN")
+    redis::cmd("SCAN")
         .cursor_arg(0)
         .arg("MATCH")
         .arg(pattern)
@@ -29,36 +415,41 @@ fn scan(conn: &mut Connection, pattern: &str) -> redis::RedisResult<Vec<String>>
         .arg(1000)
         .clone()
         .iter::<String>(conn)?
-        .collect::<redis::RedisResult<_>>()?;
-    keys.sort();
-    keys.dedup();
-    Ok(keys)
+        .collect()
 }
 
-fn lobbies(conn: &mut Connection) -> redis::RedisResult<Vec<Lobby>> {
-    let keys = scan(conn, "lr:lobby:*")?;
-    let mut lobbies = Vec::with_capacity(keys.len());
-    for key in keys {
-        let seats: BTreeMap<u32, String> = redis::cmd("HGETALL").arg(&key).query(conn)?;
+/// A lobby as stored: its hash, its seats (seat → member id) and, in a
+/// cluster, the master it is on.
+struct Lobby {
+    hex: String,
+    seats: BTreeMap<u32, String>,
+    shard: Option<String>,
+}
+
+fn lobbies(store: &mut Store) -> Result<Vec<Lobby>, String> {
+    let found = store.scan("lr:lobby:*")?;
+    let mut lobbies = Vec::with_capacity(found.len());
+    for Found { key, shard } in found {
+        let seats: BTreeMap<u32, String> = store.query(redis::cmd("HGETALL").arg(&key))?;
         let hex = key
             .trim_start_matches("lr:lobby:{")
             .trim_end_matches('}')
             .to_owned();
-        lobbies.push(Lobby { hex, seats });
+        lobbies.push(Lobby { hex, seats, shard });
     }
     Ok(lobbies)
 }
 
 /// `inspect nodes`.
-pub fn nodes(conn: &mut Connection) -> redis::RedisResult<Value> {
-    let mut listed: Vec<String> = redis::cmd("SMEMBERS").arg(NODES_KEY).query(conn)?;
-    for key in scan(conn, &format!("{NODE_KEY_PREFIX}*"))? {
-        listed.push(key.trim_start_matches(NODE_KEY_PREFIX).to_owned());
+pub fn nodes(store: &mut Store) -> Result<Value, String> {
+    let mut listed: Vec<String> = store.query(redis::cmd("SMEMBERS").arg(NODES_KEY))?;
+    for found in store.scan(&format!("{NODE_KEY_PREFIX}*"))? {
+        listed.push(found.key.trim_start_matches(NODE_KEY_PREFIX).to_owned());
     }
     listed.sort();
     listed.dedup();
     let mut members: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for lobby in lobbies(conn)? {
+    for lobby in lobbies(store)? {
         let mut seen = Vec::new();
         for member in lobby.seats.values() {
             let node = node_key_of(member).to_owned();
@@ -72,7 +463,7 @@ pub fn nodes(conn: &mut Connection) -> redis::RedisResult<Value> {
     }
     let mut rows = Vec::new();
     for key in listed {
-        let ttl: i64 = redis::cmd("PTTL").arg(node_key(&key)).query(conn)?;
+        let ttl: i64 = store.query(redis::cmd("PTTL").arg(node_key(&key)))?;
         let (lobbies, members) = members.get(&key).copied().unwrap_or_default();
         rows.push(json!({
             "node": key,
@@ -85,20 +476,24 @@ pub fn nodes(conn: &mut Connection) -> redis::RedisResult<Value> {
     Ok(Value::Array(rows))
 }
 
-/// `inspect lobbies`.
-pub fn all_lobbies(conn: &mut Connection) -> redis::RedisResult<Value> {
-    let rows = lobbies(conn)?
+/// `inspect lobbies`; in a cluster each row also names its `shard`.
+pub fn all_lobbies(store: &mut Store) -> Result<Value, String> {
+    let rows = lobbies(store)?
         .into_iter()
         .map(|lobby| {
             let mut nodes: Vec<&str> = lobby.seats.values().map(|m| node_key_of(m)).collect();
             nodes.sort_unstable();
             nodes.dedup();
-            json!({
+            let mut row = json!({
                 "lobby": lobby.hex,
                 "players": lobby.seats.len(),
                 "seats": lobby.seats.keys().collect::<Vec<_>>(),
                 "nodes": nodes,
-            })
+            });
+            if let Some(shard) = lobby.shard {
+                row["shard"] = json!(shard);
+            }
+            row
         })
         .collect();
     Ok(Value::Array(rows))
@@ -106,16 +501,20 @@ pub fn all_lobbies(conn: &mut Connection) -> redis::RedisResult<Value> {
 
 /// `inspect lobby`: one lobby by its hash (without Redis: its names only).
 /// A seat whose player opted in to resume is `resumable`; one held for a
-/// player whose connection is gone is `away`.
-pub fn lobby(conn: Option<&mut Connection>, hex: &str) -> redis::RedisResult<Value> {
-    let (seats, resumable, away): (BTreeMap<u32, String>, Vec<u8>, Vec<u8>) = match conn {
-        Some(conn) => {
-            let seats = redis::cmd("HGETALL").arg(lobby_key(hex)).query(conn)?;
-            let (resumable, away): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("HMGET")
-                .arg(resume_key(hex))
-                .arg("seats")
-                .arg("away")
-                .query(conn)?;
+/// player whose connection is gone is `away`. In a cluster: also the
+/// lobby's hash `slot` and the `shard` (master address) that serves it.
+pub fn lobby(store: Option<&mut Store>, hex: &str) -> Result<Value, String> {
+    let mut shard = None;
+    let (seats, resumable, away): (BTreeMap<u32, String>, Vec<u8>, Vec<u8>) = match store {
+        Some(store) => {
+            shard = store.shard_of(&lobby_key(hex));
+            let seats = store.query(redis::cmd("HGETALL").arg(lobby_key(hex)))?;
+            let (resumable, away): (Option<Vec<u8>>, Option<Vec<u8>>) = store.query(
+                redis::cmd("HMGET")
+                    .arg(resume_key(hex))
+                    .arg("seats")
+                    .arg("away"),
+            )?;
             (
                 seats,
                 resumable.unwrap_or_default(),
@@ -137,13 +536,18 @@ pub fn lobby(conn: Option<&mut Connection>, hex: &str) -> redis::RedisResult<Val
             })
         })
         .collect();
-    Ok(json!({
+    let mut report = json!({
         "lobby": hex,
         "key": lobby_key(hex),
         "channel": channel(hex),
         "players": seats.len(),
         "seats": seats,
-    }))
+    });
+    if let Some((slot, shard)) = shard {
+        report["slot"] = json!(slot);
+        report["shard"] = json!(shard);
+    }
+    Ok(report)
 }
 
 /// Renders rows of JSON objects as an aligned text table with these columns.
@@ -194,6 +598,161 @@ pub fn table(rows: &Value, columns: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use redis::Value::{Array, BulkString, Int, Nil};
+
+    fn text(s: &str) -> redis::Value {
+        BulkString(s.as_bytes().to_vec())
+    }
+
+    /// A node of `CLUSTER SHARDS` as RESP2 gives it (a flat list of pairs).
+    fn node(fields: &[(&str, redis::Value)]) -> redis::Value {
+        Array(
+            fields
+                .iter()
+                .flat_map(|(k, v)| [text(k), v.clone()])
+                .collect(),
+        )
+    }
+
+    fn shards(value: redis::Value, here: &str, tls: bool) -> Vec<Shard> {
+        let shards: Vec<HashMap<String, redis::Value>> =
+            FromRedisValue::from_redis_value(value).expect("shards");
+        shards
+            .iter()
+            .filter_map(|s| from_cluster_shards(s, here, tls))
+            .collect()
+    }
+
+    #[test]
+    fn cluster_shards_give_each_online_master_and_its_slots() {
+        let reply = Array(vec![
+            // After a failover: the old master is down, the new one online.
+            node(&[
+                ("slots", Array(vec![Int(0), Int(100), Int(200), Int(300)])),
+                (
+                    "nodes",
+                    Array(vec![
+                        node(&[
+                            ("port", Int(7000)),
+                            ("ip", text("10.0.0.1")),
+                            ("endpoint", text("10.0.0.1")),
+                            ("role", text("master")),
+                            ("health", text("fail")),
+                        ]),
+                        node(&[
+                            ("port", Int(7001)),
+                            ("tls-port", Int(7101)),
+                            ("ip", text("10.0.0.2")),
+                            ("endpoint", text("?")),
+                            ("role", text("master")),
+                            ("health", text("online")),
+                        ]),
+                    ]),
+                ),
+            ]),
+            // An empty master that is down holds nothing: not listed.
+            node(&[
+                ("slots", Array(vec![])),
+                (
+                    "nodes",
+                    Array(vec![node(&[
+                        ("port", Int(7002)),
+                        ("ip", text("10.0.0.3")),
+                        ("role", text("master")),
+                        ("health", text("fail")),
+                    ])]),
+                ),
+            ]),
+            // A node that does not know its address is the one we asked.
+            node(&[
+                ("slots", Array(vec![Int(101), Int(199)])),
+                (
+                    "nodes",
+                    Array(vec![node(&[
+                        ("port", Int(7003)),
+                        ("ip", text("")),
+                        ("endpoint", text("")),
+                        ("role", text("master")),
+                        ("health", text("online")),
+                    ])]),
+                ),
+            ]),
+        ]);
+        let plain = shards(reply.clone(), "seed.example", false);
+        assert_eq!(
+            plain,
+            vec![
+                Shard {
+                    host: "10.0.0.2".into(),
+                    port: 7001,
+                    slots: vec![(0, 100), (200, 300)],
+                },
+                Shard {
+                    host: "seed.example".into(),
+                    port: 7003,
+                    slots: vec![(101, 199)],
+                },
+            ]
+        );
+        assert_eq!(
+            shards(reply, "seed.example", true)[0].port,
+            7101,
+            "TLS port"
+        );
+        assert!(plain[0].serves(250) && !plain[0].serves(150) && plain[1].serves(150));
+    }
+
+    #[test]
+    fn cluster_slots_give_the_masters_before_redis_7() {
+        let range = |start, end, host: redis::Value, port| {
+            vec![
+                Int(start),
+                Int(end),
+                Array(vec![host, Int(port), text("id")]),
+                Array(vec![text("10.0.0.9"), Int(7009), text("replica")]),
+            ]
+        };
+        let masters = from_cluster_slots(
+            vec![
+                range(0, 99, text("10.0.0.1"), 7000),
+                range(100, 199, Nil, 7001),
+                range(200, 299, text("10.0.0.1"), 7000),
+            ],
+            "seed.example",
+        )
+        .expect("parsed");
+        assert_eq!(
+            masters,
+            vec![
+                Shard {
+                    host: "10.0.0.1".into(),
+                    port: 7000,
+                    slots: vec![(0, 99), (200, 299)],
+                },
+                Shard {
+                    host: "seed.example".into(),
+                    port: 7001,
+                    slots: vec![(100, 199)],
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn slots_and_addresses_as_redis_cluster_has_them() {
+        assert_eq!(slot_number("foo"), 12182);
+        assert_eq!(
+            slot_number("lr:lobby:{abc}"),
+            slot_number("lr:resume:{abc}")
+        );
+        let v6 = Shard {
+            host: "::1".into(),
+            port: 7000,
+            slots: vec![],
+        };
+        assert_eq!(v6.addr(), "[::1]:7000");
+    }
 
     #[test]
     fn tables_align_their_columns() {

@@ -252,19 +252,15 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-fn redis_connection(
-    url: &str,
-    ca_cert: Option<&std::path::Path>,
-) -> Result<redis::Connection, String> {
+/// Connects `inspect` to the Redis or Redis Cluster of `url`.
+fn inspect_store(url: &str, ca_cert: Option<&std::path::Path>) -> Result<inspect::Store, String> {
     let ca_cert = match ca_cert {
         Some(path) => Some(
             std::fs::read(path).map_err(|e| format!("--redis-ca-cert {}: {e}", path.display()))?,
         ),
         None => None,
     };
-    lobby_relay::lobby::redis::open_client(url, ca_cert)
-        .and_then(|client| client.get_connection_with_timeout(std::time::Duration::from_secs(2)))
-        .map_err(|e| format!("cannot reach Redis at {url}: {e}"))
+    inspect::Store::open(url, ca_cert)
 }
 
 fn inspect_list(common: InspectArgs, what: &str) -> ExitCode {
@@ -272,21 +268,23 @@ fn inspect_list(common: InspectArgs, what: &str) -> ExitCode {
         eprintln!("lobby-relay: inspect {what} needs --redis-url (or LOBBY_RELAY_REDIS_URL)");
         return ExitCode::from(2);
     };
-    let result = redis_connection(&url, common.redis_ca_cert.as_deref()).and_then(|mut conn| {
+    let result = inspect_store(&url, common.redis_ca_cert.as_deref()).and_then(|mut store| {
         let rows = match what {
-            "nodes" => inspect::nodes(&mut conn),
-            _ => inspect::all_lobbies(&mut conn),
+            "nodes" => inspect::nodes(&mut store),
+            _ => inspect::all_lobbies(&mut store),
         };
-        rows.map_err(|e| format!("cannot read Redis: {e}"))
+        rows.map(|rows| (rows, store.is_cluster()))
     });
     match result {
-        Ok(rows) if common.json => {
+        Ok((rows, _)) if common.json => {
             println!("{rows}");
             ExitCode::SUCCESS
         }
-        Ok(rows) => {
+        Ok((rows, cluster)) => {
             let columns: &[&str] = match what {
                 "nodes" => &["node", "alive", "ttl_ms", "lobbies", "members"],
+                // In a cluster, also the master each lobby is on.
+                _ if cluster => &["lobby", "players", "seats", "nodes", "shard"],
                 _ => &["lobby", "players", "seats", "nodes"],
             };
             println!("{}", inspect::table(&rows, columns));
@@ -331,10 +329,9 @@ fn inspect_lobby(lobby: LobbyArgs, common: InspectArgs) -> ExitCode {
         }
     };
     let report = match &common.redis_url {
-        None => inspect::lobby(None, &hex).map_err(|e| e.to_string()),
-        Some(url) => redis_connection(url, common.redis_ca_cert.as_deref()).and_then(|mut conn| {
-            inspect::lobby(Some(&mut conn), &hex).map_err(|e| format!("cannot read Redis: {e}"))
-        }),
+        None => inspect::lobby(None, &hex),
+        Some(url) => inspect_store(url, common.redis_ca_cert.as_deref())
+            .and_then(|mut store| inspect::lobby(Some(&mut store), &hex)),
     };
     let report = match report {
         Ok(report) => report,
@@ -353,6 +350,11 @@ fn inspect_lobby(lobby: LobbyArgs, common: InspectArgs) -> ExitCode {
         "channel: {}",
         report["channel"].as_str().unwrap_or_default()
     );
+    // In a cluster: the hash slot and the master that serves it.
+    if let Some(slot) = report["slot"].as_u64() {
+        let shard = report["shard"].as_str().unwrap_or("no master serves it");
+        println!("shard:   {shard} (slot {slot})");
+    }
     if common.redis_url.is_none() {
         return ExitCode::SUCCESS;
     }

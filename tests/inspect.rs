@@ -2,19 +2,25 @@
 
 mod support;
 
-use std::process::Command;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Client, Cluster, pair};
+use support::{Client, Cluster, RedisCluster, pair};
 
-fn inspect(redis_url: &str, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_lobby-relay"))
+fn run(redis_url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lobby-relay"))
         .arg("inspect")
         .args(args)
         .args(["--redis-url", redis_url])
         .env_remove("LOBBY_RELAY_LOBBY_SECRET")
+        .env_remove("LOBBY_RELAY_REDIS_CA_CERT")
         .output()
-        .expect("inspect runs");
+        .expect("inspect runs")
+}
+
+fn inspect(redis_url: &str, args: &[&str]) -> String {
+    let output = run(redis_url, args);
     assert!(output.status.success(), "inspect {args:?}: {output:?}");
     String::from_utf8(output.stdout).expect("utf-8")
 }
@@ -81,12 +87,22 @@ async fn inspect_matches_the_players() {
         "{one}"
     );
     assert_eq!(json(&url, &["lobby", &l1]), one, "by passphrase or by hash");
+    // Shards are for a Redis Cluster only.
+    assert_eq!(one.get("shard"), None, "{one}");
+    assert_eq!(one.get("slot"), None, "{one}");
+    assert!(
+        lobbies.iter().all(|l| l.get("shard").is_none()),
+        "{lobbies:?}"
+    );
 
     let table = inspect(&url, &["nodes"]);
     assert!(table.starts_with("NODE"), "{table}");
     assert_eq!(table.lines().count(), 3, "{table}");
     let table = inspect(&url, &["lobbies"]);
     assert!(table.contains(&support::lobby_id(&l2)), "{table}");
+    assert!(table.lines().next().unwrap().ends_with("NODES"), "{table}");
+    let text = inspect(&url, &["lobby", &l1]);
+    assert!(!text.contains("shard:"), "{text}");
 }
 
 /// A seat held for a resume shows as such: resumable while its player
@@ -114,4 +130,181 @@ async fn inspect_shows_held_seats() {
     assert_eq!(one["seats"][0]["away"], true, "{one}");
     let text = inspect(&url, &["lobby", &pass]);
     assert!(text.contains("(away: held for a resume)"), "{text}");
+}
+
+/// Against a Redis Cluster, `inspect` finds what every shard holds and says
+/// which master holds each lobby. The keys are written as the relay lays
+/// them out, straight through a cluster client: lobbies until every master
+/// has some, node records wherever their names hash to.
+#[test]
+fn inspect_reads_every_shard_of_a_redis_cluster() {
+    let cluster = RedisCluster::start(3, 0);
+    let url = cluster.url();
+    let masters = cluster.masters();
+    assert_eq!(masters.len(), 3, "{masters:?}");
+    let seeds: Vec<String> = masters
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}/"))
+        .collect();
+    let mut conn = redis::cluster::ClusterClient::new(seeds)
+        .and_then(|client| client.get_connection())
+        .expect("cluster connection");
+    let mut run_cmd = |cmd: &mut redis::Cmd| {
+        cmd.query::<redis::Value>(&mut conn)
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    };
+
+    let (a, b) = ("relay-a/0a0a0a0a", "relay-b/0b0b0b0b");
+    // (hash, master port, players): two players (a and b) in every other
+    // lobby, one (a) in the rest.
+    let mut lobbies: Vec<(String, u16, usize)> = Vec::new();
+    for i in 0..200 {
+        let covered = masters
+            .iter()
+            .all(|m| lobbies.iter().any(|(_, on, _)| on == m));
+        if covered && lobbies.len() >= 4 {
+            break;
+        }
+        let hex = support::lobby_id(&format!("inspect-cluster-{}-{i}", support::unique()));
+        let key = format!("lr:lobby:{{{hex}}}");
+        let master = cluster.master_of(&key);
+        let players = 1 + i % 2;
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&key).arg(1).arg(format!("{a}.{i}"));
+        if players == 2 {
+            hset.arg(2).arg(format!("{b}.{i}"));
+        }
+        run_cmd(&mut hset);
+        run_cmd(
+            redis::cmd("SADD")
+                .arg(format!("lr:node-lobbies:{a}"))
+                .arg(&hex),
+        );
+        lobbies.push((hex, master, players));
+    }
+    assert!(
+        masters
+            .iter()
+            .all(|m| lobbies.iter().any(|(_, on, _)| on == m)),
+        "lobbies on every master: {lobbies:?}"
+    );
+    for node in [a, b] {
+        run_cmd(redis::cmd("SADD").arg("lr:{nodes}").arg(node));
+        run_cmd(
+            redis::cmd("SET")
+                .arg(format!("lr:{{nodes}}:node:{node}"))
+                .arg(r#"{"node_id":"test"}"#)
+                .arg("PX")
+                .arg(60_000),
+        );
+    }
+    // A node that announced itself and is gone (no heartbeat).
+    run_cmd(redis::cmd("SADD").arg("lr:{nodes}").arg("relay-c/0c0c0c0c"));
+    // The first lobby's seat 1 is held for a resume.
+    let (held, held_on, _) = lobbies[0].clone();
+    run_cmd(
+        redis::cmd("HSET")
+            .arg(format!("lr:resume:{{{held}}}"))
+            .arg("seats")
+            .arg(&[1u8][..])
+            .arg("away")
+            .arg(&[1u8][..]),
+    );
+
+    let two = lobbies.iter().filter(|l| l.2 == 2).count();
+    let nodes = json(&url, &["nodes"]);
+    let nodes = nodes.as_array().expect("rows");
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    let row = |key: &str| {
+        nodes
+            .iter()
+            .find(|n| n["node"] == key)
+            .unwrap_or_else(|| panic!("no node {key}: {nodes:?}"))
+    };
+    assert_eq!(row(a)["alive"], true, "{nodes:?}");
+    assert_eq!(row(a)["lobbies"], lobbies.len(), "{nodes:?}");
+    assert_eq!(row(a)["members"], lobbies.len(), "{nodes:?}");
+    assert_eq!(row(b)["lobbies"], two, "{nodes:?}");
+    assert_eq!(row(b)["members"], two, "{nodes:?}");
+    assert_eq!(row("relay-c/0c0c0c0c")["alive"], false, "{nodes:?}");
+    let table = inspect(&url, &["nodes"]);
+    assert!(table.starts_with("NODE"), "{table}");
+    assert!(
+        !table.contains("SHARD"),
+        "inspect nodes is unchanged: {table}"
+    );
+
+    let listed = json(&url, &["lobbies"]);
+    let listed = listed.as_array().expect("rows");
+    assert_eq!(listed.len(), lobbies.len(), "{listed:?}");
+    for (hex, master, players) in &lobbies {
+        let row = listed
+            .iter()
+            .find(|l| l["lobby"] == hex.as_str())
+            .unwrap_or_else(|| panic!("no lobby {hex}: {listed:?}"));
+        assert_eq!(row["players"], *players, "{row}");
+        assert_eq!(row["shard"], format!("127.0.0.1:{master}"), "{row}");
+    }
+    let table = inspect(&url, &["lobbies"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["LOBBY", "PLAYERS", "SEATS", "NODES", "SHARD"],
+        "{table}"
+    );
+    assert_eq!(table.lines().count(), lobbies.len() + 1, "{table}");
+
+    let one = json(&url, &["lobby", "--hash", &held]);
+    assert_eq!(one["key"], format!("lr:lobby:{{{held}}}"), "{one}");
+    assert_eq!(one["shard"], format!("127.0.0.1:{held_on}"), "{one}");
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(format!("lr:lobby:{{{held}}}"))
+        .query(&mut conn)
+        .expect("CLUSTER KEYSLOT");
+    assert_eq!(one["slot"], slot, "{one}");
+    assert_eq!(one["seats"][0]["away"], true, "{one}");
+    assert_eq!(one["seats"][0]["node"], a, "{one}");
+    let text = inspect(&url, &["lobby", "--hash", &held]);
+    assert!(
+        text.contains(&format!("shard:   127.0.0.1:{held_on} (slot {slot})")),
+        "{text}"
+    );
+    assert!(text.contains("(away: held for a resume)"), "{text}");
+
+    // One reachable seed is enough.
+    let partial = format!(
+        "redis+cluster://127.0.0.1:{},127.0.0.1:{}",
+        support::free_port(),
+        masters[1]
+    );
+    assert_eq!(
+        json(&partial, &["lobbies"]).as_array().map(Vec::len),
+        Some(lobbies.len())
+    );
+}
+
+/// A cluster none of whose seeds answers: a prompt failure that names the
+/// seeds tried, without their password.
+#[test]
+fn inspect_names_the_cluster_seeds_it_could_not_reach() {
+    let (p1, p2) = (support::free_port(), support::free_port());
+    // A seed that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let p3 = silent.local_addr().expect("addr").port();
+    let url = format!("redis+cluster://:hunter2@127.0.0.1:{p1},127.0.0.1:{p2},127.0.0.1:{p3}/");
+    let started = Instant::now();
+    let output = run(&url, &["lobbies"]);
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{output:?}");
+    assert!(
+        elapsed < Duration::from_secs(6),
+        "took {elapsed:?}: {stderr}"
+    );
+    for port in [p1, p2, p3] {
+        assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    }
+    assert!(stderr.contains("Redis Cluster"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
 }

@@ -314,7 +314,7 @@ async fn a_master_failing_over_does_not_end_games() {
             passphrases.push(passphrase);
         }
 
-        let heartbeats = redis.keys("lr:node:a/*").await;
+        let heartbeats = redis.keys("lr:{nodes}:node:a/*").await;
         let [heartbeat] = heartbeats.as_slice() else {
             panic!("one heartbeat of node a expected: {heartbeats:?}");
         };
