@@ -21,7 +21,10 @@ use redis::{Connection, ConnectionAddr, ConnectionInfo, ErrorKind, FromRedisValu
 use serde_json::{Value, json};
 
 use crate::identity::node_key_of;
-use crate::lobby::redis::target::{self, Target, redacted};
+use crate::lobby::redis::target::{Target, redacted};
+use crate::lobby::redis::topology::{
+    Shard, from_cluster_shards, from_cluster_slots, node_info, slot_number,
+};
 use crate::lobby::redis::{
     NODE_KEY_PREFIX, NODES_KEY, channel, lobby_key, node_key, open_client, resume_key,
 };
@@ -44,31 +47,6 @@ pub struct Cluster {
     shards: Vec<Shard>,
     /// How to reach any node: a seed's credentials, TLS and options.
     node_info: ConnectionInfo,
-}
-
-/// One master and the slot ranges it serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Shard {
-    host: String,
-    port: u16,
-    slots: Vec<(u16, u16)>,
-}
-
-impl Shard {
-    /// `host:port` (`[host]:port` for IPv6).
-    fn addr(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-
-    fn serves(&self, slot: u16) -> bool {
-        self.slots
-            .iter()
-            .any(|(lo, hi)| (*lo..=*hi).contains(&slot))
-    }
 }
 
 /// A key found by a listing, and in a cluster the master it was found on.
@@ -260,20 +238,7 @@ impl Cluster {
 
     /// How to reach `shard`: the seed's settings at the shard's address.
     fn node_info_for(&self, shard: &Shard) -> ConnectionInfo {
-        let addr = match self.node_info.addr() {
-            ConnectionAddr::TcpTls {
-                insecure,
-                tls_params,
-                ..
-            } => ConnectionAddr::TcpTls {
-                host: shard.host.clone(),
-                port: shard.port,
-                insecure: *insecure,
-                tls_params: tls_params.clone(),
-            },
-            _ => ConnectionAddr::Tcp(shard.host.clone(), shard.port),
-        };
-        self.node_info.clone().set_addr(addr)
+        node_info(&self.node_info, &shard.host, shard.port)
     }
 }
 
@@ -296,14 +261,6 @@ fn connect(info: &ConnectionInfo) -> redis::RedisResult<Connection> {
     conn.set_read_timeout(Some(TIMEOUT))?;
     conn.set_write_timeout(Some(TIMEOUT))?;
     Ok(conn)
-}
-
-/// The hash slot of a key, as Redis Cluster computes it.
-fn slot_number(key: &str) -> u16 {
-    let slot = target::slot(key.as_bytes());
-    (0..16384)
-        .find(|n| target::Slot::new(*n) == Some(slot))
-        .unwrap_or_default()
 }
 
 /// The masters of the cluster and the slots they serve, as one node sees
@@ -331,79 +288,6 @@ fn topology(conn: &mut Connection, info: &ConnectionInfo) -> redis::RedisResult<
     };
     shards.sort_by(|a: &Shard, b| (&a.host, a.port).cmp(&(&b.host, b.port)));
     Ok(shards)
-}
-
-fn field<T: FromRedisValue>(map: &HashMap<String, redis::Value>, name: &str) -> Option<T> {
-    T::from_redis_value_ref(map.get(name)?).ok()
-}
-
-/// A known endpoint (`?` or empty: unknown).
-fn known(host: Option<String>) -> Option<String> {
-    host.filter(|h| !h.is_empty() && h != "?")
-}
-
-/// One entry of `CLUSTER SHARDS`: its master (the online one, after a
-/// failover), with the port for our kind of connection.
-fn from_cluster_shards(
-    shard: &HashMap<String, redis::Value>,
-    here: &str,
-    tls: bool,
-) -> Option<Shard> {
-    let bounds: Vec<u16> = field(shard, "slots").unwrap_or_default();
-    let slots: Vec<(u16, u16)> = bounds.chunks_exact(2).map(|b| (b[0], b[1])).collect();
-    let nodes: Vec<HashMap<String, redis::Value>> = field(shard, "nodes").unwrap_or_default();
-    let is = |node: &HashMap<String, redis::Value>, name: &str, value: &str| {
-        field::<String>(node, name).as_deref() == Some(value)
-    };
-    let mut masters = nodes.iter().filter(|n| is(n, "role", "master"));
-    let master = masters
-        .clone()
-        .find(|n| is(n, "health", "online"))
-        .or_else(|| masters.next())?;
-    // A master that is down and serves no slot holds nothing to list.
-    if slots.is_empty() && !is(master, "health", "online") {
-        return None;
-    }
-    let (first, second) = if tls {
-        ("tls-port", "port")
-    } else {
-        ("port", "tls-port")
-    };
-    let port = field(master, first).or_else(|| field(master, second))?;
-    let host = known(field(master, "endpoint"))
-        .or_else(|| known(field(master, "ip")))
-        .unwrap_or_else(|| here.to_owned());
-    Some(Shard { host, port, slots })
-}
-
-/// `CLUSTER SLOTS`: slot ranges, each with its master first.
-fn from_cluster_slots(
-    ranges: Vec<Vec<redis::Value>>,
-    here: &str,
-) -> redis::RedisResult<Vec<Shard>> {
-    let mut masters: BTreeMap<(String, u16), Vec<(u16, u16)>> = BTreeMap::new();
-    for range in ranges {
-        let [start, end, master, ..] = range.as_slice() else {
-            continue;
-        };
-        let master = Vec::<redis::Value>::from_redis_value_ref(master)?;
-        let [host, port, ..] = master.as_slice() else {
-            continue;
-        };
-        let host =
-            known(String::from_redis_value_ref(host).ok()).unwrap_or_else(|| here.to_owned());
-        masters
-            .entry((host, u16::from_redis_value_ref(port)?))
-            .or_default()
-            .push((
-                u16::from_redis_value_ref(start)?,
-                u16::from_redis_value_ref(end)?,
-            ));
-    }
-    Ok(masters
-        .into_iter()
-        .map(|((host, port), slots)| Shard { host, port, slots })
-        .collect())
 }
 
 fn scan(conn: &mut Connection, pattern: &str) -> redis::RedisResult<Vec<String>> {

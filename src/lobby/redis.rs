@@ -28,7 +28,9 @@
 
 mod envelope;
 mod liveness;
+mod sharded;
 pub mod target;
+pub mod topology;
 mod view;
 
 use std::collections::HashMap;
@@ -42,7 +44,6 @@ use futures_util::StreamExt;
 use futures_util::future::join_all;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::cluster_async::ClusterConnection;
 use target::{Conn, Slot, Target};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -212,14 +213,13 @@ pub struct RedisStore {
 #[allow(clippy::large_enum_variant)]
 enum Clients {
     Single(redis::Client),
-    /// Commands and scripts, and sharded pub/sub (RESP3: its pushes arrive
-    /// on the subscriber's channel).
-    Cluster(Box<ClusterClients>),
-}
-
-struct ClusterClients {
-    commands: ClusterClient,
-    pubsub: ClusterClient,
+    /// Commands and scripts (the cluster client routes them); sharded
+    /// pub/sub has connections of its own (`redis/sharded.rs`), opened from
+    /// the seeds' settings.
+    Cluster {
+        commands: ClusterClient,
+        seeds: Vec<String>,
+    },
 }
 
 /// What the store's background tasks share with it.
@@ -250,17 +250,12 @@ struct Shared {
     /// lobby stays in the node's index meanwhile, so that the seat is reaped
     /// should the node die before the retry succeeds.
     pending_leaves: Mutex<HashMap<LobbyId, usize>>,
-    /// Sharded channels this node is leaving (cluster): the `sunsubscribe`
-    /// confirmations they cause are not slot moves.
-    leaving_channels: Mutex<std::collections::HashSet<LobbyId>>,
-    /// The pub/sub connection's subscribe handle (see [`RedisStore::sink`]).
-    sink: watch::Receiver<Option<Sink>>,
     stop: CancellationToken,
 }
 
 impl Shared {
     fn is_cluster(&self) -> bool {
-        matches!(self.clients, Clients::Cluster(_))
+        matches!(self.clients, Clients::Cluster { .. })
     }
 }
 
@@ -297,36 +292,68 @@ enum PublishOp {
     Barrier(oneshot::Sender<()>),
 }
 
-/// The subscribe/unsubscribe handle of the pub/sub connection.
+/// The subscribe/unsubscribe handle of pub/sub: the one connection to a
+/// single Redis, or the manager of a cluster's sharded subscriptions.
 #[derive(Clone)]
 enum Sink {
     Single(PubSubSink),
-    Cluster(ClusterConnection),
+    Cluster(mpsc::Sender<sharded::Request>),
 }
 
 impl Sink {
-    async fn subscribe(&mut self, channel: String) -> redis::RedisResult<()> {
+    async fn subscribe(&mut self, lobby: &LobbyId) -> Result<(), StoreError> {
         match self {
-            Sink::Single(sink) => sink.subscribe(channel).await,
-            Sink::Cluster(conn) => conn.ssubscribe(channel).await,
+            Sink::Single(sink) => timed(sink.subscribe(channel(&lobby.to_string()))).await,
+            Sink::Cluster(manager) => {
+                let (reply, answer) = oneshot::channel();
+                ask(manager, sharded::Request::Subscribe(*lobby, reply), answer).await
+            }
         }
     }
 
-    async fn unsubscribe(&mut self, channel: String) -> redis::RedisResult<()> {
+    async fn unsubscribe(&mut self, lobby: &LobbyId) -> Result<(), StoreError> {
         match self {
-            Sink::Single(sink) => sink.unsubscribe(channel).await,
-            Sink::Cluster(conn) => conn.sunsubscribe(channel).await,
+            Sink::Single(sink) => timed(sink.unsubscribe(channel(&lobby.to_string()))).await,
+            Sink::Cluster(manager) => {
+                let (reply, answer) = oneshot::channel();
+                ask(
+                    manager,
+                    sharded::Request::Unsubscribe(*lobby, reply),
+                    answer,
+                )
+                .await
+            }
         }
+    }
+}
+
+/// Asks the sharded pub/sub manager and waits for its answer (bounded: it
+/// may be busy following a failover).
+async fn ask(
+    manager: &mpsc::Sender<sharded::Request>,
+    request: sharded::Request,
+    answer: oneshot::Receiver<Result<(), StoreError>>,
+) -> Result<(), StoreError> {
+    let asked = async {
+        manager
+            .send(request)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT + 2 * RESPONSE_TIMEOUT, asked).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Unreachable(
+            "Redis pub/sub did not answer in time",
+        )),
     }
 }
 
 /// A Redis Cluster client for `seeds`, trusting `ca_cert` (PEM) for
-/// `rediss://` when given; with `pushes`, a RESP3 client whose pub/sub
-/// messages arrive there.
+/// `rediss://` seeds when given.
 pub fn open_cluster_client(
     seeds: &[String],
     ca_cert: Option<Vec<u8>>,
-    pushes: Option<mpsc::UnboundedSender<redis::PushInfo>>,
 ) -> redis::RedisResult<ClusterClient> {
     let mut builder = ClusterClientBuilder::new(seeds.to_vec())
         .connection_timeout(CONNECT_TIMEOUT)
@@ -336,16 +363,13 @@ pub fn open_cluster_client(
         .retries(4)
         .min_retry_wait(10)
         .max_retry_wait(250);
-    if let Some(root_cert) = ca_cert {
+    if let Some(root_cert) = ca_cert
+        && seeds.iter().any(|seed| seed.starts_with("rediss://"))
+    {
         builder = builder.certs(redis::TlsCertificates {
             client_tls: None,
             root_cert: Some(root_cert),
         });
-    }
-    if let Some(pushes) = pushes {
-        builder = builder
-            .use_protocol(redis::ProtocolVersion::RESP3)
-            .push_sender(pushes);
     }
     builder.build()
 }
@@ -375,6 +399,20 @@ fn connection_manager(client: &redis::Client) -> Result<ConnectionManager, redis
 }
 
 impl Shared {
+    /// The command connection, waiting a moment for a cluster connection
+    /// that is being set up (a node that just started).
+    async fn conn_when_up(&self) -> Result<Conn, StoreError> {
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        loop {
+            match self.conn() {
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                result => return result,
+            }
+        }
+    }
+
     fn conn(&self) -> Result<Conn, StoreError> {
         self.conn
             .read()
@@ -445,23 +483,6 @@ impl Shared {
         }
         let mut conn = self.conn()?;
         timed(pipe.query_async::<()>(&mut conn)).await
-    }
-
-    /// Subscribes again to the sharded channel of every lobby of this node
-    /// (cluster). A shard that failed over lost its subscribers, and the
-    /// client's own attempt to move them may have come before the replica
-    /// took over; subscribing to a channel twice is harmless.
-    async fn resubscribe_all(&self) -> Result<(), StoreError> {
-        let Some(sink) = self.sink.borrow().clone() else {
-            return Err(StoreError::Unreachable("not connected to Redis pub/sub"));
-        };
-        let lobbies = self.hub.lobby_ids();
-        let replies = join_all(lobbies.iter().map(|lobby| {
-            let mut sink = sink.clone();
-            async move { timed(sink.subscribe(channel(&lobby.to_string()))).await }
-        }))
-        .await;
-        replies.into_iter().collect()
     }
 
     /// Adds lobbies to this node's index, before it takes seats in them: so
@@ -583,7 +604,6 @@ impl RedisStore {
         identity: Arc<Identity>,
     ) -> Result<Self, StoreError> {
         let target = Target::parse(&settings.url).map_err(StoreError::Protocol)?;
-        let (pushes_tx, pushes) = mpsc::unbounded_channel();
         let (sink_slot, sink) = watch::channel(None);
         let (clients, conn, publish) = match &target {
             Target::Single(url) => {
@@ -592,10 +612,10 @@ impl RedisStore {
                 (Clients::Single(client), Some(conn), "PUBLISH")
             }
             Target::Cluster(seeds) => {
-                let clients = Clients::Cluster(Box::new(ClusterClients {
-                    commands: open_cluster_client(seeds, settings.ca_cert.clone(), None)?,
-                    pubsub: open_cluster_client(seeds, settings.ca_cert.clone(), Some(pushes_tx))?,
-                }));
+                let clients = Clients::Cluster {
+                    commands: open_cluster_client(seeds, settings.ca_cert.clone())?,
+                    seeds: seeds.clone(),
+                };
                 (clients, None, "SPUBLISH")
             }
         };
@@ -622,24 +642,25 @@ impl RedisStore {
             pubsub_ok: AtomicBool::new(false),
             resync: Notify::new(),
             pending_leaves: Mutex::default(),
-            leaving_channels: Mutex::default(),
-            sink: sink.clone(),
             stop: CancellationToken::new(),
         });
         let stop = shared.stop.clone();
         let (publisher, queue) = mpsc::channel(PUBLISH_QUEUE);
-        let subscriber = if shared.is_cluster() {
+        let subscriber = if let Clients::Cluster { seeds, .. } = &shared.clients {
+            let cluster = {
+                let shared = shared.clone();
+                let seeds = seeds.clone();
+                async move {
+                    connect_cluster(&shared).await;
+                    sharded::run(shared, seeds, sink_slot).await;
+                }
+            };
             tokio::spawn(
                 stop.clone()
-                    .run_until_cancelled_owned(run_cluster_subscriber(
-                        shared.clone(),
-                        sink_slot,
-                        pushes,
-                    ))
+                    .run_until_cancelled_owned(cluster)
                     .in_current_span(),
             )
         } else {
-            drop(pushes);
             tokio::spawn(
                 stop.clone()
                     .run_until_cancelled_owned(run_subscriber(shared.clone(), sink_slot))
@@ -709,13 +730,7 @@ async fn timed<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T,
 
 impl LobbyStore for RedisStore {
     async fn subscribe(&self, lobby: &LobbyId) -> Result<(), StoreError> {
-        self.shared
-            .leaving_channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(lobby);
-        let mut sink = self.sink().await?;
-        timed(sink.subscribe(channel(&lobby.to_string()))).await
+        self.sink().await?.subscribe(lobby).await
     }
 
     async fn unsubscribe(&self, lobby: &LobbyId) -> Result<(), StoreError> {
@@ -731,15 +746,7 @@ impl LobbyStore for RedisStore {
         if !leave_pending {
             self.shared.drop_from_index(&hex).await;
         }
-        let mut sink = self.sink().await?;
-        if self.shared.is_cluster() {
-            self.shared
-                .leaving_channels
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(*lobby);
-        }
-        timed(sink.unsubscribe(channel(&hex))).await
+        self.sink().await?.unsubscribe(lobby).await
     }
 
     async fn join(
@@ -809,7 +816,7 @@ impl LobbyStore for RedisStore {
             RateKey::Address(client) => join_rate_key(client),
             RateKey::User(user) => user_join_rate_key(&user),
         };
-        let mut conn = self.shared.conn()?;
+        let mut conn = self.shared.conn_when_up().await?;
         let admitted: i64 = timed(
             self.shared
                 .scripts
@@ -984,20 +991,22 @@ struct RelayRun {
 }
 
 /// Sends queued publishes in batches: while one batch is on its way, the
-/// next one accumulates. One task keeps the order: a batch is out before the
-/// next one goes.
+/// next one accumulates.
 ///
 /// A batch is split into runs ([`RelayRun`]) of one node key (and one slot in
 /// a cluster); each run is one `relay.lua`, which publishes every message
 /// whose sender still holds its seat. With one Redis the runs of a batch go
-/// as one pipeline of `EVALSHA`s (reloaded once if Redis forgot the script);
-/// in a cluster each run goes to the shard of its slot, all at once, and a
-/// lobby's messages are always in one run, so they keep their order.
+/// as one pipeline of `EVALSHA`s (reloaded once if Redis forgot the script),
+/// and a batch is out before the next one goes. In a cluster each run goes to
+/// the shard of its slot in the slot's lane ([`Lanes`]): after the previous
+/// run of that slot, independently of the other slots. A lobby's messages
+/// are always in one slot, so they keep their order either way.
 async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>) {
     let mut ops = Vec::with_capacity(PUBLISH_BATCH);
     let mut barriers = Vec::new();
     let mut runs: Vec<RelayRun> = Vec::new();
     let cluster = shared.is_cluster();
+    let mut lanes = Lanes::new();
     while queue.recv_many(&mut ops, PUBLISH_BATCH).await > 0 {
         let mut publishes = 0usize;
         for op in ops.drain(..) {
@@ -1030,46 +1039,131 @@ async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>
             }
         }
         if publishes > 0 {
-            let started = Instant::now();
-            let sent = if cluster {
-                relay_runs_cluster(&shared, &runs).await
-            } else {
-                relay_runs_single(&shared, &runs).await
-            };
-            let metrics = metrics::get();
-            metrics::observe(&metrics.redis_publish, started.elapsed());
-            let mut away = Vec::new();
-            for (run, result) in runs.iter().zip(sent) {
-                match result {
-                    Ok(reply) => {
-                        let dropped = i64::from_redis_value(reply.result).unwrap_or_default();
-                        if dropped > 0 {
-                            tracing::warn!(
-                                node_key = &*run.node_key,
-                                dropped,
-                                "messages of members who no longer hold their seats were not relayed"
-                            );
-                        }
-                        away.extend(reply.away_add);
-                    }
-                    Err(e) => {
-                        metrics.redis_errors_publish.increment(1);
-                        // Pub/sub is at-most-once: what could not be published
-                        // is lost, as it would be for a subscriber that was away.
-                        tracing::warn!(error = %e, lost = run.messages.len(), "publishing to Redis failed");
-                    }
+            if cluster {
+                for run in runs.drain(..) {
+                    lanes.send(&shared, run).await;
                 }
+            } else {
+                let started = Instant::now();
+                let sent = relay_runs_single(&shared, &runs).await;
+                metrics::observe(&metrics::get().redis_publish, started.elapsed());
+                settle(&shared, runs.iter().zip(sent)).await;
+                runs.clear();
             }
-            if !away.is_empty()
-                && let Err(e) = shared.apply_away(away, Vec::new()).await
-            {
-                tracing::warn!(error = %e, "cannot list overflowed held seats (they go at the end of their grace)");
-            }
-            runs.clear();
         }
         for ack in barriers.drain(..) {
-            let _ = ack.send(());
+            if cluster {
+                lanes.barrier(ack);
+            } else {
+                let _ = ack.send(());
+            }
         }
+    }
+}
+
+/// Logs what the runs' replies say and lists the held seats they overflowed.
+async fn settle<'a>(
+    shared: &Shared,
+    results: impl Iterator<Item = (&'a RelayRun, Result<HeldReply, StoreError>)>,
+) {
+    let metrics = metrics::get();
+    let mut away = Vec::new();
+    for (run, result) in results {
+        match result {
+            Ok(reply) => {
+                let dropped = i64::from_redis_value(reply.result).unwrap_or_default();
+                if dropped > 0 {
+                    tracing::warn!(
+                        node_key = &*run.node_key,
+                        dropped,
+                        "messages of members who no longer hold their seats were not relayed"
+                    );
+                }
+                away.extend(reply.away_add);
+            }
+            Err(e) => {
+                metrics.redis_errors_publish.increment(1);
+                // Pub/sub is at-most-once: what could not be published
+                // is lost, as it would be for a subscriber that was away.
+                tracing::warn!(error = %e, lost = run.messages.len(), "publishing to Redis failed");
+            }
+        }
+    }
+    if !away.is_empty()
+        && let Err(e) = shared.apply_away(away, Vec::new()).await
+    {
+        tracing::warn!(error = %e, "cannot list overflowed held seats (they go at the end of their grace)");
+    }
+}
+
+/// How many runs may be on their way to a cluster at once; more waits (and
+/// so, through the publish queue, do the senders).
+const RUNS_IN_FLIGHT: usize = 4096;
+
+/// The publisher's lanes in a cluster: one per slot. A run goes out as soon
+/// as the previous run of its slot is done (a lobby's messages keep their
+/// order), whatever the other slots are doing: a shard that is failing over
+/// delays only its own lobbies.
+struct Lanes {
+    tails:
+        HashMap<Slot, futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Lanes {
+    fn new() -> Self {
+        Lanes {
+            tails: HashMap::new(),
+            permits: Arc::new(tokio::sync::Semaphore::new(RUNS_IN_FLIGHT)),
+        }
+    }
+
+    async fn send(&mut self, shared: &Arc<Shared>, run: RelayRun) {
+        use futures_util::FutureExt;
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            return;
+        };
+        let slot = run.slot.expect("a cluster run has a slot");
+        let before = self.tails.remove(&slot);
+        let shared = shared.clone();
+        let task = tokio::spawn(async move {
+            if let Some(before) = before {
+                before.await;
+            }
+            let started = Instant::now();
+            let sent = relay_run_cluster(&shared, &run).await;
+            metrics::observe(&metrics::get().redis_publish, started.elapsed());
+            settle(&shared, std::iter::once((&run, sent))).await;
+            drop(permit);
+        });
+        let tail = async move {
+            let _ = task.await;
+        }
+        .boxed()
+        .shared();
+        self.tails.insert(slot, tail);
+        // Forget lanes that are idle.
+        if self.tails.len() > 1024 {
+            self.tails.retain(|_, tail| tail.peek().is_none());
+        }
+    }
+
+    /// Acknowledges `ack` once every run sent so far is done.
+    fn barrier(&mut self, ack: oneshot::Sender<()>) {
+        let tails: Vec<_> = self
+            .tails
+            .values()
+            .filter(|tail| tail.peek().is_none())
+            .cloned()
+            .collect();
+        if tails.is_empty() {
+            let _ = ack.send(());
+            return;
+        }
+        tokio::spawn(async move {
+            join_all(tails).await;
+            let _ = ack.send(());
+        });
     }
 }
 
@@ -1121,39 +1215,21 @@ async fn relay_runs_single(
     }
 }
 
-/// A cluster: each run to the shard of its slot, all at once. A shard that
-/// forgot the script (a promoted replica that never saw it) gets it loaded.
-async fn relay_runs_cluster(
-    shared: &Shared,
-    runs: &[RelayRun],
-) -> Vec<Result<HeldReply, StoreError>> {
-    let conn = match shared.conn() {
-        Ok(conn) => conn,
-        Err(e) => {
-            return runs
-                .iter()
-                .map(|_| Err(StoreError::Protocol(e.to_string())))
-                .collect();
+/// A cluster: one run to the shard of its slot. A shard that forgot the
+/// script (a promoted replica that never saw it) gets it loaded.
+async fn relay_run_cluster(shared: &Shared, run: &RelayRun) -> Result<HeldReply, StoreError> {
+    let mut conn = shared.conn()?;
+    let cmd = relay_command(shared, run);
+    match timed(cmd.query_async::<HeldReply>(&mut conn)).await {
+        Err(StoreError::Redis(e))
+            if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+        {
+            // SCRIPT LOAD goes to every master.
+            timed(shared.scripts.relay.prepare_invoke().load_async(&mut conn)).await?;
+            timed(cmd.query_async::<HeldReply>(&mut conn)).await
         }
-    };
-    join_all(runs.iter().map(|run| {
-        let mut conn = conn.clone();
-        async move {
-            let cmd = relay_command(shared, run);
-            let sent = timed(cmd.query_async::<HeldReply>(&mut conn)).await;
-            match sent {
-                Err(StoreError::Redis(e))
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    // SCRIPT LOAD goes to every master.
-                    timed(shared.scripts.relay.prepare_invoke().load_async(&mut conn)).await?;
-                    timed(cmd.query_async::<HeldReply>(&mut conn)).await
-                }
-                other => other,
-            }
-        }
-    }))
-    .await
+        other => other,
+    }
 }
 
 /// The membership hash of a lobby channel's lobby.
@@ -1243,133 +1319,19 @@ async fn run_subscriber(shared: Arc<Shared>, slot: watch::Sender<Option<Sink>>) 
     }
 }
 
-/// The cluster's side of [`run_subscriber`]: one RESP3 cluster connection
-/// for sharded pub/sub (and, until it is up, for commands: see
-/// [`connect_cluster`]), whose pushes arrive on `pushes`.
-///
-/// The cluster client keeps a connection to every shard, reconnects, and
-/// moves subscriptions to a slot's new owner when it learns of a topology
-/// change. Two things are left to the node:
-/// - A shard that gives a slot away (a migration, a master demoted) sends
-///   `sunsubscribe` for its channels: the node subscribes again (the client
-///   routes it to the new owner) unless it is leaving that lobby.
-/// - A shard connection that dropped may have lost messages, and its shard
-///   writes (failover: replication is asynchronous): the node re-registers
-///   its seats and makes up missed joins and leaves, as after a Redis
-///   restart.
-async fn run_cluster_subscriber(
-    shared: Arc<Shared>,
-    slot: watch::Sender<Option<Sink>>,
-    mut pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
-) {
-    let conn = connect_cluster(&shared).await;
-    let channels: Vec<String> = shared
-        .hub
-        .lobby_ids()
-        .iter()
-        .map(|id| channel(&id.to_string()))
-        .collect();
-    let mut sink = Sink::Cluster(conn);
-    for channel in channels {
-        if let Err(e) = sink.subscribe(channel).await {
-            tracing::warn!(error = %e, "subscribing to a lobby failed");
-        }
-    }
-    slot.send_replace(Some(sink.clone()));
-    shared.pubsub_ok.store(true, Ordering::Relaxed);
-    tracing::info!("sharded pub/sub connected");
-    while let Some(push) = pushes.recv().await {
-        match push.kind {
-            redis::PushKind::SMessage | redis::PushKind::Message => {
-                let (Some(redis::Value::BulkString(name)), Some(redis::Value::BulkString(payload))) =
-                    (push.data.first(), push.data.get(1))
-                else {
-                    continue;
-                };
-                if let Ok(name) = std::str::from_utf8(name) {
-                    dispatch(&shared.hub, name, payload);
-                }
-            }
-            redis::PushKind::SUnsubscribe => {
-                let Some(redis::Value::BulkString(name)) = push.data.first() else {
-                    continue;
-                };
-                let Some(lobby) = std::str::from_utf8(name).ok().and_then(lobby_of_channel) else {
-                    continue;
-                };
-                let leaving = shared
-                    .leaving_channels
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&lobby);
-                if leaving || shared.hub.get(&lobby).is_none() {
-                    continue;
-                }
-                // The slot moved: follow it. Messages published meanwhile
-                // went to nobody of this node; the resync makes up the
-                // joins and leaves among them.
-                tracing::info!(
-                    lobby = &lobby.to_string()[..8],
-                    "a shard gave up a lobby's slot: subscribing again"
-                );
-                metrics::get().pubsub_reconnects.increment(1);
-                let mut sink = sink.clone();
-                let resubscribe = async move {
-                    let mut backoff = Duration::from_millis(50);
-                    for _ in 0..20 {
-                        match timed(sink.subscribe(channel(&lobby.to_string()))).await {
-                            Ok(()) => return,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "subscribing again failed; retrying")
-                            }
-                        }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
-                };
-                tokio::spawn(
-                    shared
-                        .stop
-                        .clone()
-                        .run_until_cancelled_owned(resubscribe)
-                        .in_current_span(),
-                );
-                shared.resync.notify_one();
-            }
-            redis::PushKind::Disconnection => {
-                tracing::warn!(
-                    "a Redis Cluster shard connection dropped: re-registering seats once it is back"
-                );
-                metrics::get().pubsub_reconnects.increment(1);
-                metrics::get().redis_errors_pubsub.increment(1);
-                shared.resync.notify_one();
-            }
-            _ => {}
-        }
-    }
-    slot.send_replace(None);
-    shared.pubsub_ok.store(false, Ordering::Relaxed);
-}
-
-/// Connects to the cluster (retrying until it answers), installs the command
-/// connection and returns the pub/sub one.
-async fn connect_cluster(shared: &Shared) -> ClusterConnection {
-    let Clients::Cluster(clients) = &shared.clients else {
-        unreachable!("connect_cluster is only called for a cluster");
+/// Connects the command connection to the cluster, retrying until it
+/// answers.
+async fn connect_cluster(shared: &Shared) {
+    let Clients::Cluster { commands, .. } = &shared.clients else {
+        return;
     };
     let mut backoff = Duration::from_millis(50);
     loop {
-        let both = async {
-            let commands = clients.commands.get_async_connection().await?;
-            let pubsub = clients.pubsub.get_async_connection().await?;
-            Ok::<_, redis::RedisError>((commands, pubsub))
-        };
-        match tokio::time::timeout(CONNECT_TIMEOUT * 3, both).await {
-            Ok(Ok((commands, pubsub))) => {
-                *shared.conn.write().unwrap_or_else(|e| e.into_inner()) =
-                    Some(Conn::Cluster(commands));
+        match tokio::time::timeout(CONNECT_TIMEOUT * 3, commands.get_async_connection()).await {
+            Ok(Ok(conn)) => {
+                *shared.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(Conn::Cluster(conn));
                 tracing::info!("connected to the Redis Cluster");
-                return pubsub;
+                return;
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot connect to the Redis Cluster"),
             Err(_) => tracing::warn!("connecting to the Redis Cluster timed out"),

@@ -178,8 +178,7 @@ pub(super) fn lose_everything(shared: &Shared, key: &str) {
     );
 }
 
-/// Re-registers every seat this node holds (Redis may have lost them) and,
-/// in a cluster, subscribes again to its lobbies.
+/// Re-registers every seat this node holds (Redis may have lost them).
 async fn resync(shared: &Shared) -> Result<(), StoreError> {
     let key = shared.identity.key();
     let mut conn = shared.conn()?;
@@ -214,9 +213,6 @@ async fn resync(shared: &Shared) -> Result<(), StoreError> {
                 }
             }
         }
-    }
-    if shared.is_cluster() {
-        shared.resubscribe_all().await?;
     }
     tracing::info!(kept, reclaimed, lost, "re-registered this node's seats");
     Ok(())
