@@ -238,8 +238,8 @@ struct Shared {
     commands_ok: AtomicBool,
     /// When the heartbeat last came back after failing: the other nodes'
     /// heartbeats may have expired meanwhile (a Redis failover takes longer
-    /// than --node-timeout), so nobody is reaped until they had the time to
-    /// beat again.
+    /// than --node-timeout), so this node reaps nobody until they had the
+    /// time to beat again.
     beating_since: Mutex<Option<Instant>>,
     /// The pub/sub connection is up and subscribed.
     pubsub_ok: AtomicBool,
@@ -282,8 +282,8 @@ impl std::fmt::Debug for RedisStore {
 
 enum PublishOp {
     Publish {
-        /// The sender's node key: its messages go out only while that
-        /// incarnation has not been reaped (`relay.lua`).
+        /// The sender's node key: its messages go out only while its seat
+        /// is still held by a member of that incarnation (`relay.lua`).
         node_key: Arc<str>,
         channel: String,
         payload: Vec<u8>,
@@ -1007,6 +1007,7 @@ async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>
     let mut runs: Vec<RelayRun> = Vec::new();
     let cluster = shared.is_cluster();
     let mut lanes = Lanes::new();
+    let mut index: HashMap<(Option<Slot>, Arc<str>), usize> = HashMap::new();
     while queue.recv_many(&mut ops, PUBLISH_BATCH).await > 0 {
         let mut publishes = 0usize;
         for op in ops.drain(..) {
@@ -1017,12 +1018,18 @@ async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>
                     payload,
                 } => {
                     let slot = cluster.then(|| target::slot(channel.as_bytes()));
-                    let found = runs
-                        .iter()
-                        .rposition(|run| run.slot == slot && run.node_key == node_key);
+                    // Runs by slot and node key (one Redis: a handful of runs).
+                    let found = if cluster {
+                        index.get(&(slot, node_key.clone())).copied()
+                    } else {
+                        runs.iter().rposition(|run| run.node_key == node_key)
+                    };
                     let run = match found {
                         Some(i) => &mut runs[i],
                         None => {
+                            if cluster {
+                                index.insert((slot, node_key.clone()), runs.len());
+                            }
                             runs.push(RelayRun {
                                 node_key,
                                 slot,
@@ -1038,6 +1045,7 @@ async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>
                 PublishOp::Barrier(ack) => barriers.push(ack),
             }
         }
+        index.clear();
         if publishes > 0 {
             if cluster {
                 for run in runs.drain(..) {
@@ -1105,10 +1113,12 @@ const RUNS_IN_FLIGHT: usize = 4096;
 /// order), whatever the other slots are doing: a shard that is failing over
 /// delays only its own lobbies.
 struct Lanes {
-    tails:
-        HashMap<Slot, futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>>,
+    /// The last run of each slot: done when the lane is free.
+    tails: HashMap<Slot, (Tail, tokio::task::AbortHandle)>,
     permits: Arc<tokio::sync::Semaphore>,
 }
+
+type Tail = futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>;
 
 impl Lanes {
     fn new() -> Self {
@@ -1124,10 +1134,13 @@ impl Lanes {
             return;
         };
         let slot = run.slot.expect("a cluster run has a slot");
-        let before = self.tails.remove(&slot);
+        let before = self
+            .tails
+            .remove(&slot)
+            .filter(|(_, task)| !task.is_finished());
         let shared = shared.clone();
         let task = tokio::spawn(async move {
-            if let Some(before) = before {
+            if let Some((before, _)) = before {
                 before.await;
             }
             let started = Instant::now();
@@ -1136,25 +1149,26 @@ impl Lanes {
             settle(&shared, std::iter::once((&run, sent))).await;
             drop(permit);
         });
+        let handle = task.abort_handle();
         let tail = async move {
             let _ = task.await;
         }
         .boxed()
         .shared();
-        self.tails.insert(slot, tail);
+        self.tails.insert(slot, (tail, handle));
         // Forget lanes that are idle.
-        if self.tails.len() > 1024 {
-            self.tails.retain(|_, tail| tail.peek().is_none());
+        if self.tails.len() > 256 {
+            self.tails.retain(|_, (_, task)| !task.is_finished());
         }
     }
 
     /// Acknowledges `ack` once every run sent so far is done.
     fn barrier(&mut self, ack: oneshot::Sender<()>) {
-        let tails: Vec<_> = self
+        let tails: Vec<Tail> = self
             .tails
             .values()
-            .filter(|tail| tail.peek().is_none())
-            .cloned()
+            .filter(|(_, task)| !task.is_finished())
+            .map(|(tail, _)| tail.clone())
             .collect();
         if tails.is_empty() {
             let _ = ack.send(());

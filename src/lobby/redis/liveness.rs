@@ -13,9 +13,9 @@
 //!   idempotent, so several nodes may do it at once. Bound: a dead node's
 //!   players are gone at most `node_timeout + node_timeout / 3` (plus a
 //!   round trip) after its last heartbeat. A node whose own heartbeat just
-//!   came back from failing (or just started) judges nobody for
-//!   `node_timeout`: after a Redis restart or failover every heartbeat may
-//!   have expired, and the others need a beat to say they are alive.
+//!   came back from failing judges nobody for `node_timeout`: after a Redis
+//!   restart or failover every heartbeat may have expired, and the others
+//!   need a beat to say they are alive.
 //! - When this node finds itself marked reaped (it was cut off from Redis for
 //!   longer than `node_timeout`), every seat it held is lost: its members get
 //!   `seat_lost` and are disconnected, and it starts a new incarnation.
@@ -76,7 +76,7 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>) {
                     tracing::info!(after_failures = failures, "lobby store reachable again");
                     resync_due = true;
                 }
-                if failures > 0 || !shared.commands_ok.load(Ordering::Relaxed) {
+                if failures > 0 {
                     *shared
                         .beating_since
                         .lock()
@@ -274,16 +274,14 @@ pub(super) async fn run_reaper(shared: Arc<Shared>) {
         if !shared.commands_ok.load(Ordering::Relaxed) {
             continue; // cut off ourselves: nobody to judge
         }
-        let since = *shared
+        let back = *shared
             .beating_since
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if since.is_none_or(|since| since.elapsed() < shared.settings.node_timeout) {
-            // Just back (or just started): the others may be coming back
-            // too, and have not beaten yet.
-            continue;
-        }
-        if let Err(e) = reap_dead_nodes(&shared).await {
+        // Just back: the others may be coming back too, and have not beaten
+        // yet.
+        let judging = back.is_none_or(|back| back.elapsed() >= shared.settings.node_timeout);
+        if judging && let Err(e) = reap_dead_nodes(&shared).await {
             tracing::warn!(error = %e, "looking for dead nodes failed");
         }
         if let Err(e) = release_expired_seats(&shared).await {

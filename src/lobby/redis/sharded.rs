@@ -162,7 +162,13 @@ pub(super) async fn run(
             Some(request) = request_rx.recv() => match request {
                 Request::Subscribe(lobby, reply) => {
                     manager.wanted.insert(lobby);
-                    let _ = reply.send(manager.place(lobby).await);
+                    let placed = manager.place(lobby).await;
+                    if placed.is_err() {
+                        // The node forgets the lobby (its joiner is told
+                        // `unavailable`): so does the manager.
+                        manager.wanted.remove(&lobby);
+                    }
+                    let _ = reply.send(placed);
                 }
                 Request::Unsubscribe(lobby, reply) => {
                     manager.wanted.remove(&lobby);
