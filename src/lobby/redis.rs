@@ -240,7 +240,7 @@ struct Shared {
     /// heartbeats may have expired meanwhile (a Redis failover takes longer
     /// than --node-timeout), so this node reaps nobody until they had the
     /// time to beat again.
-    beating_since: Mutex<Option<Instant>>,
+    heartbeat_back_at: Mutex<Option<Instant>>,
     /// The pub/sub connection is up and subscribed.
     pubsub_ok: AtomicBool,
     /// Wakes the heartbeat task to re-register this node's seats (the
@@ -638,7 +638,7 @@ impl RedisStore {
                 expire: held_script(include_str!("expire.lua"), publish),
             },
             commands_ok: AtomicBool::new(false),
-            beating_since: Mutex::new(None),
+            heartbeat_back_at: Mutex::new(None),
             pubsub_ok: AtomicBool::new(false),
             resync: Notify::new(),
             pending_leaves: Mutex::default(),

@@ -60,9 +60,7 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>) {
         })
         .to_string();
         let started = std::time::Instant::now();
-        let beat = beat(&shared, &key, info, ttl_ms)
-            .await
-            .map(|reaped| (reaped,));
+        let beat = beat(&shared, &key, info, ttl_ms).await;
         let metrics = metrics::get();
         metrics::observe(&metrics.redis_heartbeat, started.elapsed());
         if beat.is_err() {
@@ -71,14 +69,14 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>) {
             metrics::record_redis_rtt(started.elapsed());
         }
         match beat {
-            Ok((reaped,)) => {
+            Ok(reaped) => {
                 if failures > 0 {
                     tracing::info!(after_failures = failures, "lobby store reachable again");
                     resync_due = true;
                 }
                 if failures > 0 {
                     *shared
-                        .beating_since
+                        .heartbeat_back_at
                         .lock()
                         .unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
                 }
@@ -275,7 +273,7 @@ pub(super) async fn run_reaper(shared: Arc<Shared>) {
             continue; // cut off ourselves: nobody to judge
         }
         let back = *shared
-            .beating_since
+            .heartbeat_back_at
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         // Just back: the others may be coming back too, and have not beaten
