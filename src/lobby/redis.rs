@@ -288,8 +288,12 @@ enum PublishOp {
         channel: String,
         payload: Vec<u8>,
     },
-    /// Acknowledged once every publish queued before it has been sent.
-    Barrier(oneshot::Sender<()>),
+    /// Acknowledged once every publish to `lobby` queued before it has been
+    /// sent (with one Redis: every publish queued before it).
+    Barrier {
+        lobby: LobbyId,
+        ack: oneshot::Sender<()>,
+    },
 }
 
 /// The subscribe/unsubscribe handle of pub/sub: the one connection to a
@@ -798,9 +802,10 @@ impl LobbyStore for RedisStore {
     async fn leave(&self, lobby: &LobbyId, member: &MemberId, seat: u8) -> Result<(), StoreError> {
         // The member's earlier messages must reach the others before its
         // `playerLeft` does: wait until the publisher has sent them.
-        let (tx, rx) = oneshot::channel();
-        self.enqueue(PublishOp::Barrier(tx)).await?;
-        rx.await.map_err(|_| StoreError::Closed)?;
+        let (ack, done) = oneshot::channel();
+        self.enqueue(PublishOp::Barrier { lobby: *lobby, ack })
+            .await?;
+        done.await.map_err(|_| StoreError::Closed)?;
         let result = self
             .shared
             .leave_once(&lobby.to_string(), member, seat)
@@ -836,9 +841,10 @@ impl LobbyStore for RedisStore {
 
     async fn away(&self, lobby: &LobbyId, member: &MemberId, seat: u8) -> Result<bool, StoreError> {
         // As for a leave: the member's earlier messages go out first.
-        let (tx, rx) = oneshot::channel();
-        self.enqueue(PublishOp::Barrier(tx)).await?;
-        rx.await.map_err(|_| StoreError::Closed)?;
+        let (ack, done) = oneshot::channel();
+        self.enqueue(PublishOp::Barrier { lobby: *lobby, ack })
+            .await?;
+        done.await.map_err(|_| StoreError::Closed)?;
         let hex = lobby.to_string();
         let held: i64 = self
             .shared
@@ -1042,7 +1048,7 @@ async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>
                     run.messages.push((channel, payload));
                     publishes += 1;
                 }
-                PublishOp::Barrier(ack) => barriers.push(ack),
+                PublishOp::Barrier { lobby, ack } => barriers.push((lobby, ack)),
             }
         }
         index.clear();
@@ -1059,9 +1065,9 @@ async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>
                 runs.clear();
             }
         }
-        for ack in barriers.drain(..) {
+        for (lobby, ack) in barriers.drain(..) {
             if cluster {
-                lanes.barrier(ack);
+                lanes.barrier(target::slot(channel(&lobby.to_string()).as_bytes()), ack);
             } else {
                 let _ = ack.send(());
             }
@@ -1108,14 +1114,31 @@ async fn settle<'a>(
 /// so, through the publish queue, do the senders).
 const RUNS_IN_FLIGHT: usize = 4096;
 
+/// How many runs may wait in one slot's lane. A shard that does not answer
+/// (a master failing over: seconds, up to its cluster-node-timeout) would
+/// otherwise collect runs until the publisher stalls for every shard; past
+/// this depth its new messages are dropped, as pub/sub drops what a shard
+/// cannot take (a game message seconds late is of no use anyway).
+const LANE_DEPTH: usize = 64;
+
 /// The publisher's lanes in a cluster: one per slot. A run goes out as soon
 /// as the previous run of its slot is done (a lobby's messages keep their
 /// order), whatever the other slots are doing: a shard that is failing over
 /// delays only its own lobbies.
 struct Lanes {
-    /// The last run of each slot: done when the lane is free.
-    tails: HashMap<Slot, (Tail, tokio::task::AbortHandle)>,
+    lanes: HashMap<Slot, Lane>,
     permits: Arc<tokio::sync::Semaphore>,
+    /// When dropped messages were last reported.
+    reported: Option<Instant>,
+    dropped: usize,
+}
+
+struct Lane {
+    /// Done when the lane's last run is.
+    tail: Tail,
+    last: tokio::task::AbortHandle,
+    /// Runs queued or on their way.
+    depth: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 type Tail = futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>;
@@ -1123,61 +1146,86 @@ type Tail = futures_util::future::Shared<futures_util::future::BoxFuture<'static
 impl Lanes {
     fn new() -> Self {
         Lanes {
-            tails: HashMap::new(),
+            lanes: HashMap::new(),
             permits: Arc::new(tokio::sync::Semaphore::new(RUNS_IN_FLIGHT)),
+            reported: None,
+            dropped: 0,
         }
     }
 
     async fn send(&mut self, shared: &Arc<Shared>, run: RelayRun) {
         use futures_util::FutureExt;
+        let slot = run.slot.expect("a cluster run has a slot");
+        let lane = self.lanes.get(&slot);
+        let depth = lane.map(|lane| lane.depth.clone()).unwrap_or_default();
+        if depth.load(Ordering::Relaxed) >= LANE_DEPTH {
+            metrics::get().redis_errors_publish.increment(1);
+            self.dropped += run.messages.len();
+            if self
+                .reported
+                .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+            {
+                tracing::warn!(
+                    lost = self.dropped,
+                    "a Redis Cluster shard is not keeping up: messages to its lobbies were dropped"
+                );
+                self.reported = Some(Instant::now());
+                self.dropped = 0;
+            }
+            return;
+        }
+        let before = lane
+            .filter(|lane| !lane.last.is_finished())
+            .map(|lane| lane.tail.clone());
         let Ok(permit) = self.permits.clone().acquire_owned().await else {
             return;
         };
-        let slot = run.slot.expect("a cluster run has a slot");
-        let before = self
-            .tails
-            .remove(&slot)
-            .filter(|(_, task)| !task.is_finished());
+        depth.fetch_add(1, Ordering::Relaxed);
         let shared = shared.clone();
+        let done = depth.clone();
         let task = tokio::spawn(async move {
-            if let Some((before, _)) = before {
+            if let Some(before) = before {
                 before.await;
             }
             let started = Instant::now();
             let sent = relay_run_cluster(&shared, &run).await;
             metrics::observe(&metrics::get().redis_publish, started.elapsed());
             settle(&shared, std::iter::once((&run, sent))).await;
+            done.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
         });
-        let handle = task.abort_handle();
+        let last = task.abort_handle();
         let tail = async move {
             let _ = task.await;
         }
         .boxed()
         .shared();
-        self.tails.insert(slot, (tail, handle));
+        self.lanes.insert(slot, Lane { tail, last, depth });
         // Forget lanes that are idle.
-        if self.tails.len() > 256 {
-            self.tails.retain(|_, (_, task)| !task.is_finished());
+        if self.lanes.len() > 256 {
+            self.lanes.retain(|_, lane| !lane.last.is_finished());
         }
     }
 
-    /// Acknowledges `ack` once every run sent so far is done.
-    fn barrier(&mut self, ack: oneshot::Sender<()>) {
-        let tails: Vec<Tail> = self
-            .tails
-            .values()
-            .filter(|(_, task)| !task.is_finished())
-            .map(|(tail, _)| tail.clone())
-            .collect();
-        if tails.is_empty() {
-            let _ = ack.send(());
-            return;
+    /// Acknowledges `ack` once every run sent so far in `slot`'s lane is
+    /// done (a leave waits for its member's messages, not for other shards).
+    fn barrier(&mut self, slot: Slot, ack: oneshot::Sender<()>) {
+        match self
+            .lanes
+            .get(&slot)
+            .filter(|lane| !lane.last.is_finished())
+        {
+            None => {
+                let _ = ack.send(());
+            }
+            Some(lane) => {
+                let tail = lane.tail.clone();
+                tokio::spawn(async move {
+                    tail.await;
+                    let _ = ack.send(());
+                });
+            }
         }
-        tokio::spawn(async move {
-            join_all(tails).await;
-            let _ = ack.send(());
-        });
     }
 }
 
