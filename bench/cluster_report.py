@@ -77,6 +77,35 @@ def log_problems(logs, name):
     return counts, messages
 
 
+def rest_of_machine(path):
+    """The CPU of everything but this run's processes (other work, interrupts)
+    over the run, in cores; None without the snapshots."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        rows = [[float(x) for x in line.split()] for line in f if line.strip()]
+    if len(rows) < 2 or len(rows[0]) < 4:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    wall = rows[1][0] - rows[0][0]
+    busy = (rows[1][1] - rows[0][1]) / tick
+    own = (rows[1][2] - rows[0][2]) / tick + (rows[1][3] - rows[0][3])
+    return max(busy - own, 0.0) / wall if wall > 0 else None
+
+
+def interrupts(path):
+    """irq + softirq CPU over the run, in cores (where the kernel does most of
+    the loopback traffic's work); None without the snapshots."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        rows = [[float(x) for x in line.split()] for line in f if line.strip()]
+    if len(rows) < 2 or len(rows[0]) < 5:
+        return None
+    wall = rows[1][0] - rows[0][0]
+    return (rows[1][4] - rows[0][4]) / os.sysconf("SC_CLK_TCK") / wall if wall > 0 else None
+
+
 def load(results, logs, name):
     path = os.path.join(results, name + ".json")
     if not os.path.exists(path):
@@ -123,6 +152,10 @@ def load(results, logs, name):
         "dup": m["duplicates"],
         "reordered": m["reordered"],
         "logs": log_problems(logs, name),
+        "rest": rest_of_machine(os.path.join(results, name + ".machine")),
+        "irq": interrupts(os.path.join(results, name + ".machine")),
+        "tries": int(open(os.path.join(results, name + ".tries")).read().strip() or 1)
+        if os.path.exists(os.path.join(results, name + ".tries")) else 1,
     }
     d["relay_us"] = d["relay_cpu_s"] * 1e6 / delivered if delivered else None
     d["redis_us"] = d["redis_cpu_s"] * 1e6 / delivered if delivered else None
@@ -213,16 +246,20 @@ def section(a, machine, runs):
       "together). Spread: each shard's share of the `EVALSHA` calls (whole run, from "
       "`INFO commandstats`), of the lobbies (`lr:lobby:*` keys counted on each master halfway "
       "through the run) and of the Redis CPU; the table gives the smallest and largest share "
-      "against the even 1/S.")
+      "against the even 1/S. *Interrupts*: the machine's irq and softirq time over the run "
+      "(`/proc/stat`; most of the kernel's loopback work is there, charged to no process). "
+      "*Other work*: the rest of the machine's busy time over the run less that of the relay "
+      "nodes, the shards and the generator: other people's work on a shared machine, a few "
+      "percent of a core when it is quiet.")
     w("")
 
     # --- saturation ---------------------------------------------------------
-    base = runs.get("cluster1-saturation") or runs.get("plain-saturation")
+    base = runs.get("cluster1-saturation")
     w("### Saturation, cross-node, 64 B")
     w("")
     w("| Redis | delivered msg/s | vs 1 shard | lost/dup/reordered | relay CPU µs/msg | "
       "Redis CPU µs/msg (Σ shards) | msgs per `EVALSHA` | `EVALSHA` share per shard | lobbies per shard | "
-      "Redis CPU share per shard | CPU (of a core): relay nodes / Redis / generator | p99 |")
+      "Redis CPU share per shard | CPU (of a core): relay nodes / Redis / generator / interrupts / other work | p99 |")
     w("| --- | ---: | ---: | --- | ---: | ---: | ---: | --- | --- | --- | --- | ---: |")
     for c in configs:
         d = runs.get(c + "-saturation")
@@ -237,7 +274,8 @@ def section(a, machine, runs):
           f"{d['lost']}/{d['dup']}/{d['reordered']} | {num(d['relay_us'], 2)} | {num(d['redis_us'], 2)} | "
           f"{num(d['msgs_per_evalsha'], 1)} | {spread('evalsha_calls')} | {spread('lobbies')} | "
           f"{spread('cpu_s')} | {pct(d['relay_share'])} / {pct(d['redis_share'])} / "
-          f"{pct(d['generator_share'])} | {ms(d['run']['latency_ms']['p99'])} |")
+          f"{pct(d['generator_share'])} / {pct(d['irq'])} / {pct(d['rest'])} | "
+          f"{ms(d['run']['latency_ms']['p99'])} |")
     w("")
 
     # --- game load ----------------------------------------------------------
@@ -245,8 +283,8 @@ def section(a, machine, runs):
     w("")
     w("| Redis | delivered msg/s | lost/dup/reordered | p50 | p99 | p99.9 | relay CPU µs/msg | "
       "Redis CPU µs/msg (Σ shards) | msgs per `EVALSHA` | `EVALSHA` share per shard | lobbies per shard | "
-      "Redis CPU share per shard |")
-    w("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |")
+      "Redis CPU share per shard | CPU (of a core): relay nodes / Redis / generator / interrupts / other work |")
+    w("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: |")
     for c in configs:
         d = runs.get(c + "-game")
         if not d:
@@ -258,7 +296,8 @@ def section(a, machine, runs):
         w(f"| {label(c)} | {num(d['run']['delivered_per_s'])} | {d['lost']}/{d['dup']}/{d['reordered']} | "
           f"{ms(lat['p50'])} | **{ms(lat['p99'])}** | {ms(lat['p99_9'])} | {num(d['relay_us'], 1)} | "
           f"{num(d['redis_us'], 1)} | {num(d['msgs_per_evalsha'], 1)} | {spread('evalsha_calls')} | "
-          f"{spread('lobbies')} | {spread('cpu_s')} |")
+          f"{spread('lobbies')} | {spread('cpu_s')} | {pct(d['relay_share'])} / {pct(d['redis_share'])} / "
+          f"{pct(d['generator_share'])} / {pct(d['irq'])} / {pct(d['rest'])} |")
     w("")
 
     # --- per shard ----------------------------------------------------------
@@ -296,6 +335,17 @@ def section(a, machine, runs):
     for name, d in runs.items():
         for msg, n in (d["logs"][1].items() if d else []):
             logged.setdefault(msg, []).append((name, n))
+    disturbed = [f"{name} ({pct(d['rest'])})" for name, d in runs.items()
+                 if d and d["rest"] is not None and d["rest"] >= 0.25]
+    if disturbed:
+        w("**Runs that shared the machine with other work** (a quarter of a core or more of "
+          "other work; their figures are lower and noisier): " + ", ".join(disturbed) + ".")
+        w("")
+    again = [f"{name} ({d['tries']} times)" for name, d in runs.items() if d and d["tries"] > 1]
+    if again:
+        w("Measured again because other work on the machine disturbed the first attempt (the "
+          "last attempt is shown): " + ", ".join(again) + ".")
+        w("")
     if failed or missing:
         w("**Runs that failed the generator's checks:** " + "; ".join(failed + [f"{m}: no result" for m in missing]))
     else:
@@ -333,6 +383,18 @@ def section(a, machine, runs):
                 if r:
                     worst = max(worst, abs(r[0] - 1 / n), abs(r[1] - 1 / n))
         sd3 = (200 * (1 / 3) * (2 / 3)) ** 0.5 / 200
+        # How far a shard's share of the CPU and of the calls is from its
+        # share of the lobbies: the work follows the lobbies.
+        follow = 0.0
+        for d in csat + cgame:
+            lob = sum(x["lobbies"] for x in d["shards"])
+            cpu = sum(x["cpu_s"] for x in d["shards"])
+            ev = sum(x["evalsha_calls"] for x in d["shards"])
+            if len(d["shards"]) < 2 or not (lob and cpu and ev):
+                continue
+            for x in d["shards"]:
+                follow = max(follow, abs(x["cpu_s"] / cpu - x["lobbies"] / lob),
+                             abs(x["evalsha_calls"] / ev - x["lobbies"] / lob))
         one = max(x["cpu_share"] for x in csat[0]["shards"])
         one_rate = csat[0]["run"]["delivered_per_s"] or 1
 
@@ -347,8 +409,10 @@ def section(a, machine, runs):
           f"CPU stays within {worst * 100:.0f} percentage points of the even 1/S in every run. "
           f"That is what hashing gives: a lobby's keys and channel share one hash tag, so one slot, "
           f"and 200 lobbies falling at random on 3 shards are {sd3 * 100:.1f} points off 1/3 at one "
-          f"standard deviation (100 lobbies: {sd3 * 2 ** 0.5 * 100:.1f}); the shares of calls and CPU "
-          f"follow the lobbies'. So each shard works for about 1/S of the traffic: the busiest "
+          f"standard deviation (100 lobbies: {sd3 * 2 ** 0.5 * 100:.1f}). The work follows the "
+          f"lobbies: a shard's share of the `EVALSHA` calls and of the Redis CPU is within "
+          f"{follow * 100:.1f} points of its share of the lobbies. So each shard works for about "
+          f"1/S of the traffic (more lobbies even it out further): the busiest "
           f"shard's CPU at saturation, of a core, {busiest} shard(s); in brackets the 1-shard "
           f"figure divided by S and scaled to the run's throughput.")
         last = csat[-1]
@@ -366,7 +430,8 @@ def section(a, machine, runs):
               f"used {used * 100:.0f}% of a core out of {cores} cores ({pct(last['relay_share'])} the "
               f"two relay nodes, {pct(last['redis_share'])} the {s_last} shards together, "
               f"{pct(last['generator_share'])} the generator), so a shard more is a process more, not "
-              f"CPU more, and differences between the S rows are this machine's noise.")
+              f"CPU more. Read the differences between the S rows as the run-to-run variation of "
+              f"a shared {cores}-core machine, not as a trend with S.")
         top = "the relay nodes" if last["relay_share"] >= last["redis_share"] else "Redis"
         w(f"- **The ceiling here is {top}**: at saturation the two relay nodes use "
           f"{pct(last['relay_share'])} of a core and all of Redis {pct(last['redis_share'])}; per "
@@ -388,8 +453,10 @@ def section(a, machine, runs):
         w(f"- **Latency at game load** (p99): {ms(game['plain']['run']['latency_ms']['p99'])} on the plain "
           f"Redis; " + ", ".join(f"{ms(game[c]['run']['latency_ms']['p99'])} with {shards_of(c)} shard"
                                  f"{'s' if shards_of(c) > 1 else ''}" for c in clusters if game[c])
-          + f" (the machine's {cores} cores are shared by all the processes; scenario b's figures are "
-            "from a quieter setup with one Redis).")
+          + ". In cluster mode the relay nodes spend more CPU per message at this load ("
+          + f"{num(game['plain']['relay_us'], 1)} µs on the plain Redis, "
+          + ", ".join(f"{num(game[c]['relay_us'], 1)}" for c in clusters if game[c])
+          + " µs with 1, 2, … shards).")
     w("")
 
     # --- capacity model -----------------------------------------------------
