@@ -452,8 +452,10 @@ run_config() {
 
 # --- the machine -------------------------------------------------------------
 
-python3 - "$STATE/machine.json" "$QUICK" <<'EOF'
+python3 - "$STATE/machine.json" "$QUICK" "$OUT" "$ROOT" <<'EOF'
 import json, os, platform, re, subprocess, sys
+out = os.path.abspath(sys.argv[3])
+os.chdir(sys.argv[4])
 def run(*cmd):
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.strip()
@@ -469,7 +471,9 @@ info = {
     "kernel": platform.release(),
     "redis": run("redis-server", "--version"),
     "commit": run("git", "rev-parse", "--short", "HEAD"),
-    "dirty": bool(run("git", "status", "--porcelain", "--untracked-files=no")),
+    # Changes other than to the report itself (a previous run's).
+    "dirty": bool(run("git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                      ":(exclude)" + out)),
     "date": run("date", "-u", "+%Y-%m-%d %H:%M UTC"),
     "loadavg_before": open("/proc/loadavg").read().split()[:3],
     "quick": sys.argv[2] == "1",
