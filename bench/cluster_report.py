@@ -453,10 +453,10 @@ def section(a, machine, runs):
         w(f"- **Latency at game load** (p99): {ms(game['plain']['run']['latency_ms']['p99'])} on the plain "
           f"Redis; " + ", ".join(f"{ms(game[c]['run']['latency_ms']['p99'])} with {shards_of(c)} shard"
                                  f"{'s' if shards_of(c) > 1 else ''}" for c in clusters if game[c])
-          + ". In cluster mode the relay nodes spend more CPU per message at this load ("
+          + ". Relay CPU per message at this load: "
           + f"{num(game['plain']['relay_us'], 1)} µs on the plain Redis, "
           + ", ".join(f"{num(game[c]['relay_us'], 1)}" for c in clusters if game[c])
-          + " µs with 1, 2, … shards).")
+          + " µs with 1, 2, … shards.")
     w("")
 
     # --- capacity model -----------------------------------------------------
