@@ -474,6 +474,12 @@ def main():
             w(f"Problems in {run['label']}: {problems(run)}")
             w("")
 
+    # The Redis Cluster section is written by scripts/bench-cluster.sh
+    # (bench/cluster_report.py) and kept here as it is.
+    kept = kept_cluster_section(a.out)
+    if kept:
+        w(kept)
+        w("")
     w("## Every run")
     w("")
     w("| run | mode | lobbies | delivered/s | lost | dup | reordered | p99 | generator CPU | result |")
@@ -499,6 +505,17 @@ def main():
             w("")
     with open(a.out, "w") as f:
         f.write("\n".join(L).rstrip() + "\n")
+
+
+def kept_cluster_section(path):
+    """The section of scripts/bench-cluster.sh in the current report (from
+    its begin comment to its end comment), or None."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        text = f.read()
+    m = re.search(r"^<!-- begin bench-cluster.*?^<!-- end bench-cluster -->$", text, re.M | re.S)
+    return m.group(0) if m else None
 
 
 def join_cpu(run):
