@@ -241,6 +241,7 @@ struct Shared {
     /// than --node-timeout), so this node reaps nobody until they had the
     /// time to beat again.
     heartbeat_back_at: Mutex<Option<Instant>>,
+    started: Instant,
     /// The pub/sub connection is up and subscribed.
     pubsub_ok: AtomicBool,
     /// Wakes the heartbeat task to re-register this node's seats (the
@@ -254,6 +255,11 @@ struct Shared {
 }
 
 impl Shared {
+    /// Milliseconds since the store started (a clock for lanes' progress).
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     fn is_cluster(&self) -> bool {
         matches!(self.clients, Clients::Cluster { .. })
     }
@@ -643,6 +649,7 @@ impl RedisStore {
             },
             commands_ok: AtomicBool::new(false),
             heartbeat_back_at: Mutex::new(None),
+            started: Instant::now(),
             pubsub_ok: AtomicBool::new(false),
             resync: Notify::new(),
             pending_leaves: Mutex::default(),
@@ -987,10 +994,9 @@ enum Queued<F> {
 }
 
 /// The messages of one batch that go out in one `relay.lua` run: sent by
-/// one node key (incarnation), and in a cluster of lobbies in one slot.
+/// one node key (incarnation), and in a cluster to lobbies of one slot.
 struct RelayRun {
     node_key: Arc<str>,
-    slot: Option<Slot>,
     /// A lobby key of the run, which routes it in a cluster.
     lobby_key: String,
     messages: Vec<(String, Vec<u8>)>,
@@ -999,22 +1005,27 @@ struct RelayRun {
 /// Sends queued publishes in batches: while one batch is on its way, the
 /// next one accumulates.
 ///
-/// A batch is split into runs ([`RelayRun`]) of one node key (and one slot in
-/// a cluster); each run is one `relay.lua`, which publishes every message
-/// whose sender still holds its seat. With one Redis the runs of a batch go
-/// as one pipeline of `EVALSHA`s (reloaded once if Redis forgot the script),
-/// and a batch is out before the next one goes. In a cluster each run goes to
-/// the shard of its slot in the slot's lane ([`Lanes`]): after the previous
-/// run of that slot, independently of the other slots. A lobby's messages
-/// are always in one slot, so they keep their order either way.
+/// A batch is split into runs ([`RelayRun`]) of one node key; each run is
+/// one `relay.lua`, which publishes every message whose sender still holds
+/// its seat. With one Redis the runs of a batch go as one pipeline of
+/// `EVALSHA`s (reloaded once if Redis forgot the script), and a batch is out
+/// before the next one goes. In a cluster the publisher hands each publish to
+/// its slot's lane ([`Lanes`]), which batches the same way for its slot
+/// alone. A lobby's messages are always in one slot, so they keep their
+/// order either way.
 async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>) {
     let mut ops = Vec::with_capacity(PUBLISH_BATCH);
     let mut barriers = Vec::new();
     let mut runs: Vec<RelayRun> = Vec::new();
     let cluster = shared.is_cluster();
-    let mut lanes = Lanes::new();
-    let mut index: HashMap<(Option<Slot>, Arc<str>), usize> = HashMap::new();
+    let mut lanes = Lanes::default();
     while queue.recv_many(&mut ops, PUBLISH_BATCH).await > 0 {
+        if cluster {
+            for op in ops.drain(..) {
+                lanes.send(&shared, op).await;
+            }
+            continue;
+        }
         let mut publishes = 0usize;
         for op in ops.drain(..) {
             match op {
@@ -1023,22 +1034,13 @@ async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>
                     channel,
                     payload,
                 } => {
-                    let slot = cluster.then(|| target::slot(channel.as_bytes()));
-                    // Runs by slot and node key (one Redis: a handful of runs).
-                    let found = if cluster {
-                        index.get(&(slot, node_key.clone())).copied()
-                    } else {
-                        runs.iter().rposition(|run| run.node_key == node_key)
-                    };
+                    // Runs by node key: a handful.
+                    let found = runs.iter().rposition(|run| run.node_key == node_key);
                     let run = match found {
                         Some(i) => &mut runs[i],
                         None => {
-                            if cluster {
-                                index.insert((slot, node_key.clone()), runs.len());
-                            }
                             runs.push(RelayRun {
                                 node_key,
-                                slot,
                                 lobby_key: lobby_key_of_channel(&channel),
                                 messages: Vec::new(),
                             });
@@ -1048,29 +1050,18 @@ async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>
                     run.messages.push((channel, payload));
                     publishes += 1;
                 }
-                PublishOp::Barrier { lobby, ack } => barriers.push((lobby, ack)),
+                PublishOp::Barrier { ack, .. } => barriers.push(ack),
             }
         }
-        index.clear();
         if publishes > 0 {
-            if cluster {
-                for run in runs.drain(..) {
-                    lanes.send(&shared, run).await;
-                }
-            } else {
-                let started = Instant::now();
-                let sent = relay_runs_single(&shared, &runs).await;
-                metrics::observe(&metrics::get().redis_publish, started.elapsed());
-                settle(&shared, runs.iter().zip(sent)).await;
-                runs.clear();
-            }
+            let started = Instant::now();
+            let sent = relay_runs_single(&shared, &runs).await;
+            metrics::observe(&metrics::get().redis_publish, started.elapsed());
+            settle(&shared, runs.iter().zip(sent)).await;
+            runs.clear();
         }
-        for (lobby, ack) in barriers.drain(..) {
-            if cluster {
-                lanes.barrier(target::slot(channel(&lobby.to_string()).as_bytes()), ack);
-            } else {
-                let _ = ack.send(());
-            }
+        for ack in barriers.drain(..) {
+            let _ = ack.send(());
         }
     }
 }
@@ -1110,121 +1101,142 @@ async fn settle<'a>(
     }
 }
 
-/// How many runs may be on their way to a cluster at once; more waits (and
-/// so, through the publish queue, do the senders).
-const RUNS_IN_FLIGHT: usize = 4096;
+/// Room in one slot's lane, in publishes.
+const LANE_QUEUE: usize = 4096;
 
-/// How many runs may wait in one slot's lane. A shard that does not answer
-/// (a master failing over: seconds, up to its cluster-node-timeout) would
-/// otherwise collect runs until the publisher stalls for every shard; past
-/// this depth its new messages are dropped, as pub/sub drops what a shard
-/// cannot take (a game message seconds late is of no use anyway).
-const LANE_DEPTH: usize = 64;
+/// A lane that completed nothing for this long is stuck (its shard does not
+/// answer: a master failing over, for seconds, up to its
+/// cluster-node-timeout): new messages to its lobbies are dropped rather than
+/// waited for, as pub/sub drops what a shard cannot take (a game message
+/// seconds late is of no use anyway). A lane that is only busy makes the
+/// publisher wait, which slows the senders down, as with one Redis.
+const LANE_STUCK: Duration = Duration::from_millis(500);
 
-/// The publisher's lanes in a cluster: one per slot. A run goes out as soon
-/// as the previous run of its slot is done (a lobby's messages keep their
-/// order), whatever the other slots are doing: a shard that is failing over
-/// delays only its own lobbies.
+/// The publisher's lanes in a cluster: one task per slot with lobbies of
+/// this node, each with its own queue. A lane sends what it has queued as
+/// one `relay.lua` run (per node key), waits for the answer, and sends what
+/// queued meanwhile, so a lobby's messages keep their order and batch up
+/// when the shard is slow, whatever the other slots are doing: a shard that
+/// is failing over delays only its own lobbies.
+#[derive(Default)]
 struct Lanes {
     lanes: HashMap<Slot, Lane>,
-    permits: Arc<tokio::sync::Semaphore>,
-    /// When dropped messages were last reported.
+    /// When dropped messages were last reported, and how many since.
     reported: Option<Instant>,
     dropped: usize,
 }
 
 struct Lane {
-    /// Done when the lane's last run is.
-    tail: Tail,
-    last: tokio::task::AbortHandle,
-    /// Runs queued or on their way.
-    depth: Arc<std::sync::atomic::AtomicUsize>,
+    queue: mpsc::Sender<PublishOp>,
+    /// When the lane last finished a run or found its queue empty, in ms
+    /// since the store started.
+    progress: Arc<std::sync::atomic::AtomicU64>,
 }
 
-type Tail = futures_util::future::Shared<futures_util::future::BoxFuture<'static, ()>>;
-
 impl Lanes {
-    fn new() -> Self {
-        Lanes {
-            lanes: HashMap::new(),
-            permits: Arc::new(tokio::sync::Semaphore::new(RUNS_IN_FLIGHT)),
-            reported: None,
-            dropped: 0,
+    async fn send(&mut self, shared: &Arc<Shared>, op: PublishOp) {
+        let slot = match &op {
+            PublishOp::Publish { channel, .. } => target::slot(channel.as_bytes()),
+            PublishOp::Barrier { lobby, .. } => {
+                target::slot(channel(&lobby.to_string()).as_bytes())
+            }
+        };
+        let lane = self.lanes.entry(slot).or_insert_with(|| {
+            let (queue, ops) = mpsc::channel(LANE_QUEUE);
+            let progress = Arc::new(std::sync::atomic::AtomicU64::new(shared.elapsed_ms()));
+            tokio::spawn(
+                shared
+                    .stop
+                    .clone()
+                    .run_until_cancelled_owned(run_lane(shared.clone(), ops, progress.clone()))
+                    .in_current_span(),
+            );
+            Lane { queue, progress }
+        });
+        let op = match lane.queue.try_send(op) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(mpsc::error::TrySendError::Full(op)) => op,
+        };
+        let stuck = shared
+            .elapsed_ms()
+            .saturating_sub(lane.progress.load(Ordering::Relaxed))
+            >= LANE_STUCK.as_millis() as u64;
+        match op {
+            PublishOp::Barrier { .. } => {
+                // Never dropped: acknowledged once the lane gets there.
+                let queue = lane.queue.clone();
+                tokio::spawn(async move {
+                    let _ = queue.send(op).await;
+                });
+            }
+            PublishOp::Publish { .. } if !stuck => {
+                let _ = lane.queue.send(op).await;
+            }
+            PublishOp::Publish { .. } => {
+                metrics::get().redis_errors_publish.increment(1);
+                self.dropped += 1;
+                if self
+                    .reported
+                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+                {
+                    tracing::warn!(
+                        lost = self.dropped,
+                        "a Redis Cluster shard does not answer: messages to its lobbies were dropped"
+                    );
+                    self.reported = Some(Instant::now());
+                    self.dropped = 0;
+                }
+            }
         }
     }
+}
 
-    async fn send(&mut self, shared: &Arc<Shared>, run: RelayRun) {
-        use futures_util::FutureExt;
-        let slot = run.slot.expect("a cluster run has a slot");
-        let lane = self.lanes.get(&slot);
-        let depth = lane.map(|lane| lane.depth.clone()).unwrap_or_default();
-        if depth.load(Ordering::Relaxed) >= LANE_DEPTH {
-            metrics::get().redis_errors_publish.increment(1);
-            self.dropped += run.messages.len();
-            if self
-                .reported
-                .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
-            {
-                tracing::warn!(
-                    lost = self.dropped,
-                    "a Redis Cluster shard is not keeping up: messages to its lobbies were dropped"
-                );
-                self.reported = Some(Instant::now());
-                self.dropped = 0;
+/// One slot's lane (see [`Lanes`]).
+async fn run_lane(
+    shared: Arc<Shared>,
+    mut queue: mpsc::Receiver<PublishOp>,
+    progress: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let mut ops = Vec::with_capacity(PUBLISH_BATCH);
+    let mut runs: Vec<RelayRun> = Vec::new();
+    let mut acks = Vec::new();
+    while queue.recv_many(&mut ops, PUBLISH_BATCH).await > 0 {
+        for op in ops.drain(..) {
+            match op {
+                PublishOp::Publish {
+                    node_key,
+                    channel,
+                    payload,
+                } => {
+                    let run = match runs.iter().rposition(|run| run.node_key == node_key) {
+                        Some(i) => &mut runs[i],
+                        None => {
+                            runs.push(RelayRun {
+                                node_key,
+                                lobby_key: lobby_key_of_channel(&channel),
+                                messages: Vec::new(),
+                            });
+                            runs.last_mut().expect("just pushed")
+                        }
+                    };
+                    run.messages.push((channel, payload));
+                }
+                PublishOp::Barrier { ack, .. } => acks.push(ack),
             }
-            return;
         }
-        let before = lane
-            .filter(|lane| !lane.last.is_finished())
-            .map(|lane| lane.tail.clone());
-        let Ok(permit) = self.permits.clone().acquire_owned().await else {
-            return;
-        };
-        depth.fetch_add(1, Ordering::Relaxed);
-        let shared = shared.clone();
-        let done = depth.clone();
-        let task = tokio::spawn(async move {
-            if let Some(before) = before {
-                before.await;
-            }
+        for run in runs.drain(..) {
             let started = Instant::now();
             let sent = relay_run_cluster(&shared, &run).await;
             metrics::observe(&metrics::get().redis_publish, started.elapsed());
             settle(&shared, std::iter::once((&run, sent))).await;
-            done.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
-        });
-        let last = task.abort_handle();
-        let tail = async move {
-            let _ = task.await;
+            progress.store(shared.elapsed_ms(), Ordering::Relaxed);
         }
-        .boxed()
-        .shared();
-        self.lanes.insert(slot, Lane { tail, last, depth });
-        // Forget lanes that are idle.
-        if self.lanes.len() > 256 {
-            self.lanes.retain(|_, lane| !lane.last.is_finished());
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
         }
-    }
-
-    /// Acknowledges `ack` once every run sent so far in `slot`'s lane is
-    /// done (a leave waits for its member's messages, not for other shards).
-    fn barrier(&mut self, slot: Slot, ack: oneshot::Sender<()>) {
-        match self
-            .lanes
-            .get(&slot)
-            .filter(|lane| !lane.last.is_finished())
-        {
-            None => {
-                let _ = ack.send(());
-            }
-            Some(lane) => {
-                let tail = lane.tail.clone();
-                tokio::spawn(async move {
-                    tail.await;
-                    let _ = ack.send(());
-                });
-            }
+        if queue.is_empty() {
+            progress.store(shared.elapsed_ms(), Ordering::Relaxed);
         }
     }
 }
