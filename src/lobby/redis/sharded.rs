@@ -48,6 +48,9 @@ use crate::lobby::StoreError;
 use crate::metrics;
 use crate::passphrase::LobbyId;
 
+/// How many pushes a shard's reader takes at once.
+const READ_BATCH: usize = 256;
+
 /// How soon lobbies that wait for a master are tried again.
 const RETRY_SOON: Duration = Duration::from_millis(200);
 
@@ -475,47 +478,72 @@ impl Manager {
 
 /// Reads one master connection's pushes: messages go to the hub; a
 /// `sunsubscribe` the node did not ask for, and the end of the connection
-/// (or a ping it does not answer), go to the manager.
+/// (or a ping it does not answer), go to the manager. The pings run beside
+/// the reading, never in its way: a reply waits behind the messages before
+/// it on the connection.
 async fn read_shard(
     shared: Arc<Shared>,
     addr: String,
     generation: u64,
-    mut conn: MultiplexedConnection,
+    conn: MultiplexedConnection,
     mut pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
     events: mpsc::UnboundedSender<Event>,
 ) {
-    let mut ping = tokio::time::interval(shared.settings.node_timeout / 3);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            push = pushes.recv() => {
-                let Some(push) = push else { break };
-                match push.kind {
-                    PushKind::SMessage | PushKind::Message => {
-                        if let (Some(redis::Value::BulkString(name)), Some(redis::Value::BulkString(payload))) =
-                            (push.data.first(), push.data.get(1))
-                            && let Ok(name) = std::str::from_utf8(name)
-                        {
-                            dispatch(&shared.hub, name, payload);
-                        }
-                    }
-                    PushKind::SUnsubscribe => {
-                        if let Some(redis::Value::BulkString(name)) = push.data.first()
-                            && let Some(lobby) = std::str::from_utf8(name).ok().and_then(lobby_of_channel)
-                        {
-                            let _ = events.send(Event::Unsubscribed(lobby));
-                        }
-                    }
-                    PushKind::Disconnection => break,
-                    _ => {}
+    let every = shared.settings.node_timeout / 3;
+    let pinger = {
+        let addr = addr.clone();
+        let mut conn = conn;
+        async move {
+            let mut ping = tokio::time::interval(every);
+            ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ping.tick().await;
+                // Answered within the node timeout, or the master is gone.
+                let answered = tokio::time::timeout(
+                    every * 2,
+                    redis::cmd("PING").query_async::<redis::Value>(&mut conn),
+                )
+                .await;
+                if !matches!(answered, Ok(Ok(_))) {
+                    tracing::warn!(shard = addr, "a Redis Cluster master does not answer pings");
+                    return;
                 }
             }
-            _ = ping.tick() => {
-                if timed(redis::cmd("PING").query_async::<redis::Value>(&mut conn)).await.is_err() {
-                    tracing::warn!(shard = addr, "a Redis Cluster master does not answer pings");
+        }
+    };
+    let mut pinger = std::pin::pin!(pinger);
+    // Many at a time: one wake-up for all that arrived (this task carries
+    // every lobby of its shard, against one task per player for the rest).
+    let mut batch = Vec::with_capacity(READ_BATCH);
+    'reading: loop {
+        tokio::select! {
+            read = pushes.recv_many(&mut batch, READ_BATCH) => {
+                if read == 0 {
                     break;
                 }
+                for push in batch.drain(..) {
+                    match push.kind {
+                        PushKind::SMessage | PushKind::Message => {
+                            if let (Some(redis::Value::BulkString(name)), Some(redis::Value::BulkString(payload))) =
+                                (push.data.first(), push.data.get(1))
+                                && let Ok(name) = std::str::from_utf8(name)
+                            {
+                                dispatch(&shared.hub, name, payload);
+                            }
+                        }
+                        PushKind::SUnsubscribe => {
+                            if let Some(redis::Value::BulkString(name)) = push.data.first()
+                                && let Some(lobby) = std::str::from_utf8(name).ok().and_then(lobby_of_channel)
+                            {
+                                let _ = events.send(Event::Unsubscribed(lobby));
+                            }
+                        }
+                        PushKind::Disconnection => break 'reading,
+                        _ => {}
+                    }
+                }
             }
+            () = &mut pinger => break,
         }
     }
     let _ = events.send(Event::Lost { addr, generation });
