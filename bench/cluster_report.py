@@ -521,8 +521,8 @@ def section(a, machine, runs):
           "pub/sub delivers a message on its shard only (plain `PUBLISH` in a cluster goes over the "
           "cluster bus to every node and would not scale); the spread above is even and the Redis "
           "CPU per message does not grow with S. What does not shard: the node-level keys "
-          "(heartbeats, `lr:nodes`, `lr:node-lobbies:*`, `lr:away`): a few commands per node per "
-          "second plus a few per join and leave, on whichever shards their names hash to.")
+          "(the liveness keys `lr:{nodes}*`, on one shard by their hash tag; `lr:node-lobbies:*`, "
+          "`lr:away`): a few commands per node per second plus a few per join and leave.")
         w(f"- **Prediction, {BIG_RELAY_CORES}-core relay hosts and {BIG_SHARDS} shards (a core "
           f"each):** one relay host ≈ {num(big_relay_lo)} to {num(big_relay_hi)} matches (game-load "
           f"to saturation cost) and keeps {BIG_RELAY_CORES * ratio_sat:.1f} shard cores busy "
