@@ -1002,6 +1002,24 @@ struct RelayRun {
     messages: Vec<(String, Vec<u8>)>,
 }
 
+impl RelayRun {
+    /// Adds a publish to the run of its node key (a batch has a handful).
+    fn add(runs: &mut Vec<RelayRun>, node_key: Arc<str>, channel: String, payload: Vec<u8>) {
+        let run = match runs.iter().rposition(|run| run.node_key == node_key) {
+            Some(i) => &mut runs[i],
+            None => {
+                runs.push(RelayRun {
+                    node_key,
+                    lobby_key: lobby_key_of_channel(&channel),
+                    messages: Vec::new(),
+                });
+                runs.last_mut().expect("just pushed")
+            }
+        };
+        run.messages.push((channel, payload));
+    }
+}
+
 /// Sends queued publishes in batches: while one batch is on its way, the
 /// next one accumulates.
 ///
@@ -1034,20 +1052,7 @@ async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>
                     channel,
                     payload,
                 } => {
-                    // Runs by node key: a handful.
-                    let found = runs.iter().rposition(|run| run.node_key == node_key);
-                    let run = match found {
-                        Some(i) => &mut runs[i],
-                        None => {
-                            runs.push(RelayRun {
-                                node_key,
-                                lobby_key: lobby_key_of_channel(&channel),
-                                messages: Vec::new(),
-                            });
-                            runs.last_mut().expect("just pushed")
-                        }
-                    };
-                    run.messages.push((channel, payload));
+                    RelayRun::add(&mut runs, node_key, channel, payload);
                     publishes += 1;
                 }
                 PublishOp::Barrier { ack, .. } => barriers.push(ack),
@@ -1209,18 +1214,7 @@ async fn run_lane(
                     channel,
                     payload,
                 } => {
-                    let run = match runs.iter().rposition(|run| run.node_key == node_key) {
-                        Some(i) => &mut runs[i],
-                        None => {
-                            runs.push(RelayRun {
-                                node_key,
-                                lobby_key: lobby_key_of_channel(&channel),
-                                messages: Vec::new(),
-                            });
-                            runs.last_mut().expect("just pushed")
-                        }
-                    };
-                    run.messages.push((channel, payload));
+                    RelayRun::add(&mut runs, node_key, channel, payload);
                 }
                 PublishOp::Barrier { ack, .. } => acks.push(ack),
             }
