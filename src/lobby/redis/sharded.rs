@@ -86,8 +86,9 @@ struct Manager {
     here: String,
     topology: Vec<Shard>,
     shards: HashMap<String, ShardConn>,
-    /// Every lobby this node wants to hear (it has members there).
-    wanted: HashSet<LobbyId>,
+    /// Every lobby this node wants to hear (it has members there), with
+    /// its channel's slot.
+    wanted: HashMap<LobbyId, u16>,
     /// Where each wanted lobby is subscribed now.
     placed: HashMap<LobbyId, String>,
     events: mpsc::UnboundedSender<Event>,
@@ -128,7 +129,7 @@ pub(super) async fn run(
         here,
         topology: Vec::new(),
         shards: HashMap::new(),
-        wanted: HashSet::new(),
+        wanted: HashMap::new(),
         placed: HashMap::new(),
         events,
         generations: 0,
@@ -150,21 +151,16 @@ pub(super) async fn run(
     let mut soon = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
     let mut waiting = false;
     loop {
-        if !waiting && manager.misplaced() > 0 {
-            waiting = true;
-            soon.as_mut()
-                .reset(tokio::time::Instant::now() + RETRY_SOON);
-        }
+        // Set when lobbies could not be placed: they are tried again soon.
+        let mut pending = false;
         tokio::select! {
             _ = &mut soon, if waiting => {
                 waiting = false;
-                if manager.refresh().await.is_ok() {
-                    manager.follow().await;
-                }
+                pending = manager.refresh().await.is_err() || manager.follow().await;
             }
             Some(request) = request_rx.recv() => match request {
                 Request::Subscribe(lobby, reply) => {
-                    manager.wanted.insert(lobby);
+                    manager.wanted.insert(lobby, slot_number(&channel(&lobby.to_string())));
                     let placed = manager.place(lobby).await;
                     if placed.is_err() {
                         // The node forgets the lobby (its joiner is told
@@ -181,11 +177,11 @@ pub(super) async fn run(
             Some(event) = event_rx.recv() => match event {
                 Event::Lost { addr, generation } => {
                     if manager.shards.get(&addr).is_some_and(|s| s.generation == generation) {
-                        manager.lost(&addr).await;
+                        pending = manager.lost(&addr).await;
                     }
                 }
                 Event::Unsubscribed(lobby) => {
-                    if manager.wanted.contains(&lobby) {
+                    if manager.wanted.contains_key(&lobby) {
                         tracing::info!(lobby = lobby.short(), "a shard gave up a lobby's slot: subscribing again");
                         if let Some(addr) = manager.placed.remove(&lobby)
                             && let Some(shard) = manager.shards.get_mut(&addr)
@@ -194,15 +190,20 @@ pub(super) async fn run(
                         }
                         // The slot has a new owner: learn which.
                         let _ = manager.refresh().await;
-                        manager.follow().await;
+                        pending = manager.follow().await;
                     }
                 }
             },
             _ = tick.tick() => {
                 if manager.refresh().await.is_ok() && manager.misplaced() > 0 {
-                    manager.follow().await;
+                    pending = manager.follow().await;
                 }
             }
+        }
+        if pending && !waiting {
+            waiting = true;
+            soon.as_mut()
+                .reset(tokio::time::Instant::now() + RETRY_SOON);
         }
     }
 }
@@ -236,9 +237,9 @@ impl Manager {
         Ok(())
     }
 
-    /// The master that serves a lobby's slot, per the last map read.
+    /// The master that serves a wanted lobby's slot, per the last map read.
     fn owner(&self, lobby: &LobbyId) -> Option<String> {
-        let slot = slot_number(&channel(&lobby.to_string()));
+        let slot = *self.wanted.get(lobby)?;
         self.topology
             .iter()
             .find(|shard| shard.serves(slot))
@@ -248,7 +249,7 @@ impl Manager {
     /// Wanted lobbies not subscribed where the map says.
     fn misplaced(&self) -> usize {
         self.wanted
-            .iter()
+            .keys()
             .filter(|lobby| {
                 let owner = self.owner(lobby);
                 owner.is_none()
@@ -383,8 +384,8 @@ impl Manager {
     }
 
     /// A shard connection is gone: its lobbies are subscribed again where
-    /// the map says, once a master serves them.
-    async fn lost(&mut self, addr: &str) {
+    /// the map says, once a master serves them. True if some still wait.
+    async fn lost(&mut self, addr: &str) -> bool {
         if let Some(shard) = self.shards.remove(addr) {
             shard.reader.abort();
             for lobby in &shard.lobbies {
@@ -399,18 +400,19 @@ impl Manager {
             metrics::get().redis_errors_pubsub.increment(1);
         }
         let _ = self.refresh().await;
-        self.follow().await;
+        self.follow().await
     }
 
     /// Subscribes every misplaced wanted lobby where the map says, all at
     /// once (each shard pipelines its `SSUBSCRIBE`s), then asks for a resync
     /// of seats: messages may have been missed while a lobby was not
-    /// subscribed. What cannot be placed yet (no master serves the slot
-    /// while a failover is under way) is retried on the next tick.
-    async fn follow(&mut self) {
+    /// subscribed. Returns true if some cannot be placed yet (no master
+    /// serves the slot while a failover is under way, or a master did not
+    /// answer): they are tried again soon.
+    async fn follow(&mut self) -> bool {
         let mut by_owner: HashMap<String, Vec<LobbyId>> = HashMap::new();
         let mut homeless = 0;
-        for lobby in &self.wanted {
+        for lobby in self.wanted.keys() {
             match self.owner(lobby) {
                 Some(owner)
                     if self.placed.get(lobby) == Some(&owner)
@@ -420,11 +422,13 @@ impl Manager {
             }
         }
         let mut moved = 0;
+        let mut failed = 0;
         for (owner, lobbies) in by_owner {
             let conn = match self.shard(&owner).await {
                 Ok(conn) => conn,
                 Err(e) => {
                     tracing::warn!(shard = owner, error = %e, "cannot reach a Redis Cluster master");
+                    failed += lobbies.len();
                     continue;
                 }
             };
@@ -455,7 +459,8 @@ impl Manager {
                         moved += 1;
                     }
                     Err(e) => {
-                        tracing::debug!(lobby = lobby.short(), error = %e, "subscribing failed; retrying on the next tick");
+                        failed += 1;
+                        tracing::debug!(lobby = lobby.short(), error = %e, "subscribing failed; retrying soon");
                     }
                 }
             }
@@ -473,6 +478,7 @@ impl Manager {
                 "no master serves some lobbies' slots (a failover under way?)"
             );
         }
+        homeless + failed > 0
     }
 }
 

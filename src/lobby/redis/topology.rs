@@ -6,8 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use redis::{ConnectionAddr, ConnectionInfo, FromRedisValue};
 
-use super::target;
-
 /// One master and the slot ranges it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shard {
@@ -33,12 +31,16 @@ impl Shard {
     }
 }
 
-/// The hash slot of a key, as Redis Cluster computes it.
+/// The hash slot of a key, as Redis Cluster computes it: CRC16 (XMODEM) of
+/// its hash tag (the first non-empty `{...}`), or of the whole key, modulo
+/// 16,384.
 pub fn slot_number(key: &str) -> u16 {
-    let slot = target::slot(key.as_bytes());
-    (0..16384)
-        .find(|n| target::Slot::new(*n) == Some(slot))
-        .unwrap_or_default()
+    let key = key.as_bytes();
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let close = key[open + 1..].iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &key[open + 1..open + 1 + close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % 16384
 }
 
 /// How to reach the node at `host:port`: the settings of `base` (a seed:
@@ -131,4 +133,33 @@ pub fn from_cluster_slots(
         .into_iter()
         .map(|((host, port), slots)| Shard { host, port, slots })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lobby::redis::target;
+
+    #[test]
+    fn slot_numbers_are_the_redis_crate_s_slots() {
+        for key in [
+            "foo",
+            "lr:lobby:{abc}",
+            "{}x",
+            "a{}{b}",
+            "{b}",
+            "x{y",
+            "lr:{nodes}:node:a/1",
+            "",
+            "{lr-nodes}",
+            "lr:chan:{0123456789abcdef}",
+        ] {
+            assert_eq!(
+                target::Slot::new(slot_number(key)),
+                Some(target::slot(key.as_bytes())),
+                "{key:?}"
+            );
+        }
+        assert_eq!(slot_number("foo"), 12182);
+    }
 }
