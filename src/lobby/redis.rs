@@ -222,6 +222,9 @@ enum Clients {
     },
 }
 
+/// Entries of `lr:away` to add (with their scores) and to remove.
+type AwayChanges = (Vec<(String, i64)>, Vec<String>);
+
 /// What the store's background tasks share with it.
 struct Shared {
     clients: Clients,
@@ -251,6 +254,9 @@ struct Shared {
     /// lobby stays in the node's index meanwhile, so that the seat is reaped
     /// should the node die before the retry succeeds.
     pending_leaves: Mutex<HashMap<LobbyId, usize>>,
+    /// Changes to `lr:away` that could not be applied yet (entries to add
+    /// with their scores, entries to remove).
+    pending_away: Mutex<AwayChanges>,
     stop: CancellationToken,
 }
 
@@ -459,16 +465,41 @@ impl Shared {
     }
 
     /// Runs a held script (see [`held_script`]) and applies the changes to
-    /// `lr:away` it asks for.
+    /// `lr:away` it asks for (best effort: see below).
     async fn invoke_held<T: redis::FromRedisValue>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn()?;
         let reply: HeldReply = timed(invocation.invoke_async(&mut conn)).await?;
-        self.apply_away(reply.away_add, reply.away_del).await?;
+        // The script's change stands whatever happens here: failing the call
+        // now would report a join or leave that happened as failed. What
+        // could not be applied is retried by the reaper's loop (and should
+        // this node die first, a reaper lists its held seats again).
+        self.apply_away_or_later(reply.away_add, reply.away_del)
+            .await;
         redis::from_redis_value(reply.result)
             .map_err(|e| StoreError::Protocol(format!("a lobby script answered {e}")))
+    }
+
+    /// [`Shared::apply_away`], keeping what fails for [`Shared::retry_away`].
+    async fn apply_away_or_later(&self, add: Vec<(String, i64)>, del: Vec<String>) {
+        if add.is_empty() && del.is_empty() {
+            return;
+        }
+        if let Err(e) = self.apply_away(add.clone(), del.clone()).await {
+            tracing::warn!(error = %e, "cannot update the index of held seats (lr:away); will retry");
+            let mut pending = self.pending_away.lock().unwrap_or_else(|e| e.into_inner());
+            pending.0.extend(add);
+            pending.1.extend(del);
+        }
+    }
+
+    /// Applies the `lr:away` changes that failed before.
+    async fn retry_away(&self) {
+        let (add, del) =
+            std::mem::take(&mut *self.pending_away.lock().unwrap_or_else(|e| e.into_inner()));
+        self.apply_away_or_later(add, del).await;
     }
 
     /// Adds and removes entries of `lr:away`, the held seats by due time.
@@ -653,6 +684,7 @@ impl RedisStore {
             pubsub_ok: AtomicBool::new(false),
             resync: Notify::new(),
             pending_leaves: Mutex::default(),
+            pending_away: Mutex::default(),
             stop: CancellationToken::new(),
         });
         let stop = shared.stop.clone();
@@ -1099,11 +1131,7 @@ async fn settle<'a>(
             }
         }
     }
-    if !away.is_empty()
-        && let Err(e) = shared.apply_away(away, Vec::new()).await
-    {
-        tracing::warn!(error = %e, "cannot list overflowed held seats (they go at the end of their grace)");
-    }
+    shared.apply_away_or_later(away, Vec::new()).await;
 }
 
 /// Room in one slot's lane, in publishes.

@@ -282,6 +282,7 @@ pub(super) async fn run_reaper(shared: Arc<Shared>) {
         if judging && let Err(e) = reap_dead_nodes(&shared).await {
             tracing::warn!(error = %e, "looking for dead nodes failed");
         }
+        shared.retry_away().await;
         if let Err(e) = release_expired_seats(&shared).await {
             tracing::warn!(error = %e, "releasing held seats failed");
         }
