@@ -44,7 +44,7 @@ use futures_util::StreamExt;
 use futures_util::future::join_all;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use target::{Conn, Slot, Target};
+use target::{Conn, Target};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -1064,41 +1064,60 @@ impl RelayRun {
 /// alone. A lobby's messages are always in one slot, so they keep their
 /// order either way.
 async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>) {
+    if !shared.is_cluster() {
+        return run_batches(shared, queue, None).await;
+    }
     let mut ops = Vec::with_capacity(PUBLISH_BATCH);
-    let mut barriers = Vec::new();
-    let mut runs: Vec<RelayRun> = Vec::new();
-    let cluster = shared.is_cluster();
     let mut lanes = Lanes::default();
     while queue.recv_many(&mut ops, PUBLISH_BATCH).await > 0 {
-        if cluster {
-            for op in ops.drain(..) {
-                lanes.send(&shared, op).await;
-            }
-            continue;
+        for op in ops.drain(..) {
+            lanes.send(&shared, op).await;
         }
-        let mut publishes = 0usize;
+    }
+}
+
+/// Sends what `queue` holds in batches, the next batch gathering while one
+/// is out: the whole node's publishes with one Redis, one slot's in a
+/// cluster (a lane, which reports its `progress`). Acknowledges the
+/// barriers of a batch once its runs are sent.
+async fn run_batches(
+    shared: Arc<Shared>,
+    mut queue: mpsc::Receiver<PublishOp>,
+    progress: Option<Arc<std::sync::atomic::AtomicU64>>,
+) {
+    let mut ops = Vec::with_capacity(PUBLISH_BATCH);
+    let mut runs: Vec<RelayRun> = Vec::new();
+    let mut acks = Vec::new();
+    while queue.recv_many(&mut ops, PUBLISH_BATCH).await > 0 {
         for op in ops.drain(..) {
             match op {
                 PublishOp::Publish {
                     node_key,
                     channel,
                     payload,
-                } => {
-                    RelayRun::add(&mut runs, node_key, channel, payload);
-                    publishes += 1;
-                }
-                PublishOp::Barrier { ack, .. } => barriers.push(ack),
+                } => RelayRun::add(&mut runs, node_key, channel, payload),
+                PublishOp::Barrier { ack, .. } => acks.push(ack),
             }
         }
-        if publishes > 0 {
+        if !runs.is_empty() {
             let started = Instant::now();
-            let sent = relay_runs_single(&shared, &runs).await;
+            if shared.is_cluster() {
+                for run in &runs {
+                    let sent = relay_run_cluster(&shared, run).await;
+                    settle(&shared, std::iter::once((run, sent))).await;
+                }
+            } else {
+                let sent = relay_runs_single(&shared, &runs).await;
+                settle(&shared, runs.iter().zip(sent)).await;
+            }
             metrics::observe(&metrics::get().redis_publish, started.elapsed());
-            settle(&shared, runs.iter().zip(sent)).await;
             runs.clear();
         }
-        for ack in barriers.drain(..) {
+        for ack in acks.drain(..) {
             let _ = ack.send(());
+        }
+        if let Some(progress) = &progress {
+            progress.store(shared.elapsed_ms(), Ordering::Relaxed);
         }
     }
 }
@@ -1153,7 +1172,7 @@ const LANE_STUCK: Duration = Duration::from_millis(500);
 /// is failing over delays only its own lobbies.
 #[derive(Default)]
 struct Lanes {
-    lanes: HashMap<Slot, Lane>,
+    lanes: HashMap<u16, Lane>,
     /// When dropped messages were last reported, and how many since.
     reported: Option<Instant>,
     dropped: usize,
@@ -1161,18 +1180,15 @@ struct Lanes {
 
 struct Lane {
     queue: mpsc::Sender<PublishOp>,
-    /// When the lane last finished a run or found its queue empty, in ms
-    /// since the store started.
+    /// When the lane last finished a batch, in ms since the store started.
     progress: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Lanes {
     async fn send(&mut self, shared: &Arc<Shared>, op: PublishOp) {
         let slot = match &op {
-            PublishOp::Publish { channel, .. } => target::slot(channel.as_bytes()),
-            PublishOp::Barrier { lobby, .. } => {
-                target::slot(channel(&lobby.to_string()).as_bytes())
-            }
+            PublishOp::Publish { channel, .. } => topology::slot_number(channel),
+            PublishOp::Barrier { lobby, .. } => topology::slot_number(&channel(&lobby.to_string())),
         };
         let lane = self.lanes.entry(slot).or_insert_with(|| {
             let (queue, ops) = mpsc::channel(LANE_QUEUE);
@@ -1181,7 +1197,11 @@ impl Lanes {
                 shared
                     .stop
                     .clone()
-                    .run_until_cancelled_owned(run_lane(shared.clone(), ops, progress.clone()))
+                    .run_until_cancelled_owned(run_batches(
+                        shared.clone(),
+                        ops,
+                        Some(progress.clone()),
+                    ))
                     .in_current_span(),
             );
             Lane { queue, progress }
@@ -1221,44 +1241,6 @@ impl Lanes {
                     self.dropped = 0;
                 }
             }
-        }
-    }
-}
-
-/// One slot's lane (see [`Lanes`]).
-async fn run_lane(
-    shared: Arc<Shared>,
-    mut queue: mpsc::Receiver<PublishOp>,
-    progress: Arc<std::sync::atomic::AtomicU64>,
-) {
-    let mut ops = Vec::with_capacity(PUBLISH_BATCH);
-    let mut runs: Vec<RelayRun> = Vec::new();
-    let mut acks = Vec::new();
-    while queue.recv_many(&mut ops, PUBLISH_BATCH).await > 0 {
-        for op in ops.drain(..) {
-            match op {
-                PublishOp::Publish {
-                    node_key,
-                    channel,
-                    payload,
-                } => {
-                    RelayRun::add(&mut runs, node_key, channel, payload);
-                }
-                PublishOp::Barrier { ack, .. } => acks.push(ack),
-            }
-        }
-        for run in runs.drain(..) {
-            let started = Instant::now();
-            let sent = relay_run_cluster(&shared, &run).await;
-            metrics::observe(&metrics::get().redis_publish, started.elapsed());
-            settle(&shared, std::iter::once((&run, sent))).await;
-            progress.store(shared.elapsed_ms(), Ordering::Relaxed);
-        }
-        for ack in acks.drain(..) {
-            let _ = ack.send(());
-        }
-        if queue.is_empty() {
-            progress.store(shared.elapsed_ms(), Ordering::Relaxed);
         }
     }
 }

@@ -352,6 +352,13 @@ impl Manager {
                 .query_async::<redis::Value>(&mut conn),
         )
         .await?;
+        self.placed_at(lobby, owner);
+        Ok(())
+    }
+
+    /// Records that `lobby` is subscribed at `owner` (and no longer where
+    /// it was).
+    fn placed_at(&mut self, lobby: LobbyId, owner: String) {
         if let Some(shard) = self.shards.get_mut(&owner) {
             shard.lobbies.insert(lobby);
         }
@@ -361,7 +368,6 @@ impl Manager {
         {
             shard.lobbies.remove(&lobby);
         }
-        Ok(())
     }
 
     /// Unsubscribes a lobby's channel wherever it is subscribed.
@@ -447,15 +453,7 @@ impl Manager {
             for (lobby, result) in lobbies.into_iter().zip(results) {
                 match result {
                     Ok(_) => {
-                        if let Some(old) = self.placed.insert(lobby, owner.clone())
-                            && old != owner
-                            && let Some(shard) = self.shards.get_mut(&old)
-                        {
-                            shard.lobbies.remove(&lobby);
-                        }
-                        if let Some(shard) = self.shards.get_mut(&owner) {
-                            shard.lobbies.insert(lobby);
-                        }
+                        self.placed_at(lobby, owner.clone());
                         moved += 1;
                     }
                     Err(e) => {
