@@ -40,10 +40,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use futures_util::future::join_all;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::{IntoConnectionInfo, PushKind};
 use target::{Conn, Target};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
@@ -212,7 +212,12 @@ pub struct RedisStore {
 /// matter).
 #[allow(clippy::large_enum_variant)]
 enum Clients {
-    Single(redis::Client),
+    /// Commands and scripts, and pub/sub (RESP3: its messages come as
+    /// pushes, see [`Deliver`]).
+    Single {
+        commands: redis::Client,
+        pubsub: redis::Client,
+    },
     /// Commands and scripts (the cluster client routes them); sharded
     /// pub/sub has connections of its own (`redis/sharded.rs`), opened from
     /// the seeds' settings.
@@ -312,14 +317,14 @@ enum PublishOp {
 /// single Redis, or the manager of a cluster's sharded subscriptions.
 #[derive(Clone)]
 enum Sink {
-    Single(PubSubSink),
+    Single(MultiplexedConnection),
     Cluster(mpsc::Sender<sharded::Request>),
 }
 
 impl Sink {
     async fn subscribe(&mut self, lobby: &LobbyId) -> Result<(), StoreError> {
         match self {
-            Sink::Single(sink) => timed(sink.subscribe(channel(&lobby.to_string()))).await,
+            Sink::Single(conn) => timed(conn.subscribe(channel(&lobby.to_string()))).await,
             Sink::Cluster(manager) => {
                 let (reply, answer) = oneshot::channel();
                 ask(manager, sharded::Request::Subscribe(*lobby, reply), answer).await
@@ -329,7 +334,7 @@ impl Sink {
 
     async fn unsubscribe(&mut self, lobby: &LobbyId) -> Result<(), StoreError> {
         match self {
-            Sink::Single(sink) => timed(sink.unsubscribe(channel(&lobby.to_string()))).await,
+            Sink::Single(conn) => timed(conn.unsubscribe(channel(&lobby.to_string()))).await,
             Sink::Cluster(manager) => {
                 let (reply, answer) = oneshot::channel();
                 ask(
@@ -397,6 +402,27 @@ pub fn open_client(url: &str, ca_cert: Option<Vec<u8>>) -> redis::RedisResult<re
         None => redis::Client::open(url),
         Some(root_cert) => redis::Client::build_with_tls(
             url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            },
+        ),
+    }
+}
+
+/// As [`open_client`], speaking RESP3 (for pub/sub on a connection that
+/// pushes its messages).
+fn open_resp3_client(url: &str, ca_cert: Option<Vec<u8>>) -> redis::RedisResult<redis::Client> {
+    let info = url.into_connection_info()?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    let info = info.set_redis_settings(settings);
+    match ca_cert {
+        None => redis::Client::open(info),
+        Some(root_cert) => redis::Client::build_with_tls(
+            info,
             redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(root_cert),
@@ -623,7 +649,10 @@ impl Shared {
     /// Drops the command connection to a single Redis and starts a fresh one
     /// (a cluster connection repairs itself).
     fn reconnect(&self) {
-        if let Clients::Single(client) = &self.clients {
+        if let Clients::Single {
+            commands: client, ..
+        } = &self.clients
+        {
             match connection_manager(client) {
                 Ok(fresh) => {
                     *self.conn.write().unwrap_or_else(|e| e.into_inner()) =
@@ -650,7 +679,12 @@ impl RedisStore {
             Target::Single(url) => {
                 let client = open_client(url, settings.ca_cert.clone())?;
                 let conn = Conn::Single(connection_manager(&client)?);
-                (Clients::Single(client), Some(conn), "PUBLISH")
+                let pubsub = open_resp3_client(url, settings.ca_cert.clone())?;
+                let clients = Clients::Single {
+                    commands: client,
+                    pubsub,
+                };
+                (clients, Some(conn), "PUBLISH")
             }
             Target::Cluster(seeds) => {
                 let clients = Clients::Cluster {
@@ -1318,20 +1352,75 @@ fn lobby_key_of_channel(channel: &str) -> String {
     )
 }
 
-/// Keeps one pub/sub connection up and turns its messages into hub events.
-/// Pings it to notice a dead connection; after a reconnect it subscribes
-/// again to every lobby of this node and asks for a resync (what happened
-/// while it was away was not delivered).
+/// Where a pub/sub connection's pushes go. Messages are handed to the hub
+/// right where the connection's reading task parses them: no queue and no
+/// other task in between, so a relayed message wakes no task of this node
+/// but its recipient's. Everything else the connection pushes (the end of a
+/// subscription, its own end) goes to `others`, for the task that keeps the
+/// connection.
+pub(super) struct Deliver {
+    pub hub: Arc<Hub>,
+    pub others: mpsc::UnboundedSender<redis::PushInfo>,
+}
+
+impl redis::aio::AsyncPushSender for Deliver {
+    fn send(&self, push: redis::PushInfo) -> Result<(), redis::aio::SendError> {
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => {
+                if let (
+                    Some(redis::Value::BulkString(name)),
+                    Some(redis::Value::BulkString(payload)),
+                ) = (push.data.first(), push.data.get(1))
+                    && let Ok(name) = std::str::from_utf8(name)
+                {
+                    dispatch(&self.hub, name, payload);
+                }
+                Ok(())
+            }
+            // Confirmations of what the node asked for.
+            PushKind::Subscribe | PushKind::SSubscribe => Ok(()),
+            _ => self.others.send(push).map_err(|_| redis::aio::SendError),
+        }
+    }
+}
+
+/// A pub/sub connection from `client` (RESP3) whose messages go to the hub,
+/// and the receiver of its other pushes.
+pub(super) async fn pubsub_connection(
+    client: &redis::Client,
+    hub: &Arc<Hub>,
+) -> redis::RedisResult<(
+    MultiplexedConnection,
+    mpsc::UnboundedReceiver<redis::PushInfo>,
+)> {
+    let (others, pushes) = mpsc::unbounded_channel();
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_push_sender(Deliver {
+            hub: hub.clone(),
+            others,
+        });
+    let conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    Ok((conn, pushes))
+}
+
+/// Keeps one pub/sub connection up; its messages go to the hub as they are
+/// read ([`Deliver`]). Pings it to notice a dead connection; after a
+/// reconnect it subscribes again to every lobby of this node and asks for a
+/// resync (what happened while it was away was not delivered).
 async fn run_subscriber(shared: Arc<Shared>, slot: watch::Sender<Option<Sink>>) {
     let ping_every = shared.settings.node_timeout / 3;
     let mut backoff = Duration::from_millis(50);
     let mut first = true;
-    let Clients::Single(client) = &shared.clients else {
+    let Clients::Single { pubsub: client, .. } = &shared.clients else {
         return;
     };
     loop {
-        match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await {
-            Ok(Ok(pubsub)) => {
+        match tokio::time::timeout(CONNECT_TIMEOUT, pubsub_connection(client, &shared.hub)).await {
+            Ok(Ok((mut conn, mut pushes))) => {
                 // Back after a cut: if the others reaped this node meanwhile,
                 // its members are gone, and must not hear the lobby again
                 // (the leave events that said so were missed).
@@ -1347,7 +1436,6 @@ async fn run_subscriber(shared: Arc<Shared>, slot: watch::Sender<Option<Sink>>) 
                         }
                     }
                 }
-                let (mut sink, mut stream) = pubsub.split();
                 let channels: Vec<String> = shared
                     .hub
                     .lobby_ids()
@@ -1355,9 +1443,9 @@ async fn run_subscriber(shared: Arc<Shared>, slot: watch::Sender<Option<Sink>>) 
                     .map(|id| channel(&id.to_string()))
                     .collect();
                 let resubscribed =
-                    channels.is_empty() || timed(sink.subscribe(&channels)).await.is_ok();
+                    channels.is_empty() || timed(conn.subscribe(&channels)).await.is_ok();
                 if resubscribed {
-                    slot.send_replace(Some(Sink::Single(sink.clone())));
+                    slot.send_replace(Some(Sink::Single(conn.clone())));
                     shared.pubsub_ok.store(true, Ordering::Relaxed);
                     backoff = Duration::from_millis(50);
                     tracing::info!(lobbies = channels.len(), "pub/sub connected");
@@ -1370,13 +1458,13 @@ async fn run_subscriber(shared: Arc<Shared>, slot: watch::Sender<Option<Sink>>) 
                     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         tokio::select! {
-                            msg = stream.next() => match msg {
-                                Some(msg) => dispatch(&shared.hub, msg.get_channel_name(), msg.get_payload_bytes()),
+                            push = pushes.recv() => match push {
+                                Some(push) if push.kind == PushKind::Disconnection => break,
+                                Some(_) => {}
                                 None => break,
                             },
                             _ = ping.tick() => {
-                                // Subscribed, Redis answers a PING with an array, not "PONG".
-                                if timed(sink.ping::<redis::Value>()).await.is_err() {
+                                if timed(redis::cmd("PING").query_async::<redis::Value>(&mut conn)).await.is_err() {
                                     tracing::warn!("pub/sub connection does not answer pings");
                                     break;
                                 }

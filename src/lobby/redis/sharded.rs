@@ -35,21 +35,15 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, PushKind};
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, PushKind};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use super::topology::{Shard, from_cluster_shards, from_cluster_slots, node_info, slot_number};
-use super::{
-    CONNECT_TIMEOUT, MAX_BACKOFF, RESPONSE_TIMEOUT, Shared, Sink, channel, dispatch,
-    lobby_of_channel, timed,
-};
+use super::{MAX_BACKOFF, Shared, Sink, channel, lobby_of_channel, pubsub_connection, timed};
 use crate::lobby::StoreError;
 use crate::metrics;
 use crate::passphrase::LobbyId;
-
-/// How many pushes a shard's reader takes at once.
-const READ_BATCH: usize = 256;
 
 /// How soon lobbies that wait for a master are tried again.
 const RETRY_SOON: Duration = Duration::from_millis(200);
@@ -284,12 +278,7 @@ impl Manager {
             )?,
             _ => redis::Client::open(info)?,
         };
-        let (pushes, push_rx) = mpsc::unbounded_channel();
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_push_sender(pushes);
-        let conn = timed(client.get_multiplexed_async_connection_with_config(&config)).await?;
+        let (conn, push_rx) = timed(pubsub_connection(&client, &self.shared.hub)).await?;
         self.generations += 1;
         let generation = self.generations;
         let reader = tokio::spawn(
@@ -480,11 +469,10 @@ impl Manager {
     }
 }
 
-/// Reads one master connection's pushes: messages go to the hub; a
-/// `sunsubscribe` the node did not ask for, and the end of the connection
-/// (or a ping it does not answer), go to the manager. The pings run beside
-/// the reading, never in its way: a reply waits behind the messages before
-/// it on the connection.
+/// Watches one master connection (its messages go to the hub as they are
+/// read, see [`Deliver`](super::Deliver)): a `sunsubscribe` the node did not
+/// ask for, and the end of the connection (or a ping it does not answer),
+/// go to the manager. The pings run beside the watching, never in its way.
 async fn read_shard(
     shared: Arc<Shared>,
     addr: String,
@@ -516,37 +504,22 @@ async fn read_shard(
         }
     };
     let mut pinger = std::pin::pin!(pinger);
-    // Many at a time: one wake-up for all that arrived (this task carries
-    // every lobby of its shard, against one task per player for the rest).
-    let mut batch = Vec::with_capacity(READ_BATCH);
-    'reading: loop {
+    loop {
         tokio::select! {
-            read = pushes.recv_many(&mut batch, READ_BATCH) => {
-                if read == 0 {
-                    break;
-                }
-                for push in batch.drain(..) {
-                    match push.kind {
-                        PushKind::SMessage | PushKind::Message => {
-                            if let (Some(redis::Value::BulkString(name)), Some(redis::Value::BulkString(payload))) =
-                                (push.data.first(), push.data.get(1))
-                                && let Ok(name) = std::str::from_utf8(name)
-                            {
-                                dispatch(&shared.hub, name, payload);
-                            }
+            push = pushes.recv() => match push {
+                None => break,
+                Some(push) => match push.kind {
+                    PushKind::SUnsubscribe => {
+                        if let Some(redis::Value::BulkString(name)) = push.data.first()
+                            && let Some(lobby) = std::str::from_utf8(name).ok().and_then(lobby_of_channel)
+                        {
+                            let _ = events.send(Event::Unsubscribed(lobby));
                         }
-                        PushKind::SUnsubscribe => {
-                            if let Some(redis::Value::BulkString(name)) = push.data.first()
-                                && let Some(lobby) = std::str::from_utf8(name).ok().and_then(lobby_of_channel)
-                            {
-                                let _ = events.send(Event::Unsubscribed(lobby));
-                            }
-                        }
-                        PushKind::Disconnection => break 'reading,
-                        _ => {}
                     }
-                }
-            }
+                    PushKind::Disconnection => break,
+                    _ => {}
+                },
+            },
             () = &mut pinger => break,
         }
     }
