@@ -38,7 +38,8 @@ pub struct ServeArgs {
     #[arg(long, env = "LOBBY_RELAY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// Redis to share lobbies with other nodes, e.g. `redis://127.0.0.1:6379/`
+    /// Redis (6.0 or later) to share lobbies with other nodes, e.g.
+    /// `redis://127.0.0.1:6379/`
     /// (`rediss://` for TLS, verified against the system's trust store or
     /// --redis-ca-cert). A Redis Cluster: `redis+cluster://` (or
     /// `rediss+cluster://`) and comma-separated seed nodes, e.g.

@@ -1477,6 +1477,10 @@ async fn run_subscriber(shared: Arc<Shared>, slot: watch::Sender<Option<Sink>>) 
                     tracing::warn!("pub/sub connection lost, reconnecting");
                 }
             }
+            Ok(Err(e)) if e.kind() == redis::ErrorKind::RESP3NotSupported => tracing::error!(
+                error = %e,
+                "this Redis is too old: lobby-relay needs Redis 6.0 or later (pub/sub over RESP3)"
+            ),
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot connect to Redis pub/sub"),
             Err(_) => tracing::warn!("connecting to Redis pub/sub timed out"),
         }
