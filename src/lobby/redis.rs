@@ -262,6 +262,9 @@ struct Shared {
     /// Changes to `lr:away` that could not be applied yet (entries to add
     /// with their scores, entries to remove).
     pending_away: Mutex<AwayChanges>,
+    /// In a cluster, the publisher's lanes (one per slot), to which the
+    /// sessions hand their publishes themselves.
+    lanes: Mutex<Lanes>,
     stop: CancellationToken,
 }
 
@@ -719,6 +722,7 @@ impl RedisStore {
             resync: Notify::new(),
             pending_leaves: Mutex::default(),
             pending_away: Mutex::default(),
+            lanes: Mutex::default(),
             stop: CancellationToken::new(),
         });
         let stop = shared.stop.clone();
@@ -784,10 +788,15 @@ impl RedisStore {
     }
 
     async fn enqueue(&self, op: PublishOp) -> Result<(), StoreError> {
-        self.publisher
-            .send(op)
-            .await
-            .map_err(|_| StoreError::Closed)
+        let (queue, op) = if self.shared.is_cluster() {
+            match Lanes::route(&self.shared, op) {
+                Routed::Done => return Ok(()),
+                Routed::Wait(queue, op) => (queue, op),
+            }
+        } else {
+            (self.publisher.clone(), op)
+        };
+        queue.send(op).await.map_err(|_| StoreError::Closed)
     }
 }
 
@@ -1032,13 +1041,26 @@ impl LobbyStore for RedisStore {
                     channel: channel(&lobby.hex),
                     payload,
                 };
-                match self.publisher.try_send(op) {
-                    Ok(()) => Queued::Done(Ok(())),
-                    Err(mpsc::error::TrySendError::Full(op)) => {
-                        Queued::Waiting(Box::pin(self.publisher.send(op)))
+                if self.shared.is_cluster() {
+                    // Straight to the lobby's lane (no router in between).
+                    match Lanes::route(&self.shared, op) {
+                        Routed::Done => Queued::Done(Ok(())),
+                        Routed::Wait(queue, op) => Queued::Waiting(Box::pin(async move {
+                            queue.send(op).await.map_err(|_| StoreError::Closed)
+                        })),
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        Queued::Done(Err(StoreError::Closed))
+                } else {
+                    match self.publisher.try_send(op) {
+                        Ok(()) => Queued::Done(Ok(())),
+                        Err(mpsc::error::TrySendError::Full(op)) => {
+                            let publisher = self.publisher.clone();
+                            Queued::Waiting(Box::pin(async move {
+                                publisher.send(op).await.map_err(|_| StoreError::Closed)
+                            }))
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            Queued::Done(Err(StoreError::Closed))
+                        }
                     }
                 }
             }
@@ -1046,17 +1068,17 @@ impl LobbyStore for RedisStore {
         async move {
             match queued {
                 Queued::Done(result) => result,
-                Queued::Waiting(send) => send.await.map_err(|_| StoreError::Closed),
+                Queued::Waiting(send) => send.await,
             }
         }
     }
 }
 
-/// A publish handed to the publisher task, or waiting for room in its queue
-/// (boxed: rare).
-enum Queued<F> {
+/// A publish handed to the publisher task (or its lane), or waiting for room
+/// in its queue (boxed: rare).
+enum Queued {
     Done(Result<(), StoreError>),
-    Waiting(Pin<Box<F>>),
+    Waiting(Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>),
 }
 
 /// The messages of one batch that go out in one `relay.lua` run: sent by
@@ -1093,20 +1115,13 @@ impl RelayRun {
 /// one `relay.lua`, which publishes every message whose sender still holds
 /// its seat. With one Redis the runs of a batch go as one pipeline of
 /// `EVALSHA`s (reloaded once if Redis forgot the script), and a batch is out
-/// before the next one goes. In a cluster the publisher hands each publish to
-/// its slot's lane ([`Lanes`]), which batches the same way for its slot
-/// alone. A lobby's messages are always in one slot, so they keep their
-/// order either way.
-async fn run_publisher(shared: Arc<Shared>, mut queue: mpsc::Receiver<PublishOp>) {
+/// before the next one goes. In a cluster the sessions hand each publish to
+/// its slot's lane ([`Lanes`]) themselves, and the lane batches the same way
+/// for its slot alone (this task then has nothing to do). A lobby's messages
+/// are always in one slot, so they keep their order either way.
+async fn run_publisher(shared: Arc<Shared>, queue: mpsc::Receiver<PublishOp>) {
     if !shared.is_cluster() {
-        return run_batches(shared, queue, None).await;
-    }
-    let mut ops = Vec::with_capacity(PUBLISH_BATCH);
-    let mut lanes = Lanes::default();
-    while queue.recv_many(&mut ops, PUBLISH_BATCH).await > 0 {
-        for op in ops.drain(..) {
-            lanes.send(&shared, op).await;
-        }
+        run_batches(shared, queue, None).await;
     }
 }
 
@@ -1199,7 +1214,9 @@ const LANE_QUEUE: usize = 4096;
 const LANE_STUCK: Duration = Duration::from_millis(500);
 
 /// The publisher's lanes in a cluster: one task per slot with lobbies of
-/// this node, each with its own queue. A lane sends what it has queued as
+/// this node, each with its own queue, to which the sessions hand their
+/// publishes (a lane full because its shard is only slow makes its senders
+/// wait, as a full queue does with one Redis). A lane sends what it has queued as
 /// one `relay.lua` run (per node key), waits for the answer, and sends what
 /// queued meanwhile, so a lobby's messages keep their order and batch up
 /// when the shard is slow, whatever the other slots are doing: a shard that
@@ -1218,8 +1235,22 @@ struct Lane {
     progress: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// Where [`Lanes::route`] left a publish.
+enum Routed {
+    /// Queued, or dropped (its lane is stuck).
+    Done,
+    /// Its lane is full but moving: send it there, waiting for room.
+    Wait(mpsc::Sender<PublishOp>, PublishOp),
+}
+
 impl Lanes {
-    async fn send(&mut self, shared: &Arc<Shared>, op: PublishOp) {
+    /// Queues `op` in the lane of its slot (started if there is none yet).
+    fn route(shared: &Arc<Shared>, op: PublishOp) -> Routed {
+        let mut lanes = shared.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        lanes.queue(shared, op)
+    }
+
+    fn queue(&mut self, shared: &Arc<Shared>, op: PublishOp) -> Routed {
         let slot = match &op {
             PublishOp::Publish { channel, .. } => topology::slot_number(channel),
             PublishOp::Barrier { lobby, .. } => topology::slot_number(&channel(&lobby.to_string())),
@@ -1241,8 +1272,8 @@ impl Lanes {
             Lane { queue, progress }
         });
         let op = match lane.queue.try_send(op) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Ok(()) => return Routed::Done,
+            Err(mpsc::error::TrySendError::Closed(_)) => return Routed::Done,
             Err(mpsc::error::TrySendError::Full(op)) => op,
         };
         let stuck = shared
@@ -1257,9 +1288,7 @@ impl Lanes {
                     let _ = queue.send(op).await;
                 });
             }
-            PublishOp::Publish { .. } if !stuck => {
-                let _ = lane.queue.send(op).await;
-            }
+            PublishOp::Publish { .. } if !stuck => return Routed::Wait(lane.queue.clone(), op),
             PublishOp::Publish { .. } => {
                 metrics::get().redis_errors_publish.increment(1);
                 self.dropped += 1;
@@ -1276,6 +1305,7 @@ impl Lanes {
                 }
             }
         }
+        Routed::Done
     }
 }
 
