@@ -10,7 +10,8 @@
 //!   Cluster it is a sharded channel (`SPUBLISH`/`SSUBSCRIBE`): its messages
 //!   go through the one shard that owns the lobby's slot.
 //! - Order: every publish of this node goes through one publisher task and
-//!   one multiplexed connection, in batches (one pipeline per batch), so a
+//!   one multiplexed connection, in batches (one pipeline per batch); in a
+//!   cluster through the lane of its lobby's slot (one task per slot), so a
 //!   sender's messages keep their order; a leave waits until the member's
 //!   earlier messages are out before it runs.
 //! - Liveness (`redis/liveness.rs`): each node keeps a heartbeat key alive; the
