@@ -1210,14 +1210,13 @@ const LANE_QUEUE: usize = 4096;
 /// answer: a master failing over, for seconds, up to its
 /// cluster-node-timeout): new messages to its lobbies are dropped rather than
 /// waited for, as pub/sub drops what a shard cannot take (a game message
-/// seconds late is of no use anyway). A lane that is only busy makes the
-/// publisher wait, which slows the senders down, as with one Redis.
+/// seconds late is of no use anyway). A lane that is only busy makes its
+/// senders wait, which slows them down, as with one Redis.
 const LANE_STUCK: Duration = Duration::from_millis(500);
 
 /// The publisher's lanes in a cluster: one task per slot with lobbies of
 /// this node, each with its own queue, to which the sessions hand their
-/// publishes (a lane full because its shard is only slow makes its senders
-/// wait, as a full queue does with one Redis). A lane sends what it has queued as
+/// publishes. A lane sends what it has queued as
 /// one `relay.lua` run (per node key), waits for the answer, and sends what
 /// queued meanwhile, so a lobby's messages keep their order and batch up
 /// when the shard is slow, whatever the other slots are doing: a shard that
