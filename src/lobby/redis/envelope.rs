@@ -4,10 +4,10 @@
 //!
 //! - `T` from_seat payload: a text game message, payload as sent
 //! - `B` from_seat payload: a binary game message, payload as sent
-//! - `J` seat players capacity occupied[players] member: a join; when some
+//! - `J` seat players capacity occupied\[players\] member: a join; when some
 //!   member is authenticated, then for each occupied seat (same order) a NUL
 //!   and its user id (empty for an anonymous one)
-//! - `L` seat players occupied[players]: a leave
+//! - `L` seat players occupied\[players\]: a leave
 //! - `A` seat grace: a resumable member's connection is gone (grace in ms,
 //!   decimal)
 //! - `K` seat member: a member took its held seat back (resume)
