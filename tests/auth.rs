@@ -74,7 +74,13 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> TempDir {
-        let dir = std::env::temp_dir().join(format!("lobby-relay-auth-{}", unique()));
+        // The process id too: nextest runs each test in a process of its
+        // own, where the counter starts again at 1.
+        let dir = std::env::temp_dir().join(format!(
+            "lobby-relay-auth-{}-{}",
+            std::process::id(),
+            unique()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
     }

@@ -110,7 +110,11 @@ async fn wss_end_to_end_with_a_generated_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_reach_redis_over_tls() {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
-    let dir = std::env::temp_dir().join(format!("lobby-relay-rediss-{}", support::unique()));
+    let dir = std::env::temp_dir().join(format!(
+        "lobby-relay-rediss-{}-{}",
+        std::process::id(),
+        support::unique()
+    ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
