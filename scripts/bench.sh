@@ -56,13 +56,8 @@ case ${1:-} in
     ;;
 esac
 
-say() { printf '\n==> %s\n' "$*"; }
-die() {
-  local code=$1
-  shift
-  echo "$PROG: $*" >&2
-  exit "$code"
-}
+# shellcheck source=scripts/bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
 
 QUICK=${BENCH_QUICK:-0}
 STATE=${BENCH_DIR:-$ROOT/target/bench-state}
@@ -85,21 +80,6 @@ secs() {
 }
 
 # --- tools -------------------------------------------------------------------
-
-need_packages() {
-  command -v apt-get >/dev/null 2>&1 || die 3 "missing: $*; install them and run this again"
-  local sudo=""
-  if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-      sudo="sudo -n"
-    else
-      die 3 "missing: $*; install them with: sudo apt-get install -y $*"
-    fi
-  fi
-  say "installing $* (apt-get)"
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
@@ -136,64 +116,6 @@ fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge 12000 ] ||
   echo "$PROG: warning: only $(ulimit -n) file descriptors; the memory scenario needs 10,000+" >&2
-
-# --- processes ---------------------------------------------------------------
-
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    stop_pid "$pid"
-  done
-  PIDS=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Stops one process we started: SIGTERM, then SIGKILL after 5 s.
-stop_pid() {
-  local pid=$1 i
-  if ! kill -TERM "$pid" 2>/dev/null; then
-    forget_pid "$pid"
-    return 0
-  fi
-  for i in $(seq 50); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  forget_pid "$pid"
-}
-forget_pid() {
-  local kept=() i
-  for i in "${PIDS[@]}"; do [ "$i" = "$1" ] || kept+=("$i"); done
-  PIDS=("${kept[@]+"${kept[@]}"}")
-}
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-# Waits until a TCP port accepts connections (and, for a relay, /readyz is
-# 200), at most 10 s.
-wait_port() {
-  local port=$1 path=${2:-} pid=$3 i
-  for i in $(seq 100); do
-    kill -0 "$pid" 2>/dev/null || return 1
-    if [ -n "$path" ]; then
-      curl -fs -o /dev/null "http://127.0.0.1:$port$path" && return 0
-    elif (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  return 1
-}
 
 REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
