@@ -461,7 +461,7 @@ impl<S: LobbyStore> Session<S> {
                 .refuse(ErrorCode::NotInLobby, "this connection is in no lobby")
                 .await;
         }
-        Box::pin(self.leave_lobby(false)).await;
+        Box::pin(self.leave_lobby(true)).await;
     }
 
     /// Gives the seat up (`explicit`: the client sent `leave`), or, when the

@@ -484,3 +484,183 @@ async fn opting_out_is_v1_and_sent_counts_what_was_relayed() {
     assert_eq!(resumed["replayed"], 0, "{resumed}");
     assert_eq!(resumed["players"], 1, "{resumed}");
 }
+
+/// `leave` gives a resumable seat up at once, exactly as for a player who did
+/// not opt in: the peer gets `playerLeft` (never `playerAway`), the seat is
+/// free for somebody else and for the leaver, the token no longer resumes,
+/// and Redis keeps nothing of the seat (no held buffer, no entry in
+/// lr:away); once everybody has left, nothing of the lobby remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_gives_a_resumable_seat_up_at_once() {
+    for cluster in [
+        Cluster::memory_with(&["--resume-grace", "30s"]),
+        Cluster::redis_with(&["--resume-grace", "30s"]),
+    ] {
+        let flavour = cluster.flavour();
+        let pass = format!("leave-{}", unique());
+        let mut pa = Player::join(&cluster.url_a(), &pass, "A").await;
+        let mut pb = Player::join(&cluster.url_b(), &pass, "B").await;
+        assert_eq!(pa.recv().await["type"], "ready", "{flavour}");
+        assert_eq!(pb.recv().await["type"], "ready", "{flavour}");
+        // Within the grace, a drop would hold the seat: a leave must not.
+        pa.client().leave().await;
+        let left = pb.client().recv_json_within(Duration::from_secs(2)).await;
+        assert_eq!(
+            left,
+            json!({"type": "playerLeft", "players": 1, "seat": 1}),
+            "{flavour}: a leave is a leave, resumable or not"
+        );
+        if let Some(probe) = cluster.redis_probe().await {
+            let away: u64 = probe.query(redis::cmd("ZCARD").arg("lr:away")).await;
+            assert_eq!(away, 0, "no held seat after a leave");
+            let lobby = probe.hgetall(&support::lobby_key(&pass)).await;
+            assert_eq!(lobby.keys().collect::<Vec<_>>(), ["2"], "only B's seat");
+        }
+        // The leaver's token is spent, on either node.
+        let mut other = Client::connect(&cluster.url_b(), "token").await;
+        other
+            .send_json(json!({"type": "resume", "token": pa.token, "received": pa.received}))
+            .await;
+        other.expect_error("invalid_resume_token").await;
+        // The seat is free: the leaver takes it again on the same connection.
+        pa.client()
+            .send_json(json!({"type": "join", "passphrase": pass, "resume": true}))
+            .await;
+        let joined = pa.client().recv_json().await;
+        assert_eq!(joined["type"], "joined", "{flavour}: {joined}");
+        assert_eq!(joined["seat"], 1, "{flavour}: {joined}");
+        assert_eq!(pa.recv().await["type"], "ready", "{flavour}");
+        assert_eq!(pb.recv().await["type"], "ready", "{flavour}");
+        // Both leave: nothing of the lobby remains.
+        pa.client().leave().await;
+        pb.client().leave().await;
+        if let Some(probe) = cluster.redis_probe().await {
+            let id = support::lobby_id(&pass);
+            probe
+                .wait_until(Duration::from_secs(3), |probe| {
+                    let id = id.clone();
+                    async move {
+                        let left: Vec<String> = probe
+                            .keys("*")
+                            .await
+                            .into_iter()
+                            .filter(|k| k.contains(&id))
+                            .collect();
+                        if left.is_empty() {
+                            Ok(())
+                        } else {
+                            Err(format!("the lobby's keys remain: {left:?}"))
+                        }
+                    }
+                })
+                .await;
+            let away: u64 = probe.query(redis::cmd("ZCARD").arg("lr:away")).await;
+            assert_eq!(away, 0, "no held seat after both left");
+        }
+    }
+}
+
+/// A held seat goes when its grace period ends, not a reaper's tick later,
+/// and so do many at once: 300 resumable players drop together (grace 2 s);
+/// every peer gets `playerAway` and then `playerLeft` no earlier than the
+/// grace and within a second after it (the documented tolerance is far
+/// smaller; this bound is for a busy test machine). A resume just after the
+/// grace is refused, released or not yet: `playerAway`'s `grace` is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_seats_go_when_the_grace_ends_even_many_at_once() {
+    const SEATS: usize = 300;
+    const GRACE: Duration = Duration::from_secs(2);
+    let args = [
+        "--resume-grace",
+        "2s",
+        "--max-connections-per-address",
+        "10000",
+        "--join-rate",
+        "100000",
+        "--join-burst",
+        "100000",
+    ];
+    for cluster in [Cluster::memory_with(&args), Cluster::redis_with(&args)] {
+        let flavour = cluster.flavour();
+        let prefix = format!("bulk-{}", unique());
+        let (url_a, url_b) = (cluster.url_a(), cluster.url_b());
+        let pairs = futures_util::future::join_all((0..=SEATS).map(|i| {
+            let (url_a, url_b, pass) = (url_a.clone(), url_b.clone(), format!("{prefix}-{i}"));
+            async move {
+                let mut a = Player::join(&url_a, &pass, &format!("A{i}")).await;
+                let mut b = Client::connect(&url_b, &format!("B{i}")).await;
+                b.join(&pass).await;
+                assert_eq!(a.recv().await["type"], "ready");
+                assert_eq!(b.recv_json().await["type"], "ready");
+                (a, b)
+            }
+        }))
+        .await;
+        let (mut late, pairs) = {
+            let mut pairs = pairs;
+            let late = pairs.pop().expect("one more pair");
+            (late, pairs)
+        };
+        // Everybody drops at once; each peer times playerAway → playerLeft.
+        let mut watchers = Vec::new();
+        for (mut a, mut b) in pairs {
+            a.disconnect();
+            watchers.push(tokio::spawn(async move {
+                let away = b.recv_json_within(Duration::from_secs(5)).await;
+                assert_eq!(away["type"], "playerAway", "{}: {away}", b.name());
+                let away_at = tokio::time::Instant::now();
+                let left = b.recv_json_within(GRACE + Duration::from_secs(8)).await;
+                assert_eq!(left["type"], "playerLeft", "{}: {left}", b.name());
+                away_at.elapsed()
+            }));
+        }
+        // The extra pair: a resume just past the grace is refused.
+        let (a, b) = &mut late;
+        a.disconnect();
+        let away = b.recv_json().await;
+        assert_eq!(away["type"], "playerAway", "{flavour}: {away}");
+        tokio::time::sleep(GRACE + Duration::from_millis(30)).await;
+        let mut back = Client::connect(&cluster.url_a(), "late").await;
+        back.send_json(json!({"type": "resume", "token": a.token, "received": a.received}))
+            .await;
+        back.expect_error("invalid_resume_token").await;
+        assert_eq!(b.recv_json().await["type"], "playerLeft", "{flavour}");
+
+        let mut waits = Vec::new();
+        for watcher in watchers {
+            waits.push(support::finish(watcher).await);
+        }
+        waits.sort();
+        let (first, last) = (waits[0], waits[waits.len() - 1]);
+        eprintln!(
+            "{flavour}: {SEATS} held seats: playerAway → playerLeft took {first:?} to {last:?} \
+             (median {:?}) with a grace of {GRACE:?}",
+            waits[waits.len() / 2]
+        );
+        assert!(
+            first + Duration::from_millis(100) >= GRACE,
+            "{flavour}: a seat went before its grace ended: {first:?}"
+        );
+        assert!(
+            last <= GRACE + Duration::from_secs(1),
+            "{flavour}: a seat went {:?} after its grace ended",
+            last - GRACE
+        );
+        if let Some(probe) = cluster.redis_probe().await {
+            let held = probe.keys("lr:resume:*").await;
+            assert!(held.is_empty(), "{flavour}: nothing held: {held:?}");
+            // The index follows each release (the node applies its changes
+            // right after the script).
+            probe
+                .wait_until(Duration::from_secs(3), |probe| async move {
+                    let away: u64 = probe.query(redis::cmd("ZCARD").arg("lr:away")).await;
+                    if away == 0 {
+                        Ok(())
+                    } else {
+                        Err(format!("lr:away still lists {away} seats"))
+                    }
+                })
+                .await;
+        }
+    }
+}

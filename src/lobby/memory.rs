@@ -71,6 +71,9 @@ struct Held {
     /// While away: `delivered` when it went away, and which absence it is
     /// (a timer of an earlier one does nothing).
     away: Option<(u64, u64)>,
+    /// While away: when its grace period ends. A resume from then on is
+    /// refused, even before the timer has released the seat.
+    due: Option<tokio::time::Instant>,
     overflowed: bool,
 }
 
@@ -307,6 +310,7 @@ impl LobbyStore for MemoryStore {
                     bytes: 0,
                     sent: 0,
                     away: None,
+                    due: None,
                     overflowed: false,
                 },
             );
@@ -376,6 +380,7 @@ impl LobbyStore for MemoryStore {
         }
         let absence = ABSENCES.fetch_add(1, Ordering::Relaxed) as u64;
         held.away = Some((held.delivered, absence));
+        held.due = Some(tokio::time::Instant::now() + held.grace);
         let grace = held.grace;
         shared.start_grace(*lobby, seat, absence, grace);
         let event = LobbyEvent::Away {
@@ -412,7 +417,10 @@ impl LobbyStore for MemoryStore {
                 "the token is wrong, already used or expired",
             ));
         };
-        if held.secret_hash != secret_hash {
+        let expired = held
+            .due
+            .is_some_and(|due| tokio::time::Instant::now() >= due);
+        if held.secret_hash != secret_hash || expired {
             return Ok(ResumeOutcome::Refused(
                 "the token is wrong, already used or expired",
             ));
@@ -436,6 +444,7 @@ impl LobbyStore for MemoryStore {
             .collect();
         held.secret_hash = new_secret_hash.to_owned();
         held.away = None;
+        held.due = None;
         let sent = held.sent;
         let record: MemberId = match (user_of(member), old.split_once('|')) {
             (None, Some((_, user))) => format!("{member}|{user}").into(),

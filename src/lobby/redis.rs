@@ -28,6 +28,7 @@
 //! docs/operations.md, "Redis Cluster").
 
 mod envelope;
+mod expiry;
 mod liveness;
 mod sharded;
 pub mod target;
@@ -293,6 +294,8 @@ struct Scripts {
     away: redis::Script,
     resume: redis::Script,
     expire: redis::Script,
+    /// Leases the held seats that are due to the node releasing them.
+    due: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -715,6 +718,7 @@ impl RedisStore {
                 away: held_script(include_str!("away.lua"), publish),
                 resume: held_script(include_str!("resume.lua"), publish),
                 expire: held_script(include_str!("expire.lua"), publish),
+                due: redis::Script::new(include_str!("due.lua")),
             },
             commands_ok: AtomicBool::new(false),
             heartbeat_back_at: Mutex::new(None),
@@ -764,6 +768,11 @@ impl RedisStore {
             tokio::spawn(
                 stop.clone()
                     .run_until_cancelled_owned(liveness::run_reaper(shared.clone()))
+                    .in_current_span(),
+            ),
+            tokio::spawn(
+                stop.clone()
+                    .run_until_cancelled_owned(expiry::run_expirer(shared.clone()))
                     .in_current_span(),
             ),
         ];
@@ -969,7 +978,8 @@ impl LobbyStore for RedisStore {
                     .arg(received)
                     .arg(&**member)
                     .arg(channel(&hex))
-                    .arg(&hex),
+                    .arg(&hex)
+                    .arg(now_ms()),
             )
             .await?;
         let int = |v: Option<&redis::Value>| match v {

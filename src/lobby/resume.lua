@@ -12,6 +12,8 @@
 --          none of its own)
 -- ARGV[6]  the lobby's pub/sub channel
 -- ARGV[7]  the lobby hash
+-- ARGV[8]  now, in ms since the epoch: a seat past the end of its grace
+--          period is refused, released or not yet
 -- The event: 'K', seat, then the new member id.
 -- Returns {1, players, sent, member record, delivery...} on success; {-1} for a wrong or
 -- used token or a released seat, {-2} when the buffer overflowed, {-3, n,
@@ -24,6 +26,10 @@ if not token or token ~= ARGV[2] or not redis.call('HGET', KEYS[1], seat) then
 end
 if redis.call('HEXISTS', res, seat .. ':over') == 1 then
   return {-2}
+end
+local due = tonumber(redis.call('HGET', res, seat .. ':due'))
+if due and due <= tonumber(ARGV[8]) then
+  return {-1}
 end
 local list = res .. ':' .. seat
 local n = tonumber(redis.call('HGET', res, seat .. ':n'))

@@ -283,57 +283,7 @@ pub(super) async fn run_reaper(shared: Arc<Shared>) {
             tracing::warn!(error = %e, "looking for dead nodes failed");
         }
         shared.retry_away().await;
-        if let Err(e) = release_expired_seats(&shared).await {
-            tracing::warn!(error = %e, "releasing held seats failed");
-        }
     }
-}
-
-/// Releases the held seats (resume) whose grace period has ended or whose
-/// buffer overflowed: the others get `playerLeft`. Every node does this (the
-/// script is idempotent), so a seat is released in time whichever nodes
-/// are alive.
-async fn release_expired_seats(shared: &Shared) -> Result<(), StoreError> {
-    let now = super::now_ms();
-    let mut conn = shared.conn()?;
-    let due: Vec<String> = timed(
-        redis::cmd("ZRANGEBYSCORE")
-            .arg(super::AWAY_KEY)
-            .arg("-inf")
-            .arg(now)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(100)
-            .query_async(&mut conn),
-    )
-    .await?;
-    for entry in due {
-        let Some((hex, seat)) = entry.split_once(':') else {
-            continue;
-        };
-        let released: i64 = shared
-            .invoke_held(
-                shared
-                    .scripts
-                    .expire
-                    .key(lobby_key(hex))
-                    .arg(seat)
-                    .arg(channel(hex))
-                    .arg(now)
-                    .arg(hex),
-            )
-            .await?;
-        if released == 1 {
-            metrics::get().held_seats_released.increment(1);
-            tracing::info!(
-                event = "held_seat_released",
-                lobby = hex.get(..8).unwrap_or(hex),
-                seat,
-                "a held seat was released: its player did not come back in time"
-            );
-        }
-    }
-    Ok(())
 }
 
 async fn reap_dead_nodes(shared: &Shared) -> Result<(), StoreError> {
