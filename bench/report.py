@@ -475,11 +475,12 @@ def main():
             w("")
 
     # The Redis Cluster section is written by scripts/bench-cluster.sh
-    # (bench/cluster_report.py) and kept here as it is.
-    kept = kept_cluster_section(a.out)
-    if kept:
-        w(kept)
-        w("")
+    # (bench/cluster_report.py), the soak's by scripts/soak.sh; both are
+    # kept here as they are.
+    for kept in (kept_section(a.out, "bench-cluster"), kept_section(a.out, "soak")):
+        if kept:
+            w(kept)
+            w("")
     w("## Every run")
     w("")
     w("| run | mode | lobbies | delivered/s | lost | dup | reordered | p99 | generator CPU | result |")
@@ -507,14 +508,14 @@ def main():
         f.write("\n".join(L).rstrip() + "\n")
 
 
-def kept_cluster_section(path):
-    """The section of scripts/bench-cluster.sh in the current report (from
-    its begin comment to its end comment), or None."""
+def kept_section(path, name):
+    """The section another script (scripts/NAME.sh) wrote into the current
+    report (from its begin comment to its end comment), or None."""
     if not os.path.exists(path):
         return None
     with open(path) as f:
         text = f.read()
-    m = re.search(r"^<!-- begin bench-cluster.*?^<!-- end bench-cluster -->$", text, re.M | re.S)
+    m = re.search(rf"^<!-- begin {name}[ :].*?^<!-- end {name} -->$", text, re.M | re.S)
     return m.group(0) if m else None
 
 

@@ -227,19 +227,47 @@ impl Metrics {
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// How often the recorder's histogram samples are folded into their buckets
+/// (see [`install`]).
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// Installs the Prometheus recorder (once per process) and records the
 /// node's identity in `lobby_relay_node_info`.
+///
+/// The recorder keeps every histogram sample (a Redis command's duration:
+/// about one per relayed message in Redis mode) in a queue until an upkeep
+/// folds the queue into the histogram's buckets, and nothing runs that
+/// upkeep on its own for a recorder installed this way: without the thread
+/// started here, a node that is never scraped holds every sample forever
+/// (about 16 bytes a relayed message, issue 17).
 pub fn install(node_id: &str, store: &'static str) {
     let handle = HANDLE.get_or_init(|| {
         let buckets = [
             0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
             1.0,
         ];
-        PrometheusBuilder::new()
+        let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
             .and_then(|builder| builder.install_recorder())
             .map_err(|e| tracing::warn!(error = %e, "metrics are unavailable"))
-            .ok()
+            .ok()?;
+        let upkeep = handle.clone();
+        // A thread of its own (a small stack, asleep but every few seconds),
+        // so that it outlives any one runtime the recorder was installed from.
+        let started = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                }
+            });
+        if let Err(e) = started {
+            // Only a scrape of /metrics folds the samples in now.
+            tracing::warn!(error = %e, "cannot start the metrics' upkeep thread");
+        }
+        Some(handle)
     });
     if handle.is_some() {
         gauge!(
