@@ -373,7 +373,7 @@ impl<S: LobbyStore> Server<S> {
         held: (OwnedSemaphorePermit, AddressSlot),
     ) -> impl Future<Output = ()> + Send + 'static {
         use futures_util::{FutureExt, StreamExt};
-        tracing::info!(event = "connect", "connected");
+        tracing::debug!(event = "connect", "connected");
         metrics::get().connections.increment(1.0);
         let (sink, frames) = ws.split();
         let (outbox, inbox) = outbox::channel(self.node.config.outbound_queue_bytes);
@@ -383,7 +383,7 @@ impl<S: LobbyStore> Server<S> {
         // is left, closes, and ends.
         both(reading, outbox::run_writer(sink, inbox)).map(move |(reason, ())| {
             metrics::get().connections.decrement(1.0);
-            tracing::info!(event = "disconnect", reason = ?reason, "disconnected");
+            tracing::debug!(event = "disconnect", reason = ?reason, "disconnected");
             drop(held);
         })
     }

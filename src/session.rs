@@ -58,6 +58,56 @@ pub struct Session<S> {
     upgrade_auth: Option<Result<User, AuthError>>,
     /// Set by a handler that ends the session.
     ending: Option<EndReason>,
+    /// Requests refused so far, for the one line that sums them up.
+    refusals: Refusals,
+}
+
+/// The requests a connection had refused, by error code. Each refusal is
+/// logged at `debug` only; the connection's end logs one `info` line that
+/// sums them up (see [`Refusals::log`]), so a client that keeps sending bad
+/// requests makes one line, not one per request.
+#[derive(Debug, Default)]
+struct Refusals(Vec<(ErrorCode, u32)>);
+
+impl Refusals {
+    fn count(&mut self, code: ErrorCode) {
+        match self.0.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, n)) => *n = n.saturating_add(1),
+            None => self.0.push((code, 1)),
+        }
+    }
+
+    /// `lobby_full:2,rate_limited:40`, and the total; `None` if nothing was
+    /// refused.
+    fn summary(&self) -> Option<(u32, String)> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let total = self
+            .0
+            .iter()
+            .map(|(_, n)| n)
+            .fold(0u32, |a, n| a.saturating_add(*n));
+        let codes = self
+            .0
+            .iter()
+            .map(|(code, n)| format!("{}:{n}", code.as_str()))
+            .collect::<Vec<_>>()
+            .join(",");
+        Some((total, codes))
+    }
+
+    /// The one line for the whole connection, if anything was refused.
+    fn log(&self) {
+        if let Some((total, codes)) = self.summary() {
+            tracing::info!(
+                event = "refused",
+                total,
+                codes = codes.as_str(),
+                "requests refused on this connection"
+            );
+        }
+    }
 }
 
 /// What a text frame asks for, once parsed (owning nothing of the frame).
@@ -89,6 +139,7 @@ impl<S: LobbyStore> Session<S> {
             user: None,
             upgrade_auth,
             ending: None,
+            refusals: Refusals::default(),
         }
     }
 
@@ -193,6 +244,7 @@ impl<S: LobbyStore> Session<S> {
         // its largest state, and every connection holds this one while idle;
         // the join and leave paths (Redis round trips) are rare and large.
         Box::pin(self.leave_lobby(false)).await;
+        self.refusals.log();
         reason
     }
 
@@ -235,7 +287,7 @@ impl<S: LobbyStore> Session<S> {
     }
 
     /// Refuses a join or resume on a connection that is in a lobby already.
-    async fn refuse_if_joined(&self) -> bool {
+    async fn refuse_if_joined(&mut self) -> bool {
         if self.membership.is_none() {
             return false;
         }
@@ -262,7 +314,7 @@ impl<S: LobbyStore> Session<S> {
                         return self.auth_failed(e);
                     }
                     if !user.may_join(&lobby) {
-                        tracing::info!(
+                        tracing::debug!(
                             event = "join_refused",
                             lobby = lobby.short(),
                             reason = "lobby_not_allowed",
@@ -295,7 +347,7 @@ impl<S: LobbyStore> Session<S> {
             Ok(true) => {}
             Ok(false) => {
                 metrics::get().joins_rate_limited.increment(1);
-                tracing::info!(
+                tracing::debug!(
                     event = "join_refused",
                     lobby = lobby.short(),
                     reason = "rate_limited",
@@ -328,7 +380,7 @@ impl<S: LobbyStore> Session<S> {
             }
             Err(JoinError::Full) => {
                 metrics::get().joins_full.increment(1);
-                tracing::info!(
+                tracing::debug!(
                     event = "join_refused",
                     lobby = lobby.short(),
                     reason = "full",
@@ -341,7 +393,7 @@ impl<S: LobbyStore> Session<S> {
                 self.refuse(ErrorCode::LobbyFull, &text).await;
             }
             Err(JoinError::DuplicateUser) => {
-                tracing::info!(
+                tracing::debug!(
                     event = "join_refused",
                     lobby = lobby.short(),
                     reason = "duplicate_user",
@@ -397,14 +449,14 @@ impl<S: LobbyStore> Session<S> {
                 self.membership = Some(membership);
             }
             Err(ResumeError::Refused(why)) => {
-                tracing::info!(event = "resume_refused", reason = why, "resume refused");
+                tracing::debug!(event = "resume_refused", reason = why, "resume refused");
                 self.refuse(ErrorCode::InvalidResumeToken, why).await;
             }
             Err(ResumeError::Unavailable(e)) => self.resume_unavailable(&e).await,
         }
     }
 
-    async fn resume_unavailable(&self, error: &StoreError) {
+    async fn resume_unavailable(&mut self, error: &StoreError) {
         tracing::warn!(event = "resume_refused", error = %error, "lobby store unavailable");
         self.refuse(
             ErrorCode::Unavailable,
@@ -415,7 +467,7 @@ impl<S: LobbyStore> Session<S> {
 
     /// A token named the player: its next joins are as that user.
     fn authenticated(&mut self, user: User, answer: bool) {
-        tracing::info!(
+        tracing::debug!(
             event = "authenticated",
             user = self.node.auth.log_user(Some(&user)),
             "token accepted"
@@ -445,7 +497,7 @@ impl<S: LobbyStore> Session<S> {
     }
 
     /// A join that the lobby store could not serve: nothing changed.
-    async fn join_unavailable(&self, lobby: LobbyId, error: &StoreError) {
+    async fn join_unavailable(&mut self, lobby: LobbyId, error: &StoreError) {
         metrics::get().joins_unavailable.increment(1);
         tracing::warn!(event = "join_refused", lobby = lobby.short(), error = %error, "lobby store unavailable");
         self.refuse(
@@ -503,7 +555,7 @@ impl<S: LobbyStore> Session<S> {
                 .await;
         };
         if let Err(e) = self.node.relay(membership, message).await {
-            tracing::warn!(error = %e, "relaying failed");
+            tracing::debug!(error = %e, "relaying failed");
             self.refuse(
                 ErrorCode::Unavailable,
                 "the message could not be relayed; try again",
@@ -512,9 +564,10 @@ impl<S: LobbyStore> Session<S> {
         }
     }
 
-    async fn refuse(&self, code: ErrorCode, message: &str) {
+    async fn refuse(&mut self, code: ErrorCode, message: &str) {
         metrics::get().error(code);
-        tracing::info!(event = "error", code = code.as_str(), "request refused");
+        self.refusals.count(code);
+        tracing::debug!(event = "error", code = code.as_str(), "request refused");
         self.outbox
             .send(Message::text(protocol::error(code, message)));
     }

@@ -238,3 +238,51 @@ async fn trickled_handshake_is_cut_off(c: Cluster) {
     let mut client = Client::connect(&c.url_a(), "after").await;
     client.assert_open().await;
 }
+
+/// Log volume is not the client's to drive: 200 refused requests on one
+/// connection (malformed frames, a bad passphrase, a game message outside a
+/// lobby) each get their error, and make one `info` line when the
+/// connection ends, summing them up, instead of one line each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_make_one_log_line_per_connection() {
+    let c = Cluster::memory();
+    let mut client = Client::connect(&c.url_a(), "bad").await;
+    for i in 0..198 {
+        client.send_text(&format!("not json {i}")).await;
+    }
+    client.send_join("x").await;
+    client.send_json(json!({"type": "move"})).await;
+    for _ in 0..198 {
+        client.expect_error("invalid_json").await;
+    }
+    client.expect_error("invalid_passphrase").await;
+    client.expect_error("not_in_lobby").await;
+    client.close().await;
+    let logs = c.logs();
+    let log = &logs[0];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let summary = loop {
+        let lines = log.lines();
+        if let Some(line) = lines.iter().find(|l| l.contains(r#""event":"refused""#)) {
+            break serde_json::from_str::<Value>(line).expect("a JSON log line");
+        }
+        assert!(Instant::now() < deadline, "no summary line: {lines:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(summary["level"], "INFO", "{summary}");
+    assert_eq!(summary["fields"]["total"], 200, "{summary}");
+    assert_eq!(
+        summary["fields"]["codes"], "invalid_json:198,invalid_passphrase:1,not_in_lobby:1",
+        "{summary}"
+    );
+    let of_the_connection: Vec<String> = log
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains(r#""name":"conn""#))
+        .collect();
+    assert_eq!(
+        of_the_connection.len(),
+        1,
+        "one line for the whole connection: {of_the_connection:#?}"
+    );
+}
