@@ -43,6 +43,11 @@ pub struct Metrics {
     pub redis_errors_publish: Counter,
     pub redis_errors_heartbeat: Counter,
     pub redis_errors_pubsub: Counter,
+    /// Game messages refused because too much waited for Redis already.
+    pub dropped_backlog: Counter,
+    /// Game messages dropped for waiting too long for Redis (never
+    /// delivered late).
+    pub dropped_stale: Counter,
     /// Resume: held seats released (grace over or buffer overflow).
     pub held_seats_released: Counter,
     /// Resume: seats taken back.
@@ -201,6 +206,8 @@ impl Metrics {
             redis_errors_publish: redis_errors("publish"),
             redis_errors_heartbeat: redis_errors("heartbeat"),
             redis_errors_pubsub: redis_errors("pubsub"),
+            dropped_backlog: counter!("lobby_relay_messages_dropped_total", "reason" => "backlog"),
+            dropped_stale: counter!("lobby_relay_messages_dropped_total", "reason" => "stale"),
             held_seats_released: counter!("lobby_relay_held_seats_released_total"),
             resumes: counter!("lobby_relay_resumes_total"),
             redis_rtt_us: AtomicU64::new(u64::MAX),

@@ -348,12 +348,14 @@ impl<S: LobbyStore> Node<S> {
         &'a self,
         membership: &'a Membership,
         message: Message,
+        sender: &'a Outbox,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
         self.store.publish(
             &membership.lobby,
             &membership.member,
             membership.seat,
             message,
+            sender,
         )
     }
 

@@ -14,8 +14,8 @@
 //! while a reader that really stops is found as soon as it holds the limit.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt};
@@ -66,6 +66,12 @@ struct Shared {
     /// A last message sent just before the close frame of an abort (e.g. the
     /// error that explains it).
     last_word: OnceLock<Message>,
+    /// Bytes of this client's game messages that wait for the lobby store
+    /// (Redis mode): see [`Outbox::reserve_waiting`].
+    waiting: AtomicUsize,
+    /// When this client was last told that messages of its were dropped
+    /// (ms since the Unix epoch), so that it is told at most once a second.
+    told_dropped_ms: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +122,8 @@ pub fn channel(limit: usize) -> (Outbox, Inbox) {
         abort_signal: Notify::new(),
         frame: OnceLock::new(),
         last_word: OnceLock::new(),
+        waiting: AtomicUsize::new(0),
+        told_dropped_ms: AtomicU64::new(0),
     });
     (
         Outbox {
@@ -220,6 +228,79 @@ impl Outbox {
     /// Whether [`Outbox::abort`] was called.
     pub fn is_aborted(&self) -> bool {
         self.shared.is_aborted()
+    }
+
+    /// Counts `bytes` of a game message of this client as waiting for the
+    /// lobby store, unless that would make more than `limit` bytes waiting
+    /// (one message is always let through, however large).
+    /// The bytes count until the [`Waiting`] returned is dropped (the
+    /// message was sent to the store, or dropped). It does not keep the
+    /// connection open.
+    pub fn reserve_waiting(&self, bytes: usize, limit: usize) -> Option<Waiting> {
+        self.shared
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |waiting| {
+                (waiting == 0 || waiting + bytes <= limit).then_some(waiting + bytes)
+            })
+            .ok()?;
+        Some(Waiting {
+            shared: Arc::downgrade(&self.shared),
+            bytes,
+        })
+    }
+
+    /// Bytes of this client's messages waiting for the lobby store.
+    pub fn waiting(&self) -> usize {
+        self.shared.waiting.load(Ordering::Acquire)
+    }
+}
+
+/// A game message of one client on its way to the lobby store: its bytes
+/// count against the client's bound until this is dropped
+/// ([`Outbox::reserve_waiting`]).
+#[derive(Debug)]
+pub struct Waiting {
+    shared: Weak<Shared>,
+    bytes: usize,
+}
+
+impl Waiting {
+    /// The message was dropped on its way (the store did not take it in
+    /// time): tells the client with `explain()`'s frame, at most once a
+    /// second, if it is still connected.
+    pub fn tell_dropped(&self, explain: impl FnOnce() -> Message) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let last = shared.told_dropped_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 1000
+            || shared
+                .told_dropped_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        if shared.is_aborted() {
+            return;
+        }
+        // Through a temporary sender: this handle does not keep the
+        // connection open, but while it is open it may queue a frame.
+        shared.senders.fetch_add(1, Ordering::Relaxed);
+        let outbox = Outbox { shared };
+        outbox.send(explain());
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.waiting.fetch_sub(self.bytes, Ordering::AcqRel);
+        }
     }
 }
 

@@ -554,13 +554,15 @@ impl<S: LobbyStore> Session<S> {
                 )
                 .await;
         };
-        if let Err(e) = self.node.relay(membership, message).await {
+        if let Err(e) = self.node.relay(membership, message, &self.outbox).await {
             tracing::debug!(error = %e, "relaying failed");
-            self.refuse(
-                ErrorCode::Unavailable,
-                "the message could not be relayed; try again",
-            )
-            .await;
+            let why = match e {
+                StoreError::Backlog => {
+                    "the lobby store is not keeping up: the message was not relayed; send less, or try again"
+                }
+                _ => "the message could not be relayed; try again",
+            };
+            self.refuse(ErrorCode::Unavailable, why).await;
         }
     }
 

@@ -187,6 +187,13 @@ struct Flow {
     other: Vec<String>,
 }
 
+/// Whether `text` is the relay telling a sender that some of its game
+/// messages were not relayed (Redis away).
+fn told_unavailable(text: &str) -> bool {
+    serde_json::from_str::<Value>(text)
+        .is_ok_and(|v| v["type"] == "error" && v["code"] == "unavailable")
+}
+
 /// Sends numbered game messages from `from` every 50 ms until `to` receives
 /// one (within `within`), then an end marker, and collects what `to` got up
 /// to the marker. Checks that what arrived came in order (messages sent
@@ -220,6 +227,9 @@ async fn resume_flow(from: &mut Client, to: &mut Client, within: Duration) -> Fl
                         received.push(n);
                         break start.elapsed();
                     }
+                    // Messages `to` itself sent during an outage were not
+                    // relayed, and it is told so.
+                    None if told_unavailable(text.as_str()) => {}
                     None => other.push(text.as_str().to_owned()),
                 },
                 Ok(Some(message)) => other.push(describe(&message)),
@@ -234,6 +244,7 @@ async fn resume_flow(from: &mut Client, to: &mut Client, within: Duration) -> Fl
     for text in read_until_text(to, &end, Duration::from_secs(5)).await {
         match parse(&text) {
             Some(n) => received.push(n),
+            None if told_unavailable(&text) => {}
             None => other.push(text),
         }
     }
@@ -1158,7 +1169,8 @@ async fn reaped_player_is_not_heard(mode: Partition) {
         );
 
         // After `ready`, B should hear nothing (C is silent), C only B, and
-        // A only that its seat is gone.
+        // A only that its seat is gone (and that its messages were not
+        // relayed meanwhile).
         let from_a = |heard: &[(Duration, String)]| {
             heard
                 .iter()
@@ -1177,7 +1189,11 @@ async fn reaped_player_is_not_heard(mode: Partition) {
             &a_heard
                 .iter()
                 .filter(|(_, m)| {
-                    !m.contains(r#""code":"seat_lost""#) && !m.starts_with("<close 4001")
+                    // Besides its seat's loss, A may be told that its
+                    // messages during the cut were not relayed.
+                    !m.contains(r#""code":"seat_lost""#)
+                        && !m.contains(r#""code":"unavailable""#)
+                        && !m.starts_with("<close 4001")
                 })
                 .cloned()
                 .collect::<Vec<_>>(),
@@ -1237,6 +1253,182 @@ async fn leave_during_a_cut_is_retried() {
             seats.keys().collect::<Vec<_>>(),
             ["2"],
             "only B's seat: {seats:?}"
+        );
+    })
+    .await;
+}
+
+/// Sends SIGSTOP to a process now and SIGCONT when dropped (a failing test
+/// never leaves Redis frozen).
+struct Frozen(u32);
+
+impl Frozen {
+    fn freeze(pid: u32) -> Frozen {
+        signal(pid, "-STOP");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: u32, which: &str) {
+    let status = std::process::Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {which} {pid}");
+}
+
+/// Redis frozen (SIGSTOP) for 6 s while 20 players send 8 KiB messages at
+/// 100 Hz: what waits for Redis stays bounded (each node's RSS grows by
+/// less than 40 MiB; without the bounds it took every message, ~100 MiB
+/// here), the senders are told (`unavailable`), and no message is delivered
+/// more than the relay's 1 s bound (plus the way back) after it was sent:
+/// what waited longer is dropped, never relayed late. After the thaw the
+/// games go on, every player's messages in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_redis_buffers_little_and_delivers_nothing_late() {
+    const LOBBIES: usize = 10;
+    const FREEZE: Duration = Duration::from_secs(6);
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = node("a", &url, &[]);
+    let b = node("b", &url, &[]);
+    let logs = [a.logs(), b.logs()];
+    bounded(&logs, async {
+        let epoch = Instant::now();
+        let mut pairs = Vec::new();
+        for i in 0..LOBBIES {
+            let pass = format!("frozen-{}-{i}", unique());
+            pairs.push(pair_on(&a.url(), &b.url(), &pass, ("A", "B")).await);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let unavailable = Arc::new(AtomicU64::new(0));
+        let mut senders = Vec::new();
+        let mut readers = Vec::new();
+        for (i, (x, y)) in pairs.into_iter().enumerate() {
+            for (side, client) in [(0, x), (1, y)] {
+                let who = i * 2 + side;
+                let (mut tx, mut rx) = client.split();
+                let stopping = stop.clone();
+                senders.push(tokio::spawn(async move {
+                    let stop = stopping;
+                    let pad = "x".repeat(8 * 1024);
+                    let mut n = 0u64;
+                    let mut tick = tokio::time::interval(Duration::from_millis(10));
+                    while !stop.load(Ordering::Relaxed) {
+                        tick.tick().await;
+                        n += 1;
+                        let t = epoch.elapsed().as_millis() as u64;
+                        let text =
+                            format!(r#"{{"type":"m","s":{who},"n":{n},"t":{t},"pad":"{pad}"}}"#);
+                        if tx.try_send_text(&text).await.is_err() {
+                            break;
+                        }
+                    }
+                    tx
+                }));
+                let (stop, unavailable) = (stop.clone(), unavailable.clone());
+                readers.push(tokio::spawn(async move {
+                    // (greatest age in ms, messages, last sequence seen)
+                    let (mut oldest, mut count, mut last) = (0u64, 0u64, 0u64);
+                    loop {
+                        let message = match rx.try_recv_within(Duration::from_secs(2)).await {
+                            Ok(Some(message)) => message,
+                            Ok(None) if stop.load(Ordering::Relaxed) => break,
+                            Ok(None) => continue,
+                            Err(e) => panic!("{}: {e}", rx.name()),
+                        };
+                        let value: Value =
+                            serde_json::from_str(message.to_text().expect("a text frame"))
+                                .expect("JSON");
+                        match value["type"].as_str() {
+                            Some("m") => {
+                                let now = epoch.elapsed().as_millis() as u64;
+                                oldest = oldest.max(now - value["t"].as_u64().unwrap());
+                                let n = value["n"].as_u64().unwrap();
+                                assert!(n > last, "{}: {n} after {last}: reordered", rx.name());
+                                last = n;
+                                count += 1;
+                            }
+                            Some("error") => {
+                                assert_eq!(value["code"], "unavailable", "{value}");
+                                unavailable.fetch_add(1, Ordering::Relaxed);
+                            }
+                            // The other player's connection closing at the end.
+                            Some("playerLeft") if stop.load(Ordering::Relaxed) => break,
+                            _ => panic!("{}: unexpected {value}", rx.name()),
+                        }
+                    }
+                    (oldest, count, last)
+                }));
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss_before = [a.rss_kib(), b.rss_kib()];
+        let peak = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let pids = [a.pid(), b.pid()];
+        let rss = Sampler::start(Duration::from_millis(50), {
+            let peak = peak.clone();
+            move || {
+                let peak = peak.clone();
+                async move {
+                    for (i, pid) in pids.iter().enumerate() {
+                        if let Some(kib) = support::rss_kib(*pid) {
+                            peak[i].fetch_max(kib, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        });
+        let frozen = Frozen::freeze(redis.pid());
+        tokio::time::sleep(FREEZE).await;
+        drop(frozen);
+        // The games go on after the thaw.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop.store(true, Ordering::Relaxed);
+        let _ = rss.finish().await;
+        for sender in senders {
+            let _tx = support::finish(sender).await;
+        }
+        let mut oldest = 0;
+        for reader in readers {
+            let (age, count, last) = support::finish(reader).await;
+            assert!(count > 0 && last > 0, "messages flowed");
+            oldest = oldest.max(age);
+        }
+        let growth: Vec<f64> = (0..2)
+            .map(|i| {
+                peak[i]
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(rss_before[i]) as f64
+                    / 1024.0
+            })
+            .collect();
+        println!(
+            "frozen Redis for {FREEZE:?}: oldest delivery {oldest} ms after it was sent; \
+             node RSS growth at peak {:.1} / {:.1} MiB; {} unavailable errors",
+            growth[0],
+            growth[1],
+            unavailable.load(Ordering::Relaxed)
+        );
+        assert!(
+            oldest <= 1500,
+            "a message was delivered {oldest} ms after it was sent"
+        );
+        for (i, mib) in growth.iter().enumerate() {
+            assert!(
+                *mib < 40.0,
+                "node {i} grew by {mib:.1} MiB while Redis was frozen"
+            );
+        }
+        assert!(
+            unavailable.load(Ordering::Relaxed) > 0,
+            "the senders were told that their messages were not relayed"
         );
     })
     .await;

@@ -786,6 +786,10 @@ async fn receive_moves(
                         }
                         flow.received.push((n, Instant::now()));
                     }
+                    // The player's own moves that the failing shard did not
+                    // take were not relayed, and it is told so (at most once
+                    // a second).
+                    (Some("error"), _) if value["code"] == "unavailable" => {}
                     _ => flow
                         .trouble
                         .push(format!("{}: unexpected message {text}", flow.name)),

@@ -563,8 +563,9 @@ async fn leave_gives_a_resumable_seat_up_at_once() {
 /// A held seat goes when its grace period ends, not a reaper's tick later,
 /// and so do many at once: 300 resumable players drop together (grace 2 s);
 /// every peer gets `playerAway` and then `playerLeft` no earlier than the
-/// grace and within a second after it (the documented tolerance is far
-/// smaller; this bound is for a busy test machine). A resume just after the
+/// grace after the drop and within 1.5 s after that (the documented
+/// tolerance is far smaller; this bound is for a busy test machine, and
+/// holds the time the nodes take to notice 300 drops). A resume just after the
 /// grace is refused, released or not yet: `playerAway`'s `grace` is exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_seats_go_when_the_grace_ends_even_many_at_once() {
@@ -601,17 +602,19 @@ async fn held_seats_go_when_the_grace_ends_even_many_at_once() {
             let late = pairs.pop().expect("one more pair");
             (late, pairs)
         };
-        // Everybody drops at once; each peer times playerAway → playerLeft.
+        // Everybody drops at once; each peer times its playerLeft from the
+        // drop (a seat is held from when its node notices the drop, so not
+        // before the grace from here).
         let mut watchers = Vec::new();
+        let dropped_at = tokio::time::Instant::now();
         for (mut a, mut b) in pairs {
             a.disconnect();
             watchers.push(tokio::spawn(async move {
                 let away = b.recv_json_within(Duration::from_secs(5)).await;
                 assert_eq!(away["type"], "playerAway", "{}: {away}", b.name());
-                let away_at = tokio::time::Instant::now();
                 let left = b.recv_json_within(GRACE + Duration::from_secs(8)).await;
                 assert_eq!(left["type"], "playerLeft", "{}: {left}", b.name());
-                away_at.elapsed()
+                dropped_at.elapsed()
             }));
         }
         // The extra pair: a resume just past the grace is refused.
@@ -633,16 +636,16 @@ async fn held_seats_go_when_the_grace_ends_even_many_at_once() {
         waits.sort();
         let (first, last) = (waits[0], waits[waits.len() - 1]);
         eprintln!(
-            "{flavour}: {SEATS} held seats: playerAway → playerLeft took {first:?} to {last:?} \
+            "{flavour}: {SEATS} held seats: drop → playerLeft took {first:?} to {last:?} \
              (median {:?}) with a grace of {GRACE:?}",
             waits[waits.len() / 2]
         );
         assert!(
-            first + Duration::from_millis(100) >= GRACE,
+            first >= GRACE,
             "{flavour}: a seat went before its grace ended: {first:?}"
         );
         assert!(
-            last <= GRACE + Duration::from_secs(1),
+            last <= GRACE + Duration::from_millis(1500),
             "{flavour}: a seat went {:?} after its grace ended",
             last - GRACE
         );

@@ -27,6 +27,7 @@ use crate::hub::{Hub, LocalLobby};
 use crate::identity::user_of;
 use crate::limits::JoinLimit;
 use crate::metrics;
+use crate::outbox::Outbox;
 use crate::passphrase::LobbyId;
 
 /// Lobbies held in this process.
@@ -488,6 +489,7 @@ impl LobbyStore for MemoryStore {
         _member: &MemberId,
         from_seat: u8,
         message: Message,
+        _sender: &Outbox,
     ) -> Result<(), StoreError> {
         let event = LobbyEvent::Relay { from_seat, message };
         if self.shared.held_lobbies.load(Ordering::Relaxed) == 0 {

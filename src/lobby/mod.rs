@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::hub::LocalLobby;
 use crate::limits::JoinLimit;
+use crate::outbox::Outbox;
 use crate::passphrase::LobbyId;
 
 /// A member's identity in a lobby's records: `<node id>/<connection id>`.
@@ -119,6 +120,10 @@ pub enum StoreError {
     Unreachable(&'static str),
     #[error("the lobby store answered something unexpected: {0}")]
     Protocol(String),
+    /// Too much already waits for the store (from this connection or this
+    /// node): the message was not taken.
+    #[error("too many messages wait for the lobby store")]
+    Backlog,
 }
 
 /// Lobby membership and fan-out, as the node needs them.
@@ -207,11 +212,16 @@ pub trait LobbyStore: Send + Sync + 'static {
     fn goodbye(&self) -> impl Future<Output = ()> + Send;
 
     /// Relays a game message of `member` to the other members of `lobby`.
+    /// `sender` is the member's connection: a store that queues the message
+    /// counts it against the connection's bound while it waits, and tells the
+    /// connection (`unavailable`) if it drops it on the way. An `Err` means
+    /// the message was not taken (answered `unavailable` by the caller).
     fn publish(
         &self,
         lobby: &Arc<LocalLobby>,
         member: &MemberId,
         from_seat: u8,
         message: Message,
+        sender: &Outbox,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

@@ -38,7 +38,7 @@ mod view;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,7 @@ use crate::hub::{Hub, LocalLobby};
 use crate::identity::{self, Identity};
 use crate::limits::JoinLimit;
 use crate::metrics;
+use crate::outbox::Outbox;
 use crate::passphrase::LobbyId;
 
 /// Prefix of every Redis key and channel of lobby-relay.
@@ -177,6 +178,20 @@ fn now_ms() -> u64 {
 
 /// How many queued publishes go into one pipeline at most.
 const PUBLISH_BATCH: usize = 1024;
+/// The most bytes of one connection's game messages that may wait for Redis
+/// (queued, or sent and not answered yet); past it the connection's next
+/// message is refused with `unavailable`. One message always goes.
+const CONNECTION_WAITING_BYTES: usize = 256 * 1024;
+/// The most bytes of all of this node's game messages that may wait for
+/// Redis; past it every next message is refused with `unavailable`.
+const NODE_WAITING_BYTES: usize = 16 * 1024 * 1024;
+/// A game message that has not reached Redis this long after the relay took
+/// it is dropped, and its sender told (`unavailable`): never delivered late.
+/// Checked before it is sent, and by `relay.lua` when Redis runs it (on
+/// Redis's clock, which each reply tells: see [`RedisClock`]).
+pub const MAX_WAIT: Duration = Duration::from_secs(1);
+/// What a waiting message costs against the bounds beyond its bytes.
+const WAITING_OVERHEAD: usize = 128;
 /// Room in the publish queue; a full queue slows the senders down.
 const PUBLISH_QUEUE: usize = 16 * 1024;
 /// Longest wait for a Redis command before answering `unavailable`.
@@ -267,6 +282,17 @@ struct Shared {
     /// In a cluster, the publisher's lanes (one per slot), to which the
     /// sessions hand their publishes themselves.
     lanes: Mutex<Lanes>,
+    /// Bytes of game messages waiting for Redis (see [`Claim`]).
+    waiting: Arc<AtomicUsize>,
+    /// With one Redis: a batch of publishes went unanswered and Redis has
+    /// not answered since. Game messages are then refused at once when
+    /// their bounds are full, instead of waiting for room.
+    stalled: AtomicBool,
+    /// With one Redis: when the batch of publishes now on its way was sent
+    /// (ms since the store started, plus one), 0 when none is.
+    batch_out_since: std::sync::atomic::AtomicU64,
+    /// Redis's clock, for the deadlines `relay.lua` checks.
+    redis_clock: RedisClock,
     stop: CancellationToken,
 }
 
@@ -279,7 +305,24 @@ impl Shared {
     fn is_cluster(&self) -> bool {
         matches!(self.clients, Clients::Cluster { .. })
     }
+
+    /// Whether Redis looks frozen or gone to the publisher: a batch went
+    /// unanswered, or the one on its way has been for [`STALL_AFTER`].
+    /// Senders then get `unavailable` at once rather than wait for room: a
+    /// session that waits stops reading, and what its client sends
+    /// meanwhile would be relayed late.
+    fn is_stalled(&self) -> bool {
+        if self.stalled.load(Ordering::Relaxed) {
+            return true;
+        }
+        let out = self.batch_out_since.load(Ordering::Relaxed);
+        out != 0 && self.elapsed_ms() + 1 >= out + STALL_AFTER.as_millis() as u64
+    }
 }
+
+/// A batch of publishes unanswered this long means Redis is not keeping up
+/// (a healthy one answers in a millisecond or two).
+const STALL_AFTER: Duration = Duration::from_millis(250);
 
 struct Scripts {
     gcra: redis::Script,
@@ -311,6 +354,8 @@ enum PublishOp {
         node_key: Arc<str>,
         channel: String,
         payload: Vec<u8>,
+        /// Its place in the bounds of what waits for Redis, and its sender.
+        claim: Claim,
     },
     /// Acknowledged once every publish to `lobby` queued before it has been
     /// sent (with one Redis: every publish queued before it).
@@ -318,6 +363,104 @@ enum PublishOp {
         lobby: LobbyId,
         ack: oneshot::Sender<()>,
     },
+}
+
+/// A game message's share of the bytes that may wait for Redis (its
+/// connection's and the node's), from when the relay took it until it is
+/// sent and answered, or dropped: released when the claim is dropped.
+struct Claim {
+    connection: crate::outbox::Waiting,
+    node: Arc<AtomicUsize>,
+    bytes: usize,
+    /// When the relay took the message.
+    since: Instant,
+}
+
+impl Claim {
+    /// Claims room for `payload_len` bytes of `sender`'s message, or `None`
+    /// if its connection or the node has too much waiting already.
+    fn take(node: &Arc<AtomicUsize>, sender: &Outbox, payload_len: usize) -> Option<Claim> {
+        let bytes = payload_len + WAITING_OVERHEAD;
+        node.fetch_update(Ordering::AcqRel, Ordering::Acquire, |waiting| {
+            (waiting == 0 || waiting + bytes <= NODE_WAITING_BYTES).then_some(waiting + bytes)
+        })
+        .ok()?;
+        let Some(connection) = sender.reserve_waiting(bytes, CONNECTION_WAITING_BYTES) else {
+            node.fetch_sub(bytes, Ordering::AcqRel);
+            return None;
+        };
+        Some(Claim {
+            connection,
+            node: node.clone(),
+            bytes,
+            since: Instant::now(),
+        })
+    }
+
+    /// Whether the message waited too long to be sent at all.
+    fn is_stale(&self) -> bool {
+        self.since.elapsed() > MAX_WAIT
+    }
+
+    /// The message was dropped on its way: its sender is told (at most once
+    /// a second).
+    fn dropped(&self) {
+        self.connection.tell_dropped(|| {
+            Message::text(crate::protocol::error(
+                crate::protocol::ErrorCode::Unavailable,
+                "the lobby store did not take some of your messages in time: they were not relayed",
+            ))
+        });
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.node.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Redis's clock as this node sees it: the difference between Redis's
+/// `TIME` and the node's clock, measured from the replies of `relay.lua`
+/// that came back quickly, so that a message's deadline can be checked in
+/// Redis, when Redis runs it (a message may wait in socket buffers while
+/// Redis is frozen, and must not be relayed late when it thaws).
+struct RedisClock {
+    /// Redis's ms minus the node's, or `i64::MIN` while unknown.
+    offset_ms: std::sync::atomic::AtomicI64,
+}
+
+/// A reply this slow says little about the clocks.
+const CLOCK_SAMPLE_MAX_RTT_MS: u64 = 20;
+
+impl RedisClock {
+    fn new() -> Self {
+        Self {
+            offset_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// A reply sent at `sent_ms` and back at `back_ms` (the node's clock)
+    /// said Redis's time was `redis_ms`.
+    fn sample(&self, sent_ms: u64, back_ms: u64, redis_ms: i64) {
+        if redis_ms <= 0 || back_ms.saturating_sub(sent_ms) > CLOCK_SAMPLE_MAX_RTT_MS {
+            return;
+        }
+        let middle = (sent_ms + back_ms) / 2;
+        self.offset_ms
+            .store(redis_ms - middle as i64, Ordering::Relaxed);
+    }
+
+    /// The deadline on Redis's clock of a message the relay took at
+    /// `since`, or 0 (none) while Redis's clock is unknown.
+    fn deadline(&self, since: Instant) -> u64 {
+        let offset = self.offset_ms.load(Ordering::Relaxed);
+        if offset == i64::MIN {
+            return 0;
+        }
+        let taken_ms = now_ms().saturating_sub(since.elapsed().as_millis() as u64);
+        (taken_ms as i64 + MAX_WAIT.as_millis() as i64 + offset).max(1) as u64
+    }
 }
 
 /// The subscribe/unsubscribe handle of pub/sub: the one connection to a
@@ -728,6 +871,10 @@ impl RedisStore {
             pending_leaves: Mutex::default(),
             pending_away: Mutex::default(),
             lanes: Mutex::default(),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            stalled: AtomicBool::new(false),
+            batch_out_since: std::sync::atomic::AtomicU64::new(0),
+            redis_clock: RedisClock::new(),
             stop: CancellationToken::new(),
         });
         let stop = shared.stop.clone();
@@ -1039,6 +1186,7 @@ impl LobbyStore for RedisStore {
         member: &MemberId,
         from_seat: u8,
         message: Message,
+        sender: &Outbox,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         // Queued at once, not when first polled (the caller awaits at once
         // anyway): the future returned is then a few bytes, not a copy of
@@ -1047,32 +1195,32 @@ impl LobbyStore for RedisStore {
         let queued = match envelope::encode_relay(from_seat, &message) {
             None => Queued::Done(Ok(())),
             Some(payload) => {
-                let op = PublishOp::Publish {
-                    node_key: identity::node_key_of(member).into(),
-                    channel: channel(&lobby.hex),
-                    payload,
-                };
-                if self.shared.is_cluster() {
-                    // Straight to the lobby's lane (no router in between).
-                    match Lanes::route(&self.shared, op) {
-                        Routed::Done => Queued::Done(Ok(())),
-                        Routed::Wait(queue, op) => Queued::Waiting(Box::pin(async move {
-                            queue.send(op).await.map_err(|_| StoreError::Closed)
-                        })),
+                let node_key: Arc<str> = identity::node_key_of(member).into();
+                let channel = channel(&lobby.hex);
+                match Claim::take(&self.shared.waiting, sender, payload.len()) {
+                    Some(claim) => queue_op(
+                        &self.shared,
+                        &self.publisher,
+                        PublishOp::Publish {
+                            node_key,
+                            channel,
+                            payload,
+                            claim,
+                        },
+                    ),
+                    None if self.shared.is_stalled() => {
+                        metrics::get().dropped_backlog.increment(1);
+                        Queued::Done(Err(StoreError::Backlog))
                     }
-                } else {
-                    match self.publisher.try_send(op) {
-                        Ok(()) => Queued::Done(Ok(())),
-                        Err(mpsc::error::TrySendError::Full(op)) => {
-                            let publisher = self.publisher.clone();
-                            Queued::Waiting(Box::pin(async move {
-                                publisher.send(op).await.map_err(|_| StoreError::Closed)
-                            }))
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            Queued::Done(Err(StoreError::Closed))
-                        }
-                    }
+                    // Redis is answering, only busy: the sender waits for
+                    // room (and reads nothing meanwhile), as with a full
+                    // queue, for at most MAX_WAIT.
+                    None => Queued::Waiting(Box::pin(claim_later(
+                        self.shared.clone(),
+                        self.publisher.clone(),
+                        sender.clone(),
+                        (node_key, channel, payload),
+                    ))),
                 }
             }
         };
@@ -1082,6 +1230,61 @@ impl LobbyStore for RedisStore {
                 Queued::Waiting(send) => send.await,
             }
         }
+    }
+}
+
+/// Hands a publish to the publisher (or its lane in a cluster).
+fn queue_op(shared: &Arc<Shared>, publisher: &mpsc::Sender<PublishOp>, op: PublishOp) -> Queued {
+    if shared.is_cluster() {
+        // Straight to the lobby's lane (no router in between).
+        return match Lanes::route(shared, op) {
+            Routed::Done => Queued::Done(Ok(())),
+            Routed::Wait(queue, op) => Queued::Waiting(Box::pin(async move {
+                queue.send(op).await.map_err(|_| StoreError::Closed)
+            })),
+        };
+    }
+    match publisher.try_send(op) {
+        Ok(()) => Queued::Done(Ok(())),
+        Err(mpsc::error::TrySendError::Full(op)) => {
+            let publisher = publisher.clone();
+            Queued::Waiting(Box::pin(async move {
+                publisher.send(op).await.map_err(|_| StoreError::Closed)
+            }))
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Queued::Done(Err(StoreError::Closed)),
+    }
+}
+
+/// Waits for room among what may wait for Redis (see [`Claim`]), then
+/// queues the publish; refuses it if there is none within [`MAX_WAIT`], or
+/// as soon as Redis stops answering.
+async fn claim_later(
+    shared: Arc<Shared>,
+    publisher: mpsc::Sender<PublishOp>,
+    sender: Outbox,
+    (node_key, channel, payload): (Arc<str>, String, Vec<u8>),
+) -> Result<(), StoreError> {
+    let deadline = Instant::now() + MAX_WAIT;
+    let claim = loop {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if let Some(claim) = Claim::take(&shared.waiting, &sender, payload.len()) {
+            break claim;
+        }
+        if Instant::now() >= deadline || shared.is_stalled() {
+            metrics::get().dropped_backlog.increment(1);
+            return Err(StoreError::Backlog);
+        }
+    };
+    let op = PublishOp::Publish {
+        node_key,
+        channel,
+        payload,
+        claim,
+    };
+    match queue_op(&shared, &publisher, op) {
+        Queued::Done(result) => result,
+        Queued::Waiting(send) => send.await,
     }
 }
 
@@ -1099,11 +1302,20 @@ struct RelayRun {
     /// A lobby key of the run, which routes it in a cluster.
     lobby_key: String,
     messages: Vec<(String, Vec<u8>)>,
+    /// The messages' claims, in the same order: released once the run is
+    /// answered (or dropped).
+    claims: Vec<Claim>,
 }
 
 impl RelayRun {
     /// Adds a publish to the run of its node key (a batch has a handful).
-    fn add(runs: &mut Vec<RelayRun>, node_key: Arc<str>, channel: String, payload: Vec<u8>) {
+    fn add(
+        runs: &mut Vec<RelayRun>,
+        node_key: Arc<str>,
+        channel: String,
+        payload: Vec<u8>,
+        claim: Claim,
+    ) {
         let run = match runs.iter().rposition(|run| run.node_key == node_key) {
             Some(i) => &mut runs[i],
             None => {
@@ -1111,11 +1323,29 @@ impl RelayRun {
                     node_key,
                     lobby_key: lobby_key_of_channel(&channel),
                     messages: Vec::new(),
+                    claims: Vec::new(),
                 });
                 runs.last_mut().expect("just pushed")
             }
         };
         run.messages.push((channel, payload));
+        run.claims.push(claim);
+    }
+
+    /// When the run's oldest message was taken by the relay.
+    fn since(&self) -> Instant {
+        self.claims
+            .iter()
+            .map(|claim| claim.since)
+            .min()
+            .unwrap_or_else(Instant::now)
+    }
+
+    /// The run's messages were not relayed: their senders are told.
+    fn dropped(&self) {
+        for claim in &self.claims {
+            claim.dropped();
+        }
     }
 }
 
@@ -1140,6 +1370,13 @@ async fn run_publisher(shared: Arc<Shared>, queue: mpsc::Receiver<PublishOp>) {
 /// is out: the whole node's publishes with one Redis, one slot's in a
 /// cluster (a lane, which reports its `progress`). Acknowledges the
 /// barriers of a batch once its runs are sent.
+///
+/// What waits is bounded ([`Claim`]) and never sent late: a message that
+/// waited longer than [`MAX_WAIT`] is dropped here, and `relay.lua` drops
+/// one that reaches Redis past it. Once a batch went unanswered (Redis
+/// frozen or gone), the next one goes only after a `PING` came back: until
+/// then batches are dropped rather than piled up in the connection's
+/// buffers.
 async fn run_batches(
     shared: Arc<Shared>,
     mut queue: mpsc::Receiver<PublishOp>,
@@ -1148,15 +1385,32 @@ async fn run_batches(
     let mut ops = Vec::with_capacity(PUBLISH_BATCH);
     let mut runs: Vec<RelayRun> = Vec::new();
     let mut acks = Vec::new();
+    let mut stalled = false;
+    let mut report = DropReport::default();
     while queue.recv_many(&mut ops, PUBLISH_BATCH).await > 0 {
         for op in ops.drain(..) {
             match op {
+                PublishOp::Publish { claim, .. } if claim.is_stale() => {
+                    claim.dropped();
+                    report.stale += 1;
+                }
                 PublishOp::Publish {
                     node_key,
                     channel,
                     payload,
-                } => RelayRun::add(&mut runs, node_key, channel, payload),
+                    claim,
+                } => RelayRun::add(&mut runs, node_key, channel, payload, claim),
                 PublishOp::Barrier { ack, .. } => acks.push(ack),
+            }
+        }
+        if stalled && !runs.is_empty() {
+            stalled = !answers_ping(&shared).await;
+            if stalled {
+                for run in &runs {
+                    run.dropped();
+                    report.unsent += run.messages.len() as u64;
+                }
+                runs.clear();
             }
         }
         if !runs.is_empty() {
@@ -1164,15 +1418,26 @@ async fn run_batches(
             if shared.is_cluster() {
                 for run in &runs {
                     let sent = relay_run_cluster(&shared, run).await;
-                    settle(&shared, std::iter::once((run, sent))).await;
+                    stalled |= is_timeout(&sent);
+                    settle(&shared, std::iter::once((run, sent)), &mut report).await;
                 }
             } else {
+                shared
+                    .batch_out_since
+                    .store(shared.elapsed_ms() + 1, Ordering::Relaxed);
                 let sent = relay_runs_single(&shared, &runs).await;
-                settle(&shared, runs.iter().zip(sent)).await;
+                shared.batch_out_since.store(0, Ordering::Relaxed);
+                stalled |= sent.iter().any(is_timeout);
+                settle(&shared, runs.iter().zip(sent), &mut report).await;
             }
             metrics::observe(&metrics::get().redis_publish, started.elapsed());
             runs.clear();
         }
+        if !shared.is_cluster() {
+            // (A cluster's lanes stall one slot at a time: see LANE_STUCK.)
+            shared.stalled.store(stalled, Ordering::Relaxed);
+        }
+        report.log_now_and_then();
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }
@@ -1182,17 +1447,75 @@ async fn run_batches(
     }
 }
 
-/// Logs what the runs' replies say and lists the held seats they overflowed.
+/// Whether a run went unanswered in time (Redis frozen, or the connection
+/// dead).
+fn is_timeout(sent: &Result<HeldReply, StoreError>) -> bool {
+    matches!(sent, Err(StoreError::Unreachable(_)))
+}
+
+/// Whether Redis answers again after a run went unanswered (the `PING` goes
+/// behind whatever the connection still holds).
+async fn answers_ping(shared: &Shared) -> bool {
+    let Ok(mut conn) = shared.conn() else {
+        return false;
+    };
+    timed(redis::cmd("PING").query_async::<()>(&mut conn))
+        .await
+        .is_ok()
+}
+
+/// Game messages the publisher dropped, logged at most once a second.
+#[derive(Default)]
+struct DropReport {
+    /// Waited longer than [`MAX_WAIT`] before they could be sent.
+    stale: u64,
+    /// Not sent: Redis had not answered the previous batch.
+    unsent: u64,
+    /// Sent, but Redis did not answer, or ran them past their deadline.
+    lost: u64,
+    reported: Option<Instant>,
+}
+
+impl DropReport {
+    fn log_now_and_then(&mut self) {
+        let total = self.stale + self.unsent + self.lost;
+        if total == 0
+            || self
+                .reported
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        metrics::get()
+            .dropped_stale
+            .increment(self.stale + self.unsent);
+        tracing::warn!(
+            waited_too_long = self.stale,
+            not_sent = self.unsent,
+            lost = self.lost,
+            max_wait_ms = MAX_WAIT.as_millis() as u64,
+            "Redis did not take game messages in time: they were dropped, and their senders told"
+        );
+        *self = DropReport {
+            reported: Some(Instant::now()),
+            ..DropReport::default()
+        };
+    }
+}
+
+/// Logs what the runs' replies say, tells the senders of what was not
+/// relayed, and lists the held seats the runs overflowed.
 async fn settle<'a>(
     shared: &Shared,
     results: impl Iterator<Item = (&'a RelayRun, Result<HeldReply, StoreError>)>,
+    report: &mut DropReport,
 ) {
     let metrics = metrics::get();
     let mut away = Vec::new();
     for (run, result) in results {
         match result {
             Ok(reply) => {
-                let dropped = i64::from_redis_value(reply.result).unwrap_or_default();
+                let (dropped, late) = relay_counts(reply.result);
                 if dropped > 0 {
                     tracing::warn!(
                         node_key = &*run.node_key,
@@ -1200,17 +1523,47 @@ async fn settle<'a>(
                         "messages of members who no longer hold their seats were not relayed"
                     );
                 }
+                if late > 0 {
+                    // Redis ran the run past its deadline (it was frozen
+                    // meanwhile): nothing of it was relayed.
+                    run.dropped();
+                    report.lost += late as u64;
+                    metrics.dropped_stale.increment(late as u64);
+                }
                 away.extend(reply.away_add);
             }
             Err(e) => {
                 metrics.redis_errors_publish.increment(1);
                 // Pub/sub is at-most-once: what could not be published
                 // is lost, as it would be for a subscriber that was away.
-                tracing::warn!(error = %e, lost = run.messages.len(), "publishing to Redis failed");
+                run.dropped();
+                report.lost += run.messages.len() as u64;
+                tracing::debug!(error = %e, lost = run.messages.len(), "publishing to Redis failed");
             }
         }
     }
     shared.apply_away_or_later(away, Vec::new()).await;
+}
+
+/// Redis's clock (ms since the epoch) when it ran a `relay.lua` run.
+fn redis_time_of(reply: &HeldReply) -> i64 {
+    match &reply.result {
+        redis::Value::Array(counts) => match counts.get(2) {
+            Some(redis::Value::Int(ms)) => *ms,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// `relay.lua`'s answer: messages dropped for senders without their seat,
+/// and messages dropped for arriving past their deadline.
+fn relay_counts(result: redis::Value) -> (i64, i64) {
+    let counts: Vec<i64> = redis::from_redis_value(result).unwrap_or_default();
+    (
+        counts.first().copied().unwrap_or_default(),
+        counts.get(1).copied().unwrap_or_default(),
+    )
 }
 
 /// Room in one slot's lane, in publishes.
@@ -1299,7 +1652,8 @@ impl Lanes {
                 });
             }
             PublishOp::Publish { .. } if !stuck => return Routed::Wait(lane.queue.clone(), op),
-            PublishOp::Publish { .. } => {
+            PublishOp::Publish { claim, .. } => {
+                claim.dropped();
                 metrics::get().redis_errors_publish.increment(1);
                 self.dropped += 1;
                 if self
@@ -1319,15 +1673,14 @@ impl Lanes {
     }
 }
 
-use redis::FromRedisValue as _;
-
 /// The `relay.lua` command of a run, by script hash.
 fn relay_command(shared: &Shared, run: &RelayRun) -> redis::Cmd {
     let mut eval = redis::cmd("EVALSHA");
     eval.arg(shared.scripts.relay.get_hash())
         .arg(1)
         .arg(&run.lobby_key)
-        .arg(format!("{}.", run.node_key));
+        .arg(format!("{}.", run.node_key))
+        .arg(shared.redis_clock.deadline(run.since()));
     for (channel, payload) in &run.messages {
         eval.arg(channel).arg(payload);
     }
@@ -1343,6 +1696,7 @@ async fn relay_runs_single(
     for run in runs {
         pipe.add_command(relay_command(shared, run));
     }
+    let sent_ms = now_ms();
     let sent = async {
         let mut conn = shared.conn()?;
         let mut sent = timed(pipe.query_async::<Vec<HeldReply>>(&mut conn)).await;
@@ -1359,7 +1713,14 @@ async fn relay_runs_single(
         sent
     };
     match sent.await {
-        Ok(replies) => replies.into_iter().map(Ok).collect(),
+        Ok(replies) => {
+            if let Some(first) = replies.first() {
+                shared
+                    .redis_clock
+                    .sample(sent_ms, now_ms(), redis_time_of(first));
+            }
+            replies.into_iter().map(Ok).collect()
+        }
         Err(e) => runs
             .iter()
             .map(|_| Err(StoreError::Protocol(e.to_string())))
@@ -1372,7 +1733,14 @@ async fn relay_runs_single(
 async fn relay_run_cluster(shared: &Shared, run: &RelayRun) -> Result<HeldReply, StoreError> {
     let mut conn = shared.conn()?;
     let cmd = relay_command(shared, run);
-    match timed(cmd.query_async::<HeldReply>(&mut conn)).await {
+    let sent_ms = now_ms();
+    let reply = timed(cmd.query_async::<HeldReply>(&mut conn)).await;
+    if let Ok(reply) = &reply {
+        shared
+            .redis_clock
+            .sample(sent_ms, now_ms(), redis_time_of(reply));
+    }
+    match reply {
         Err(StoreError::Redis(e))
             if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
         {

@@ -11,16 +11,26 @@
 -- KEYS[1]  the membership hash of a lobby of the batch (in a Redis Cluster
 --          every lobby of a batch is in the same slot)
 -- ARGV[1]  the senders' member id prefix, '<node key>.'
+-- ARGV[2]  the run's deadline on Redis's clock (ms since the epoch), 0 for
+--          none: a run that Redis gets to later (it was frozen while the run
+--          waited in a socket buffer) is dropped whole, never relayed late
 -- ARGV     then channel, payload, channel, payload, ...
--- Returns the number of messages dropped (senders without their seat).
+-- Returns {messages dropped for senders without their seat, messages
+-- dropped for coming past the deadline, Redis's clock in ms}.
 local prefix = ARGV[1]
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local deadline = tonumber(ARGV[2])
+if deadline > 0 and now > deadline then
+  return {0, (#ARGV - 2) / 2, now}
+end
 -- Per lobby and batch (a batch does not change them): whether the lobby has
 -- resumable seats, and whether each sender holds its seat. Most lobbies have
 -- no resumable seat, and a batch at full load holds many messages of each.
 local held = {}
 local allowed = {}
 local dropped = 0
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local channel, payload = ARGV[i], ARGV[i + 1]
   local lobby = held[channel]
   if lobby == nil then
@@ -55,4 +65,4 @@ for i = 2, #ARGV, 2 do
     dropped = dropped + 1
   end
 end
-return dropped
+return {dropped, 0, now}

@@ -34,14 +34,23 @@ const IN_FLIGHT: usize = 128;
 
 /// Releases held seats as they come due, until the store stops.
 pub(super) async fn run_expirer(shared: Arc<Shared>) {
+    // While Redis is away every look fails: said once, not every 100 ms.
+    let mut warned = false;
     loop {
         let wait = match release_due(&shared).await {
             Ok(Some(next_due)) => {
+                warned = false;
                 Duration::from_millis(next_due.saturating_sub(now_ms())).min(POLL)
             }
-            Ok(None) => POLL,
+            Ok(None) => {
+                warned = false;
+                POLL
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "releasing held seats failed");
+                if !warned {
+                    tracing::warn!(error = %e, "releasing held seats failed; retrying every 100 ms");
+                    warned = true;
+                }
                 POLL
             }
         };
