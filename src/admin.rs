@@ -147,15 +147,15 @@ impl AdminToken {
     }
 
     /// Whether an `Authorization` header presents this token
-    /// (`Bearer <token>`), compared in constant time.
+    /// (`Bearer <token>`, the scheme in any case), compared in constant time.
     pub fn accepts(&self, authorization: Option<&HeaderValue>) -> bool {
         let Some(presented) = authorization
             .map(HeaderValue::as_bytes)
-            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .and_then(crate::auth::bearer_credentials)
         else {
             return false;
         };
-        let presented: [u8; 32] = Sha256::digest(presented.trim_ascii()).into();
+        let presented: [u8; 32] = Sha256::digest(presented).into();
         bool::from(subtle::ConstantTimeEq::ct_eq(&presented[..], &self.0[..]))
     }
 }
@@ -169,6 +169,8 @@ mod tests {
         let token = AdminToken::new(&"correct-horse-battery".parse().expect("secret"));
         let header = |v: &str| HeaderValue::from_str(v).expect("header");
         assert!(token.accepts(Some(&header("Bearer correct-horse-battery"))));
+        assert!(token.accepts(Some(&header("bearer correct-horse-battery"))));
+        assert!(token.accepts(Some(&header("BEARER  correct-horse-battery"))));
         assert!(!token.accepts(Some(&header("Bearer correct-horse-batter"))));
         assert!(!token.accepts(Some(&header("Bearer correct-horse-battery2"))));
         assert!(!token.accepts(Some(&header("correct-horse-battery"))));

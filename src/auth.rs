@@ -640,15 +640,25 @@ pub fn mint(args: &TokenArgs) -> Result<String, String> {
     jsonwebtoken::encode(&header, &claims, &key).map_err(|e| e.to_string())
 }
 
+/// The credentials of an `Authorization` header value of the `Bearer`
+/// scheme, in any case (RFC 9110, 11.1: the scheme is case-insensitive),
+/// blanks around them trimmed; `None` for any other scheme.
+pub fn bearer_credentials(authorization: &[u8]) -> Option<&[u8]> {
+    let value = authorization.trim_ascii();
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, credentials) = value.split_at(space);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| credentials.trim_ascii())
+}
+
 /// The token of a WebSocket upgrade request: `Authorization: Bearer <jwt>`,
 /// else the `token` query parameter.
 pub fn token_of_request(headers: &hyper::HeaderMap, query: Option<&str>) -> Option<String> {
     if let Some(value) = headers.get(hyper::header::AUTHORIZATION) {
-        let value = value.to_str().ok()?.trim();
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned());
+        let value = value.to_str().ok()?;
+        let token = bearer_credentials(value.as_bytes())?;
+        return std::str::from_utf8(token).ok().map(str::to_owned);
     }
     query?
         .split('&')
@@ -778,6 +788,8 @@ mod tests {
         );
         headers.insert(hyper::header::AUTHORIZATION, "Basic abc".parse().unwrap());
         assert_eq!(token_of_request(&headers, None), None);
+        headers.insert(hyper::header::AUTHORIZATION, "bearer abc".parse().unwrap());
+        assert_eq!(token_of_request(&headers, None), Some("abc".into()));
     }
 
     #[test]

@@ -1,12 +1,13 @@
-//! Origin allowlist and lobby-key hardening.
+//! Origin allowlist, lobby-key hardening and the admin token.
 
 mod support;
 
+use std::net::SocketAddr;
 use std::process::Command;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use support::{Client, Cluster, pair};
+use support::{Client, Cluster, RECV_TIMEOUT, pair};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
@@ -171,5 +172,59 @@ async fn no_passphrase_in_logs_or_redis() {
                 "passphrase {needle:?} leaked: {line}"
             );
         }
+    }
+}
+
+/// The nodes' `--admin-token` in these tests.
+const ADMIN_TOKEN: &str = "security-test-admin-token";
+
+/// `GET /admin/api/cluster` from `source` (any 127/8 address works on
+/// Linux), with `authorization` as that header's value: the status and the
+/// whole response.
+async fn admin_api(node: SocketAddr, source: &str, authorization: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("address"))
+        .expect("bind");
+    let mut stream = socket.connect(node).await.expect("connect");
+    let mut request =
+        "GET /admin/api/cluster HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".to_owned();
+    if let Some(value) = authorization {
+        request.push_str(&format!("Authorization: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(RECV_TIMEOUT, stream.read_to_end(&mut response))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    (status, response)
+}
+
+/// RFC 9110: the authentication scheme is case-insensitive, so `bearer`
+/// and `BEARER` work as `Bearer` does; other schemes do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_takes_any_case_of_bearer() {
+    let c = Cluster::memory_with(&["--admin-token", ADMIN_TOKEN]);
+    let addr = c.addr_a();
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let value = format!("{scheme} {ADMIN_TOKEN}");
+        let (status, response) = admin_api(addr, "127.0.0.1", Some(&value)).await;
+        assert_eq!(status, 200, "{value}: {response}");
+    }
+    for value in [
+        format!("Basic {ADMIN_TOKEN}"),
+        format!("Bearer{ADMIN_TOKEN}"),
+    ] {
+        let (status, response) = admin_api(addr, "127.0.0.1", Some(&value)).await;
+        assert_eq!(status, 401, "{value}: {response}");
     }
 }
