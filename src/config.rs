@@ -213,7 +213,9 @@ pub struct ServeArgs {
     /// latency. Requests must present this token (`Authorization: Bearer`;
     /// the page asks for it). At least 16 characters. Without it both paths
     /// answer 404. Prefer the environment variable to the flag (flags show
-    /// in `ps`).
+    /// in `ps`). Wrong tokens are throttled per client address: 10 at once,
+    /// then one every 6 s; past that its requests get 429 with Retry-After,
+    /// the right token's too.
     /// An empty value (`LOBBY_RELAY_ADMIN_TOKEN=` in a compose file) means
     /// no admin view, as unset.
     #[arg(long, env = "LOBBY_RELAY_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_admin_token)]

@@ -4,10 +4,11 @@ mod support;
 
 use std::net::SocketAddr;
 use std::process::Command;
+use std::time::Instant;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use support::{Client, Cluster, RECV_TIMEOUT, pair};
+use support::{Client, Cluster, RECV_TIMEOUT, assert_quiet_pair, pair};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
@@ -207,6 +208,67 @@ async fn admin_api(node: SocketAddr, source: &str, authorization: Option<&str>) 
         .and_then(|code| code.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
     (status, response)
+}
+
+/// The value of header `name` in an HTTP response.
+fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    let head = response.split("\r\n\r\n").next().unwrap_or_default();
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+/// Wrong admin tokens are throttled per client address: 10 at once, then
+/// one every 6 s; past that an address gets 429 with Retry-After, and its
+/// token is not even looked at (so a guesser learns nothing from a right
+/// guess), the right token included. Another address has its own
+/// allowance: the operator there gets in. Players from the throttled
+/// address play on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_admin_tokens_are_throttled_per_address() {
+    let c = Cluster::memory_with(&["--admin-token", ADMIN_TOKEN]);
+    let addr = c.addr_a();
+    let (mut a, mut b) = pair(&c, "admin-throttle").await;
+    let right = format!("Bearer {ADMIN_TOKEN}");
+    let wrong = |i: u32| format!("Bearer wrong-admin-token-{i:04}");
+    for i in 0..10 {
+        let (status, response) = admin_api(addr, "127.0.0.1", Some(&wrong(i))).await;
+        assert_eq!(status, 401, "wrong token {i}: {response}");
+    }
+    let (status, response) = admin_api(addr, "127.0.0.1", Some(&right)).await;
+    assert_eq!(status, 429, "{response}");
+    let retry_after: u64 = header(&response, "retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("429 without Retry-After seconds: {response}"));
+    assert!((1..=6).contains(&retry_after), "{response}");
+    assert!(
+        response.contains("too many wrong admin tokens from your address"),
+        "{response}"
+    );
+    // The attack goes on: at most one more try gets through every 6 s.
+    let start = Instant::now();
+    let mut let_through = 0;
+    for i in 10..300 {
+        let (status, response) = admin_api(addr, "127.0.0.1", Some(&wrong(i))).await;
+        match status {
+            401 => let_through += 1,
+            429 => {}
+            _ => panic!("wrong token {i}: {response}"),
+        }
+    }
+    let allowed = start.elapsed().as_secs() / 6 + 2;
+    assert!(
+        let_through <= allowed,
+        "{let_through} of 290 wrong tokens were checked within {:?}",
+        start.elapsed()
+    );
+    // Another address: the operator gets in, and has an allowance of its own.
+    let (status, response) = admin_api(addr, "127.0.0.2", Some(&right)).await;
+    assert_eq!(status, 200, "{response}");
+    let (status, response) = admin_api(addr, "127.0.0.2", Some(&wrong(0))).await;
+    assert_eq!(status, 401, "{response}");
+    assert_quiet_pair(&mut a, &mut b).await;
 }
 
 /// RFC 9110: the authentication scheme is case-insensitive, so `bearer`
