@@ -3,8 +3,8 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::Command;
-use std::time::Instant;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -288,5 +288,82 @@ async fn the_admin_api_takes_any_case_of_bearer() {
     ] {
         let (status, response) = admin_api(addr, "127.0.0.1", Some(&value)).await;
         assert_eq!(status, 401, "{value}: {response}");
+    }
+}
+
+/// Runs `lobby-relay serve` with `args` and `env`, expecting it to refuse to
+/// start: its exit status and standard error (it is killed, and the test
+/// fails, if it still runs after 5 s).
+fn refused_start(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
+    use std::io::Read;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lobby-relay"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("LOBBY_RELAY") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().copied());
+    let mut child = command.spawn().expect("spawn lobby-relay");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("lobby-relay {args:?} started (still running after 5 s)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stderr);
+    (status, stderr)
+}
+
+/// An admin token that is blank, or has whitespace around it, could never
+/// match a request's (header values and the page's input are trimmed): the
+/// node refuses to start, naming the option and its variable and not
+/// echoing the token.
+#[test]
+fn a_blank_or_padded_admin_token_is_refused_at_startup() {
+    let blank = " ".repeat(20);
+    let padded = format!("{ADMIN_TOKEN} ");
+    let tabbed = format!("\t{ADMIN_TOKEN}");
+    for (what, token, as_flag) in [
+        ("blank variable", &blank, false),
+        ("blank flag", &blank, true),
+        ("padded variable", &padded, false),
+        ("tabbed flag", &tabbed, true),
+    ] {
+        let (args, env) = if as_flag {
+            (vec!["--admin-token", token.as_str()], vec![])
+        } else {
+            (vec![], vec![("LOBBY_RELAY_ADMIN_TOKEN", token.as_str())])
+        };
+        let (status, stderr) = refused_start(&args, &env);
+        assert!(!status.success(), "{what}: {status}");
+        assert!(
+            stderr.contains("--admin-token") && stderr.contains("LOBBY_RELAY_ADMIN_TOKEN"),
+            "{what}: the error names the option and its variable: {stderr}"
+        );
+        assert!(
+            stderr.contains("whitespace"),
+            "{what}: the error says why: {stderr}"
+        );
+        assert!(
+            !stderr.contains(ADMIN_TOKEN),
+            "{what}: the token is not echoed: {stderr}"
+        );
     }
 }
