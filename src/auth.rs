@@ -447,9 +447,13 @@ impl Verifier {
 
     fn user(&self, claims: Claims) -> Result<User, AuthError> {
         let sub = claims.sub;
-        if sub.is_empty() || sub.len() > MAX_USER_ID_BYTES || sub.chars().any(char::is_control) {
+        if sub.is_empty() || sub.len() > MAX_USER_ID_BYTES {
+            return Err(AuthError::Invalid("its sub must be 1 to 128 bytes"));
+        }
+        if sub.chars().any(disguises_text) {
             return Err(AuthError::Invalid(
-                "its sub must be 1 to 128 bytes without control characters",
+                "its sub has a control or bidirectional-formatting character \
+                 (such as U+202E), which could make it read as another user id to other players",
             ));
         }
         let lobbies = match claims.lobbies {
@@ -491,6 +495,28 @@ impl Verifier {
             _ => None,
         }
     }
+}
+
+/// Whether `c` may not be part of a user id, which other players see: it
+/// could make the id, or the text around it where a client shows it, read
+/// as something else. Controls (C0, DEL, C1), the Unicode characters that
+/// steer bidirectional text (its `Bidi_Control` property: the marks U+061C,
+/// U+200E, U+200F, the embeddings and overrides U+202A..U+202E and the
+/// isolates U+2066..U+2069), and the line and paragraph separators U+2028,
+/// U+2029. Other invisible characters such as U+200D (ZERO WIDTH JOINER)
+/// stay: emoji sequences and several scripts need them.
+fn disguises_text(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{2028}'
+                | '\u{2029}'
+        )
 }
 
 /// The hex SHA-256 of a user id: the name of its join-rate key in Redis and,
@@ -750,6 +776,28 @@ mod tests {
             .is_ok()
         );
         assert!(v.verify("not a token").is_err());
+    }
+
+    #[test]
+    fn user_ids_carry_no_control_or_bidi_characters() {
+        for c in [
+            '\0', '\t', '\u{1F}', '\u{7F}', '\u{85}', '\u{9F}', '\u{061C}', '\u{200E}', '\u{200F}',
+            '\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}', '\u{2028}', '\u{2029}',
+        ] {
+            assert!(disguises_text(c), "U+{:04X}", u32::from(c));
+        }
+        for c in [
+            'a', ' ', 'é', 'א', 'ب', '\u{200D}', '👩', '\u{A0}', '\u{2070}', '\u{2065}',
+        ] {
+            assert!(!disguises_text(c), "U+{:04X}", u32::from(c));
+        }
+        let v = verifier(|_| {});
+        let sub = |s: &str| v.verify(&hs256(json!({"sub": s, "exp": now() + 60})));
+        assert!(matches!(
+            sub("alice\u{202E}gnp.exe"),
+            Err(AuthError::Invalid(why)) if why.contains("bidirectional")
+        ));
+        assert_eq!(&*sub("بوب 👩\u{200D}💻").unwrap().id, "بوب 👩\u{200D}💻");
     }
 
     #[test]
