@@ -11,7 +11,10 @@
 //! Each page is one static HTML file (inline CSS and JavaScript, no
 //! libraries) under `src/web/`, compiled into the binary.
 
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hyper::header::HeaderValue;
 use serde::Serialize;
@@ -19,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Secret;
 use crate::hub::Hub;
+use crate::limits::FailureLimit;
 use crate::metrics::{self, Figures};
 
 /// The playground page; `__NODE_ID__` is replaced by the serving node's id.
@@ -147,16 +151,71 @@ impl AdminToken {
     }
 
     /// Whether an `Authorization` header presents this token
-    /// (`Bearer <token>`), compared in constant time.
+    /// (`Bearer <token>`, the scheme in any case), compared in constant time.
     pub fn accepts(&self, authorization: Option<&HeaderValue>) -> bool {
         let Some(presented) = authorization
             .map(HeaderValue::as_bytes)
-            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .and_then(crate::auth::bearer_credentials)
         else {
             return false;
         };
-        let presented: [u8; 32] = Sha256::digest(presented.trim_ascii()).into();
+        let presented: [u8; 32] = Sha256::digest(presented).into();
         bool::from(subtle::ConstantTimeEq::ct_eq(&presented[..], &self.0[..]))
+    }
+}
+
+/// Wrong admin tokens a client address may present at once...
+const WRONG_TOKEN_BURST: NonZeroU32 = NonZeroU32::new(10).expect("10 > 0");
+/// ...and then one every this long (10 a minute).
+const WRONG_TOKEN_INTERVAL: Duration = Duration::from_secs(6);
+
+/// Why a request to the admin API was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdminRefusal {
+    /// No token, another scheme or a wrong token: 401.
+    #[error("the admin token is missing or wrong")]
+    WrongToken,
+    /// Too many wrong tokens from this client address lately: 429, and its
+    /// token was not looked at.
+    #[error("too many wrong admin tokens from your address: try again in {retry_after_secs} s")]
+    Throttled { retry_after_secs: u64 },
+}
+
+/// Who may read the admin API: the token, and the throttle on wrong tokens
+/// per client address that keeps it from being guessed.
+#[derive(Debug)]
+pub struct AdminAccess {
+    token: AdminToken,
+    wrong_tokens: FailureLimit,
+}
+
+impl AdminAccess {
+    pub fn new(secret: &Secret) -> Self {
+        Self {
+            token: AdminToken::new(secret),
+            wrong_tokens: FailureLimit::new(WRONG_TOKEN_BURST, WRONG_TOKEN_INTERVAL),
+        }
+    }
+
+    /// Lets a request from `client` with this `Authorization` header in, or
+    /// says why not. A throttled address is refused whatever its token (else
+    /// a guesser would still learn of a right guess), the right one included;
+    /// only wrong tokens spend its allowance.
+    pub fn check(
+        &self,
+        client: IpAddr,
+        authorization: Option<&HeaderValue>,
+    ) -> Result<(), AdminRefusal> {
+        let now = Instant::now();
+        if let Some(wait) = self.wrong_tokens.wait(client, now) {
+            let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return Err(AdminRefusal::Throttled { retry_after_secs });
+        }
+        if self.token.accepts(authorization) {
+            return Ok(());
+        }
+        self.wrong_tokens.failed(client, now);
+        Err(AdminRefusal::WrongToken)
     }
 }
 
@@ -169,11 +228,45 @@ mod tests {
         let token = AdminToken::new(&"correct-horse-battery".parse().expect("secret"));
         let header = |v: &str| HeaderValue::from_str(v).expect("header");
         assert!(token.accepts(Some(&header("Bearer correct-horse-battery"))));
+        assert!(token.accepts(Some(&header("bearer correct-horse-battery"))));
+        assert!(token.accepts(Some(&header("BEARER  correct-horse-battery"))));
         assert!(!token.accepts(Some(&header("Bearer correct-horse-batter"))));
         assert!(!token.accepts(Some(&header("Bearer correct-horse-battery2"))));
         assert!(!token.accepts(Some(&header("correct-horse-battery"))));
         assert!(!token.accepts(Some(&header("Basic correct-horse-battery"))));
         assert!(!token.accepts(None));
+    }
+
+    #[test]
+    fn wrong_tokens_are_throttled_per_address_the_right_one_never_counts() {
+        let access = AdminAccess::new(&"correct-horse-battery".parse().expect("secret"));
+        let header = |v: &str| HeaderValue::from_str(v).expect("header");
+        let (right, wrong) = (
+            header("Bearer correct-horse-battery"),
+            header("Bearer wrong"),
+        );
+        let (one, two): (IpAddr, IpAddr) =
+            ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        // An operator polling all day spends nothing.
+        for _ in 0..100 {
+            assert_eq!(access.check(one, Some(&right)), Ok(()));
+        }
+        for _ in 0..WRONG_TOKEN_BURST.get() {
+            assert_eq!(
+                access.check(one, Some(&wrong)),
+                Err(AdminRefusal::WrongToken)
+            );
+        }
+        for token in [&wrong, &right] {
+            assert!(matches!(
+                access.check(one, Some(token)),
+                Err(AdminRefusal::Throttled {
+                    retry_after_secs: 1..=6
+                })
+            ));
+        }
+        assert_eq!(access.check(two, Some(&right)), Ok(()));
+        assert_eq!(access.check(two, None), Err(AdminRefusal::WrongToken));
     }
 
     #[test]

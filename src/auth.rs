@@ -447,9 +447,13 @@ impl Verifier {
 
     fn user(&self, claims: Claims) -> Result<User, AuthError> {
         let sub = claims.sub;
-        if sub.is_empty() || sub.len() > MAX_USER_ID_BYTES || sub.chars().any(char::is_control) {
+        if sub.is_empty() || sub.len() > MAX_USER_ID_BYTES {
+            return Err(AuthError::Invalid("its sub must be 1 to 128 bytes"));
+        }
+        if sub.chars().any(disguises_text) {
             return Err(AuthError::Invalid(
-                "its sub must be 1 to 128 bytes without control characters",
+                "its sub has a control or bidirectional-formatting character \
+                 (such as U+202E), which could make it read as another user id to other players",
             ));
         }
         let lobbies = match claims.lobbies {
@@ -491,6 +495,28 @@ impl Verifier {
             _ => None,
         }
     }
+}
+
+/// Whether `c` may not be part of a user id, which other players see: it
+/// could make the id, or the text around it where a client shows it, read
+/// as something else. Controls (C0, DEL, C1), the Unicode characters that
+/// steer bidirectional text (its `Bidi_Control` property: the marks U+061C,
+/// U+200E, U+200F, the embeddings and overrides U+202A..U+202E and the
+/// isolates U+2066..U+2069), and the line and paragraph separators U+2028,
+/// U+2029. Other invisible characters such as U+200D (ZERO WIDTH JOINER)
+/// stay: emoji sequences and several scripts need them.
+fn disguises_text(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{2028}'
+                | '\u{2029}'
+        )
 }
 
 /// The hex SHA-256 of a user id: the name of its join-rate key in Redis and,
@@ -640,15 +666,25 @@ pub fn mint(args: &TokenArgs) -> Result<String, String> {
     jsonwebtoken::encode(&header, &claims, &key).map_err(|e| e.to_string())
 }
 
+/// The credentials of an `Authorization` header value of the `Bearer`
+/// scheme, in any case (RFC 9110, 11.1: the scheme is case-insensitive),
+/// blanks around them trimmed; `None` for any other scheme.
+pub fn bearer_credentials(authorization: &[u8]) -> Option<&[u8]> {
+    let value = authorization.trim_ascii();
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, credentials) = value.split_at(space);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| credentials.trim_ascii())
+}
+
 /// The token of a WebSocket upgrade request: `Authorization: Bearer <jwt>`,
 /// else the `token` query parameter.
 pub fn token_of_request(headers: &hyper::HeaderMap, query: Option<&str>) -> Option<String> {
     if let Some(value) = headers.get(hyper::header::AUTHORIZATION) {
-        let value = value.to_str().ok()?.trim();
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned());
+        let value = value.to_str().ok()?;
+        let token = bearer_credentials(value.as_bytes())?;
+        return std::str::from_utf8(token).ok().map(str::to_owned);
     }
     query?
         .split('&')
@@ -743,6 +779,28 @@ mod tests {
     }
 
     #[test]
+    fn user_ids_carry_no_control_or_bidi_characters() {
+        for c in [
+            '\0', '\t', '\u{1F}', '\u{7F}', '\u{85}', '\u{9F}', '\u{061C}', '\u{200E}', '\u{200F}',
+            '\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}', '\u{2028}', '\u{2029}',
+        ] {
+            assert!(disguises_text(c), "U+{:04X}", u32::from(c));
+        }
+        for c in [
+            'a', ' ', 'é', 'א', 'ب', '\u{200D}', '👩', '\u{A0}', '\u{2070}', '\u{2065}',
+        ] {
+            assert!(!disguises_text(c), "U+{:04X}", u32::from(c));
+        }
+        let v = verifier(|_| {});
+        let sub = |s: &str| v.verify(&hs256(json!({"sub": s, "exp": now() + 60})));
+        assert!(matches!(
+            sub("alice\u{202E}gnp.exe"),
+            Err(AuthError::Invalid(why)) if why.contains("bidirectional")
+        ));
+        assert_eq!(&*sub("بوب 👩\u{200D}💻").unwrap().id, "بوب 👩\u{200D}💻");
+    }
+
+    #[test]
     fn alg_none_and_bad_signatures_are_refused() {
         let v = verifier(|_| {});
         let signed = hs256(json!({"sub": "a", "exp": now() + 60}));
@@ -778,6 +836,8 @@ mod tests {
         );
         headers.insert(hyper::header::AUTHORIZATION, "Basic abc".parse().unwrap());
         assert_eq!(token_of_request(&headers, None), None);
+        headers.insert(hyper::header::AUTHORIZATION, "bearer abc".parse().unwrap());
+        assert_eq!(token_of_request(&headers, None), Some("abc".into()));
     }
 
     #[test]

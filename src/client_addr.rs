@@ -103,11 +103,21 @@ fn parse(header: &[u8]) -> Result<Option<SocketAddr>, String> {
             v1::Addresses::Tcp6(a) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
             v1::Addresses::Unknown => None,
         }),
-        HeaderResult::V2(Ok(h)) => Ok(match h.addresses {
-            v2::Addresses::IPv4(a) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
-            v2::Addresses::IPv6(a) => Some(SocketAddr::new(a.source_address.into(), a.source_port)),
-            v2::Addresses::Unspecified | v2::Addresses::Unix(_) => None,
-        }),
+        HeaderResult::V2(Ok(h)) => {
+            let client = match h.addresses {
+                v2::Addresses::IPv4(a) => SocketAddr::new(a.source_address.into(), a.source_port),
+                v2::Addresses::IPv6(a) => SocketAddr::new(a.source_address.into(), a.source_port),
+                v2::Addresses::Unspecified | v2::Addresses::Unix(_) => return Ok(None),
+            };
+            // ppp reads the TLVs after the addresses only when asked. A header
+            // whose TLVs do not fill the rest of it exactly (one running past
+            // its declared length, or stray bytes) is not what a proxy sends:
+            // refused, as HAProxy refuses it, before its address is believed.
+            if let Some(Err(e)) = h.tlvs().find(Result::is_err) {
+                return Err(format!("bad PROXY v2 header: {e}"));
+            }
+            Ok(Some(client))
+        }
         HeaderResult::V1(Err(e)) => Err(format!("bad PROXY v1 header: {e}")),
         HeaderResult::V2(Err(e)) => Err(format!("bad PROXY v2 header: {e}")),
     }
@@ -141,6 +151,31 @@ mod tests {
             Some("203.0.113.7:51234".parse().unwrap())
         );
         assert!(parse(b"PROXY TCP4 nonsense\r\n").is_err());
+    }
+
+    /// A v2 header from 203.0.113.7:51234 whose declared length covers its
+    /// addresses and `tlvs`.
+    fn v2_with_tlvs(tlvs: &[u8]) -> Vec<u8> {
+        let mut v2 = V2_SIGNATURE.to_vec();
+        let length = u16::try_from(12 + tlvs.len()).unwrap();
+        v2.extend_from_slice(&[0x21, 0x11]);
+        v2.extend_from_slice(&length.to_be_bytes());
+        v2.extend_from_slice(&[203, 0, 113, 7, 10, 0, 0, 1, 0xc8, 0x22, 0x22, 0x3d]);
+        v2.extend_from_slice(tlvs);
+        v2
+    }
+
+    #[test]
+    fn v2_tlvs_must_fill_the_header_exactly() {
+        let client = Some("203.0.113.7:51234".parse().unwrap());
+        // NOOP with 2 bytes, ALPN "h2": well formed.
+        let good = v2_with_tlvs(&[0x04, 0, 2, 0, 0, 0x01, 0, 2, b'h', b'2']);
+        assert_eq!(parse(&good).unwrap(), client);
+        // A TLV whose length runs past the header's.
+        let overrun = parse(&v2_with_tlvs(&[0x01, 0, 5, b'h'])).unwrap_err();
+        assert!(overrun.contains("TLV"), "{overrun}");
+        // After a good TLV, two bytes too few for another.
+        assert!(parse(&v2_with_tlvs(&[0x04, 0, 0, 0x04, 0])).is_err());
     }
 
     #[test]

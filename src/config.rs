@@ -213,10 +213,14 @@ pub struct ServeArgs {
     /// latency. Requests must present this token (`Authorization: Bearer`;
     /// the page asks for it). At least 16 characters. Without it both paths
     /// answer 404. Prefer the environment variable to the flag (flags show
-    /// in `ps`).
+    /// in `ps`). Wrong tokens are throttled per client address: 10 at once,
+    /// then one every 6 s; past that its requests get 429 with Retry-After,
+    /// the right token's too.
     /// An empty value (`LOBBY_RELAY_ADMIN_TOKEN=` in a compose file) means
-    /// no admin view, as unset.
-    #[arg(long, env = "LOBBY_RELAY_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_admin_token)]
+    /// no admin view, as unset; a token of only whitespace, or with
+    /// whitespace at its start or end, is refused (no request could
+    /// present it).
+    #[arg(long, env = "LOBBY_RELAY_ADMIN_TOKEN", hide_env_values = true, value_parser = AdminTokenParser)]
     pub admin_token: Option<Secret>,
 
     /// Resume (opt-in per client, `"resume":true` in `join`): how long the
@@ -385,12 +389,61 @@ fn parse_on_off(s: &str) -> Result<bool, String> {
     }
 }
 
-/// An admin token of 16+ characters, or empty for none.
+/// An admin token of 16+ characters, or empty for none. One that no request
+/// could present is refused: blank, or with whitespace around it (header
+/// values and the admin page's input are trimmed), or with a control
+/// character (no header can carry one).
 fn parse_admin_token(s: &str) -> Result<Secret, String> {
     if s.is_empty() {
         return Ok(Secret(std::sync::Arc::from(&b""[..])));
     }
+    if s.trim().is_empty() {
+        return Err(
+            "it is only whitespace, so no request could ever present it; \
+                    leave it empty or unset for no admin view"
+                .into(),
+        );
+    }
+    if s.trim() != s {
+        return Err(
+            "it has whitespace at its start or end, which no request can present \
+                    (header values are trimmed): remove it"
+                .into(),
+        );
+    }
+    if s.chars().any(|c| c.is_control() && c != '\t') {
+        return Err("it has a control character, which no HTTP header can carry".into());
+    }
     s.parse()
+}
+
+/// Parses `--admin-token` with [`parse_admin_token`], refusing a bad one
+/// with a message that names the option and its variable and, unlike
+/// clap's usual one, does not echo the value: it is a secret, and the
+/// message may end up in a log.
+#[derive(Clone)]
+struct AdminTokenParser;
+
+impl clap::builder::TypedValueParser for AdminTokenParser {
+    type Value = Secret;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Secret, clap::Error> {
+        let token = value
+            .to_str()
+            .ok_or_else(|| "it is not valid UTF-8".to_owned());
+        token.and_then(parse_admin_token).map_err(|why| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid --admin-token (LOBBY_RELAY_ADMIN_TOKEN): {why}\n"),
+            )
+            .with_cmd(cmd)
+        })
+    }
 }
 
 fn parse_node_id(s: &str) -> Result<String, String> {
@@ -455,6 +508,11 @@ mod tests {
         assert!(c.admin_token.is_none());
         assert!(parse_admin_token("").is_ok_and(|t| t.bytes().is_empty()));
         assert!(parse_admin_token("short").is_err());
+        assert!(parse_admin_token(&" ".repeat(20)).is_err());
+        assert!(parse_admin_token("correct-horse-battery ").is_err());
+        assert!(parse_admin_token("\u{a0}correct-horse-battery").is_err());
+        assert!(parse_admin_token("correct-horse\nbattery").is_err());
+        assert!(parse_admin_token("correct horse battery").is_ok());
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //! - [`hub`]: this node's members of each lobby, and delivery to them.
 //! - [`inspect`]: `lobby-relay inspect`, read-only views of Redis.
 //! - [`identity`]: the node's key and member ids in lobby records.
-//! - [`limits`]: message and join rate limits.
+//! - [`limits`]: message and join rate limits, and failures per address.
 //! - [`metrics`]: Prometheus metrics (`GET /metrics`).
 //! - [`lobby`]: the lobby store interface, with [`lobby::memory`] and
 //!   [`lobby::redis`].

@@ -1,11 +1,16 @@
-//! Abuse limits: how many messages a connection may send, and how many joins
-//! a client address may try (passphrase guessing).
+//! Abuse limits: how many messages a connection may send, how many joins
+//! a client address may try (passphrase guessing), and how many wrong admin
+//! tokens (token guessing).
 //!
 //! Message limits are per connection, in this process. Join limits are per
 //! client address and hold for the whole cluster: with Redis their state is
-//! in Redis (`gcra.lua`), without it in this process.
+//! in Redis (`gcra.lua`), without it in this process. Failure limits are per
+//! client address, in this process.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -92,6 +97,62 @@ impl JoinLimit {
     }
 }
 
+/// Failed attempts per client address (wrong admin tokens): `burst` at once,
+/// then one every `interval`. An address past its allowance is refused
+/// outright, before its attempt is looked at, until it has one again; a
+/// refused attempt costs nothing, so a client that honours `Retry-After`
+/// gets in as soon as it is told.
+///
+/// Not governor's keyed limiter: that one can only be asked by spending a
+/// cell, and only failures may spend one here (an operator's page polls
+/// with the right token all day). This is the same GCRA: per address the
+/// instant its allowance is whole again.
+#[derive(Debug)]
+pub struct FailureLimit {
+    burst: u32,
+    interval: Duration,
+    whole_at: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+/// Addresses remembered before the ones whose allowance is whole again are
+/// forgotten (each is forgotten at the latest `burst` intervals after its
+/// last failure).
+const FAILURE_ADDRESSES: usize = 10_000;
+
+impl FailureLimit {
+    pub fn new(burst: NonZeroU32, interval: Duration) -> Self {
+        Self {
+            burst: burst.get(),
+            interval,
+            whole_at: Mutex::default(),
+        }
+    }
+
+    /// How long `client` must wait before an attempt of its is looked at
+    /// again; `None` when it may try now.
+    pub fn wait(&self, client: IpAddr, now: Instant) -> Option<Duration> {
+        let whole_at = *self.lock().get(&client)?;
+        // The allowance is spent while it is more than `burst - 1`
+        // intervals from whole.
+        let spent_until = whole_at.checked_sub(self.interval * (self.burst - 1))?;
+        Some(spent_until.saturating_duration_since(now)).filter(|wait| !wait.is_zero())
+    }
+
+    /// Counts a failed attempt of `client`.
+    pub fn failed(&self, client: IpAddr, now: Instant) {
+        let mut whole_at = self.lock();
+        if whole_at.len() >= FAILURE_ADDRESSES {
+            whole_at.retain(|_, at| *at > now);
+        }
+        let at = whole_at.entry(client).or_insert(now);
+        *at = (*at).max(now) + self.interval;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Instant>> {
+        self.whole_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +182,36 @@ mod tests {
         for _ in 0..120 {
             assert_eq!(limiter.check(), Verdict::Allow);
         }
+    }
+
+    #[test]
+    fn failures_spend_the_allowance_of_their_address_only() {
+        let limit = FailureLimit::new(n(3), Duration::from_secs(6));
+        let (one, two): (IpAddr, IpAddr) =
+            ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(limit.wait(one, t0), None);
+            limit.failed(one, t0);
+        }
+        assert_eq!(limit.wait(one, t0), Some(Duration::from_secs(6)));
+        assert_eq!(
+            limit.wait(one, t0 + Duration::from_secs(2)),
+            Some(Duration::from_secs(4))
+        );
+        assert_eq!(limit.wait(two, t0), None, "another address has its own");
+        // One interval later, one more try; then a full wait again.
+        let t1 = t0 + Duration::from_secs(6);
+        assert_eq!(limit.wait(one, t1), None);
+        limit.failed(one, t1);
+        assert_eq!(limit.wait(one, t1), Some(Duration::from_secs(6)));
+        // Three intervals of quiet: the whole burst again.
+        let t2 = t1 + Duration::from_secs(18);
+        for _ in 0..3 {
+            assert_eq!(limit.wait(one, t2), None);
+            limit.failed(one, t2);
+        }
+        assert!(limit.wait(one, t2).is_some());
     }
 
     #[test]

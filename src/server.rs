@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::admin::{self, AdminToken};
+use crate::admin::{self, AdminAccess, AdminRefusal};
 use crate::both::both;
 use crate::client_addr;
 use crate::lobby::LobbyStore;
@@ -114,7 +114,7 @@ pub async fn run<S: LobbyStore>(
         addresses: Arc::default(),
         stop: CancellationToken::new(),
         sessions: TaskTracker::new(),
-        admin: node.config.admin_token.as_ref().map(AdminToken::new),
+        admin: node.config.admin_token.as_ref().map(AdminAccess::new),
         node,
     });
     let accepting = accept_loop(&listener, &server);
@@ -171,7 +171,7 @@ struct Server<S> {
     /// The running sessions, waited for when draining.
     sessions: TaskTracker,
     /// `--admin-token`: the admin view is served only with one.
-    admin: Option<AdminToken>,
+    admin: Option<AdminAccess>,
 }
 
 async fn accept_loop<S: LobbyStore>(listener: &TcpListener, server: &Arc<Server<S>>) {
@@ -291,7 +291,7 @@ impl<S: LobbyStore> Server<S> {
                 let upgrade = upgrade.clone();
                 async move {
                     let response = if request.uri().path() == ADMIN_API_PATH {
-                        server.admin_api(&request).await
+                        server.admin_api(&request, peer.ip()).await
                     } else {
                         server.route(request, peer.ip(), &upgrade)
                     };
@@ -492,25 +492,40 @@ impl<S: LobbyStore> Server<S> {
     }
 
     /// `GET /admin/api/cluster`: 404 without `--admin-token`, 401 without the
-    /// right token, else the cluster as JSON.
-    async fn admin_api(&self, request: &Request<Incoming>) -> Response<Body> {
-        let Some(token) = &self.admin else {
+    /// right token, 429 after too many wrong ones from the client's address,
+    /// else the cluster as JSON.
+    async fn admin_api(&self, request: &Request<Incoming>, peer: IpAddr) -> Response<Body> {
+        let Some(access) = &self.admin else {
             return text(StatusCode::NOT_FOUND, "not found\n");
         };
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
         }
-        if !token.accepts(request.headers().get(header::AUTHORIZATION)) {
-            tracing::info!("admin API: refused a request without the right token");
-            let mut response = text(
-                StatusCode::UNAUTHORIZED,
-                "the admin token is missing or wrong\n",
-            );
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"lobby-relay admin\""),
-            );
-            return response;
+        let headers = request.headers();
+        let client = self
+            .node
+            .config
+            .trusted_proxies
+            .forwarded_for(peer, headers);
+        match access.check(client, headers.get(header::AUTHORIZATION)) {
+            Ok(()) => {}
+            Err(refusal @ AdminRefusal::WrongToken) => {
+                tracing::info!(%client, "admin API: refused a request without the right token");
+                let mut response = text(StatusCode::UNAUTHORIZED, &format!("{refusal}\n"));
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"lobby-relay admin\""),
+                );
+                return response;
+            }
+            Err(refusal @ AdminRefusal::Throttled { retry_after_secs }) => {
+                tracing::debug!(%client, "admin API: throttled after too many wrong tokens");
+                let mut response = text(StatusCode::TOO_MANY_REQUESTS, &format!("{refusal}\n"));
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                return response;
+            }
         }
         let node = &self.node;
         let view = match tokio::time::timeout(ADMIN_API_TIMEOUT, node.store.cluster_view()).await {

@@ -640,3 +640,63 @@ async fn no_token_in_logs_or_redis() {
         "with --log-user-ids hash, join lines carry a user hash"
     );
 }
+
+/// A token whose `sub` carries a control or bidirectional-formatting
+/// character (one that could make a user id read as another to the other
+/// players, e.g. U+202E RIGHT-TO-LEFT OVERRIDE) is refused with
+/// `token_invalid`, saying why, and close 1008, whether presented in the
+/// upgrade request or in an `auth` message; the lobby it meant to join is
+/// not disturbed, and ids in other scripts or with emoji still play.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_with_control_or_bidi_characters_is_refused() {
+    let c = Cluster::memory_with(&[
+        "--auth",
+        "optional",
+        "--auth-hs256-secret",
+        SECRET,
+        "--lobby-capacity",
+        "3",
+    ]);
+    let url = c.url_a();
+    // Hebrew, Arabic and an emoji with a zero-width joiner are ids, not
+    // tricks: they stay accepted.
+    let (alice_id, bob_id) = ("אליס", "بوب 👩\u{200D}💻");
+    let mut alice = connect_bearer(&url, &hs256(&good(alice_id)), "alice").await;
+    alice.join("bidi-lobby").await;
+    let mut bob = connect_bearer(&url, &hs256(&good(bob_id)), "bob").await;
+    let joined = bob.join("bidi-lobby").await;
+    assert_eq!(joined["users"], json!({"1": alice_id, "2": bob_id}));
+    alice.recv_json().await; // playerJoined
+    for sub in [
+        "alice\u{202E}gnp.exe", // RIGHT-TO-LEFT OVERRIDE
+        "\u{2067}bob\u{2069}",  // RIGHT-TO-LEFT ISOLATE ... POP
+        "eve\u{200F}",          // RIGHT-TO-LEFT MARK
+        "eve\u{061C}",          // ARABIC LETTER MARK
+        "eve\u{202A}x",         // LEFT-TO-RIGHT EMBEDDING
+        "line\u{2028}break",    // LINE SEPARATOR
+        "nel\u{0085}",          // a C1 control
+        "tab\there",            // a C0 control
+    ] {
+        let token = hs256(&good(sub));
+        let mut upgrade = connect_bearer(&url, &token, "mallory").await;
+        let error = upgrade.expect_error("token_invalid").await;
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("control or bidirectional-formatting character"),
+            "sub {sub:?}: {error}"
+        );
+        upgrade.expect_close(1008).await;
+        let mut late = Client::connect(&url, "mallory-late").await;
+        late.send_json(json!({"type": "auth", "token": token}))
+            .await;
+        expect_refused(&mut late, "token_invalid").await;
+    }
+    // The lobby saw none of it, and has its third seat free.
+    support::assert_quiet_pair(&mut alice, &mut bob).await;
+    let mut carol = connect_bearer(&url, &hs256(&good("carol")), "carol").await;
+    let joined = carol.join("bidi-lobby").await;
+    assert_eq!(
+        joined["users"],
+        json!({"1": alice_id, "2": bob_id, "3": "carol"})
+    );
+}

@@ -205,3 +205,72 @@ async fn forwarded_for_from_trusted_proxies_only() {
     assert_eq!(open("127.0.0.3", "198.51.100.6").await, None);
     assert_eq!(open("127.0.0.3", "198.51.100.7").await, Some(1013));
 }
+
+/// A PROXY v2 header (TCP over IPv4, from 203.0.113.20) followed by `tlvs`
+/// as its remaining declared length.
+fn v2_with_tlvs(tlvs: &[u8]) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    let length = u16::try_from(12 + tlvs.len()).expect("short");
+    header.extend_from_slice(&[0x21, 0x11]);
+    header.extend_from_slice(&length.to_be_bytes());
+    header.extend_from_slice(&[203, 0, 113, 20, 127, 0, 0, 1, 0x9c, 0x41, 0x22, 0x3d]);
+    header.extend_from_slice(tlvs);
+    header
+}
+
+/// A v2 header's TLVs must fill the rest of it exactly, as HAProxy requires:
+/// one whose length runs past the header's declared length, or stray bytes
+/// too short to be a TLV, and the connection is refused like any bad PROXY
+/// header; well-formed TLVs are accepted and the address is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_v2_headers_with_malformed_tlvs_are_refused() {
+    let node = Node::start(
+        "t",
+        &[
+            "--trusted-proxies",
+            "127.0.0.1",
+            "--proxy-protocol",
+            "--log-filter",
+            "debug",
+        ],
+    );
+    let addr = node.addr();
+    let mut keep = Vec::new();
+    let mut open = async |header: Vec<u8>| {
+        let stream = connect_from("127.0.0.1", addr).await;
+        websocket(&mut keep, stream, addr, Some(header), None).await
+    };
+    // An ALPN TLV that says 5 bytes and has 1; two bytes that are no TLV.
+    for (what, tlvs) in [
+        ("a TLV running past the header", &[0x01, 0, 5, b'h'][..]),
+        ("a truncated TLV", &[0x04, 0][..]),
+    ] {
+        assert!(
+            open(v2_with_tlvs(tlvs)).await.is_err(),
+            "{what}: the connection must be refused"
+        );
+    }
+    let refused = node
+        .logs()
+        .lines()
+        .iter()
+        .filter(|line| line.contains("refused: bad PROXY header") && line.contains("TLV"))
+        .count();
+    assert_eq!(
+        refused, 2,
+        "both are logged as bad PROXY headers, for their TLVs"
+    );
+    // A NOOP TLV and an ALPN TLV, each exactly as long as it says.
+    let good = v2_with_tlvs(&[0x04, 0, 2, 0, 0, 0x01, 0, 2, b'h', b'2']);
+    assert_eq!(
+        open(good).await.expect("handshake"),
+        None,
+        "well-formed TLVs are accepted"
+    );
+    assert!(
+        logged_peers(&node)
+            .iter()
+            .any(|p| p.starts_with("203.0.113.20")),
+        "the address of the good header is used"
+    );
+}

@@ -1,12 +1,14 @@
-//! Origin allowlist and lobby-key hardening.
+//! Origin allowlist, lobby-key hardening and the admin token.
 
 mod support;
 
-use std::process::Command;
+use std::net::SocketAddr;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use support::{Client, Cluster, pair};
+use support::{Client, Cluster, RECV_TIMEOUT, assert_quiet_pair, pair};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
@@ -171,5 +173,197 @@ async fn no_passphrase_in_logs_or_redis() {
                 "passphrase {needle:?} leaked: {line}"
             );
         }
+    }
+}
+
+/// The nodes' `--admin-token` in these tests.
+const ADMIN_TOKEN: &str = "security-test-admin-token";
+
+/// `GET /admin/api/cluster` from `source` (any 127/8 address works on
+/// Linux), with `authorization` as that header's value: the status and the
+/// whole response.
+async fn admin_api(node: SocketAddr, source: &str, authorization: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("address"))
+        .expect("bind");
+    let mut stream = socket.connect(node).await.expect("connect");
+    let mut request =
+        "GET /admin/api/cluster HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".to_owned();
+    if let Some(value) = authorization {
+        request.push_str(&format!("Authorization: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(RECV_TIMEOUT, stream.read_to_end(&mut response))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    (status, response)
+}
+
+/// The value of header `name` in an HTTP response.
+fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    let head = response.split("\r\n\r\n").next().unwrap_or_default();
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+/// Wrong admin tokens are throttled per client address: 10 at once, then
+/// one every 6 s; past that an address gets 429 with Retry-After, and its
+/// token is not even looked at (so a guesser learns nothing from a right
+/// guess), the right token included. Another address has its own
+/// allowance: the operator there gets in. Players from the throttled
+/// address play on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_admin_tokens_are_throttled_per_address() {
+    let c = Cluster::memory_with(&["--admin-token", ADMIN_TOKEN]);
+    let addr = c.addr_a();
+    let (mut a, mut b) = pair(&c, "admin-throttle").await;
+    let right = format!("Bearer {ADMIN_TOKEN}");
+    let wrong = |i: u32| format!("Bearer wrong-admin-token-{i:04}");
+    for i in 0..10 {
+        let (status, response) = admin_api(addr, "127.0.0.1", Some(&wrong(i))).await;
+        assert_eq!(status, 401, "wrong token {i}: {response}");
+    }
+    let (status, response) = admin_api(addr, "127.0.0.1", Some(&right)).await;
+    assert_eq!(status, 429, "{response}");
+    let retry_after: u64 = header(&response, "retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("429 without Retry-After seconds: {response}"));
+    assert!((1..=6).contains(&retry_after), "{response}");
+    assert!(
+        response.contains("too many wrong admin tokens from your address"),
+        "{response}"
+    );
+    // The attack goes on: at most one more try gets through every 6 s.
+    let start = Instant::now();
+    let mut let_through = 0;
+    for i in 10..300 {
+        let (status, response) = admin_api(addr, "127.0.0.1", Some(&wrong(i))).await;
+        match status {
+            401 => let_through += 1,
+            429 => {}
+            _ => panic!("wrong token {i}: {response}"),
+        }
+    }
+    let allowed = start.elapsed().as_secs() / 6 + 2;
+    assert!(
+        let_through <= allowed,
+        "{let_through} of 290 wrong tokens were checked within {:?}",
+        start.elapsed()
+    );
+    // Another address: the operator gets in, and has an allowance of its own.
+    let (status, response) = admin_api(addr, "127.0.0.2", Some(&right)).await;
+    assert_eq!(status, 200, "{response}");
+    let (status, response) = admin_api(addr, "127.0.0.2", Some(&wrong(0))).await;
+    assert_eq!(status, 401, "{response}");
+    assert_quiet_pair(&mut a, &mut b).await;
+}
+
+/// RFC 9110: the authentication scheme is case-insensitive, so `bearer`
+/// and `BEARER` work as `Bearer` does; other schemes do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_takes_any_case_of_bearer() {
+    let c = Cluster::memory_with(&["--admin-token", ADMIN_TOKEN]);
+    let addr = c.addr_a();
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let value = format!("{scheme} {ADMIN_TOKEN}");
+        let (status, response) = admin_api(addr, "127.0.0.1", Some(&value)).await;
+        assert_eq!(status, 200, "{value}: {response}");
+    }
+    for value in [
+        format!("Basic {ADMIN_TOKEN}"),
+        format!("Bearer{ADMIN_TOKEN}"),
+    ] {
+        let (status, response) = admin_api(addr, "127.0.0.1", Some(&value)).await;
+        assert_eq!(status, 401, "{value}: {response}");
+    }
+}
+
+/// Runs `lobby-relay serve` with `args` and `env`, expecting it to refuse to
+/// start: its exit status and standard error (it is killed, and the test
+/// fails, if it still runs after 5 s).
+fn refused_start(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
+    use std::io::Read;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lobby-relay"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("LOBBY_RELAY") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().copied());
+    let mut child = command.spawn().expect("spawn lobby-relay");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("lobby-relay {args:?} started (still running after 5 s)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stderr);
+    (status, stderr)
+}
+
+/// An admin token that is blank, or has whitespace around it, could never
+/// match a request's (header values and the page's input are trimmed): the
+/// node refuses to start, naming the option and its variable and not
+/// echoing the token.
+#[test]
+fn a_blank_or_padded_admin_token_is_refused_at_startup() {
+    let blank = " ".repeat(20);
+    let padded = format!("{ADMIN_TOKEN} ");
+    let tabbed = format!("\t{ADMIN_TOKEN}");
+    for (what, token, as_flag) in [
+        ("blank variable", &blank, false),
+        ("blank flag", &blank, true),
+        ("padded variable", &padded, false),
+        ("tabbed flag", &tabbed, true),
+    ] {
+        let (args, env) = if as_flag {
+            (vec!["--admin-token", token.as_str()], vec![])
+        } else {
+            (vec![], vec![("LOBBY_RELAY_ADMIN_TOKEN", token.as_str())])
+        };
+        let (status, stderr) = refused_start(&args, &env);
+        assert!(!status.success(), "{what}: {status}");
+        assert!(
+            stderr.contains("--admin-token") && stderr.contains("LOBBY_RELAY_ADMIN_TOKEN"),
+            "{what}: the error names the option and its variable: {stderr}"
+        );
+        assert!(
+            stderr.contains("whitespace"),
+            "{what}: the error says why: {stderr}"
+        );
+        assert!(
+            !stderr.contains(ADMIN_TOKEN),
+            "{what}: the token is not echoed: {stderr}"
+        );
     }
 }
