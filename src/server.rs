@@ -290,7 +290,9 @@ impl<S: LobbyStore> Server<S> {
                 let server = server.clone();
                 let upgrade = upgrade.clone();
                 async move {
-                    let response = if request.uri().path() == ADMIN_API_PATH {
+                    let response = if let Err(bad) = check_host(&request) {
+                        bad.response()
+                    } else if request.uri().path() == ADMIN_API_PATH {
                         server.admin_api(&request).await
                     } else {
                         server.route(request, peer.ip(), &upgrade)
@@ -429,7 +431,7 @@ impl<S: LobbyStore> Server<S> {
             p if WEBSOCKET_PATHS.contains(&p) => {
                 let key = match websocket_key(&request) {
                     Ok(key) => key,
-                    Err(response) => return *response,
+                    Err(bad) => return bad.response(),
                 };
                 if self.node.is_draining() {
                     return text(
@@ -591,9 +593,65 @@ impl<S> Server<S> {
     }
 }
 
+/// A request refused before it is served, and why: the reason is the body
+/// of the answer, for whoever wrote the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum BadRequest {
+    #[error(
+        "an HTTP/1.1 request needs exactly one Host header, with a host and an optional port (RFC 9112, section 3.2)"
+    )]
+    Host,
+    #[error("this is a WebSocket endpoint: connect with a WebSocket client")]
+    NotWebSocket,
+    #[error("WebSocket version 13 only")]
+    Version,
+    #[error("missing Sec-WebSocket-Key")]
+    MissingKey,
+    #[error("Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455, section 4.2.1)")]
+    Key,
+}
+
+impl BadRequest {
+    fn response(self) -> Response<Body> {
+        let status = match self {
+            Self::NotWebSocket | Self::Version => StatusCode::UPGRADE_REQUIRED,
+            Self::Host | Self::MissingKey | Self::Key => StatusCode::BAD_REQUEST,
+        };
+        let mut response = text(status, &format!("{self}\n"));
+        if self == Self::Version {
+            response.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        response
+    }
+}
+
+/// RFC 9112, section 3.2: an HTTP/1.1 request has exactly one `Host` header
+/// (HTTP/1.0 may have none), holding a host and an optional port, or
+/// nothing; anything else gets 400. hyper leaves this to the server.
+fn check_host(request: &Request<Incoming>) -> Result<(), BadRequest> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if request.version() == hyper::Version::HTTP_10 => Ok(()),
+        (Some(host), None) if host.is_empty() => Ok(()),
+        (Some(host), None) => {
+            let authority = hyper::http::uri::Authority::try_from(host.as_bytes());
+            // An authority may carry user information; a Host may not.
+            match authority {
+                Ok(authority) if !authority.as_str().contains('@') => Ok(()),
+                _ => Err(BadRequest::Host),
+            }
+        }
+        _ => Err(BadRequest::Host),
+    }
+}
+
 /// Checks a WebSocket upgrade request (RFC 6455, section 4.2.1) and returns
-/// its `Sec-WebSocket-Key`, or the response that refuses it.
-fn websocket_key(request: &Request<Incoming>) -> Result<String, Box<Response<Body>>> {
+/// its `Sec-WebSocket-Key`.
+fn websocket_key(request: &Request<Incoming>) -> Result<HeaderValue, BadRequest> {
+    use base64::Engine;
     let headers = request.headers();
     let has_token = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().any(|value| {
@@ -605,32 +663,23 @@ fn websocket_key(request: &Request<Incoming>) -> Result<String, Box<Response<Bod
         })
     };
     if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
-        return Err(Box::new(text(
-            StatusCode::UPGRADE_REQUIRED,
-            "this is a WebSocket endpoint: connect with a WebSocket client\n",
-        )));
+        return Err(BadRequest::NotWebSocket);
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .map(HeaderValue::as_bytes)
         != Some(b"13")
     {
-        let mut response = text(StatusCode::UPGRADE_REQUIRED, "WebSocket version 13 only\n");
-        response.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return Err(Box::new(response));
+        return Err(BadRequest::Version);
     }
-    match headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .and_then(|k| k.to_str().ok())
-    {
-        Some(key) if !key.is_empty() => Ok(key.to_owned()),
-        _ => Err(Box::new(text(
-            StatusCode::BAD_REQUEST,
-            "missing Sec-WebSocket-Key\n",
-        ))),
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(BadRequest::MissingKey);
+    };
+    // 16 random bytes, base64 with its padding: 24 characters.
+    let decoded = base64::engine::general_purpose::STANDARD.decode(key.as_bytes());
+    match decoded {
+        Ok(nonce) if nonce.len() == 16 => Ok(key.clone()),
+        _ => Err(BadRequest::Key),
     }
 }
 

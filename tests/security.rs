@@ -6,6 +6,7 @@ use std::process::Command;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use support::raw::{self, RawSocket};
 use support::{Client, Cluster, pair};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -171,5 +172,65 @@ async fn no_passphrase_in_logs_or_redis() {
                 "passphrase {needle:?} leaked: {line}"
             );
         }
+    }
+}
+
+/// The upgrade is refused with 400 and a reason unless its
+/// `Sec-WebSocket-Key` is 16 bytes in base64 (RFC 6455, 4.2.1); a good key
+/// still gets 101.
+#[test]
+fn a_malformed_websocket_key_gets_400() {
+    let c = Cluster::memory();
+    for key in [
+        "not base64 at all!",
+        "aGVsbG8=",                     // 5 bytes
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAA", // 21 bytes
+        "dGhlIHNhbXBsZSBub25jZQ",       // 16 bytes, padding missing
+    ] {
+        let answer = RawSocket::connect(c.addr_a()).exchange(&raw::upgrade_request(key));
+        assert_eq!(answer.status, 400, "key {key:?}: {answer:?}");
+        assert!(
+            answer.body.contains("Sec-WebSocket-Key"),
+            "key {key:?}: the reason is in the body: {answer:?}"
+        );
+    }
+    let answer = RawSocket::connect(c.addr_a()).exchange(&raw::upgrade_request(raw::GOOD_KEY));
+    assert_eq!(answer.status, 101, "{answer:?}");
+    assert!(
+        answer
+            .head
+            .contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "the accept key of RFC 6455's example: {answer:?}"
+    );
+}
+
+/// An HTTP/1.1 request without exactly one valid `Host` header gets 400
+/// (RFC 9112, 3.2), an upgrade as well as a health check; HTTP/1.0 needs
+/// none.
+#[test]
+fn an_http_1_1_request_without_one_host_gets_400() {
+    let c = Cluster::memory();
+    let upgrade_without_host = raw::upgrade_request(raw::GOOD_KEY).replace("Host: relay\r\n", "");
+    for request in [
+        "GET /healthz HTTP/1.1\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: a b\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: user@relay\r\n\r\n",
+        &upgrade_without_host,
+    ] {
+        let answer = RawSocket::connect(c.addr_a()).exchange(request);
+        assert_eq!(answer.status, 400, "{request:?}: {answer:?}");
+        assert!(
+            answer.body.contains("Host"),
+            "{request:?}: the reason is in the body: {answer:?}"
+        );
+    }
+    for request in [
+        "GET /healthz HTTP/1.1\r\nHost: relay.example:8765\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: [::1]:8765\r\n\r\n",
+        "GET /healthz HTTP/1.0\r\n\r\n",
+    ] {
+        let answer = RawSocket::connect(c.addr_a()).exchange(request);
+        assert_eq!(answer.status, 200, "{request:?}: {answer:?}");
     }
 }
