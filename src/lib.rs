@@ -10,6 +10,7 @@
 //! - [`admin`]: the browser playground and the admin view (pages and data).
 //! - [`auth`]: optional player authentication with the studio's JWTs.
 //! - [`client_addr`]: the real client address behind trusted proxies.
+//! - [`closing`]: how the node ends a WebSocket.
 //! - [`config`]: every option, its environment variable and default.
 //! - [`protocol`]: the wire messages; the only module that knows JSON.
 //! - [`passphrase`]: normalise, validate and hash passphrases into a
@@ -32,6 +33,7 @@ pub mod admin;
 pub mod auth;
 mod both;
 pub mod client_addr;
+pub mod closing;
 pub mod config;
 pub mod hub;
 pub mod identity;

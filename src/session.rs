@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, AuthMode, User};
+use crate::closing::Violation;
 use crate::limits::{MessageLimiter, Verdict};
 use crate::lobby::{LobbyStore, RateKey, StoreError};
 use crate::metrics;
@@ -38,6 +39,8 @@ pub enum EndReason {
     Shutdown,
     Aborted,
     ReadError,
+    /// The client's frames broke RFC 6455: closed with 1002 or 1007.
+    ProtocolError,
     Flooding,
     /// A token was refused (or none given where one is required).
     AuthFailed,
@@ -141,8 +144,19 @@ impl<S: LobbyStore> Session<S> {
                     break EndReason::MessageTooLarge;
                 }
                 Ok(Some(Err(e))) => {
+                    let Some(violation) = Violation::of(&e) else {
+                        tracing::debug!(error = %e, "read failed");
+                        break EndReason::ReadError;
+                    };
                     tracing::debug!(error = %e, "read failed");
-                    break EndReason::ReadError;
+                    tracing::info!(
+                        event = "protocol_error",
+                        code = u16::from(violation.code),
+                        reason = violation.reason,
+                        "closing a connection that broke the WebSocket protocol"
+                    );
+                    self.outbox.close(violation.code, violation.reason);
+                    break EndReason::ProtocolError;
                 }
                 Ok(Some(Ok(frame))) => frame,
             };

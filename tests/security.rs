@@ -234,3 +234,87 @@ fn an_http_1_1_request_without_one_host_gets_400() {
         assert_eq!(answer.status, 200, "{request:?}: {answer:?}");
     }
 }
+
+/// Frames that break RFC 6455 are answered with the close code that says
+/// which rule (7.4.1): 1007 for a text that is not UTF-8, 1002 for the rest;
+/// never with a close frame without a code, which a client reads as a
+/// normal close (1005). Another lobby on the node notices nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_are_closed_with_1002_or_1007() {
+    use raw::{BINARY, CLOSE, CONTINUATION, FIN, PING, TEXT, frame};
+    let c = Cluster::memory();
+    let (mut a, mut b) = pair(&c, &format!("bystanders-{}", support::unique())).await;
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "invalid UTF-8 in a text frame",
+            frame(FIN | TEXT, b"{\"type\":\"\xff\xfe\"}", true),
+            1007,
+        ),
+        (
+            "invalid UTF-8 across the fragments of a text",
+            [
+                frame(TEXT, b"{\"t\":\"\xe2\x82", true),
+                frame(FIN | CONTINUATION, b"(\"}", true),
+            ]
+            .concat(),
+            1007,
+        ),
+        (
+            "invalid UTF-8 in a close reason",
+            frame(FIN | CLOSE, b"\x03\xe8\xff", true),
+            1007,
+        ),
+        ("RSV1 set", frame(FIN | 0x40 | TEXT, b"{}", true), 1002),
+        ("RSV3 set", frame(FIN | 0x10 | BINARY, b"x", true), 1002),
+        ("reserved data opcode 3", frame(FIN | 0x3, b"x", true), 1002),
+        (
+            "reserved control opcode 11",
+            frame(FIN | 0xb, b"", true),
+            1002,
+        ),
+        ("an unmasked frame", frame(FIN | TEXT, b"{}", false), 1002),
+        (
+            "a ping of 126 bytes",
+            frame(FIN | PING, &[b'p'; 126], true),
+            1002,
+        ),
+        ("a fragmented ping", frame(PING, b"p", true), 1002),
+        (
+            "a continuation with nothing to continue",
+            frame(FIN | CONTINUATION, b"x", true),
+            1002,
+        ),
+        (
+            "a new message before the last one ended",
+            [frame(TEXT, b"{", true), frame(FIN | TEXT, b"{}", true)].concat(),
+            1002,
+        ),
+        (
+            "a close frame of one byte",
+            frame(FIN | CLOSE, b"\x03", true),
+            1002,
+        ),
+        // Already right before: the node answers with 1002 itself.
+        (
+            "close code 999",
+            frame(FIN | CLOSE, b"\x03\xe7", true),
+            1002,
+        ),
+    ];
+    let addr = c.addr_a();
+    tokio::task::spawn_blocking(move || {
+        for (case, bytes, code) in cases {
+            let mut socket = RawSocket::upgrade(addr);
+            socket.send(&bytes);
+            let (close, before) = socket.read_until_close();
+            assert_eq!(before, [], "{case}: nothing but the close frame");
+            assert_eq!(close.close_code(), Some(code), "{case}: {close:?}");
+            socket.expect_end();
+        }
+    })
+    .await
+    .expect("the raw clients");
+    a.send_text(r#"{"type":"still-here"}"#).await;
+    b.expect_text(r#"{"type":"still-here"}"#).await;
+    b.assert_open().await;
+}
