@@ -269,11 +269,12 @@ impl Drop for Inbox {
 
 /// Drains a connection's queue into its socket until every [`Outbox`] is gone
 /// and the queue is empty, a close frame was sent, the connection was
-/// aborted, or the socket fails.
+/// aborted, or the socket fails; gives the sink back, for the close that
+/// follows (`closing::linger`).
 ///
 /// Frames are fed in batches (up to 64) and flushed once per
 /// batch: one system call for many small game messages.
-pub async fn run_writer<S>(mut sink: S, inbox: Inbox)
+pub async fn run_writer<S>(mut sink: S, inbox: Inbox) -> S
 where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
@@ -290,7 +291,7 @@ where
                     // Every sender is gone: the session ended without a
                     // close frame of its own. Close normally.
                     close(&mut sink).await;
-                    return;
+                    return sink;
                 }
             }
             tokio::select! {
@@ -319,13 +320,14 @@ where
         match outcome {
             Ok(false) => {}
             Ok(true) => {
-                // Let the peer answer our close; the reader sees its reply.
+                // Flushes the close frame; the client's answer is read (and
+                // the socket closed) by `closing::linger`.
                 close(&mut sink).await;
-                return;
+                return sink;
             }
             Err(e) => {
                 tracing::debug!(error = %e, "write failed");
-                return;
+                return sink;
             }
         }
     }
@@ -341,6 +343,7 @@ where
         }))
         .await;
     }
+    sink
 }
 
 /// Closes the socket, waiting at most [`CLOSE_TIMEOUT`]. The closing paths

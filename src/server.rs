@@ -45,12 +45,13 @@ use tracing::Instrument;
 use crate::admin::{self, AdminToken};
 use crate::both::both;
 use crate::client_addr;
+use crate::closing;
 use crate::lobby::LobbyStore;
 use crate::metrics;
 use crate::node::Node;
 use crate::outbox;
 use crate::read_ahead::ReadAhead;
-use crate::session::Session;
+use crate::session::{EndReason, Session};
 
 /// Paths that accept the WebSocket upgrade.
 pub const WEBSOCKET_PATHS: [&str; 2] = ["/", "/ws"];
@@ -382,11 +383,18 @@ impl<S: LobbyStore> Server<S> {
         let reading = Session::new(self.node.clone(), outbox, client, token.as_deref())
             .run(frames, self.stop.clone());
         // Once the session and its outbox are gone, the writer sends what
-        // is left, closes, and ends.
-        both(reading, outbox::run_writer(sink, inbox)).map(move |(reason, ())| {
+        // is left, closes, and ends; then the socket is closed in good order.
+        both(reading, outbox::run_writer(sink, inbox)).then(move |((reason, frames), sink)| {
             metrics::get().connections.decrement(1.0);
             tracing::info!(event = "disconnect", reason = ?reason, "disconnected");
-            drop(held);
+            // Boxed: it runs once, and its state would otherwise take
+            // room in every connection's future, idle or not.
+            Box::pin(async move {
+                closing::linger(frames, sink, frames_after(reason)).await;
+                // The connection counts against the limits until its
+                // socket is closed.
+                drop(held);
+            })
         })
     }
 
@@ -710,9 +718,26 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use futures_util::StreamExt;
-    let (sink, _frames) = ws.split();
+    let (sink, frames) = ws.split();
     let (outbox, inbox) = outbox::channel(64 * 1024);
     outbox.close(code, reason);
     drop(outbox);
-    outbox::run_writer(sink, inbox).await;
+    let sink = outbox::run_writer(sink, inbox).await;
+    closing::linger(frames, sink, closing::Frames::Readable).await;
+}
+
+/// Whether the client's frames can still be read once its session ended so.
+fn frames_after(reason: EndReason) -> closing::Frames {
+    match reason {
+        // A read failed: tungstenite reads no more.
+        EndReason::MessageTooLarge | EndReason::ReadError | EndReason::ProtocolError => {
+            closing::Frames::Broken
+        }
+        EndReason::ClientClosed
+        | EndReason::IdleTimeout
+        | EndReason::Shutdown
+        | EndReason::Aborted
+        | EndReason::Flooding
+        | EndReason::AuthFailed => closing::Frames::Readable,
+    }
 }

@@ -96,8 +96,9 @@ impl<S: LobbyStore> Session<S> {
     }
 
     /// Reads frames until the client goes, the node shuts down, or the
-    /// connection is aborted; then leaves the lobby, if any.
-    pub async fn run<R>(mut self, mut frames: R, shutdown: CancellationToken) -> EndReason
+    /// connection is aborted; then leaves the lobby, if any. Gives the
+    /// frames back, for the close that follows (`closing::linger`).
+    pub async fn run<R>(mut self, mut frames: R, shutdown: CancellationToken) -> (EndReason, R)
     where
         R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
     {
@@ -107,7 +108,7 @@ impl<S: LobbyStore> Session<S> {
             Some(Ok(user)) => self.authenticated(user, false),
             Some(Err(e)) => {
                 self.auth_failed(e);
-                return EndReason::AuthFailed;
+                return (EndReason::AuthFailed, frames);
             }
             None => {}
         }
@@ -207,7 +208,7 @@ impl<S: LobbyStore> Session<S> {
         // its largest state, and every connection holds this one while idle;
         // the join and leave paths (Redis round trips) are rare and large.
         Box::pin(self.leave_lobby(false)).await;
-        reason
+        (reason, frames)
     }
 
     async fn on_text(&mut self, text: Utf8Bytes) {

@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::raw::{self, Frame, RawSocket};
 use support::{Client, Cluster, assert_error, pair};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -237,4 +238,111 @@ async fn trickled_handshake_is_cut_off(c: Cluster) {
     // The node still serves.
     let mut client = Client::connect(&c.url_a(), "after").await;
     client.assert_open().await;
+}
+
+/// A client that never stops sending: `prefix`, then `chunk` over and over
+/// from a thread of its own, at full speed, while this thread reads. Once
+/// the relay's close frame is read, the writer stops. Returns the close
+/// frame and the frames before it, and asserts that the relay then ended the
+/// connection in good order (FIN) and never reset it: a reset throws away
+/// what was in flight, the close frame included (see
+/// [`RawSocket::expect_no_reset`]).
+fn refused_while_sending(
+    mut socket: RawSocket,
+    prefix: Vec<u8>,
+    chunk: Vec<u8>,
+) -> (Frame, Vec<Frame>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// A bound on the writer, far above what any refusal needs.
+    const MOST_BYTES: usize = 256 * 1024 * 1024;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut out = socket.writer();
+    out.set_write_timeout(Some(Duration::from_secs(5)))
+        .expect("write timeout");
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            out.write_all(&prefix)?;
+            let mut written = 0;
+            while !stop.load(Ordering::Relaxed) && written < MOST_BYTES {
+                out.write_all(&chunk)?;
+                written += chunk.len();
+            }
+            Ok::<(), std::io::Error>(())
+        })
+    };
+    let (close, before) = socket.read_until_close();
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().expect("the writer");
+    socket.expect_end();
+    if let Err(e) = written {
+        panic!("the relay cut the client off while it was sending: {e}");
+    }
+    socket.expect_no_reset();
+    (close, before)
+}
+
+/// Many small game messages in one buffer, masked as a client sends them.
+fn ticks(count: u32) -> Vec<u8> {
+    (0..count).flat_map(|n| raw::text(&numbered(n))).collect()
+}
+
+/// A flooder that goes on sending at full speed after it was refused still
+/// reads its `rate_limited` error and the 1008 close frame: the node closes
+/// in good order (close frame, then it reads and discards what the client
+/// still sends) instead of closing a socket with unread data, which makes
+/// the kernel reset the connection and throw away both frames.
+#[test]
+fn a_flooder_reads_why_it_was_closed() {
+    let c = Cluster::memory_with(&["--message-rate", "10", "--message-burst", "10"]);
+    let mut socket = RawSocket::upgrade(c.addr_a());
+    socket.send(&raw::text(&format!(
+        r#"{{"join":"flood-{}"}}"#,
+        support::unique()
+    )));
+    let joined = socket.read_frame().expect("joined");
+    assert!(
+        joined
+            .text()
+            .is_some_and(|t| t.contains(r#""type":"joined""#)),
+        "{joined:?}"
+    );
+    let (close, before) = refused_while_sending(socket, Vec::new(), ticks(1000));
+    assert!(!before.is_empty(), "a rate_limited error before the close");
+    for frame in &before {
+        let error: Value = serde_json::from_str(frame.text().expect("text")).expect("JSON");
+        assert_error("flooder", &error, "rate_limited");
+    }
+    assert_eq!(close.close_code(), Some(1008), "{close:?}");
+}
+
+/// A message over `--max-message-bytes` from a client that goes on sending
+/// (the rest of its 1 MiB frame, and more): it reads `message_too_large`
+/// and the 1009 close frame, not a reset.
+#[test]
+fn an_oversized_message_is_answered_while_the_client_sends() {
+    let c = Cluster::memory();
+    let socket = RawSocket::upgrade(c.addr_a());
+    let header = raw::frame(raw::FIN | raw::BINARY, &vec![0; 1024 * 1024], true)[..14].to_vec();
+    let (close, before) = refused_while_sending(socket, header, vec![b'x'; 64 * 1024]);
+    assert_eq!(before.len(), 1, "{before:?}");
+    let error: Value = serde_json::from_str(before[0].text().expect("text")).expect("JSON");
+    assert_error("sender", &error, "message_too_large");
+    assert_eq!(close.close_code(), Some(1009), "{close:?}");
+}
+
+/// A connection over `--max-connections` that starts sending at once still
+/// reads its 1013.
+#[test]
+fn a_connection_over_the_limit_reads_1013_while_it_sends() {
+    let c = Cluster::memory_with(&["--max-connections", "1"]);
+    let mut first = RawSocket::upgrade(c.addr_a());
+    let second = RawSocket::upgrade(c.addr_a());
+    let (close, before) = refused_while_sending(second, Vec::new(), ticks(1000));
+    assert_eq!(before, [], "nothing but the close frame");
+    assert_eq!(close.close_code(), Some(1013), "{close:?}");
+    first.send(&raw::text(r#"{"type":"ping","t":1}"#));
+    let pong = first.read_frame().expect("pong");
+    assert_eq!(pong.text(), Some(r#"{"type":"pong","t":1}"#));
 }

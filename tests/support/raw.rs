@@ -197,6 +197,17 @@ impl RawSocket {
         }
     }
 
+    /// Asserts that the connection was not reset (no error pending on the
+    /// socket). On Linux a reset that follows data leaves that data readable
+    /// and the next read sees the end of the stream; on other systems, and
+    /// on a network where the last segments are still in flight, the reset
+    /// throws the data away: so a test that the client can read something
+    /// asserts that there was no reset at all.
+    pub fn expect_no_reset(&self) {
+        let pending = self.stream.take_error().expect("SO_ERROR");
+        assert!(pending.is_none(), "the connection was reset: {pending:?}");
+    }
+
     /// Reads more bytes; `Err` says how the connection ended.
     fn fill(&mut self) -> Result<(), String> {
         let mut buf = [0u8; 16 * 1024];
