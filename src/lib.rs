@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //! - [`admin`]: the browser playground and the admin view (pages and data).
+//! - [`admission`]: the connection limits, counted from accept.
 //! - [`auth`]: optional player authentication with the studio's JWTs.
 //! - [`client_addr`]: the real client address behind trusted proxies.
 //! - [`closing`]: how the node ends a WebSocket.
@@ -30,6 +31,7 @@
 //!   [`lobby::redis`].
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 mod both;
 pub mod client_addr;

@@ -4,6 +4,7 @@
 mod support;
 
 use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -342,7 +343,109 @@ fn a_connection_over_the_limit_reads_1013_while_it_sends() {
     let (close, before) = refused_while_sending(second, Vec::new(), ticks(1000));
     assert_eq!(before, [], "nothing but the close frame");
     assert_eq!(close.close_code(), Some(1013), "{close:?}");
-    first.send(&raw::text(r#"{"type":"ping","t":1}"#));
-    let pong = first.read_frame().expect("pong");
-    assert_eq!(pong.text(), Some(r#"{"type":"pong","t":1}"#));
+    first.assert_open();
+}
+
+/// Other client addresses than the tests' 127.0.0.1, on the loopback.
+const ELSEWHERE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+const PLAYER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+
+/// Opens `count` TCP connections to `addr` that send nothing: half-open
+/// handshakes (slowloris).
+fn silent(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    (0..count)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect()
+}
+
+/// How many of `sockets` the node keeps open, once it has closed those it
+/// closes (polled for up to 8 s, below the handshake timeout of 10 s; or
+/// until at most `expected` remain).
+fn still_open(sockets: &[TcpStream], expected: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let open = sockets.iter().filter(|s| !raw::is_closed(s)).count();
+        if open <= expected || Instant::now() > deadline {
+            return open;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Retries an upgrade from `local` until it is a session (a place was
+/// freed), for up to 10 s.
+fn eventually_a_session(addr: SocketAddr, local: IpAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut socket = RawSocket::upgrade_from(addr, local);
+        socket.send(&raw::text(r#"{"type":"ping","t":7}"#));
+        let reply = socket.read_frame().expect("an answer");
+        if reply.text() == Some(r#"{"type":"pong","t":7}"#) {
+            return;
+        }
+        assert!(
+            reply.close_code() == Some(1013) && Instant::now() < deadline,
+            "no place was freed: {reply:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Connections that never send a byte (half-open, slowloris) count toward
+/// `--max-connections-per-address` from the moment they are accepted: the
+/// node keeps as many of them open as the limit allows (each until the
+/// handshake timeout) and closes the rest at once, or after a moment in the
+/// small reserve for connections over a limit, instead of giving each a
+/// socket for the whole handshake timeout. Other addresses are served
+/// meanwhile, and the address gets its places back when they go.
+#[test]
+fn silent_connections_count_toward_the_address_limit() {
+    let c = Cluster::memory_with(&["--max-connections-per-address", "10"]);
+    let sockets = silent(c.addr_a(), 100);
+    assert_eq!(
+        still_open(&sockets, 10),
+        10,
+        "silent connections from one address the node keeps open"
+    );
+    RawSocket::upgrade_from(c.addr_a(), PLAYER).assert_open();
+    drop(sockets);
+    eventually_a_session(c.addr_a(), Ipv4Addr::LOCALHOST.into());
+}
+
+/// A node whose `--max-connections` are taken by connections still in their
+/// handshake: a health check is answered from the reserve (load balancers
+/// and probes must not see a full node as a dead one), an upgrade reads
+/// 1013, any other page gets 503. One address cannot take the whole
+/// reserve. Once the silent connections go, players get in again.
+#[test]
+fn a_full_node_answers_health_checks_and_refuses_players_with_1013() {
+    let c = Cluster::memory_with(&["--max-connections", "20"]);
+    let addr = c.addr_a();
+    let sockets = silent(addr, 20);
+    let get = |path: &str| {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n");
+        RawSocket::connect_from(addr, ELSEWHERE).exchange(&request)
+    };
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let answer = get(path);
+        assert_eq!(answer.status, 200, "{path}: {answer:?}");
+    }
+    let page = get("/playground");
+    assert_eq!(page.status, 503, "{}", page.head);
+    assert!(page.body.contains("connection"), "{}", page.body);
+    let mut refused = RawSocket::upgrade_from(addr, PLAYER);
+    let (close, before) = refused.read_until_close();
+    assert_eq!(before, [], "nothing but the close frame");
+    assert_eq!(close.close_code(), Some(1013), "{close:?}");
+    refused.expect_end();
+
+    // More from the address that filled the node: it gets a few places of
+    // the reserve at most, and a health check from elsewhere still does.
+    let more = silent(addr, 20);
+    let kept = still_open(&more, 4);
+    assert!(kept <= 4, "{kept} of 20 more silent connections kept");
+    assert_eq!(get("/healthz").status, 200);
+
+    drop((sockets, more));
+    eventually_a_session(addr, PLAYER);
 }

@@ -4,7 +4,7 @@
 //! back.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// How long one read may wait before the test fails.
@@ -101,7 +101,16 @@ pub struct RawSocket {
 
 impl RawSocket {
     pub fn connect(addr: SocketAddr) -> RawSocket {
-        let stream = TcpStream::connect(addr).expect("connect");
+        RawSocket::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// Connects from the loopback address `local` (`127.0.0.2`, ...): the
+    /// node sees another client. Not from inside an async runtime.
+    pub fn connect_from(addr: SocketAddr, local: IpAddr) -> RawSocket {
+        RawSocket::from_stream(connect_from(addr, local))
+    }
+
+    fn from_stream(stream: TcpStream) -> RawSocket {
         stream
             .set_read_timeout(Some(READ_TIMEOUT))
             .expect("read timeout");
@@ -114,10 +123,26 @@ impl RawSocket {
     /// Connects and upgrades with a valid handshake on `/`: what follows is
     /// frames.
     pub fn upgrade(addr: SocketAddr) -> RawSocket {
-        let mut socket = RawSocket::connect(addr);
-        let answer = socket.exchange(&upgrade_request(GOOD_KEY));
+        RawSocket::connect(addr).handshake()
+    }
+
+    /// [`RawSocket::upgrade`] from the loopback address `local`.
+    pub fn upgrade_from(addr: SocketAddr, local: IpAddr) -> RawSocket {
+        RawSocket::connect_from(addr, local).handshake()
+    }
+
+    fn handshake(mut self) -> RawSocket {
+        let answer = self.exchange(&upgrade_request(GOOD_KEY));
         assert_eq!(answer.status, 101, "the upgrade failed: {answer:?}");
-        socket
+        self
+    }
+
+    /// Sends a `ping` and asserts that its `pong` is the next frame: the
+    /// connection is in a session.
+    pub fn assert_open(&mut self) {
+        self.send(&text(r#"{"type":"ping","t":7}"#));
+        let pong = self.read_frame().expect("a pong");
+        assert_eq!(pong.text(), Some(r#"{"type":"pong","t":7}"#), "{pong:?}");
     }
 
     /// A second handle on the same socket, to write from another thread.
@@ -223,6 +248,39 @@ impl RawSocket {
             Err(e) => Err(format!("read failed: {e} ({:?})", e.kind())),
         }
     }
+}
+
+/// A TCP connection to `addr` from the loopback address `local` (the
+/// standard library cannot bind before it connects; tokio can). Not from
+/// inside an async runtime.
+pub fn connect_from(addr: SocketAddr, local: IpAddr) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("a runtime");
+    let stream = runtime
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(local, 0))?;
+            socket.connect(addr).await?.into_std()
+        })
+        .unwrap_or_else(|e| panic!("connecting from {local} to {addr}: {e}"));
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+}
+
+/// Whether the node has closed `stream` (end of stream or reset), without
+/// waiting: `false` while it is open and silent.
+pub fn is_closed(stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).expect("non-blocking");
+    let mut byte = [0u8; 1];
+    let closed = match (&*stream).read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => panic!("the node sent something to a connection that sent nothing"),
+        Err(e) => e.kind() != ErrorKind::WouldBlock,
+    };
+    stream.set_nonblocking(false).expect("blocking");
+    closed
 }
 
 /// A WebSocket upgrade request on `/` with this `Sec-WebSocket-Key`.
