@@ -129,8 +129,10 @@ pub struct ServeArgs {
     #[arg(long, env = "LOBBY_RELAY_JOIN_BURST", default_value_t = NonZeroU32::new(10).expect("10"))]
     pub join_burst: NonZeroU32,
 
-    /// Most connections this node serves at once; further ones are closed at
-    /// once with 1013 ("try again later").
+    /// Most connections this node serves at once, counted from accept
+    /// (handshakes and plain HTTP requests too); further ones are closed at
+    /// once with 1013 ("try again later"), health checks still answered from
+    /// a small reserve. Keep the file limit (ulimit -n) above it.
     #[arg(long, env = "LOBBY_RELAY_MAX_CONNECTIONS", default_value_t = 20000)]
     pub max_connections: u32,
 
@@ -176,9 +178,10 @@ pub struct ServeArgs {
     #[arg(long, env = "LOBBY_RELAY_LOBBY_SECRET", hide_env_values = true)]
     pub lobby_secret: Option<Secret>,
 
-    /// Most connections one client address may hold on this node; further
-    /// ones are closed at once with 1013. Players behind one carrier NAT
-    /// share an address.
+    /// Most connections one client address may hold on this node, counted
+    /// from accept (behind a trusted proxy: from when it names the client);
+    /// further ones are closed at once with 1013. Players behind one carrier
+    /// NAT share an address.
     #[arg(
         long,
         env = "LOBBY_RELAY_MAX_CONNECTIONS_PER_ADDRESS",

@@ -8,8 +8,10 @@
 //!
 //! # Layout
 //! - [`admin`]: the browser playground and the admin view (pages and data).
+//! - [`admission`]: the connection limits, counted from accept.
 //! - [`auth`]: optional player authentication with the studio's JWTs.
 //! - [`client_addr`]: the real client address behind trusted proxies.
+//! - [`closing`]: how the node ends a WebSocket.
 //! - [`config`]: every option, its environment variable and default.
 //! - [`protocol`]: the wire messages; the only module that knows JSON.
 //! - [`passphrase`]: normalise, validate and hash passphrases into a
@@ -29,9 +31,11 @@
 //!   [`lobby::redis`].
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 mod both;
 pub mod client_addr;
+pub mod closing;
 pub mod config;
 pub mod hub;
 pub mod identity;

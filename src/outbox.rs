@@ -14,10 +14,14 @@
 //! while a reader that really stops is found as soon as it holds the limit.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use futures_util::{Sink, SinkExt};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -26,7 +30,10 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 /// How many queued frames the writer feeds to the socket before one flush.
 const WRITE_BATCH: usize = 64;
-/// How long a close frame may take to go out before the socket is dropped.
+/// How long a close frame may take to go out before the socket is dropped;
+/// also how long the writer may go on once every [`Outbox`] is gone (the
+/// session has ended): a client that reads nothing would otherwise hold its
+/// connection for ever.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a queued frame costs against the limit: its payload plus the
@@ -55,6 +62,9 @@ struct Shared {
     senders: AtomicUsize,
     /// Wakes the writer: a frame was queued, or the last sender went.
     wake_writer: Notify,
+    /// Woken when the last sender goes, for a writer stuck in a write
+    /// ([`Abandoned`]).
+    senders_gone: AtomicWaker,
     /// Set (once) by [`Outbox::abort`]; `abort_signal` wakes whoever waits
     /// for it (the session and the writer).
     aborted: AtomicBool,
@@ -105,6 +115,35 @@ impl Shared {
     }
 }
 
+/// Resolves [`CLOSE_TIMEOUT`] after the last [`Outbox`] is gone: the session
+/// has ended and the lobby let go, so nothing but what is queued (its close
+/// frame last) will ever be written. A struct rather than an `async fn`: it
+/// is in every writer's state, so it is kept small (an `async fn` waiting on
+/// a `Notify` made every connection's future 168 bytes larger), and the
+/// timer it needs only at the end is boxed.
+struct Abandoned<'a> {
+    shared: &'a Shared,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Future for Abandoned<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.timer.is_none() {
+            // Registered before the check: a last drop racing it wakes us.
+            self.shared.senders_gone.register(cx.waker());
+            if self.shared.senders.load(Ordering::Acquire) != 0 {
+                return Poll::Pending;
+            }
+        }
+        self.timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(CLOSE_TIMEOUT)))
+            .as_mut()
+            .poll(cx)
+    }
+}
+
 /// The receiving end, consumed by [`run_writer`].
 #[derive(Debug)]
 pub struct Inbox {
@@ -118,6 +157,7 @@ pub fn channel(limit: usize) -> (Outbox, Inbox) {
         limit,
         senders: AtomicUsize::new(1),
         wake_writer: Notify::new(),
+        senders_gone: AtomicWaker::new(),
         aborted: AtomicBool::new(false),
         abort_signal: Notify::new(),
         frame: OnceLock::new(),
@@ -146,6 +186,7 @@ impl Drop for Outbox {
     fn drop(&mut self) {
         if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.shared.wake_writer.notify_one();
+            self.shared.senders_gone.wake();
         }
     }
 }
@@ -350,11 +391,13 @@ impl Drop for Inbox {
 
 /// Drains a connection's queue into its socket until every [`Outbox`] is gone
 /// and the queue is empty, a close frame was sent, the connection was
-/// aborted, or the socket fails.
+/// aborted, or the socket fails; gives the sink back, for the close that
+/// follows (`closing::linger`). Once every [`Outbox`] is gone, a write that
+/// does not finish within `CLOSE_TIMEOUT` (1 s) is given up.
 ///
 /// Frames are fed in batches (up to 64) and flushed once per
 /// batch: one system call for many small game messages.
-pub async fn run_writer<S>(mut sink: S, inbox: Inbox)
+pub async fn run_writer<S>(mut sink: S, inbox: Inbox) -> S
 where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
@@ -371,7 +414,7 @@ where
                     // Every sender is gone: the session ended without a
                     // close frame of its own. Close normally.
                     close(&mut sink).await;
-                    return;
+                    return sink;
                 }
             }
             tokio::select! {
@@ -396,17 +439,22 @@ where
             biased;
             _ = shared.aborted() => break,
             outcome = write => outcome,
+            () = Abandoned { shared: &shared, timer: None } => {
+                tracing::debug!("the client reads nothing: giving up writing to it");
+                return sink;
+            }
         };
         match outcome {
             Ok(false) => {}
             Ok(true) => {
-                // Let the peer answer our close; the reader sees its reply.
+                // Flushes the close frame; the client's answer is read (and
+                // the socket closed) by `closing::linger`.
                 close(&mut sink).await;
-                return;
+                return sink;
             }
             Err(e) => {
                 tracing::debug!(error = %e, "write failed");
-                return;
+                return sink;
             }
         }
     }
@@ -422,6 +470,7 @@ where
         }))
         .await;
     }
+    sink
 }
 
 /// Closes the socket, waiting at most [`CLOSE_TIMEOUT`]. The closing paths

@@ -16,7 +16,6 @@
 //! - `GET /admin` and `GET /admin/api/cluster`: the admin view, only with
 //!   `--admin-token`; the API wants the token as `Authorization: Bearer`.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -33,7 +32,6 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -43,14 +41,16 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::admin::{self, AdminAccess, AdminRefusal};
+use crate::admission::{Admission, Limit, Limits, Place};
 use crate::both::both;
 use crate::client_addr;
+use crate::closing;
 use crate::lobby::LobbyStore;
 use crate::metrics;
 use crate::node::Node;
 use crate::outbox;
 use crate::read_ahead::ReadAhead;
-use crate::session::Session;
+use crate::session::{EndReason, Session};
 
 /// Paths that accept the WebSocket upgrade.
 pub const WEBSOCKET_PATHS: [&str; 2] = ["/", "/ws"];
@@ -107,11 +107,14 @@ pub async fn run<S: LobbyStore>(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
+    crate::admission::warn_if_files_are_short(node.config.max_connections);
     let server = Arc::new(Server {
         tls,
         ws_config: websocket_config(node.config.max_message_bytes),
-        permits: Arc::new(Semaphore::new(node.config.max_connections)),
-        addresses: Arc::default(),
+        limits: Limits::new(
+            node.config.max_connections,
+            node.config.max_connections_per_address,
+        ),
         stop: CancellationToken::new(),
         sessions: TaskTracker::new(),
         admin: node.config.admin_token.as_ref().map(AdminAccess::new),
@@ -159,11 +162,9 @@ pub async fn run<S: LobbyStore>(
 struct Server<S> {
     node: Arc<Node<S>>,
     ws_config: WebSocketConfig,
-    /// One per WebSocket connection: `--max-connections`.
-    permits: Arc<Semaphore>,
-    /// WebSocket connections per client address:
-    /// `--max-connections-per-address`.
-    addresses: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    /// `--max-connections` and `--max-connections-per-address`, counted
+    /// from accept.
+    limits: Limits,
     /// Set when serving `wss://` directly.
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// Cancelled when the node drains: every session closes with 1012.
@@ -188,9 +189,18 @@ async fn accept_loop<S: LobbyStore>(listener: &TcpListener, server: &Arc<Server<
             }
         };
         backoff = Duration::from_millis(5);
+        // Counted here, in the order of accepting, before anything is read.
+        let proxies = &server.node.config.trusted_proxies;
+        let client = (!proxies.trusts(peer.ip())).then_some(peer.ip());
+        let Some(admission) = server.limits.admit(client) else {
+            tracing::debug!(%peer, "over the connection limits, reserve full: closed unread");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let server = server.clone();
-        tokio::spawn(async move { server.accepted(stream, peer).await }.in_current_span());
+        tokio::spawn(
+            async move { server.accepted(stream, peer, admission).await }.in_current_span(),
+        );
     }
 }
 
@@ -204,46 +214,9 @@ pub fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message_bytes))
 }
 
-/// One of a client address's connections; given back on drop.
-struct AddressSlot {
-    counts: Arc<Mutex<HashMap<IpAddr, u32>>>,
-    address: IpAddr,
-}
-
-impl AddressSlot {
-    fn take(counts: &Arc<Mutex<HashMap<IpAddr, u32>>>, address: IpAddr, max: u32) -> Option<Self> {
-        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = map.entry(address).or_default();
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(Self {
-            counts: counts.clone(),
-            address,
-        })
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = map.get_mut(&self.address) {
-            *count -= 1;
-            if *count == 0 {
-                map.remove(&self.address);
-            }
-        }
-    }
-}
-
 /// An accepted upgrade, handed from the HTTP service to the connection task.
 struct Upgrade {
     on_upgrade: OnUpgrade,
-    permit: Option<OwnedSemaphorePermit>,
-    /// Taken when the upgrade is answered, so that connections are counted
-    /// in the order they were accepted.
-    slot: Option<AddressSlot>,
     /// The client's address (from `X-Forwarded-For` of a trusted proxy).
     client: IpAddr,
     /// The player's token (Authorization header or `token` query
@@ -254,22 +227,36 @@ struct Upgrade {
 impl<S: LobbyStore> Server<S> {
     /// Takes a new TCP connection through the PROXY protocol (from a trusted
     /// proxy) and TLS (when configured), then serves it.
-    async fn accepted(self: Arc<Self>, mut stream: TcpStream, mut peer: SocketAddr) {
+    async fn accepted(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        mut peer: SocketAddr,
+        mut admission: Admission,
+    ) {
         let config = &self.node.config;
-        let timeout = config.handshake_timeout;
         let proxies = &config.trusted_proxies;
         if proxies.proxy_protocol && proxies.trusts(peer.ip()) {
+            let timeout = admission.handshake_timeout(config.handshake_timeout);
             match tokio::time::timeout(timeout, client_addr::read_proxy_header(&mut stream)).await {
-                Ok(Ok(Some(client))) => peer = client,
+                Ok(Ok(Some(client))) => {
+                    peer = client;
+                    admission = match self.limits.name_client(admission, client.ip()) {
+                        Some(admission) => admission,
+                        None => {
+                            return tracing::debug!(%peer, "over the connection limits, reserve full: closed");
+                        }
+                    };
+                }
                 Ok(Ok(None)) => {} // the proxy's own health check
                 Ok(Err(e)) => return tracing::info!(%peer, error = %e, "refused: bad PROXY header"),
                 Err(_) => return tracing::debug!(%peer, "PROXY header timed out"),
             }
         }
+        let timeout = admission.handshake_timeout(config.handshake_timeout);
         match self.tls.clone() {
-            None => self.connection(stream, peer).await,
+            None => self.connection(stream, peer, admission).await,
             Some(tls) => match tokio::time::timeout(timeout, tls.accept(stream)).await {
-                Ok(Ok(stream)) => self.connection(stream, peer).await,
+                Ok(Ok(stream)) => self.connection(stream, peer, admission).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             },
@@ -278,11 +265,12 @@ impl<S: LobbyStore> Server<S> {
 
     /// Serves one TCP connection: one HTTP request (answers close it), and if it
     /// was a WebSocket upgrade, the session that follows.
-    async fn connection<I>(self: Arc<Self>, stream: I, peer: SocketAddr)
+    async fn connection<I>(self: Arc<Self>, stream: I, peer: SocketAddr, admission: Admission)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let upgrade: Arc<Mutex<Option<Upgrade>>> = Arc::default();
+        let over = admission.over();
         let service = {
             let server = self.clone();
             let upgrade = upgrade.clone();
@@ -290,7 +278,14 @@ impl<S: LobbyStore> Server<S> {
                 let server = server.clone();
                 let upgrade = upgrade.clone();
                 async move {
-                    let response = if request.uri().path() == ADMIN_API_PATH {
+                    let response = if let Err(bad) = check_host(&request) {
+                        bad.response()
+                    } else if let Some(limit) = over.filter(|_| !served_over_a_limit(&request)) {
+                        text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &format!("{}: try again later\n", limit.reason()),
+                        )
+                    } else if request.uri().path() == ADMIN_API_PATH {
                         server.admin_api(&request, peer.ip()).await
                     } else {
                         server.route(request, peer.ip(), &upgrade)
@@ -299,14 +294,15 @@ impl<S: LobbyStore> Server<S> {
                 }
             })
         };
+        let timeout = admission.handshake_timeout(self.node.config.handshake_timeout);
         let serving = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.node.config.handshake_timeout)
+            .header_read_timeout(timeout)
             .max_buf_size(MAX_HEADER_BYTES)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         // The whole HTTP phase is bounded, silent clients included.
-        match tokio::time::timeout(self.node.config.handshake_timeout, serving).await {
+        match tokio::time::timeout(timeout, serving).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTP connection failed"),
             Err(_) => {
@@ -316,14 +312,16 @@ impl<S: LobbyStore> Server<S> {
         }
         let Some(Upgrade {
             on_upgrade,
-            permit,
-            slot,
             client,
             token,
         }) = upgrade.lock().unwrap_or_else(|e| e.into_inner()).take()
         else {
             return;
         };
+        // Behind a trusted proxy without the PROXY protocol, the client is
+        // known from here (X-Forwarded-For). Over its limit with the reserve
+        // full, the upgraded connection is dropped without a close frame.
+        let admission = self.limits.name_client(admission, client);
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
@@ -334,29 +332,25 @@ impl<S: LobbyStore> Server<S> {
         )
         .await;
         let span = tracing::info_span!("conn", id = next_connection(), peer = %client);
-        match (permit, slot) {
-            (Some(permit), Some(slot)) => {
+        match admission {
+            Some(Admission::Admitted(place)) => {
                 // A task of its own: this one's future holds the states of
                 // the accept, TLS and HTTP phases (about 14 KiB), which an
                 // idle connection should not keep.
-                let session = span.in_scope(|| self.session(ws, client, token, (permit, slot)));
+                let session = span.in_scope(|| self.session(ws, client, token, place));
                 self.sessions.spawn(session.instrument(span));
             }
-            (None, _) => {
-                span.in_scope(|| tracing::warn!("connection limit reached: closing with 1013"));
-                close_at_once(ws, CloseCode::Again, "too many connections").await;
-            }
-            (_, None) => {
-                span.in_scope(|| {
-                    tracing::warn!("connection limit per address reached: closing with 1013")
+            Some(Admission::Reserve(limit, held)) => {
+                span.in_scope(|| match limit {
+                    Limit::Node => tracing::warn!("connection limit reached: closing with 1013"),
+                    Limit::Address => {
+                        tracing::warn!("connection limit per address reached: closing with 1013")
+                    }
                 });
-                close_at_once(
-                    ws,
-                    CloseCode::Again,
-                    "too many connections from your address",
-                )
-                .await;
+                close_at_once(ws, CloseCode::Again, limit.reason()).await;
+                drop(held);
             }
+            None => tracing::debug!(%client, "over the connection limits, reserve full: closed"),
         }
     }
 
@@ -370,7 +364,7 @@ impl<S: LobbyStore> Server<S> {
         ws: WebSocketStream<Socket>,
         client: IpAddr,
         token: Option<String>,
-        held: (OwnedSemaphorePermit, AddressSlot),
+        held: Place,
     ) -> impl Future<Output = ()> + Send + 'static {
         use futures_util::{FutureExt, StreamExt};
         tracing::debug!(event = "connect", "connected");
@@ -380,11 +374,18 @@ impl<S: LobbyStore> Server<S> {
         let reading = Session::new(self.node.clone(), outbox, client, token.as_deref())
             .run(frames, self.stop.clone());
         // Once the session and its outbox are gone, the writer sends what
-        // is left, closes, and ends.
-        both(reading, outbox::run_writer(sink, inbox)).map(move |(reason, ())| {
+        // is left, closes, and ends; then the socket is closed in good order.
+        both(reading, outbox::run_writer(sink, inbox)).then(move |((reason, frames), sink)| {
             metrics::get().connections.decrement(1.0);
             tracing::debug!(event = "disconnect", reason = ?reason, "disconnected");
-            drop(held);
+            // Boxed: it runs once, and its state would otherwise take
+            // room in every connection's future, idle or not.
+            Box::pin(async move {
+                closing::linger(frames, sink, frames_after(reason)).await;
+                // The connection counts against the limits until its
+                // socket is closed.
+                drop(held);
+            })
         })
     }
 
@@ -429,7 +430,7 @@ impl<S: LobbyStore> Server<S> {
             p if WEBSOCKET_PATHS.contains(&p) => {
                 let key = match websocket_key(&request) {
                     Ok(key) => key,
-                    Err(response) => return *response,
+                    Err(bad) => return bad.response(),
                 };
                 if self.node.is_draining() {
                     return text(
@@ -446,17 +447,11 @@ impl<S: LobbyStore> Server<S> {
                         "this connection cannot be upgraded\n",
                     );
                 };
-                let permit = self.permits.clone().try_acquire_owned().ok();
                 let client = self
                     .node
                     .config
                     .trusted_proxies
                     .forwarded_for(peer, request.headers());
-                let slot = AddressSlot::take(
-                    &self.addresses,
-                    client,
-                    self.node.config.max_connections_per_address,
-                );
                 let token = if self.node.auth.enabled() {
                     crate::auth::token_of_request(request.headers(), request.uri().query())
                 } else {
@@ -464,8 +459,6 @@ impl<S: LobbyStore> Server<S> {
                 };
                 *upgrade.lock().unwrap_or_else(|e| e.into_inner()) = Some(Upgrade {
                     on_upgrade,
-                    permit,
-                    slot,
                     client,
                     token,
                 });
@@ -606,9 +599,75 @@ impl<S> Server<S> {
     }
 }
 
+/// A request refused before it is served, and why: the reason is the body
+/// of the answer, for whoever wrote the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum BadRequest {
+    #[error(
+        "an HTTP/1.1 request needs exactly one Host header, with a host and an optional port (RFC 9112, section 3.2)"
+    )]
+    Host,
+    #[error("this is a WebSocket endpoint: connect with a WebSocket client")]
+    NotWebSocket,
+    #[error("WebSocket version 13 only")]
+    Version,
+    #[error("missing Sec-WebSocket-Key")]
+    MissingKey,
+    #[error("Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455, section 4.2.1)")]
+    Key,
+}
+
+impl BadRequest {
+    fn response(self) -> Response<Body> {
+        let status = match self {
+            Self::NotWebSocket | Self::Version => StatusCode::UPGRADE_REQUIRED,
+            Self::Host | Self::MissingKey | Self::Key => StatusCode::BAD_REQUEST,
+        };
+        let mut response = text(status, &format!("{self}\n"));
+        if self == Self::Version {
+            response.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        response
+    }
+}
+
+/// What a connection over a connection limit is still answered: the health
+/// endpoints and metrics as usual (a full node is not a dead one), and a
+/// WebSocket upgrade, with 101 then close 1013 (what clients back off on).
+/// Anything else gets 503.
+fn served_over_a_limit(request: &Request<Incoming>) -> bool {
+    let path = request.uri().path();
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+        || (WEBSOCKET_PATHS.contains(&path) && request.headers().contains_key(header::UPGRADE))
+}
+
+/// RFC 9112, section 3.2: an HTTP/1.1 request has exactly one `Host` header
+/// (HTTP/1.0 may have none), holding a host and an optional port, or
+/// nothing; anything else gets 400. hyper leaves this to the server.
+fn check_host(request: &Request<Incoming>) -> Result<(), BadRequest> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if request.version() == hyper::Version::HTTP_10 => Ok(()),
+        (Some(host), None) if host.is_empty() => Ok(()),
+        (Some(host), None) => {
+            let authority = hyper::http::uri::Authority::try_from(host.as_bytes());
+            // An authority may carry user information; a Host may not.
+            match authority {
+                Ok(authority) if !authority.as_str().contains('@') => Ok(()),
+                _ => Err(BadRequest::Host),
+            }
+        }
+        _ => Err(BadRequest::Host),
+    }
+}
+
 /// Checks a WebSocket upgrade request (RFC 6455, section 4.2.1) and returns
-/// its `Sec-WebSocket-Key`, or the response that refuses it.
-fn websocket_key(request: &Request<Incoming>) -> Result<String, Box<Response<Body>>> {
+/// its `Sec-WebSocket-Key`.
+fn websocket_key(request: &Request<Incoming>) -> Result<HeaderValue, BadRequest> {
+    use base64::Engine;
     let headers = request.headers();
     let has_token = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().any(|value| {
@@ -620,32 +679,23 @@ fn websocket_key(request: &Request<Incoming>) -> Result<String, Box<Response<Bod
         })
     };
     if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
-        return Err(Box::new(text(
-            StatusCode::UPGRADE_REQUIRED,
-            "this is a WebSocket endpoint: connect with a WebSocket client\n",
-        )));
+        return Err(BadRequest::NotWebSocket);
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .map(HeaderValue::as_bytes)
         != Some(b"13")
     {
-        let mut response = text(StatusCode::UPGRADE_REQUIRED, "WebSocket version 13 only\n");
-        response.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return Err(Box::new(response));
+        return Err(BadRequest::Version);
     }
-    match headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .and_then(|k| k.to_str().ok())
-    {
-        Some(key) if !key.is_empty() => Ok(key.to_owned()),
-        _ => Err(Box::new(text(
-            StatusCode::BAD_REQUEST,
-            "missing Sec-WebSocket-Key\n",
-        ))),
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(BadRequest::MissingKey);
+    };
+    // 16 random bytes, base64 with its padding: 24 characters.
+    let decoded = base64::engine::general_purpose::STANDARD.decode(key.as_bytes());
+    match decoded {
+        Ok(nonce) if nonce.len() == 16 => Ok(key.clone()),
+        _ => Err(BadRequest::Key),
     }
 }
 
@@ -676,9 +726,26 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use futures_util::StreamExt;
-    let (sink, _frames) = ws.split();
+    let (sink, frames) = ws.split();
     let (outbox, inbox) = outbox::channel(64 * 1024);
     outbox.close(code, reason);
     drop(outbox);
-    outbox::run_writer(sink, inbox).await;
+    let sink = outbox::run_writer(sink, inbox).await;
+    closing::linger(frames, sink, closing::Frames::Readable).await;
+}
+
+/// Whether the client's frames can still be read once its session ended so.
+fn frames_after(reason: EndReason) -> closing::Frames {
+    match reason {
+        // A read failed: tungstenite reads no more.
+        EndReason::MessageTooLarge | EndReason::ReadError | EndReason::ProtocolError => {
+            closing::Frames::Broken
+        }
+        EndReason::ClientClosed
+        | EndReason::IdleTimeout
+        | EndReason::Shutdown
+        | EndReason::Aborted
+        | EndReason::Flooding
+        | EndReason::AuthFailed => closing::Frames::Readable,
+    }
 }

@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, AuthMode, User};
+use crate::closing::Violation;
 use crate::limits::{MessageLimiter, Verdict};
 use crate::lobby::{LobbyStore, RateKey, StoreError};
 use crate::metrics;
@@ -38,6 +39,8 @@ pub enum EndReason {
     Shutdown,
     Aborted,
     ReadError,
+    /// The client's frames broke RFC 6455: closed with 1002 or 1007.
+    ProtocolError,
     Flooding,
     /// A token was refused (or none given where one is required).
     AuthFailed,
@@ -144,8 +147,9 @@ impl<S: LobbyStore> Session<S> {
     }
 
     /// Reads frames until the client goes, the node shuts down, or the
-    /// connection is aborted; then leaves the lobby, if any.
-    pub async fn run<R>(mut self, mut frames: R, shutdown: CancellationToken) -> EndReason
+    /// connection is aborted; then leaves the lobby, if any. Gives the
+    /// frames back, for the close that follows (`closing::linger`).
+    pub async fn run<R>(mut self, mut frames: R, shutdown: CancellationToken) -> (EndReason, R)
     where
         R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
     {
@@ -155,7 +159,7 @@ impl<S: LobbyStore> Session<S> {
             Some(Ok(user)) => self.authenticated(user, false),
             Some(Err(e)) => {
                 self.auth_failed(e);
-                return EndReason::AuthFailed;
+                return (EndReason::AuthFailed, frames);
             }
             None => {}
         }
@@ -192,8 +196,19 @@ impl<S: LobbyStore> Session<S> {
                     break EndReason::MessageTooLarge;
                 }
                 Ok(Some(Err(e))) => {
+                    let Some(violation) = Violation::of(&e) else {
+                        tracing::debug!(error = %e, "read failed");
+                        break EndReason::ReadError;
+                    };
                     tracing::debug!(error = %e, "read failed");
-                    break EndReason::ReadError;
+                    tracing::info!(
+                        event = "protocol_error",
+                        code = u16::from(violation.code),
+                        reason = violation.reason,
+                        "closing a connection that broke the WebSocket protocol"
+                    );
+                    self.outbox.close(violation.code, violation.reason);
+                    break EndReason::ProtocolError;
                 }
                 Ok(Some(Ok(frame))) => frame,
             };
@@ -245,7 +260,7 @@ impl<S: LobbyStore> Session<S> {
         // the join and leave paths (Redis round trips) are rare and large.
         Box::pin(self.leave_lobby(false)).await;
         self.refusals.log();
-        reason
+        (reason, frames)
     }
 
     async fn on_text(&mut self, text: Utf8Bytes) {

@@ -573,15 +573,18 @@ async fn sigterm_drains_the_node() {
         let poller = Sampler::start(Duration::from_millis(20), move || async move {
             http_status(b_addr, "/readyz").await
         });
-        // B reads in the background until its Close frame.
+        // B reads in the background until its Close frame, which it
+        // answers, as clients do.
         let (_b_tx, mut b_rx) = pb.split();
         let reader = tokio::spawn(async move {
             let mut seen = Vec::new();
             loop {
                 match b_rx.try_recv_within(Duration::from_secs(10)).await {
                     Ok(Some(Message::Close(frame))) => {
+                        let closed_at = origin.elapsed();
+                        b_rx.expect_end().await;
                         let code = frame.as_ref().map(|f| u16::from(f.code));
-                        return (origin.elapsed(), code, seen);
+                        return (closed_at, code, seen);
                     }
                     Ok(Some(other)) => seen.push(describe(&other)),
                     Ok(None) => panic!("B: no Close frame within 10 s; got {seen:?}"),

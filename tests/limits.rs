@@ -4,9 +4,11 @@
 mod support;
 
 use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::raw::{self, Frame, RawSocket};
 use support::{Client, Cluster, assert_error, pair};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -285,4 +287,213 @@ async fn refused_requests_make_one_log_line_per_connection() {
         1,
         "one line for the whole connection: {of_the_connection:#?}"
     );
+}
+
+/// A client that never stops sending: `prefix`, then `chunk` over and over
+/// from a thread of its own, at full speed, while this thread reads. Once
+/// the relay's close frame is read, the writer stops. Returns the close
+/// frame and the frames before it, and asserts that the relay then ended the
+/// connection in good order (FIN) and never reset it: a reset throws away
+/// what was in flight, the close frame included (see
+/// [`RawSocket::expect_no_reset`]).
+fn refused_while_sending(
+    mut socket: RawSocket,
+    prefix: Vec<u8>,
+    chunk: Vec<u8>,
+) -> (Frame, Vec<Frame>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// A bound on the writer, far above what any refusal needs.
+    const MOST_BYTES: usize = 256 * 1024 * 1024;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut out = socket.writer();
+    out.set_write_timeout(Some(Duration::from_secs(5)))
+        .expect("write timeout");
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            out.write_all(&prefix)?;
+            let mut written = 0;
+            while !stop.load(Ordering::Relaxed) && written < MOST_BYTES {
+                out.write_all(&chunk)?;
+                written += chunk.len();
+            }
+            Ok::<(), std::io::Error>(())
+        })
+    };
+    let (close, before) = socket.read_until_close();
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.join().expect("the writer");
+    socket.expect_end();
+    if let Err(e) = written {
+        panic!("the relay cut the client off while it was sending: {e}");
+    }
+    socket.expect_no_reset();
+    (close, before)
+}
+
+/// Many small game messages in one buffer, masked as a client sends them.
+fn ticks(count: u32) -> Vec<u8> {
+    (0..count).flat_map(|n| raw::text(&numbered(n))).collect()
+}
+
+/// A flooder that goes on sending at full speed after it was refused still
+/// reads its `rate_limited` error and the 1008 close frame: the node closes
+/// in good order (close frame, then it reads and discards what the client
+/// still sends) instead of closing a socket with unread data, which makes
+/// the kernel reset the connection and throw away both frames.
+#[test]
+fn a_flooder_reads_why_it_was_closed() {
+    let c = Cluster::memory_with(&["--message-rate", "10", "--message-burst", "10"]);
+    let mut socket = RawSocket::upgrade(c.addr_a());
+    socket.send(&raw::text(&format!(
+        r#"{{"join":"flood-{}"}}"#,
+        support::unique()
+    )));
+    let joined = socket.read_frame().expect("joined");
+    assert!(
+        joined
+            .text()
+            .is_some_and(|t| t.contains(r#""type":"joined""#)),
+        "{joined:?}"
+    );
+    let (close, before) = refused_while_sending(socket, Vec::new(), ticks(1000));
+    assert!(!before.is_empty(), "a rate_limited error before the close");
+    for frame in &before {
+        let error: Value = serde_json::from_str(frame.text().expect("text")).expect("JSON");
+        assert_error("flooder", &error, "rate_limited");
+    }
+    assert_eq!(close.close_code(), Some(1008), "{close:?}");
+}
+
+/// A message over `--max-message-bytes` from a client that goes on sending
+/// (the rest of its 1 MiB frame, and more): it reads `message_too_large`
+/// and the 1009 close frame, not a reset.
+#[test]
+fn an_oversized_message_is_answered_while_the_client_sends() {
+    let c = Cluster::memory();
+    let socket = RawSocket::upgrade(c.addr_a());
+    let header = raw::frame(raw::FIN | raw::BINARY, &vec![0; 1024 * 1024], true)[..14].to_vec();
+    let (close, before) = refused_while_sending(socket, header, vec![b'x'; 64 * 1024]);
+    assert_eq!(before.len(), 1, "{before:?}");
+    let error: Value = serde_json::from_str(before[0].text().expect("text")).expect("JSON");
+    assert_error("sender", &error, "message_too_large");
+    assert_eq!(close.close_code(), Some(1009), "{close:?}");
+}
+
+/// A connection over `--max-connections` that starts sending at once still
+/// reads its 1013.
+#[test]
+fn a_connection_over_the_limit_reads_1013_while_it_sends() {
+    let c = Cluster::memory_with(&["--max-connections", "1"]);
+    let mut first = RawSocket::upgrade(c.addr_a());
+    let second = RawSocket::upgrade(c.addr_a());
+    let (close, before) = refused_while_sending(second, Vec::new(), ticks(1000));
+    assert_eq!(before, [], "nothing but the close frame");
+    assert_eq!(close.close_code(), Some(1013), "{close:?}");
+    first.assert_open();
+}
+
+/// Other client addresses than the tests' 127.0.0.1, on the loopback.
+const ELSEWHERE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+const PLAYER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+
+/// Opens `count` TCP connections to `addr` that send nothing: half-open
+/// handshakes (slowloris).
+fn silent(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    (0..count)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect()
+}
+
+/// How many of `sockets` the node keeps open, once it has closed those it
+/// closes (polled for up to 8 s, below the handshake timeout of 10 s; or
+/// until at most `expected` remain).
+fn still_open(sockets: &[TcpStream], expected: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let open = sockets.iter().filter(|s| !raw::is_closed(s)).count();
+        if open <= expected || Instant::now() > deadline {
+            return open;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Retries an upgrade from `local` until it is a session (a place was
+/// freed), for up to 10 s.
+fn eventually_a_session(addr: SocketAddr, local: IpAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut socket = RawSocket::upgrade_from(addr, local);
+        socket.send(&raw::text(r#"{"type":"ping","t":7}"#));
+        let reply = socket.read_frame().expect("an answer");
+        if reply.text() == Some(r#"{"type":"pong","t":7}"#) {
+            return;
+        }
+        assert!(
+            reply.close_code() == Some(1013) && Instant::now() < deadline,
+            "no place was freed: {reply:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Connections that never send a byte (half-open, slowloris) count toward
+/// `--max-connections-per-address` from the moment they are accepted: the
+/// node keeps as many of them open as the limit allows (each until the
+/// handshake timeout) and closes the rest at once, or after a moment in the
+/// small reserve for connections over a limit, instead of giving each a
+/// socket for the whole handshake timeout. Other addresses are served
+/// meanwhile, and the address gets its places back when they go.
+#[test]
+fn silent_connections_count_toward_the_address_limit() {
+    let c = Cluster::memory_with(&["--max-connections-per-address", "10"]);
+    let sockets = silent(c.addr_a(), 100);
+    assert_eq!(
+        still_open(&sockets, 10),
+        10,
+        "silent connections from one address the node keeps open"
+    );
+    RawSocket::upgrade_from(c.addr_a(), PLAYER).assert_open();
+    drop(sockets);
+    eventually_a_session(c.addr_a(), Ipv4Addr::LOCALHOST.into());
+}
+
+/// A node whose `--max-connections` are taken by connections still in their
+/// handshake: a health check is answered from the reserve (load balancers
+/// and probes must not see a full node as a dead one), an upgrade reads
+/// 1013, any other page gets 503. One address cannot take the whole
+/// reserve. Once the silent connections go, players get in again.
+#[test]
+fn a_full_node_answers_health_checks_and_refuses_players_with_1013() {
+    let c = Cluster::memory_with(&["--max-connections", "20"]);
+    let addr = c.addr_a();
+    let sockets = silent(addr, 20);
+    let get = |path: &str| {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n");
+        RawSocket::connect_from(addr, ELSEWHERE).exchange(&request)
+    };
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let answer = get(path);
+        assert_eq!(answer.status, 200, "{path}: {answer:?}");
+    }
+    let page = get("/playground");
+    assert_eq!(page.status, 503, "{}", page.head);
+    assert!(page.body.contains("connection"), "{}", page.body);
+    let mut refused = RawSocket::upgrade_from(addr, PLAYER);
+    let (close, before) = refused.read_until_close();
+    assert_eq!(before, [], "nothing but the close frame");
+    assert_eq!(close.close_code(), Some(1013), "{close:?}");
+    refused.expect_end();
+
+    // More from the address that filled the node: it gets a few places of
+    // the reserve at most, and a health check from elsewhere still does.
+    let more = silent(addr, 20);
+    let kept = still_open(&more, 4);
+    assert!(kept <= 4, "{kept} of 20 more silent connections kept");
+    assert_eq!(get("/healthz").status, 200);
+
+    drop((sockets, more));
+    eventually_a_session(addr, PLAYER);
 }

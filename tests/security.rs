@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use support::raw::{self, RawSocket};
 use support::{Client, Cluster, RECV_TIMEOUT, assert_quiet_pair, pair};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -366,4 +367,148 @@ fn a_blank_or_padded_admin_token_is_refused_at_startup() {
             "{what}: the token is not echoed: {stderr}"
         );
     }
+}
+
+/// The upgrade is refused with 400 and a reason unless its
+/// `Sec-WebSocket-Key` is 16 bytes in base64 (RFC 6455, 4.2.1); a good key
+/// still gets 101.
+#[test]
+fn a_malformed_websocket_key_gets_400() {
+    let c = Cluster::memory();
+    for key in [
+        "not base64 at all!",
+        "aGVsbG8=",                     // 5 bytes
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAA", // 21 bytes
+        "dGhlIHNhbXBsZSBub25jZQ",       // 16 bytes, padding missing
+    ] {
+        let answer = RawSocket::connect(c.addr_a()).exchange(&raw::upgrade_request(key));
+        assert_eq!(answer.status, 400, "key {key:?}: {answer:?}");
+        assert!(
+            answer.body.contains("Sec-WebSocket-Key"),
+            "key {key:?}: the reason is in the body: {answer:?}"
+        );
+    }
+    let answer = RawSocket::connect(c.addr_a()).exchange(&raw::upgrade_request(raw::GOOD_KEY));
+    assert_eq!(answer.status, 101, "{answer:?}");
+    assert!(
+        answer
+            .head
+            .contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "the accept key of RFC 6455's example: {answer:?}"
+    );
+}
+
+/// An HTTP/1.1 request without exactly one valid `Host` header gets 400
+/// (RFC 9112, 3.2), an upgrade as well as a health check; HTTP/1.0 needs
+/// none.
+#[test]
+fn an_http_1_1_request_without_one_host_gets_400() {
+    let c = Cluster::memory();
+    let upgrade_without_host = raw::upgrade_request(raw::GOOD_KEY).replace("Host: relay\r\n", "");
+    for request in [
+        "GET /healthz HTTP/1.1\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: a b\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: user@relay\r\n\r\n",
+        &upgrade_without_host,
+    ] {
+        let answer = RawSocket::connect(c.addr_a()).exchange(request);
+        assert_eq!(answer.status, 400, "{request:?}: {answer:?}");
+        assert!(
+            answer.body.contains("Host"),
+            "{request:?}: the reason is in the body: {answer:?}"
+        );
+    }
+    for request in [
+        "GET /healthz HTTP/1.1\r\nHost: relay.example:8765\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: [::1]:8765\r\n\r\n",
+        "GET /healthz HTTP/1.0\r\n\r\n",
+    ] {
+        let answer = RawSocket::connect(c.addr_a()).exchange(request);
+        assert_eq!(answer.status, 200, "{request:?}: {answer:?}");
+    }
+}
+
+/// Frames that break RFC 6455 are answered with the close code that says
+/// which rule (7.4.1): 1007 for a text that is not UTF-8, 1002 for the rest;
+/// never with a close frame without a code, which a client reads as a
+/// normal close (1005). Another lobby on the node notices nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_are_closed_with_1002_or_1007() {
+    use raw::{BINARY, CLOSE, CONTINUATION, FIN, PING, TEXT, frame};
+    let c = Cluster::memory();
+    let (mut a, mut b) = pair(&c, &format!("bystanders-{}", support::unique())).await;
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "invalid UTF-8 in a text frame",
+            frame(FIN | TEXT, b"{\"type\":\"\xff\xfe\"}", true),
+            1007,
+        ),
+        (
+            "invalid UTF-8 across the fragments of a text",
+            [
+                frame(TEXT, b"{\"t\":\"\xe2\x82", true),
+                frame(FIN | CONTINUATION, b"(\"}", true),
+            ]
+            .concat(),
+            1007,
+        ),
+        (
+            "invalid UTF-8 in a close reason",
+            frame(FIN | CLOSE, b"\x03\xe8\xff", true),
+            1007,
+        ),
+        ("RSV1 set", frame(FIN | 0x40 | TEXT, b"{}", true), 1002),
+        ("RSV3 set", frame(FIN | 0x10 | BINARY, b"x", true), 1002),
+        ("reserved data opcode 3", frame(FIN | 0x3, b"x", true), 1002),
+        (
+            "reserved control opcode 11",
+            frame(FIN | 0xb, b"", true),
+            1002,
+        ),
+        ("an unmasked frame", frame(FIN | TEXT, b"{}", false), 1002),
+        (
+            "a ping of 126 bytes",
+            frame(FIN | PING, &[b'p'; 126], true),
+            1002,
+        ),
+        ("a fragmented ping", frame(PING, b"p", true), 1002),
+        (
+            "a continuation with nothing to continue",
+            frame(FIN | CONTINUATION, b"x", true),
+            1002,
+        ),
+        (
+            "a new message before the last one ended",
+            [frame(TEXT, b"{", true), frame(FIN | TEXT, b"{}", true)].concat(),
+            1002,
+        ),
+        (
+            "a close frame of one byte",
+            frame(FIN | CLOSE, b"\x03", true),
+            1002,
+        ),
+        // Already right before: the node answers with 1002 itself.
+        (
+            "close code 999",
+            frame(FIN | CLOSE, b"\x03\xe7", true),
+            1002,
+        ),
+    ];
+    let addr = c.addr_a();
+    tokio::task::spawn_blocking(move || {
+        for (case, bytes, code) in cases {
+            let mut socket = RawSocket::upgrade(addr);
+            socket.send(&bytes);
+            let (close, before) = socket.read_until_close();
+            assert_eq!(before, [], "{case}: nothing but the close frame");
+            assert_eq!(close.close_code(), Some(code), "{case}: {close:?}");
+            socket.expect_end();
+        }
+    })
+    .await
+    .expect("the raw clients");
+    a.send_text(r#"{"type":"still-here"}"#).await;
+    b.expect_text(r#"{"type":"still-here"}"#).await;
+    b.assert_open().await;
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::{Client, Cluster};
+use tokio_tungstenite::tungstenite::Message;
 
 /// Player B stops reading while player A floods it with large messages: the
 /// relay closes B (its outbound queue is full), A gets `playerLeft`, and in
@@ -119,4 +120,71 @@ async fn silent_client_is_closed_after_the_idle_timeout_memory() {
         silent_client_is_closed_after_the_idle_timeout,
     )
     .await;
+}
+
+/// A client that reads nothing at all, with more queued for it than its
+/// socket takes, but not enough to pass `--outbound-queue-bytes`: when its
+/// session ends (here: the idle timeout), the node's writer is still stuck
+/// in a write. It gives up a moment later and the connection is closed, so
+/// its place under `--max-connections` is free again; before, the writer
+/// waited for ever and held the place, the socket and the queue.
+#[tokio::test]
+async fn a_client_that_reads_nothing_is_let_go_after_its_session() {
+    const MESSAGE: usize = 60 * 1024;
+    let cluster = Cluster::memory_with(&[
+        "--idle-timeout",
+        "1s",
+        "--max-connections",
+        "2",
+        "--max-message-bytes",
+        "65536",
+        "--outbound-queue-bytes",
+        "67108864",
+    ]);
+    let mut a = Client::connect(&cluster.url_a(), "A").await;
+    let mut b = Client::connect(&cluster.url_a(), "B").await;
+    let pass = format!("reads-nothing-{}", support::unique());
+    a.join(&pass).await;
+    b.join(&pass).await;
+    a.expect_json(json!({"type":"ready","players":2})).await;
+    // From here B reads nothing. 16 MiB for it: far more than the socket
+    // buffers between the node and B hold, a quarter of its queue.
+    let body = "x".repeat(MESSAGE - 40);
+    for i in 0..(16 * 1024 * 1024 / MESSAGE) {
+        a.send_text(&format!(r#"{{"type":"bulk","i":{i},"pad":"{body}"}}"#))
+            .await;
+    }
+    // B is silent: closed after the idle timeout (1 s), and A is told.
+    let left = a.recv_json_within(Duration::from_secs(10)).await;
+    assert_eq!(left, json!({"type":"playerLeft","players":1,"seat":2}));
+    // A stays, reading (so it answers the node's pings): the place to free
+    // is B's.
+    let (_a_tx, mut a_rx) = a.split();
+    let a_reads = tokio::spawn(async move {
+        loop {
+            match a_rx.try_recv_within(Duration::from_secs(60)).await {
+                Ok(Some(other)) => panic!("A: unexpected {other:?}"),
+                Ok(None) => {}
+                Err(e) => panic!("A: {e}"),
+            }
+        }
+    });
+    // B's place is given again once its connection is closed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut c = Client::connect(&cluster.url_a(), "C").await;
+        c.send_json(json!({"type": "ping", "t": 1})).await;
+        match c.recv().await {
+            Message::Text(text) => {
+                assert_eq!(text.as_str(), r#"{"type":"pong","t":1}"#);
+                break;
+            }
+            Message::Close(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => panic!("B's place was never given again: {other:?}"),
+        }
+    }
+    a_reads.abort();
+    drop(b);
 }

@@ -67,6 +67,8 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local_addr").port()
 }
 
+pub mod raw;
+
 // ---------------------------------------------------------------------------
 // Redis
 // ---------------------------------------------------------------------------
@@ -1389,6 +1391,23 @@ impl Receiver {
             .unwrap_or_else(|_| panic!("{name}: no Close frame within {RECV_TIMEOUT:?}"));
         let got = frame.as_ref().map(|f| u16::from(f.code));
         assert_eq!(got, Some(code), "{name}: wrong close code; frame {frame:?}");
+        self.expect_end().await;
+    }
+
+    /// After the relay's Close frame, does what a WebSocket client does:
+    /// answers it (tungstenite sends the answer on the next read) and reads
+    /// on until the relay ends the connection, which it must do at once and
+    /// in good order (not with a reset).
+    pub async fn expect_end(&mut self) {
+        let Receiver { name, stream } = self;
+        let end = tokio::time::timeout(RECV_TIMEOUT, stream.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{name}: the relay kept the connection open after its close")
+            });
+        if let Some(after) = end {
+            panic!("{name}: after the Close frame, {after:?} instead of the end");
+        }
     }
 }
 
