@@ -188,7 +188,7 @@ const NODE_WAITING_BYTES: usize = 16 * 1024 * 1024;
 /// A game message that has not reached Redis this long after the relay took
 /// it is dropped, and its sender told (`unavailable`): never delivered late.
 /// Checked before it is sent, and by `relay.lua` when Redis runs it (on
-/// Redis's clock, which each reply tells: see [`RedisClock`]).
+/// Redis's clock, which each reply of `relay.lua` tells).
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
 /// What a waiting message costs against the bounds beyond its bytes.
 const WAITING_OVERHEAD: usize = 128;
