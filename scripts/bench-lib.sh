@@ -90,3 +90,21 @@ wait_port() {
   done
   return 1
 }
+
+# Starts relay nodes 1 and 2 ("$RELAY" serve, node ids ID-1 and ID-2) on
+# N1_PORT and N2_PORT, on REDIS_URL with RELAY_OPTS, their output in LOG1 and
+# LOG2; sets N1_PID and N2_PID and waits until both are ready.
+# Usage: start_relay_pair ID LOG1 LOG2
+start_relay_pair() {
+  local id=$1 log1=$2 log2=$3
+  "$RELAY" serve --listen "127.0.0.1:$N1_PORT" --node-id "$id-1" --redis-url "$REDIS_URL" \
+    "${RELAY_OPTS[@]}" >"$log1" 2>&1 &
+  N1_PID=$!
+  PIDS+=("$N1_PID")
+  "$RELAY" serve --listen "127.0.0.1:$N2_PORT" --node-id "$id-2" --redis-url "$REDIS_URL" \
+    "${RELAY_OPTS[@]}" >"$log2" 2>&1 &
+  N2_PID=$!
+  PIDS+=("$N2_PID")
+  wait_port "$N1_PORT" /readyz "$N1_PID" || die 4 "relay node 1 did not start (see $log1)"
+  wait_port "$N2_PORT" /readyz "$N2_PID" || die 4 "relay node 2 did not start (see $log2)"
+}

@@ -145,17 +145,7 @@ PY2_PORT=$(free_port)
 N1_PID="" N2_PID="" FLOOR_PID="" PY1_PID="" PY2_PID=""
 
 start_nodes() {
-  local tag=$1
-  "$RELAY" serve --listen "127.0.0.1:$N1_PORT" --node-id bench-1 --redis-url "$REDIS_URL" \
-    "${RELAY_OPTS[@]}" >"$LOGS/relay-1-$tag.log" 2>&1 &
-  N1_PID=$!
-  PIDS+=("$N1_PID")
-  "$RELAY" serve --listen "127.0.0.1:$N2_PORT" --node-id bench-2 --redis-url "$REDIS_URL" \
-    "${RELAY_OPTS[@]}" >"$LOGS/relay-2-$tag.log" 2>&1 &
-  N2_PID=$!
-  PIDS+=("$N2_PID")
-  wait_port "$N1_PORT" /readyz "$N1_PID" || die 4 "relay node 1 did not start (see $LOGS/relay-1-$tag.log)"
-  wait_port "$N2_PORT" /readyz "$N2_PID" || die 4 "relay node 2 did not start (see $LOGS/relay-2-$tag.log)"
+  start_relay_pair bench "$LOGS/relay-1-$1.log" "$LOGS/relay-2-$1.log"
   sleep 0.5 # let the freshly started nodes settle (RSS baseline)
 }
 stop_nodes() {

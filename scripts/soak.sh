@@ -102,6 +102,9 @@ rm -f "$RESULTS"/*
 
 say "building (release)"
 (cd "$ROOT" && cargo build --release --locked --bins) || die 3 "the build failed"
+# What was built (the report names it; commits made during the run do not).
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || COMMIT="$COMMIT + uncommitted changes"
 RELAY=$TARGET/release/lobby-relay
 BENCH=$TARGET/release/lobby-relay-bench
 [ -x "$RELAY" ] && [ -x "$BENCH" ] || die 3 "no binaries in $TARGET/release"
@@ -122,16 +125,7 @@ RELAY_OPTS=(--log-format json --max-connections 100000 --max-connections-per-add
 [ -z "${SOAK_RELAY_ARGS:-}" ] || RELAY_OPTS+=($SOAK_RELAY_ARGS)
 N1_PORT=$(free_port)
 N2_PORT=$(free_port)
-"$RELAY" serve --listen "127.0.0.1:$N1_PORT" --node-id soak-1 --redis-url "$REDIS_URL" \
-  "${RELAY_OPTS[@]}" >"$LOGS/relay-1.log" 2>&1 &
-N1_PID=$!
-PIDS+=("$N1_PID")
-"$RELAY" serve --listen "127.0.0.1:$N2_PORT" --node-id soak-2 --redis-url "$REDIS_URL" \
-  "${RELAY_OPTS[@]}" >"$LOGS/relay-2.log" 2>&1 &
-N2_PID=$!
-PIDS+=("$N2_PID")
-wait_port "$N1_PORT" /readyz "$N1_PID" || die 4 "relay node 1 did not start (see $LOGS/relay-1.log)"
-wait_port "$N2_PORT" /readyz "$N2_PID" || die 4 "relay node 2 did not start (see $LOGS/relay-2.log)"
+start_relay_pair soak "$LOGS/relay-1.log" "$LOGS/relay-2.log"
 
 # RSS of a process, KiB.
 rss() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -177,7 +171,7 @@ pause 5
 sample after
 
 python3 - "$SAMPLES" "$RESULTS" "$BOUND_MIB" "$MINUTES" "$WARMUP" "$LOBBIES" "$RATE" \
-  "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+  "$COMMIT" \
   "$(($(date +%s) - STARTED_AT))" "${FAILED[*]+${FAILED[*]}}" "$OUT" "$STATE/verdict" <<'EOF'
 import csv, datetime, json, os, re, sys
 (samples, results, bound, minutes, warmup, lobbies, rate, commit, took, failed, out,
