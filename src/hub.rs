@@ -206,23 +206,14 @@ impl LocalLobby {
         state.retired
     }
 
-    /// Delivers one lobby event to the local members it concerns.
-    pub fn dispatch(&self, event: LobbyEvent) {
+    /// Delivers one lobby event to the local members it concerns: first what
+    /// the event does to them (a joiner or resumed player takes its seat, a
+    /// member whose seat went elsewhere is taken out), then its one frame to
+    /// those `delivery` names.
+    pub fn dispatch(&self, mut event: LobbyEvent) {
         let mut state = self.lock();
-        match event {
-            LobbyEvent::Relay { from_seat, message } => {
-                let metrics = metrics::get();
-                let (counter, len) = match &message {
-                    Message::Binary(data) => (&metrics.messages_out_binary, data.len()),
-                    other => (&metrics.messages_out_text, other.len()),
-                };
-                for m in &mut state.members {
-                    if m.seat.is_some_and(|s| s != from_seat) && m.give(message.clone()) {
-                        counter.increment(1);
-                        metrics.bytes_out.increment(len as u64);
-                    }
-                }
-            }
+        match &mut event {
+            LobbyEvent::Relay { .. } => {}
             LobbyEvent::Joined {
                 seat,
                 players,
@@ -231,52 +222,39 @@ impl LocalLobby {
                 member,
                 users,
             } => {
-                state.occupied = occupied;
+                // Taken, not cloned: `delivery` has no use for it.
+                state.occupied = std::mem::take(occupied);
                 if let Some(m) = state
                     .members
                     .iter_mut()
-                    .find(|m| m.id == member && m.seat.is_none())
+                    .find(|m| m.id == *member && m.seat.is_none())
                 {
-                    m.seat = Some(seat);
+                    m.seat = Some(*seat);
                     let token = m
                         .resume_secret
                         .take()
                         .map(|secret| format!("{}.{seat}.{secret}", self.hex));
                     if m.outbox.deliver(Message::text(protocol::joined(
-                        players,
-                        capacity,
-                        seat,
-                        &users,
+                        *players,
+                        *capacity,
+                        *seat,
+                        users,
                         token.as_deref(),
                     ))) {
                         metrics::get().messages_out_event.increment(1);
                     }
                     if let Some(tx) = m.activated.take() {
-                        let _ = tx.send(seat);
-                    }
-                }
-                let note = if players >= capacity {
-                    Message::text(protocol::ready(players, &users))
-                } else {
-                    Message::text(protocol::player_joined(players, seat, &users))
-                };
-                let to_all = players >= capacity;
-                for m in &mut state.members {
-                    if m.seat.is_some_and(|s| to_all || s != seat) && m.give(note.clone()) {
-                        metrics::get().messages_out_event.increment(1);
+                        let _ = tx.send(*seat);
                     }
                 }
             }
-            LobbyEvent::Left {
-                seat,
-                players,
-                occupied,
-            } => {
-                state.occupied = occupied;
+            LobbyEvent::Left { seat, occupied, .. } => {
+                state.occupied = std::mem::take(occupied);
                 // A local member still in that seat was removed by somebody
                 // else (its own leave removes it here first): another node
                 // presumed this one dead. It has lost its place and must not
                 // keep playing as if it had one.
+                let seat = *seat;
                 state.members.retain(|m| {
                     let lost = m.seat == Some(seat);
                     if lost {
@@ -290,17 +268,12 @@ impl LocalLobby {
                     }
                     !lost
                 });
-                let note = Message::text(protocol::player_left(players, seat));
-                for m in &mut state.members {
-                    if m.seat.is_some() && m.give(note.clone()) {
-                        metrics::get().messages_out_event.increment(1);
-                    }
-                }
             }
-            LobbyEvent::Away { seat, grace_ms } => {
+            LobbyEvent::Away { seat, .. } => {
                 // A local member still in that seat was presumed gone by
                 // another node (its node was reaped): its seat is held for a
                 // resume, this connection is over.
+                let seat = *seat;
                 state.members.retain(|m| {
                     let lost = m.seat == Some(seat);
                     if lost {
@@ -309,18 +282,13 @@ impl LocalLobby {
                     }
                     !lost
                 });
-                let note = Message::text(protocol::player_away(seat, grace_ms));
-                for m in &mut state.members {
-                    if m.seat.is_some() && m.give(note.clone()) {
-                        metrics::get().messages_out_event.increment(1);
-                    }
-                }
             }
             LobbyEvent::Back { seat, member } => {
+                let seat = *seat;
                 // An older connection of the resumed player, still here
                 // (the player saw the drop before this node did): replaced.
                 state.members.retain(|m| {
-                    let replaced = m.seat == Some(seat) && m.id != member;
+                    let replaced = m.seat == Some(seat) && m.id != *member;
                     // (the resumed member itself is still pending: seat None)
                     if replaced {
                         m.outbox.close(
@@ -331,19 +299,41 @@ impl LocalLobby {
                     }
                     !replaced
                 });
-                let note = Message::text(protocol::player_back(seat));
                 for m in &mut state.members {
-                    if m.seat.is_none() && same_member(&m.id, &member) {
+                    if m.seat.is_none() && same_member(&m.id, member) {
                         // Its record may carry the user id of the old one.
                         m.id = member.clone();
                         m.seat = Some(seat);
+                        // What arrives from now on waits behind its replay.
                         m.backlog = Some(Vec::new());
                         if let Some(tx) = m.activated.take() {
                             let _ = tx.send(seat);
                         }
-                    } else if m.seat.is_some_and(|s| s != seat) && m.give(note.clone()) {
-                        metrics::get().messages_out_event.increment(1);
                     }
+                }
+            }
+        }
+        let metrics = metrics::get();
+        // A game message counts by its kind, and its bytes; anything else
+        // counts as a lobby event.
+        let (counter, bytes) = match &event {
+            LobbyEvent::Relay {
+                message: Message::Binary(data),
+                ..
+            } => (&metrics.messages_out_binary, Some(data.len() as u64)),
+            LobbyEvent::Relay { message, .. } => {
+                (&metrics.messages_out_text, Some(message.len() as u64))
+            }
+            _ => (&metrics.messages_out_event, None),
+        };
+        // The frame is built once (a relayed message is moved, not copied);
+        // each receiver gets a clone, which shares its bytes.
+        let (to, frame) = delivery(event);
+        for m in &mut state.members {
+            if m.seat.is_some_and(|s| to.include(s)) && m.give(frame.clone()) {
+                counter.increment(1);
+                if let Some(bytes) = bytes {
+                    metrics.bytes_out.increment(bytes);
                 }
             }
         }
@@ -411,39 +401,73 @@ fn same_member(a: &str, b: &str) -> bool {
     a[..base(a)] == b[..base(b)]
 }
 
+/// Which of a lobby's seated members a delivery goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recipients {
+    /// Every seated member (`ready`: the joiner too).
+    All,
+    /// Every seated member but the one in this seat: the sender of a game
+    /// message, the subject of a lobby event.
+    AllBut(u8),
+}
+
+impl Recipients {
+    fn include(self, seat: u8) -> bool {
+        match self {
+            Self::All => true,
+            Self::AllBut(skip) => seat != skip,
+        }
+    }
+}
+
+/// The one rule of delivery: which seated members of the lobby `event` goes
+/// to, and the frame they get. Both live delivery ([`LocalLobby::dispatch`])
+/// and resume replay ([`frames_for_seat`]) ask it, so that a resumed player
+/// is given exactly what it would have been sent live; the stores keep a
+/// seat's deliveries by the same rule (the seat `hold` skips, in `held.lua`
+/// and `lobby/memory.rs`).
+///
+/// A member in the seat a leave or away event names is taken out of the
+/// lobby before delivery (its seat is gone), so that it gets nothing either
+/// way. The joiner's own `joined` is the answer to its join, not a delivery.
+fn delivery(event: LobbyEvent) -> (Recipients, Message) {
+    use Recipients::{All, AllBut};
+    match event {
+        LobbyEvent::Relay { from_seat, message } => (AllBut(from_seat), message),
+        LobbyEvent::Joined {
+            seat,
+            players,
+            capacity,
+            users,
+            ..
+        } => {
+            if players >= capacity {
+                (All, Message::text(protocol::ready(players, &users)))
+            } else {
+                let note = protocol::player_joined(players, seat, &users);
+                (AllBut(seat), Message::text(note))
+            }
+        }
+        LobbyEvent::Left { seat, players, .. } => (
+            AllBut(seat),
+            Message::text(protocol::player_left(players, seat)),
+        ),
+        LobbyEvent::Away { seat, grace_ms } => (
+            AllBut(seat),
+            Message::text(protocol::player_away(seat, grace_ms)),
+        ),
+        LobbyEvent::Back { seat, .. } => (AllBut(seat), Message::text(protocol::player_back(seat))),
+    }
+}
+
 /// What the member in `seat` receives of `events` (its missed deliveries,
-/// replayed on resume), by the same rules as [`LocalLobby::dispatch`].
+/// replayed on resume): by `delivery`, as live.
 pub fn frames_for_seat(events: Vec<LobbyEvent>, seat: u8) -> Vec<Message> {
     events
         .into_iter()
-        .filter_map(|event| match event {
-            LobbyEvent::Relay { from_seat, message } => (from_seat != seat).then_some(message),
-            LobbyEvent::Joined {
-                seat: joiner,
-                players,
-                capacity,
-                users,
-                ..
-            } => {
-                if players >= capacity {
-                    Some(Message::text(protocol::ready(players, &users)))
-                } else {
-                    (joiner != seat)
-                        .then(|| Message::text(protocol::player_joined(players, joiner, &users)))
-                }
-            }
-            LobbyEvent::Left {
-                seat: left,
-                players,
-                ..
-            } => (left != seat).then(|| Message::text(protocol::player_left(players, left))),
-            LobbyEvent::Away {
-                seat: away,
-                grace_ms,
-            } => (away != seat).then(|| Message::text(protocol::player_away(away, grace_ms))),
-            LobbyEvent::Back { seat: back, .. } => {
-                (back != seat).then(|| Message::text(protocol::player_back(back)))
-            }
+        .filter_map(|event| {
+            let (to, frame) = delivery(event);
+            to.include(seat).then_some(frame)
         })
         .collect()
 }
