@@ -49,6 +49,25 @@ struct LocalState {
     retired: bool,
 }
 
+impl LocalState {
+    /// Takes the members `which` picks out of the lobby, `tell` first telling
+    /// each why its connection is over (seat lost, resumed elsewhere).
+    fn take_out(
+        &mut self,
+        mut which: impl FnMut(&LocalMember) -> bool,
+        mut tell: impl FnMut(&LocalMember),
+    ) {
+        self.members.retain(|m| {
+            let out = which(m);
+            if out {
+                tell(m);
+                metrics::get().members.decrement(1.0);
+            }
+            !out
+        });
+    }
+}
+
 #[derive(Debug)]
 struct LocalMember {
     id: MemberId,
@@ -255,50 +274,39 @@ impl LocalLobby {
                 // presumed this one dead. It has lost its place and must not
                 // keep playing as if it had one.
                 let seat = *seat;
-                state.members.retain(|m| {
-                    let lost = m.seat == Some(seat);
-                    if lost {
+                state.take_out(
+                    |m| m.seat == Some(seat),
+                    |m| {
                         tracing::warn!(
                             lobby = &self.hex[..8],
                             seat,
                             "member removed from its lobby by another node"
                         );
                         seat_lost(&m.outbox);
-                        metrics::get().members.decrement(1.0);
-                    }
-                    !lost
-                });
+                    },
+                );
             }
             LobbyEvent::Away { seat, .. } => {
                 // A local member still in that seat was presumed gone by
                 // another node (its node was reaped): its seat is held for a
                 // resume, this connection is over.
                 let seat = *seat;
-                state.members.retain(|m| {
-                    let lost = m.seat == Some(seat);
-                    if lost {
-                        seat_lost(&m.outbox);
-                        metrics::get().members.decrement(1.0);
-                    }
-                    !lost
-                });
+                state.take_out(|m| m.seat == Some(seat), |m| seat_lost(&m.outbox));
             }
             LobbyEvent::Back { seat, member } => {
                 let seat = *seat;
                 // An older connection of the resumed player, still here
                 // (the player saw the drop before this node did): replaced.
-                state.members.retain(|m| {
-                    let replaced = m.seat == Some(seat) && m.id != *member;
-                    // (the resumed member itself is still pending: seat None)
-                    if replaced {
+                // (The resumed member itself is still pending: seat None.)
+                state.take_out(
+                    |m| m.seat == Some(seat) && m.id != *member,
+                    |m| {
                         m.outbox.close(
                             CloseCode::from(RESUMED_ELSEWHERE_CLOSE),
                             "resumed on another connection",
-                        );
-                        metrics::get().members.decrement(1.0);
-                    }
-                    !replaced
-                });
+                        )
+                    },
+                );
                 for m in &mut state.members {
                     if m.seat.is_none() && same_member(&m.id, member) {
                         // Its record may carry the user id of the old one.
@@ -356,14 +364,8 @@ impl LocalLobby {
     /// Takes `member` out of the lobby because its seat is no longer its own
     /// in the lobby store: it gets `seat_lost` and is disconnected (4001).
     pub fn lose(&self, member: &MemberId) {
-        self.lock().members.retain(|m| {
-            let lost = m.id == *member;
-            if lost {
-                seat_lost(&m.outbox);
-                metrics::get().members.decrement(1.0);
-            }
-            !lost
-        });
+        self.lock()
+            .take_out(|m| m.id == *member, |m| seat_lost(&m.outbox));
     }
 
     fn lock(&self) -> MutexGuard<'_, LocalState> {
