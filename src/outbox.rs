@@ -294,6 +294,15 @@ impl Outbox {
     pub fn waiting(&self) -> usize {
         self.shared.waiting.load(Ordering::Acquire)
     }
+
+    /// Takes what is queued, as the writer would (tests read what a
+    /// connection was sent without a socket).
+    #[cfg(test)]
+    pub(crate) fn take_queued(&self) -> Vec<Message> {
+        let mut queue = self.shared.lock();
+        queue.bytes = 0;
+        std::mem::take(&mut queue.frames).into()
+    }
 }
 
 /// A game message of one client on its way to the lobby store: its bytes
