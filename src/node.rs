@@ -2,6 +2,10 @@
 //! store, and the three things a session asks of them: join, leave, relay.
 //!
 //! The node code is the same for both stores; only the store differs.
+//!
+//! `Node` is the one façade of the store and the hub: its fields are private,
+//! so the session and the server reach them only through the operations
+//! below (the compiler checks that the session never sees the store).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,11 +13,14 @@ use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::admin::{self, ClusterView};
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::hub::{Hub, LocalLobby, frames_for_seat};
 use crate::identity::Identity;
-use crate::lobby::{JoinOutcome, LobbyStore, MemberId, ResumeOutcome, ResumeSetup, StoreError};
+use crate::lobby::{
+    JoinOutcome, LobbyStore, MemberId, RateKey, ResumeOutcome, ResumeSetup, StoreError,
+};
 use crate::outbox::Outbox;
 use crate::passphrase::LobbyId;
 use crate::protocol;
@@ -25,12 +32,12 @@ const JOIN_EVENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// One relay node.
 #[derive(Debug)]
 pub struct Node<S> {
-    pub config: Config,
-    pub hub: Arc<Hub>,
-    pub store: S,
-    pub identity: Arc<Identity>,
+    config: Config,
+    hub: Arc<Hub>,
+    store: S,
+    identity: Arc<Identity>,
     /// Player authentication (its mode may be `off`).
-    pub auth: Arc<Verifier>,
+    auth: Arc<Verifier>,
     /// Set when the node starts shutting down: `/readyz` fails, new
     /// WebSockets are refused.
     draining: AtomicBool,
@@ -85,6 +92,18 @@ fn parse_resume_token(token: &str) -> Option<(LobbyId, u8, &str)> {
     ok.then_some((id, seat, secret))
 }
 
+impl<S> Node<S> {
+    /// The node's settings (read only).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Player authentication: the verifier of tokens (its mode may be `off`).
+    pub fn auth(&self) -> &Verifier {
+        &self.auth
+    }
+}
+
 impl<S: LobbyStore> Node<S> {
     pub fn new(
         config: Config,
@@ -122,6 +141,31 @@ impl<S: LobbyStore> Node<S> {
         } else {
             None
         }
+    }
+
+    /// Whether `who` may join (or resume) once more under `--join-limit`;
+    /// counts the attempt. (The store's future, returned as it is.)
+    pub fn admit_join(
+        &self,
+        who: RateKey,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + '_ {
+        self.store.admit_join(who, self.config.join_limit)
+    }
+
+    /// The cluster as the admin view shows it: every node and lobby the
+    /// store knows of, or (a store that knows only this node) this node and
+    /// its local lobbies.
+    pub async fn cluster_view(&self) -> Result<ClusterView, StoreError> {
+        Ok(match self.store.cluster_view().await? {
+            Some(view) => view,
+            None => admin::local_view(&self.config.node_id, &self.identity.key(), &self.hub),
+        })
+    }
+
+    /// The node is shutting down and its members have left: the store
+    /// removes what it holds about the node itself.
+    pub async fn goodbye(&self) {
+        self.store.goodbye().await;
     }
 
     /// Seats a new member in lobby `id` (as `user`, if authenticated). On

@@ -107,17 +107,17 @@ pub async fn run<S: LobbyStore>(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    crate::admission::warn_if_files_are_short(node.config.max_connections);
+    crate::admission::warn_if_files_are_short(node.config().max_connections);
     let server = Arc::new(Server {
         tls,
-        ws_config: websocket_config(node.config.max_message_bytes),
+        ws_config: websocket_config(node.config().max_message_bytes),
         limits: Limits::new(
-            node.config.max_connections,
-            node.config.max_connections_per_address,
+            node.config().max_connections,
+            node.config().max_connections_per_address,
         ),
         stop: CancellationToken::new(),
         sessions: TaskTracker::new(),
-        admin: node.config.admin_token.as_ref().map(AdminAccess::new),
+        admin: node.config().admin_token.as_ref().map(AdminAccess::new),
         node,
     });
     let accepting = accept_loop(&listener, &server);
@@ -126,10 +126,10 @@ pub async fn run<S: LobbyStore>(
         _ = accepting => {}
     }
     server.node.start_draining();
-    let deadline = tokio::time::Instant::now() + server.node.config.shutdown_timeout;
+    let deadline = tokio::time::Instant::now() + server.node.config().shutdown_timeout;
     // Keep answering health checks (readyz: 503) until the end.
     let drained = async {
-        let delay = server.node.config.drain_delay;
+        let delay = server.node.config().drain_delay;
         if !delay.is_zero() {
             tracing::info!(
                 ?delay,
@@ -155,7 +155,7 @@ pub async fn run<S: LobbyStore>(
             );
         }
     }
-    server.node.store.goodbye().await;
+    server.node.goodbye().await;
 }
 
 /// What every connection task shares.
@@ -190,7 +190,7 @@ async fn accept_loop<S: LobbyStore>(listener: &TcpListener, server: &Arc<Server<
         };
         backoff = Duration::from_millis(5);
         // Counted here, in the order of accepting, before anything is read.
-        let proxies = &server.node.config.trusted_proxies;
+        let proxies = &server.node.config().trusted_proxies;
         let client = (!proxies.trusts(peer.ip())).then_some(peer.ip());
         let Some(admission) = server.limits.admit(client) else {
             tracing::debug!(%peer, "over the connection limits, reserve full: closed unread");
@@ -233,7 +233,7 @@ impl<S: LobbyStore> Server<S> {
         mut peer: SocketAddr,
         mut admission: Admission,
     ) {
-        let config = &self.node.config;
+        let config = self.node.config();
         let proxies = &config.trusted_proxies;
         if proxies.proxy_protocol && proxies.trusts(peer.ip()) {
             let timeout = admission.handshake_timeout(config.handshake_timeout);
@@ -294,7 +294,7 @@ impl<S: LobbyStore> Server<S> {
                 }
             })
         };
-        let timeout = admission.handshake_timeout(self.node.config.handshake_timeout);
+        let timeout = admission.handshake_timeout(self.node.config().handshake_timeout);
         let serving = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(timeout)
@@ -370,7 +370,7 @@ impl<S: LobbyStore> Server<S> {
         tracing::debug!(event = "connect", "connected");
         metrics::get().connections.increment(1.0);
         let (sink, frames) = ws.split();
-        let (outbox, inbox) = outbox::channel(self.node.config.outbound_queue_bytes);
+        let (outbox, inbox) = outbox::channel(self.node.config().outbound_queue_bytes);
         let reading = Session::new(self.node.clone(), outbox, client, token.as_deref())
             .run(frames, self.stop.clone());
         // Once the session and its outbox are gone, the writer sends what
@@ -420,12 +420,12 @@ impl<S: LobbyStore> Server<S> {
                     &format!("not ready: {why}\n"),
                 ),
             },
-            "/" if self.node.config.playground
+            "/" if self.node.config().playground
                 && !request.headers().contains_key(header::UPGRADE) =>
             {
                 self.playground()
             }
-            PLAYGROUND_PATH if self.node.config.playground => self.playground(),
+            PLAYGROUND_PATH if self.node.config().playground => self.playground(),
             ADMIN_PATH if self.admin.is_some() => page(admin::ADMIN_HTML.to_owned()),
             p if WEBSOCKET_PATHS.contains(&p) => {
                 let key = match websocket_key(&request) {
@@ -449,10 +449,10 @@ impl<S: LobbyStore> Server<S> {
                 };
                 let client = self
                     .node
-                    .config
+                    .config()
                     .trusted_proxies
                     .forwarded_for(peer, request.headers());
-                let token = if self.node.auth.enabled() {
+                let token = if self.node.auth().enabled() {
                     crate::auth::token_of_request(request.headers(), request.uri().query())
                 } else {
                     None
@@ -481,7 +481,7 @@ impl<S: LobbyStore> Server<S> {
 
     /// The playground page, with this node's id in it.
     fn playground(&self) -> Response<Body> {
-        page(admin::playground_page(&self.node.config.node_id))
+        page(admin::playground_page(&self.node.config().node_id))
     }
 
     /// `GET /admin/api/cluster`: 404 without `--admin-token`, 401 without the
@@ -497,7 +497,7 @@ impl<S: LobbyStore> Server<S> {
         let headers = request.headers();
         let client = self
             .node
-            .config
+            .config()
             .trusted_proxies
             .forwarded_for(peer, headers);
         match access.check(client, headers.get(header::AUTHORIZATION)) {
@@ -520,12 +520,8 @@ impl<S: LobbyStore> Server<S> {
                 return response;
             }
         }
-        let node = &self.node;
-        let view = match tokio::time::timeout(ADMIN_API_TIMEOUT, node.store.cluster_view()).await {
-            Ok(Ok(Some(view))) => view,
-            Ok(Ok(None)) => {
-                admin::local_view(&node.config.node_id, &node.identity.key(), &node.hub)
-            }
+        let view = match tokio::time::timeout(ADMIN_API_TIMEOUT, self.node.cluster_view()).await {
+            Ok(Ok(view)) => view,
             Ok(Err(e)) => {
                 return text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -585,7 +581,7 @@ impl<S> Server<S> {
     /// With `--allowed-origins`, only those origins (or none: native
     /// clients) may upgrade.
     fn origin_allowed(&self, request: &Request<Incoming>) -> bool {
-        let allowed = &self.node.config.allowed_origins;
+        let allowed = &self.node.config().allowed_origins;
         if allowed.is_empty() {
             return true;
         }

@@ -128,9 +128,9 @@ impl<S: LobbyStore> Session<S> {
     /// A session for a client at `client`; `token` is the one its upgrade
     /// request carried (Authorization header or query), if any.
     pub fn new(node: Arc<Node<S>>, outbox: Outbox, client: IpAddr, token: Option<&str>) -> Self {
-        let limiter = MessageLimiter::new(node.config.message_rate, node.config.message_burst);
+        let limiter = MessageLimiter::new(node.config().message_rate, node.config().message_burst);
         let upgrade_auth = match token {
-            Some(token) if node.auth.enabled() => Some(node.auth.verify(token)),
+            Some(token) if node.auth().enabled() => Some(node.auth().verify(token)),
             _ => None,
         };
         Self {
@@ -153,7 +153,7 @@ impl<S: LobbyStore> Session<S> {
     where
         R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
     {
-        let half_idle = self.node.config.idle_timeout / 2;
+        let half_idle = self.node.config().idle_timeout / 2;
         let mut pinged = false;
         match self.upgrade_auth.take() {
             Some(Ok(user)) => self.authenticated(user, false),
@@ -232,7 +232,7 @@ impl<S: LobbyStore> Session<S> {
                     Verdict::DropAndTell => {
                         let text = format!(
                             "more than {} messages a second: messages are dropped until you slow down",
-                            self.node.config.message_rate
+                            self.node.config().message_rate
                         );
                         self.refuse(ErrorCode::RateLimited, &text).await;
                         continue;
@@ -264,9 +264,9 @@ impl<S: LobbyStore> Session<S> {
     }
 
     async fn on_text(&mut self, text: Utf8Bytes) {
-        let request = match protocol::parse_text_with(&text, self.node.auth.enabled()) {
+        let request = match protocol::parse_text_with(&text, self.node.auth().enabled()) {
             Ok(ClientMessage::Join { passphrase, resume }) => {
-                let secret = self.node.config.lobby_secret.as_ref().map(|s| s.bytes());
+                let secret = self.node.config().lobby_secret.as_ref().map(|s| s.bytes());
                 Request::Join(LobbyId::from_passphrase_keyed(&passphrase, secret), resume)
             }
             Ok(ClientMessage::Resume { token, received }) => {
@@ -277,10 +277,10 @@ impl<S: LobbyStore> Session<S> {
                 ErrorCode::AlreadyJoined,
                 "authenticate before joining, or leave the lobby first".to_owned(),
             ),
-            Ok(ClientMessage::Auth { token }) => Request::Auth(self.node.auth.verify(&token)),
+            Ok(ClientMessage::Auth { token }) => Request::Auth(self.node.auth().verify(&token)),
             Ok(ClientMessage::Ping { t, node: false }) => Request::Reply(protocol::pong(t)),
             Ok(ClientMessage::Ping { t, node: true }) => {
-                Request::Reply(protocol::pong_with_node(t, &self.node.config.node_id))
+                Request::Reply(protocol::pong_with_node(t, &self.node.config().node_id))
             }
             Ok(ClientMessage::Game) => Request::Game,
             Err(refusal) => Request::Refuse(refusal.code, refusal.message.into_owned()),
@@ -318,14 +318,14 @@ impl<S: LobbyStore> Session<S> {
         if self.refuse_if_joined().await {
             return;
         }
-        if self.node.auth.enabled() {
+        if self.node.auth().enabled() {
             match &self.user {
-                None if self.node.auth.mode() == AuthMode::Required => {
+                None if self.node.auth().mode() == AuthMode::Required => {
                     return self.auth_failed(AuthError::Required);
                 }
                 None => {}
                 Some(user) => {
-                    if let Err(e) = self.node.auth.check_expiry(user) {
+                    if let Err(e) = self.node.auth().check_expiry(user) {
                         return self.auth_failed(e);
                     }
                     if !user.may_join(&lobby) {
@@ -333,7 +333,7 @@ impl<S: LobbyStore> Session<S> {
                             event = "join_refused",
                             lobby = lobby.short(),
                             reason = "lobby_not_allowed",
-                            user = self.node.auth.log_user(Some(user)),
+                            user = self.node.auth().log_user(Some(user)),
                             "the token does not allow this lobby"
                         );
                         return self
@@ -346,17 +346,9 @@ impl<S: LobbyStore> Session<S> {
                 }
             }
         }
-        let mut admitted = self
-            .node
-            .store
-            .admit_join(RateKey::Address(self.client), self.node.config.join_limit)
-            .await;
+        let mut admitted = self.node.admit_join(RateKey::Address(self.client)).await;
         if let (Ok(true), Some(user)) = (&admitted, &self.user) {
-            admitted = self
-                .node
-                .store
-                .admit_join(RateKey::User(user.id.clone()), self.node.config.join_limit)
-                .await;
+            admitted = self.node.admit_join(RateKey::User(user.id.clone())).await;
         }
         match admitted {
             Ok(true) => {}
@@ -370,7 +362,7 @@ impl<S: LobbyStore> Session<S> {
                 );
                 let text = format!(
                     "too many joins from your address or account (at most {} a minute); wait a little",
-                    self.node.config.join_limit.per_minute
+                    self.node.config().join_limit.per_minute
                 );
                 return self.refuse(ErrorCode::RateLimited, &text).await;
             }
@@ -388,7 +380,7 @@ impl<S: LobbyStore> Session<S> {
                     event = "join",
                     lobby = lobby.short(),
                     seat = membership.seat,
-                    user = self.node.auth.log_user(self.user.as_ref()),
+                    user = self.node.auth().log_user(self.user.as_ref()),
                     "joined lobby"
                 );
                 self.membership = Some(membership);
@@ -403,7 +395,7 @@ impl<S: LobbyStore> Session<S> {
                 );
                 let text = format!(
                     "this lobby already has {} players",
-                    self.node.config.lobby_capacity
+                    self.node.config().lobby_capacity
                 );
                 self.refuse(ErrorCode::LobbyFull, &text).await;
             }
@@ -412,7 +404,7 @@ impl<S: LobbyStore> Session<S> {
                     event = "join_refused",
                     lobby = lobby.short(),
                     reason = "duplicate_user",
-                    user = self.node.auth.log_user(self.user.as_ref()),
+                    user = self.node.auth().log_user(self.user.as_ref()),
                     "the user already holds a seat in this lobby"
                 );
                 self.refuse(
@@ -430,18 +422,13 @@ impl<S: LobbyStore> Session<S> {
         if self.refuse_if_joined().await {
             return;
         }
-        match self
-            .node
-            .store
-            .admit_join(RateKey::Address(self.client), self.node.config.join_limit)
-            .await
-        {
+        match self.node.admit_join(RateKey::Address(self.client)).await {
             Ok(true) => {}
             Ok(false) => {
                 metrics::get().joins_rate_limited.increment(1);
                 let text = format!(
                     "too many joins or resumes from your address (at most {} a minute); wait a little",
-                    self.node.config.join_limit.per_minute
+                    self.node.config().join_limit.per_minute
                 );
                 return self.refuse(ErrorCode::RateLimited, &text).await;
             }
@@ -484,7 +471,7 @@ impl<S: LobbyStore> Session<S> {
     fn authenticated(&mut self, user: User, answer: bool) {
         tracing::debug!(
             event = "authenticated",
-            user = self.node.auth.log_user(Some(&user)),
+            user = self.node.auth().log_user(Some(&user)),
             "token accepted"
         );
         if answer {
