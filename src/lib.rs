@@ -13,7 +13,8 @@
 //! - [`client_addr`]: the real client address behind trusted proxies.
 //! - [`closing`]: how the node ends a WebSocket.
 //! - [`config`]: every option, its environment variable and default.
-//! - [`protocol`]: the wire messages; the only module that knows JSON.
+//! - [`protocol`]: the wire messages; the only module that knows the client
+//!   wire format.
 //! - [`passphrase`]: normalise, validate and hash passphrases into a
 //!   [`passphrase::LobbyId`]; nothing past it sees a passphrase.
 //! - [`server`]: the accept loop, the WebSocket upgrade, graceful shutdown.

@@ -25,8 +25,8 @@ pub enum PassphraseError {
     Edges,
 }
 
-/// Normalises a passphrase as PROTOCOL.md says: trim surrounding white space,
-/// lower-case ASCII letters, then check length and alphabet.
+/// Normalises a passphrase as `docs/protocol.md` says: trim surrounding white
+/// space, lower-case ASCII letters, then check length and alphabet.
 pub fn normalize(raw: &str) -> Result<String, PassphraseError> {
     let trimmed = raw.trim();
     // Check the length in bytes first: any accepted passphrase is ASCII, so

@@ -1,7 +1,9 @@
-//! The wire protocol (PROTOCOL.md, version 1): parse what clients send, build
-//! what the relay sends back.
+//! The wire protocol (`docs/protocol.md`, version 1): parse what clients
+//! send, build what the relay sends back.
 //!
-//! Pure functions, no I/O: this is the only module that knows JSON. A game
+//! Pure functions, no I/O: this is the only module that knows the client
+//! wire format (other modules build JSON of their own, for the admin view,
+//! the heartbeat, `inspect` and test tokens, never a client frame). A game
 //! message is never re-encoded: [`parse_text`] only finds out *what kind* of
 //! frame it is, and the caller relays the original bytes.
 
@@ -60,7 +62,7 @@ pub enum ClientMessage<'a> {
     Game,
 }
 
-/// Error codes of PROTOCOL.md, with the human text the relay sends.
+/// Error codes of `docs/protocol.md`, with the human text the relay sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     InvalidJson,
@@ -418,7 +420,7 @@ pub fn pong_with_node(t: Option<&str>, node_id: &str) -> String {
 
 /// `{"type":"error","code":...,"message":...}`.
 pub fn error(code: ErrorCode, message: &str) -> String {
-    // Field order as in PROTOCOL.md; the message is escaped by serde_json.
+    // Field order as in docs/protocol.md; the message is escaped by serde_json.
     let message = serde_json::to_string(message).unwrap_or_else(|_| "\"\"".to_owned());
     format!(
         r#"{{"type":"error","code":"{}","message":{message}}}"#,

@@ -1,4 +1,4 @@
-//! Behavioural tests of the relay against `PROTOCOL.md`, through real
+//! Behavioural tests of the relay against `docs/protocol.md`, through real
 //! processes: every test in the first part runs twice, against two nodes
 //! sharing a private Redis (players on different nodes) and against one node
 //! in memory. The Redis-only tests at the end look inside Redis.

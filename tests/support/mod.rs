@@ -1,6 +1,6 @@
 //! Test harness for the integration tests: a private `redis-server` (or Redis
 //! Cluster, `redis_cluster.rs`) per test, real `lobby-relay` nodes started from the built binary, and a WebSocket
-//! client that speaks the wire protocol of `PROTOCOL.md` with a timeout on
+//! client that speaks the wire protocol of `docs/protocol.md` with a timeout on
 //! every read.
 //!
 //! Nothing here knows how the relay is built inside: the tests see only its
