@@ -172,10 +172,10 @@ sample after
 
 python3 - "$SAMPLES" "$RESULTS" "$BOUND_MIB" "$MINUTES" "$WARMUP" "$LOBBIES" "$RATE" \
   "$COMMIT" \
-  "$(($(date +%s) - STARTED_AT))" "${FAILED[*]+${FAILED[*]}}" "$OUT" "$STATE/verdict" <<'EOF'
+  "$(($(date +%s) - STARTED_AT))" "${FAILED[*]+${FAILED[*]}}" "$OUT" "$STATE/verdict" "$ROOT" <<'EOF'
 import csv, datetime, json, os, re, sys
 (samples, results, bound, minutes, warmup, lobbies, rate, commit, took, failed, out,
- verdict_path) = sys.argv[1:]
+ verdict_path, root) = sys.argv[1:]
 bound = float(bound)
 rows = list(csv.DictReader(open(samples)))
 base = next(r for r in rows if r["phase"] == "baseline")
@@ -245,7 +245,8 @@ w(f"Soak round: {delivered['soak']:,} messages delivered ({runs['soak']['deliver
   f"latency p99 {runs['soak']['latency_ms']['p99']:.3f} ms. "
   f"Verdict: **{'passed' if not problems else 'FAILED: ' + '; '.join(problems)}**.")
 w("")
-w("The RSS samples (every 15 s) are in `target/soak-state/rss.csv` after a run.")
+shown = os.path.relpath(samples, root) if samples.startswith(root + "/") else samples
+w(f"The RSS samples (every 15 s) are in `{shown}` after a run.")
 w("<!-- end soak -->")
 section = "\n".join(L)
 print()
