@@ -18,6 +18,8 @@
 //! - [`passphrase`]: normalise, validate and hash passphrases into a
 //!   [`passphrase::LobbyId`]; nothing past it sees a passphrase.
 //! - [`server`]: the accept loop, the WebSocket upgrade, graceful shutdown.
+//! - [`http`]: what plain HTTP requests on the relay's port are answered:
+//!   health, metrics, the pages, the admin API, and the request checks.
 //! - [`session`]: one connection: read, answer, relay.
 //! - [`tls`]: `wss://` served directly (rustls).
 //! - [`outbox`]: a connection's bounded outbound queue and batching writer.
@@ -38,6 +40,7 @@ mod both;
 pub mod client_addr;
 pub mod closing;
 pub mod config;
+pub mod http;
 pub mod hub;
 pub mod identity;
 pub mod inspect;
