@@ -101,15 +101,7 @@ secs() {
 
 # --- tools -------------------------------------------------------------------
 
-missing=()
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
-command -v python3 >/dev/null 2>&1 || missing+=(python3)
-command -v curl >/dev/null 2>&1 || missing+=(curl)
-if [ ${#missing[@]} -gt 0 ]; then
-  need_packages "${missing[@]}"
-fi
-command -v cargo >/dev/null 2>&1 || die 3 "cargo is needed (https://rustup.rs)"
+need_bench_tools
 REDIS_MAJOR=$(redis-server --version | sed -n 's/.* v=\([0-9]*\)\..*/\1/p')
 [ "${REDIS_MAJOR:-0}" -ge 7 ] ||
   die 3 "redis-server 7.0 or later is needed (sharded pub/sub); found: $(redis-server --version)"
@@ -117,13 +109,7 @@ REDIS_MAJOR=$(redis-server --version | sed -n 's/.* v=\([0-9]*\)\..*/\1/p')
 mkdir -p "$STATE" "$RESULTS" "$LOGS"
 rm -f "$RESULTS"/* "$LOGS"/* "$STATE"/nodes-*.conf
 
-say "building (release)"
-(cd "$ROOT" && cargo build --release --locked --bins) || die 3 "the build failed"
-RELAY=$TARGET/release/lobby-relay
-BENCH=$TARGET/release/lobby-relay-bench
-if [ ! -x "$RELAY" ] || [ ! -x "$BENCH" ]; then
-  die 3 "no binaries in $TARGET/release"
-fi
+build_release
 STARTED_AT=$(date +%s)
 
 # The Redis of the current configuration: one plain redis-server or the

@@ -108,3 +108,28 @@ start_relay_pair() {
   wait_port "$N1_PORT" /readyz "$N1_PID" || die 4 "relay node 1 did not start (see $log1)"
   wait_port "$N2_PORT" /readyz "$N2_PID" || die 4 "relay node 2 did not start (see $log2)"
 }
+
+# Installs what a run against real relay nodes needs when it is missing
+# (redis-server, redis-cli, python3, curl), and checks for cargo.
+need_bench_tools() {
+  local missing=()
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+  command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  if [ ${#missing[@]} -gt 0 ]; then
+    need_packages "${missing[@]}"
+  fi
+  command -v cargo >/dev/null 2>&1 || die 3 "cargo is needed (https://rustup.rs)"
+}
+
+# Builds the release binaries in TARGET; sets RELAY and BENCH.
+build_release() {
+  say "building (release)"
+  (cd "$ROOT" && cargo build --release --locked --bins) || die 3 "the build failed"
+  RELAY=$TARGET/release/lobby-relay
+  BENCH=$TARGET/release/lobby-relay-bench
+  if [ ! -x "$RELAY" ] || [ ! -x "$BENCH" ]; then
+    die 3 "no binaries in $TARGET/release"
+  fi
+}

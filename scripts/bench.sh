@@ -104,13 +104,7 @@ if ! "$VENV/bin/python" -c 'import websockets, redis' >/dev/null 2>&1; then
     die 3 "pip could not install websockets and redis"
 fi
 
-say "building (release)"
-(cd "$ROOT" && cargo build --release --locked --bins) || die 3 "the build failed"
-RELAY=$TARGET/release/lobby-relay
-BENCH=$TARGET/release/lobby-relay-bench
-if [ ! -x "$RELAY" ] || [ ! -x "$BENCH" ]; then
-  die 3 "no binaries in $TARGET/release"
-fi
+build_release
 
 # 10,000 connections in the generator, 5,000 in each node.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true

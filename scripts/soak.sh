@@ -87,27 +87,15 @@ LOGS=$STATE/logs
 RESULTS=$STATE/results
 STARTED_AT=$(date +%s)
 
-missing=()
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
-command -v python3 >/dev/null 2>&1 || missing+=(python3)
-command -v curl >/dev/null 2>&1 || missing+=(curl)
-if [ ${#missing[@]} -gt 0 ]; then
-  need_packages "${missing[@]}"
-fi
-command -v cargo >/dev/null 2>&1 || die 3 "cargo is needed (https://rustup.rs)"
+need_bench_tools
 
 mkdir -p "$LOGS" "$RESULTS"
 rm -f "$RESULTS"/*
 
-say "building (release)"
-(cd "$ROOT" && cargo build --release --locked --bins) || die 3 "the build failed"
+build_release
 # What was built (the report names it; commits made during the run do not).
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || COMMIT="$COMMIT + uncommitted changes"
-RELAY=$TARGET/release/lobby-relay
-BENCH=$TARGET/release/lobby-relay-bench
-[ -x "$RELAY" ] && [ -x "$BENCH" ] || die 3 "no binaries in $TARGET/release"
 
 REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \

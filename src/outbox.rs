@@ -290,11 +290,6 @@ impl Outbox {
         })
     }
 
-    /// Bytes of this client's messages waiting for the lobby store.
-    pub fn waiting(&self) -> usize {
-        self.shared.waiting.load(Ordering::Acquire)
-    }
-
     /// Takes what is queued, as the writer would (tests read what a
     /// connection was sent without a socket).
     #[cfg(test)]

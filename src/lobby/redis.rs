@@ -1392,6 +1392,7 @@ async fn run_batches(
             match op {
                 PublishOp::Publish { claim, .. } if claim.is_stale() => {
                     claim.dropped();
+                    metrics::get().dropped_stale.increment(1);
                     report.stale += 1;
                 }
                 PublishOp::Publish {
@@ -1408,7 +1409,9 @@ async fn run_batches(
             if stalled {
                 for run in &runs {
                     run.dropped();
-                    report.unsent += run.messages.len() as u64;
+                    let unsent = run.messages.len() as u64;
+                    metrics::get().dropped_stale.increment(unsent);
+                    report.unsent += unsent;
                 }
                 runs.clear();
             }
@@ -1464,7 +1467,8 @@ async fn answers_ping(shared: &Shared) -> bool {
         .is_ok()
 }
 
-/// Game messages the publisher dropped, logged at most once a second.
+/// Game messages the publisher dropped, for a log line at most once a second
+/// (the metric counts them as they go).
 #[derive(Default)]
 struct DropReport {
     /// Waited longer than [`MAX_WAIT`] before they could be sent.
@@ -1486,9 +1490,6 @@ impl DropReport {
         {
             return;
         }
-        metrics::get()
-            .dropped_stale
-            .increment(self.stale + self.unsent);
         tracing::warn!(
             waited_too_long = self.stale,
             not_sent = self.unsent,
