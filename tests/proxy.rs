@@ -250,14 +250,22 @@ async fn proxy_v2_headers_with_malformed_tlvs_are_refused() {
             "{what}: the connection must be refused"
         );
     }
-    let refused = node
-        .logs()
-        .lines()
-        .iter()
-        .filter(|line| line.contains("refused: bad PROXY header") && line.contains("TLV"))
-        .count();
+    // The log line may reach us after the client saw the close (the node's
+    // output is read by another thread): wait for it, a few seconds at most.
+    let refused = || {
+        node.logs()
+            .lines()
+            .iter()
+            .filter(|line| line.contains("refused: bad PROXY header") && line.contains("TLV"))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while refused() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
-        refused, 2,
+        refused(),
+        2,
         "both are logged as bad PROXY headers, for their TLVs"
     );
     // A NOOP TLV and an ALPN TLV, each exactly as long as it says.
@@ -267,10 +275,14 @@ async fn proxy_v2_headers_with_malformed_tlvs_are_refused() {
         None,
         "well-formed TLVs are accepted"
     );
-    assert!(
+    let used = || {
         logged_peers(&node)
             .iter()
-            .any(|p| p.starts_with("203.0.113.20")),
-        "the address of the good header is used"
-    );
+            .any(|p| p.starts_with("203.0.113.20"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !used() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(used(), "the address of the good header is used");
 }
