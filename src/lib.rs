@@ -21,6 +21,8 @@
 //! - [`http`]: what plain HTTP requests on the relay's port are answered:
 //!   health, metrics, the pages, the admin API, and the request checks.
 //! - [`session`]: one connection: read, answer, relay.
+//! - [`refusal`]: what a client is told when a request is refused: the
+//!   error code, the text, the log line and the metric of each kind.
 //! - [`tls`]: `wss://` served directly (rustls).
 //! - [`outbox`]: a connection's bounded outbound queue and batching writer.
 //! - [`read_ahead`]: large socket reads without a large buffer per connection.
@@ -52,6 +54,7 @@ pub mod outbox;
 pub mod passphrase;
 pub mod protocol;
 pub mod read_ahead;
+pub mod refusal;
 pub mod server;
 pub mod session;
 pub mod tls;
