@@ -27,8 +27,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Secret;
 use crate::passphrase::LobbyId;
+use crate::secret::Secret;
 
 /// Whether players must present a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -54,68 +54,45 @@ pub enum UserIdLogging {
     Hash,
 }
 
-/// Authentication options of `lobby-relay serve`.
-#[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Player authentication (docs/authentication.md)")]
-pub struct AuthArgs {
-    /// Player authentication with the studio's JWTs: `off` (default; casual
-    /// play by passphrase), `optional` (a token is used when given) or
-    /// `required` (no valid token, no lobby). `optional` and `required` need
-    /// a key: --auth-hs256-secret, --auth-public-key or --auth-jwks.
-    #[arg(long = "auth", env = "LOBBY_RELAY_AUTH", value_enum, default_value_t = AuthMode::Off)]
+/// The settings of player authentication (resolved from `--auth` and the
+/// `--auth-*` options by `config.rs`).
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
     pub mode: AuthMode,
-
-    /// The shared secret of HS256 tokens (at least 32 bytes). Prefer the
-    /// environment variable to the flag (flags show in `ps`).
-    #[arg(long, env = "LOBBY_RELAY_AUTH_HS256_SECRET", hide_env_values = true, value_parser = parse_hs256_secret)]
-    pub auth_hs256_secret: Option<Secret>,
-
-    /// A PEM file with the public key of RS256 (RSA) or ES256 (P-256)
-    /// tokens. Read again when it changes and on SIGHUP.
-    #[arg(long, env = "LOBBY_RELAY_AUTH_PUBLIC_KEY")]
-    pub auth_public_key: Option<PathBuf>,
-
-    /// A JWKS file (`{"keys":[...]}`, as identity providers publish) with the
-    /// public keys of RS256/ES256 tokens, chosen by the token's `kid`. Read
-    /// again when it changes and on SIGHUP: rotate keys by rewriting it.
-    #[arg(long, env = "LOBBY_RELAY_AUTH_JWKS")]
-    pub auth_jwks: Option<PathBuf>,
-
-    /// Accepted token issuers (`iss`), comma-separated. When set, a token
-    /// must carry one of them.
-    #[arg(long, env = "LOBBY_RELAY_AUTH_ISSUER", value_delimiter = ',')]
-    pub auth_issuer: Vec<String>,
-
-    /// Accepted token audiences (`aud`), comma-separated. When set, a token
-    /// must carry one of them.
-    #[arg(long, env = "LOBBY_RELAY_AUTH_AUDIENCE", value_delimiter = ',')]
-    pub auth_audience: Vec<String>,
-
-    /// Clock skew tolerated on `exp` and `nbf`, e.g. `5s`.
-    #[arg(long, env = "LOBBY_RELAY_AUTH_LEEWAY", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub auth_leeway: Duration,
-
-    /// User ids in log lines: `off` (default) or `hash` (a SHA-256 prefix).
-    #[arg(long, env = "LOBBY_RELAY_LOG_USER_IDS", value_enum, default_value_t = UserIdLogging::Off)]
+    /// The shared secret of HS256 tokens.
+    pub hs256_secret: Option<Secret>,
+    /// A PEM file with the public key of RS256 or ES256 tokens.
+    pub public_key: Option<PathBuf>,
+    /// A JWKS file with public keys, chosen by the token's `kid`.
+    pub jwks: Option<PathBuf>,
+    /// Accepted issuers (`iss`); any when empty.
+    pub issuers: Vec<String>,
+    /// Accepted audiences (`aud`); any when empty.
+    pub audiences: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
     pub log_user_ids: UserIdLogging,
 }
 
-impl Default for AuthArgs {
+impl Default for AuthConfig {
+    /// Authentication off (the defaults of the `--auth` options).
     fn default() -> Self {
         Self {
             mode: AuthMode::Off,
-            auth_hs256_secret: None,
-            auth_public_key: None,
-            auth_jwks: None,
-            auth_issuer: Vec::new(),
-            auth_audience: Vec::new(),
-            auth_leeway: Duration::from_secs(5),
+            hs256_secret: None,
+            public_key: None,
+            jwks: None,
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            leeway: Duration::from_secs(5),
             log_user_ids: UserIdLogging::Off,
         }
     }
 }
 
-fn parse_hs256_secret(s: &str) -> Result<Secret, String> {
+/// Parses an HS256 secret (of `--auth-hs256-secret` and of `lobby-relay
+/// token --hs256-secret`): at least 32 bytes.
+pub fn parse_hs256_secret(s: &str) -> Result<Secret, String> {
     if s.len() < 32 {
         return Err("use at least 32 bytes (256 bits, RFC 7518)".into());
     }
@@ -208,16 +185,16 @@ impl std::fmt::Debug for Verifier {
 
 impl Verifier {
     /// Reads the keys; an error says which option is wrong and why.
-    pub fn new(args: &AuthArgs) -> Result<Self, String> {
+    pub fn new(config: &AuthConfig) -> Result<Self, String> {
         let verifier = Self {
-            mode: args.mode,
-            hs256: args.auth_hs256_secret.clone(),
-            public_key: args.auth_public_key.clone(),
-            jwks: args.auth_jwks.clone(),
-            issuers: args.auth_issuer.clone(),
-            audiences: args.auth_audience.clone(),
-            leeway: args.auth_leeway,
-            log_user_ids: args.log_user_ids,
+            mode: config.mode,
+            hs256: config.hs256_secret.clone(),
+            public_key: config.public_key.clone(),
+            jwks: config.jwks.clone(),
+            issuers: config.issuers.clone(),
+            audiences: config.audiences.clone(),
+            leeway: config.leeway,
+            log_user_ids: config.log_user_ids,
             keys: RwLock::default(),
         };
         if verifier.mode != AuthMode::Off
@@ -689,11 +666,11 @@ mod tests {
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
-    fn verifier(extra: impl FnOnce(&mut AuthArgs)) -> Verifier {
-        let mut args = AuthArgs {
+    fn verifier(extra: impl FnOnce(&mut AuthConfig)) -> Verifier {
+        let mut args = AuthConfig {
             mode: AuthMode::Required,
-            auth_hs256_secret: Some(SECRET.parse().unwrap()),
-            ..AuthArgs::default()
+            hs256_secret: Some(SECRET.parse().unwrap()),
+            ..AuthConfig::default()
         };
         extra(&mut args);
         Verifier::new(&args).unwrap()
@@ -728,8 +705,8 @@ mod tests {
     #[test]
     fn refusals_have_their_codes() {
         let v = verifier(|a| {
-            a.auth_audience = vec!["tanks".into()];
-            a.auth_issuer = vec!["https://studio.example".into()];
+            a.audiences = vec!["tanks".into()];
+            a.issuers = vec!["https://studio.example".into()];
         });
         let good =
             json!({"sub": "a", "exp": now() + 60, "aud": "tanks", "iss": "https://studio.example"});

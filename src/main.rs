@@ -4,9 +4,10 @@ use std::io::Read;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use lobby_relay::config::{LogFormat, Secret, ServeArgs};
+use lobby_relay::config::{LogFormat, ServeArgs};
 use lobby_relay::inspect;
 use lobby_relay::passphrase::LobbyId;
+use lobby_relay::secret::Secret;
 use tracing::Instrument;
 
 /// A real-time WebSocket relay for multiplayer games. Players who type the
@@ -157,7 +158,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let store = if args.redis_url.is_some() {
+        let store = if config.store.redis_url.is_some() {
             "redis"
         } else {
             "memory"
@@ -168,7 +169,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         let playground = listener
             .local_addr()
             .ok()
-            .filter(|_| config.playground)
+            .filter(|_| config.http.playground)
             .map(|mut a| {
                 if a.ip().is_unspecified() {
                     a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -192,14 +193,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         );
         // Every line logged by the node carries its id (the `node` span).
         let node_span = tracing::info_span!("node", node_id = %config.node_id);
-        match lobby_relay::serve(
-            listener,
-            config,
-            args.redis_url.as_deref(),
-            shutdown_signal(),
-        )
-        .instrument(node_span)
-        .await
+        match lobby_relay::serve(listener, config, shutdown_signal())
+            .instrument(node_span)
+            .await
         {
             Ok(()) => {
                 tracing::info!("stopped");

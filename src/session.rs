@@ -81,7 +81,10 @@ impl<S: LobbyStore> Session<S> {
     /// A session for a client at `client`; `token` is the one its upgrade
     /// request carried (Authorization header or query), if any.
     pub fn new(node: Arc<Node<S>>, outbox: Outbox, client: IpAddr, token: Option<&str>) -> Self {
-        let limiter = MessageLimiter::new(node.config().message_rate, node.config().message_burst);
+        let limiter = MessageLimiter::new(
+            node.config().limits.message_rate,
+            node.config().limits.message_burst,
+        );
         let upgrade_auth = match token {
             Some(token) if node.auth().enabled() => Some(node.auth().verify(token)),
             _ => None,
@@ -106,7 +109,7 @@ impl<S: LobbyStore> Session<S> {
     where
         R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
     {
-        let half_idle = self.node.config().idle_timeout / 2;
+        let half_idle = self.node.config().limits.idle_timeout / 2;
         let mut pinged = false;
         match self.upgrade_auth.take() {
             Some(Ok(user)) => self.authenticated(user, false),
@@ -183,7 +186,7 @@ impl<S: LobbyStore> Session<S> {
                     Verdict::Drop => continue,
                     Verdict::DropAndTell => {
                         self.refuse(Refusal::TooManyMessages {
-                            per_second: self.node.config().message_rate,
+                            per_second: self.node.config().limits.message_rate,
                         });
                         continue;
                     }
@@ -286,7 +289,7 @@ impl<S: LobbyStore> Session<S> {
             Ok(false) => {
                 return self.refuse(Refusal::TooManyJoins {
                     lobby,
-                    per_minute: self.node.config().join_limit.per_minute,
+                    per_minute: self.node.config().limits.join_limit.per_minute,
                 });
             }
             Err(error) => {
@@ -337,7 +340,7 @@ impl<S: LobbyStore> Session<S> {
             Ok(true) => {}
             Ok(false) => {
                 return self.refuse(Refusal::TooManyResumes {
-                    per_minute: self.node.config().join_limit.per_minute,
+                    per_minute: self.node.config().limits.join_limit.per_minute,
                 });
             }
             Err(error) => return self.refuse(Refusal::ResumeUnavailable(&error)),
