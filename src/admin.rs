@@ -155,7 +155,7 @@ impl AdminToken {
     pub fn accepts(&self, authorization: Option<&HeaderValue>) -> bool {
         let Some(presented) = authorization
             .map(HeaderValue::as_bytes)
-            .and_then(crate::auth::bearer_credentials)
+            .and_then(crate::auth::bearer::bearer_credentials)
         else {
             return false;
         };

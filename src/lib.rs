@@ -106,7 +106,7 @@ pub async fn serve(
             "memory"
         },
     );
-    let auth = Arc::new(auth::Verifier::new(&config.auth).map_err(StartError::Auth)?);
+    let auth = Arc::new(auth::verify::Verifier::new(&config.auth).map_err(StartError::Auth)?);
     let watching = tokio_util::sync::CancellationToken::new();
     tokio::spawn(
         auth.clone()

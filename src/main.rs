@@ -45,7 +45,7 @@ enum Command {
     /// Mint a player token (a JWT) for local testing of `--auth`, signed
     /// like a studio's backend would sign it, and print it. See
     /// docs/authentication.md.
-    Token(Box<lobby_relay::auth::TokenArgs>),
+    Token(Box<lobby_relay::auth::token::TokenArgs>),
 }
 
 #[derive(Subcommand)]
@@ -116,7 +116,7 @@ fn main() -> ExitCode {
             Some(InspectWhat::Nodes { common }) => inspect_list(common, "nodes"),
             Some(InspectWhat::Lobbies { common }) => inspect_list(common, "lobbies"),
         },
-        Some(Command::Token(args)) => match lobby_relay::auth::mint(&args) {
+        Some(Command::Token(args)) => match lobby_relay::auth::token::mint(&args) {
             Ok(token) => {
                 println!("{token}");
                 ExitCode::SUCCESS

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::admin::{self, ClusterView};
-use crate::auth::Verifier;
+use crate::auth::verify::Verifier;
 use crate::config::Config;
 use crate::hub::{Hub, LocalLobby, frames_for_seat};
 use crate::identity::Identity;

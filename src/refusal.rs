@@ -9,7 +9,7 @@
 //! says. [`Tally`] sums up the refusals of one connection in one log line.
 //!
 //! A lobby store error is looked into in one function only,
-//! [`unavailable_text`]: whatever the store's failure, the client gets
+//! `unavailable_text`: whatever the store's failure, the client gets
 //! `unavailable`.
 
 use std::borrow::Cow;

@@ -391,7 +391,7 @@ impl<S: LobbyStore> Server<S> {
             .trusted_proxies
             .forwarded_for(peer, request.headers());
         let token = if self.node.auth().enabled() {
-            crate::auth::token_of_request(request.headers(), request.uri().query())
+            crate::auth::bearer::token_of_request(request.headers(), request.uri().query())
         } else {
             None
         };
