@@ -1,5 +1,11 @@
 //! Every option of a relay node, its environment variable and its default, in
 //! one place. `lobby-relay serve --help` prints this.
+//!
+//! The options ([`ServeArgs`], with [`AuthArgs`]) resolve into the node's
+//! [`Config`], grouped by concern: [`Limits`], [`ResumeConfig`],
+//! [`HttpConfig`], [`StoreConfig`], [`DrainConfig`] and the
+//! [`AuthConfig`] of player authentication (plain data: `auth` knows
+//! nothing of clap's types here).
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;

@@ -10,6 +10,9 @@
 //!
 //! A session handles its frames one after the other, so a sender's messages
 //! keep their order from here on.
+//!
+//! A request it refuses is answered as [`Refusal`] says for its kind (error
+//! code, text, log line, metric, close).
 
 use std::net::IpAddr;
 use std::sync::Arc;
