@@ -367,6 +367,101 @@ mod tests {
         assert!(!expired.is_tallied());
     }
 
+    /// Every kind's code and text, as clients have always read them.
+    #[test]
+    fn codes_and_texts() {
+        let lobby = LobbyId::from_passphrase_keyed("purple-monkey-dishwasher", None).unwrap();
+        let per = NonZeroU32::new(30).unwrap();
+        let closed = StoreError::Closed;
+        let cases: Vec<(Refusal<'_>, &str, &str)> = vec![
+            (
+                Refusal::MessageTooLarge {
+                    size: 20000,
+                    max: 16384,
+                },
+                "message_too_large",
+                "a message of 20000 bytes is over this relay's maximum of 16384",
+            ),
+            (
+                Refusal::TooManyMessages {
+                    per_second: NonZeroU32::new(120).unwrap(),
+                },
+                "rate_limited",
+                "more than 120 messages a second: messages are dropped until you slow down",
+            ),
+            (
+                Refusal::AuthWhileJoined,
+                "already_joined",
+                "authenticate before joining, or leave the lobby first",
+            ),
+            (
+                Refusal::AlreadyJoined,
+                "already_joined",
+                "this connection is already in a lobby; leave it first",
+            ),
+            (
+                Refusal::LobbyNotAllowed { lobby, user: None },
+                "lobby_not_allowed",
+                "your token does not allow this lobby",
+            ),
+            (
+                Refusal::TooManyJoins {
+                    lobby,
+                    per_minute: per,
+                },
+                "rate_limited",
+                "too many joins from your address or account (at most 30 a minute); wait a little",
+            ),
+            (
+                Refusal::TooManyResumes { per_minute: per },
+                "rate_limited",
+                "too many joins or resumes from your address (at most 30 a minute); wait a little",
+            ),
+            (
+                Refusal::LobbyFull { lobby, capacity: 2 },
+                "lobby_full",
+                "this lobby already has 2 players",
+            ),
+            (
+                Refusal::DuplicateUser { lobby, user: None },
+                "duplicate_user",
+                "your account already holds a seat in this lobby (on another connection); leave it there first",
+            ),
+            (
+                Refusal::JoinUnavailable {
+                    lobby,
+                    error: &closed,
+                },
+                "unavailable",
+                "lobbies are unavailable right now; try again",
+            ),
+            (
+                Refusal::ResumeRefused("this is not a resume token"),
+                "invalid_resume_token",
+                "this is not a resume token",
+            ),
+            (
+                Refusal::NotInLobby,
+                "not_in_lobby",
+                "this connection is in no lobby",
+            ),
+            (
+                Refusal::GameBeforeJoin,
+                "not_in_lobby",
+                "join a lobby before sending game messages",
+            ),
+            (
+                Refusal::Auth(AuthError::Expired),
+                "token_expired",
+                "the token has expired; get a fresh one",
+            ),
+        ];
+        for (refusal, code, text) in cases {
+            assert_eq!(refusal.code().as_str(), code, "{refusal:?}");
+            assert_eq!(refusal.text(), text, "{refusal:?}");
+        }
+    }
+
     #[test]
     fn the_tally_sums_up_by_code() {
         let mut tally = Tally::default();
