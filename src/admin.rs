@@ -20,10 +20,10 @@ use hyper::header::HeaderValue;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::Secret;
 use crate::hub::Hub;
 use crate::limits::FailureLimit;
 use crate::metrics::{self, Figures};
+use crate::secret::Secret;
 
 /// The playground page; `__NODE_ID__` is replaced by the serving node's id.
 const PLAYGROUND_HTML: &str = include_str!("web/playground.html");
@@ -155,7 +155,7 @@ impl AdminToken {
     pub fn accepts(&self, authorization: Option<&HeaderValue>) -> bool {
         let Some(presented) = authorization
             .map(HeaderValue::as_bytes)
-            .and_then(crate::auth::bearer_credentials)
+            .and_then(crate::auth::bearer::bearer_credentials)
         else {
             return false;
         };

@@ -1,5 +1,11 @@
 //! Every option of a relay node, its environment variable and its default, in
 //! one place. `lobby-relay serve --help` prints this.
+//!
+//! The options ([`ServeArgs`], with [`AuthArgs`]) resolve into the node's
+//! [`Config`], grouped by concern: [`Limits`], [`ResumeConfig`],
+//! [`HttpConfig`], [`StoreConfig`], [`DrainConfig`] and the
+//! [`AuthConfig`] of player authentication (plain data: `auth` knows
+//! nothing of clap's types here).
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -8,8 +14,10 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::auth::{AuthConfig, AuthMode, UserIdLogging};
 use crate::client_addr::TrustedProxies;
 use crate::limits::JoinLimit;
+use crate::secret::Secret;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -255,43 +263,148 @@ pub struct ServeArgs {
     pub resume_buffer_bytes: u32,
 
     #[command(flatten)]
-    pub auth: crate::auth::AuthArgs,
+    pub auth: AuthArgs,
 }
 
-/// A node's settings once resolved (defaults filled in).
+/// Authentication options of `lobby-relay serve`.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Player authentication (docs/authentication.md)")]
+pub struct AuthArgs {
+    /// Player authentication with the studio's JWTs: `off` (default; casual
+    /// play by passphrase), `optional` (a token is used when given) or
+    /// `required` (no valid token, no lobby). `optional` and `required` need
+    /// a key: --auth-hs256-secret, --auth-public-key or --auth-jwks.
+    #[arg(long = "auth", env = "LOBBY_RELAY_AUTH", value_enum, default_value_t = AuthMode::Off)]
+    pub mode: AuthMode,
+
+    /// The shared secret of HS256 tokens (at least 32 bytes). Prefer the
+    /// environment variable to the flag (flags show in `ps`).
+    #[arg(long, env = "LOBBY_RELAY_AUTH_HS256_SECRET", hide_env_values = true, value_parser = crate::auth::parse_hs256_secret)]
+    pub auth_hs256_secret: Option<Secret>,
+
+    /// A PEM file with the public key of RS256 (RSA) or ES256 (P-256)
+    /// tokens. Read again when it changes and on SIGHUP.
+    #[arg(long, env = "LOBBY_RELAY_AUTH_PUBLIC_KEY")]
+    pub auth_public_key: Option<PathBuf>,
+
+    /// A JWKS file (`{"keys":[...]}`, as identity providers publish) with the
+    /// public keys of RS256/ES256 tokens, chosen by the token's `kid`. Read
+    /// again when it changes and on SIGHUP: rotate keys by rewriting it.
+    #[arg(long, env = "LOBBY_RELAY_AUTH_JWKS")]
+    pub auth_jwks: Option<PathBuf>,
+
+    /// Accepted token issuers (`iss`), comma-separated. When set, a token
+    /// must carry one of them.
+    #[arg(long, env = "LOBBY_RELAY_AUTH_ISSUER", value_delimiter = ',')]
+    pub auth_issuer: Vec<String>,
+
+    /// Accepted token audiences (`aud`), comma-separated. When set, a token
+    /// must carry one of them.
+    #[arg(long, env = "LOBBY_RELAY_AUTH_AUDIENCE", value_delimiter = ',')]
+    pub auth_audience: Vec<String>,
+
+    /// Clock skew tolerated on `exp` and `nbf`, e.g. `5s`.
+    #[arg(long, env = "LOBBY_RELAY_AUTH_LEEWAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub auth_leeway: Duration,
+
+    /// User ids in log lines: `off` (default) or `hash` (a SHA-256 prefix).
+    #[arg(long, env = "LOBBY_RELAY_LOG_USER_IDS", value_enum, default_value_t = UserIdLogging::Off)]
+    pub log_user_ids: UserIdLogging,
+}
+
+impl AuthArgs {
+    /// The settings of player authentication these arguments describe.
+    pub fn config(&self) -> AuthConfig {
+        AuthConfig {
+            mode: self.mode,
+            hs256_secret: self.auth_hs256_secret.clone(),
+            public_key: self.auth_public_key.clone(),
+            jwks: self.auth_jwks.clone(),
+            issuers: self.auth_issuer.clone(),
+            audiences: self.auth_audience.clone(),
+            leeway: self.auth_leeway,
+            log_user_ids: self.log_user_ids,
+        }
+    }
+}
+
+/// A node's settings once resolved (defaults filled in), by concern.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// This node's name in logs and in the store's records.
     pub node_id: String,
+    /// Players per lobby.
     pub lobby_capacity: u8,
+    /// The server-side secret of lobby ids (HMAC), if any.
+    pub lobby_secret: Option<Secret>,
+    /// What one connection (or client address) may use.
+    pub limits: Limits,
+    /// Resume: how long a seat is held, and how much is kept for it.
+    pub resume: ResumeConfig,
+    /// The relay's port: TLS, proxies, origins, the pages.
+    pub http: HttpConfig,
+    /// Where lobbies live: in memory, or in Redis.
+    pub store: StoreConfig,
+    /// Graceful shutdown.
+    pub drain: DrainConfig,
+    /// Player authentication.
+    pub auth: AuthConfig,
+}
+
+/// What one connection, or one client address, may use.
+#[derive(Debug, Clone)]
+pub struct Limits {
     pub max_message_bytes: usize,
     pub outbound_queue_bytes: usize,
     pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_address: u32,
-    pub allowed_origins: Vec<String>,
-    pub trusted_proxies: TrustedProxies,
-    pub lobby_secret: Option<Secret>,
-    /// Certificate chain and key files, when serving `wss://` directly.
-    pub tls: Option<(PathBuf, PathBuf)>,
-    pub handshake_timeout: Duration,
     pub message_rate: NonZeroU32,
     pub message_burst: NonZeroU32,
     pub join_limit: JoinLimit,
-    pub shutdown_timeout: Duration,
-    pub drain_delay: Duration,
-    pub node_timeout: Duration,
-    /// Player authentication.
-    pub auth: crate::auth::AuthArgs,
-    /// The CA to verify a `rediss://` Redis with (else the system's).
-    pub redis_ca_cert: Option<PathBuf>,
-    /// Resume: grace period and buffer caps of a held seat.
-    pub resume_grace: Duration,
-    pub resume_buffer_messages: u32,
-    pub resume_buffer_bytes: u32,
+}
+
+/// Resume: the grace period and buffer caps of a held seat.
+#[derive(Debug, Clone)]
+pub struct ResumeConfig {
+    pub grace: Duration,
+    pub buffer_messages: u32,
+    pub buffer_bytes: u32,
+}
+
+/// What the relay's port serves, and to whom.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Certificate chain and key files, when serving `wss://` directly.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub trusted_proxies: TrustedProxies,
+    /// Browser origins allowed to connect (normalised); empty: any.
+    pub allowed_origins: Vec<String>,
     /// Serve the browser playground (`--playground`).
     pub playground: bool,
     /// The admin view's token; no admin view without it.
     pub admin_token: Option<Secret>,
+}
+
+/// Where lobbies live.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The Redis to share lobbies through; lobbies in memory without it.
+    pub redis_url: Option<String>,
+    /// The CA to verify a `rediss://` Redis with (else the system's).
+    pub redis_ca_cert: Option<PathBuf>,
+    /// With Redis: when a silent node is presumed dead.
+    pub node_timeout: Duration,
+}
+
+/// Graceful shutdown (SIGTERM/SIGINT).
+#[derive(Debug, Clone)]
+pub struct DrainConfig {
+    /// How long the node reports not-ready before it closes connections.
+    pub delay: Duration,
+    /// How long the whole drain may take.
+    pub timeout: Duration,
 }
 
 impl ServeArgs {
@@ -303,43 +416,54 @@ impl ServeArgs {
                 .clone()
                 .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>())),
             lobby_capacity: self.lobby_capacity,
-            max_message_bytes: self.max_message_bytes as usize,
-            outbound_queue_bytes: self.outbound_queue_bytes as usize,
-            idle_timeout: self.idle_timeout,
-            max_connections: self.max_connections as usize,
-            max_connections_per_address: self.max_connections_per_address,
-            allowed_origins: self
-                .allowed_origins
-                .iter()
-                .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
-                .filter(|o| !o.is_empty())
-                .collect(),
-            trusted_proxies: TrustedProxies {
-                nets: self.trusted_proxies.clone(),
-                proxy_protocol: self.proxy_protocol,
-            },
             lobby_secret: self.lobby_secret.clone(),
-            tls: self.tls_cert.clone().zip(self.tls_key.clone()),
-            handshake_timeout: self.handshake_timeout,
-            message_rate: self.message_rate,
-            message_burst: self.message_burst,
-            join_limit: JoinLimit {
-                per_minute: self.join_rate,
-                burst: self.join_burst,
+            limits: Limits {
+                max_message_bytes: self.max_message_bytes as usize,
+                outbound_queue_bytes: self.outbound_queue_bytes as usize,
+                idle_timeout: self.idle_timeout,
+                handshake_timeout: self.handshake_timeout,
+                max_connections: self.max_connections as usize,
+                max_connections_per_address: self.max_connections_per_address,
+                message_rate: self.message_rate,
+                message_burst: self.message_burst,
+                join_limit: JoinLimit {
+                    per_minute: self.join_rate,
+                    burst: self.join_burst,
+                },
             },
-            shutdown_timeout: self.shutdown_timeout,
-            drain_delay: self.drain_delay,
-            node_timeout: self.node_timeout,
-            auth: self.auth.clone(),
-            redis_ca_cert: self.redis_ca_cert.clone(),
-            resume_grace: self.resume_grace,
-            resume_buffer_messages: self.resume_buffer_messages,
-            resume_buffer_bytes: self.resume_buffer_bytes,
-            playground: self.playground,
-            admin_token: self
-                .admin_token
-                .clone()
-                .filter(|token| !token.bytes().is_empty()),
+            resume: ResumeConfig {
+                grace: self.resume_grace,
+                buffer_messages: self.resume_buffer_messages,
+                buffer_bytes: self.resume_buffer_bytes,
+            },
+            http: HttpConfig {
+                tls: self.tls_cert.clone().zip(self.tls_key.clone()),
+                trusted_proxies: TrustedProxies {
+                    nets: self.trusted_proxies.clone(),
+                    proxy_protocol: self.proxy_protocol,
+                },
+                allowed_origins: self
+                    .allowed_origins
+                    .iter()
+                    .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                    .filter(|o| !o.is_empty())
+                    .collect(),
+                playground: self.playground,
+                admin_token: self
+                    .admin_token
+                    .clone()
+                    .filter(|token| !token.bytes().is_empty()),
+            },
+            store: StoreConfig {
+                redis_url: self.redis_url.clone(),
+                redis_ca_cert: self.redis_ca_cert.clone(),
+                node_timeout: self.node_timeout,
+            },
+            drain: DrainConfig {
+                delay: self.drain_delay,
+                timeout: self.shutdown_timeout,
+            },
+            auth: self.auth.config(),
         }
     }
 }
@@ -357,33 +481,6 @@ impl Default for Config {
     }
 }
 
-/// A secret that never shows in logs or `Debug` output.
-#[derive(Clone)]
-pub struct Secret(std::sync::Arc<[u8]>);
-
-impl Secret {
-    pub fn bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(..)")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s.len() < 16 {
-            return Err("use at least 16 characters".into());
-        }
-        Ok(Self(s.as_bytes().into()))
-    }
-}
-
 fn parse_on_off(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "on" | "true" | "yes" | "1" => Ok(true),
@@ -398,7 +495,7 @@ fn parse_on_off(s: &str) -> Result<bool, String> {
 /// character (no header can carry one).
 fn parse_admin_token(s: &str) -> Result<Secret, String> {
     if s.is_empty() {
-        return Ok(Secret(std::sync::Arc::from(&b""[..])));
+        return Ok(Secret::empty());
     }
     if s.trim().is_empty() {
         return Err(
@@ -505,10 +602,12 @@ mod tests {
     fn defaults_are_the_documented_ones() {
         let c = Config::default();
         assert_eq!(c.lobby_capacity, 2);
-        assert_eq!(c.max_message_bytes, 16384);
+        assert_eq!(c.limits.max_message_bytes, 16384);
         assert!(c.node_id.starts_with("node-"));
-        assert!(c.playground);
-        assert!(c.admin_token.is_none());
+        assert!(c.http.playground);
+        assert!(c.http.admin_token.is_none());
+        assert_eq!(c.auth.mode, AuthMode::Off);
+        assert_eq!(c.auth.leeway, Duration::from_secs(5));
         assert!(parse_admin_token("").is_ok_and(|t| t.bytes().is_empty()));
         assert!(parse_admin_token("short").is_err());
         assert!(parse_admin_token(&" ".repeat(20)).is_err());

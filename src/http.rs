@@ -61,7 +61,12 @@ pub(crate) enum Routed {
 
 impl<S> Site<S> {
     pub(crate) fn new(node: Arc<Node<S>>) -> Self {
-        let admin = node.config().admin_token.as_ref().map(AdminAccess::new);
+        let admin = node
+            .config()
+            .http
+            .admin_token
+            .as_ref()
+            .map(AdminAccess::new);
         Self { node, admin }
     }
 }
@@ -115,12 +120,12 @@ impl<S: LobbyStore> Site<S> {
                     &format!("not ready: {why}\n"),
                 ),
             },
-            "/" if self.node.config().playground
+            "/" if self.node.config().http.playground
                 && !request.headers().contains_key(header::UPGRADE) =>
             {
                 self.playground()
             }
-            PLAYGROUND_PATH if self.node.config().playground => self.playground(),
+            PLAYGROUND_PATH if self.node.config().http.playground => self.playground(),
             ADMIN_PATH if self.admin.is_some() => page(admin::ADMIN_HTML.to_owned()),
             p if WEBSOCKET_PATHS.contains(&p) => return Routed::WebSocket(request),
             _ => text(
@@ -150,6 +155,7 @@ impl<S: LobbyStore> Site<S> {
         let client = self
             .node
             .config()
+            .http
             .trusted_proxies
             .forwarded_for(peer, headers);
         match access.check(client, headers.get(header::AUTHORIZATION)) {
@@ -233,7 +239,7 @@ impl<S> Site<S> {
     /// With `--allowed-origins`, only those origins (or none: native
     /// clients) may upgrade.
     pub(crate) fn origin_allowed(&self, request: &Request<Incoming>) -> bool {
-        let allowed = &self.node.config().allowed_origins;
+        let allowed = &self.node.config().http.allowed_origins;
         if allowed.is_empty() {
             return true;
         }

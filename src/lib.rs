@@ -12,7 +12,9 @@
 //! - [`auth`]: optional player authentication with the studio's JWTs.
 //! - [`client_addr`]: the real client address behind trusted proxies.
 //! - [`closing`]: how the node ends a WebSocket.
-//! - [`config`]: every option, its environment variable and default.
+//! - [`config`]: every option, its environment variable and default, and
+//!   the settings they resolve into, grouped by concern.
+//! - [`secret`]: secret settings, never shown in logs.
 //! - [`protocol`]: the wire messages; the only module that knows the client
 //!   wire format.
 //! - [`passphrase`]: normalise, validate and hash passphrases into a
@@ -21,6 +23,8 @@
 //! - [`http`]: what plain HTTP requests on the relay's port are answered:
 //!   health, metrics, the pages, the admin API, and the request checks.
 //! - [`session`]: one connection: read, answer, relay.
+//! - [`refusal`]: what a client is told when a request is refused: the
+//!   error code, the text, the log line and the metric of each kind.
 //! - [`tls`]: `wss://` served directly (rustls).
 //! - [`outbox`]: a connection's bounded outbound queue and batching writer.
 //! - [`read_ahead`]: large socket reads without a large buffer per connection.
@@ -52,6 +56,8 @@ pub mod outbox;
 pub mod passphrase;
 pub mod protocol;
 pub mod read_ahead;
+pub mod refusal;
+pub mod secret;
 pub mod server;
 pub mod session;
 pub mod tls;
@@ -82,26 +88,25 @@ pub enum StartError {
 }
 
 /// Runs a relay node on `listener` until `shutdown` resolves: with lobbies in
-/// Redis when `redis_url` is given, in memory otherwise.
+/// Redis when `config.store` names one, in memory otherwise.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
-    redis_url: Option<&str>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let tls = match &config.tls {
+    let tls = match &config.http.tls {
         Some((cert, key)) => Some(tls::acceptor(cert, key).map_err(StartError::Tls)?),
         None => None,
     };
     metrics::install(
         &config.node_id,
-        if redis_url.is_some() {
+        if config.store.redis_url.is_some() {
             "redis"
         } else {
             "memory"
         },
     );
-    let auth = Arc::new(auth::Verifier::new(&config.auth).map_err(StartError::Auth)?);
+    let auth = Arc::new(auth::verify::Verifier::new(&config.auth).map_err(StartError::Auth)?);
     let watching = tokio_util::sync::CancellationToken::new();
     tokio::spawn(
         auth.clone()
@@ -112,9 +117,9 @@ pub async fn serve(
     let hub = Arc::new(Hub::default());
     let identity = Arc::new(Identity::new(&config.node_id));
     tracing::info!(node_key = &*identity.key(), "node identity");
-    match redis_url {
+    match &config.store.redis_url {
         Some(url) => {
-            let ca_cert = match &config.redis_ca_cert {
+            let ca_cert = match &config.store.redis_ca_cert {
                 Some(path) => Some(std::fs::read(path).map_err(|e| {
                     StartError::Store(StoreError::Protocol(format!(
                         "--redis-ca-cert {}: {e}",
@@ -124,9 +129,9 @@ pub async fn serve(
                 None => None,
             };
             let settings = RedisSettings {
-                url: url.to_owned(),
+                url: url.clone(),
                 ca_cert,
-                node_timeout: config.node_timeout,
+                node_timeout: config.store.node_timeout,
                 lobby_capacity: config.lobby_capacity,
             };
             let store = RedisStore::start(settings, hub.clone(), identity.clone())?;

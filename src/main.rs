@@ -4,9 +4,10 @@ use std::io::Read;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use lobby_relay::config::{LogFormat, Secret, ServeArgs};
+use lobby_relay::config::{LogFormat, ServeArgs};
 use lobby_relay::inspect;
 use lobby_relay::passphrase::LobbyId;
+use lobby_relay::secret::Secret;
 use tracing::Instrument;
 
 /// A real-time WebSocket relay for multiplayer games. Players who type the
@@ -44,7 +45,7 @@ enum Command {
     /// Mint a player token (a JWT) for local testing of `--auth`, signed
     /// like a studio's backend would sign it, and print it. See
     /// docs/authentication.md.
-    Token(Box<lobby_relay::auth::TokenArgs>),
+    Token(Box<lobby_relay::auth::token::TokenArgs>),
 }
 
 #[derive(Subcommand)]
@@ -115,7 +116,7 @@ fn main() -> ExitCode {
             Some(InspectWhat::Nodes { common }) => inspect_list(common, "nodes"),
             Some(InspectWhat::Lobbies { common }) => inspect_list(common, "lobbies"),
         },
-        Some(Command::Token(args)) => match lobby_relay::auth::mint(&args) {
+        Some(Command::Token(args)) => match lobby_relay::auth::token::mint(&args) {
             Ok(token) => {
                 println!("{token}");
                 ExitCode::SUCCESS
@@ -157,7 +158,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let store = if args.redis_url.is_some() {
+        let store = if config.store.redis_url.is_some() {
             "redis"
         } else {
             "memory"
@@ -168,7 +169,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         let playground = listener
             .local_addr()
             .ok()
-            .filter(|_| config.playground)
+            .filter(|_| config.http.playground)
             .map(|mut a| {
                 if a.ip().is_unspecified() {
                     a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -192,14 +193,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         );
         // Every line logged by the node carries its id (the `node` span).
         let node_span = tracing::info_span!("node", node_id = %config.node_id);
-        match lobby_relay::serve(
-            listener,
-            config,
-            args.redis_url.as_deref(),
-            shutdown_signal(),
-        )
-        .instrument(node_span)
-        .await
+        match lobby_relay::serve(listener, config, shutdown_signal())
+            .instrument(node_span)
+            .await
         {
             Ok(()) => {
                 tracing::info!("stopped");

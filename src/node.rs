@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::admin::{self, ClusterView};
-use crate::auth::Verifier;
+use crate::auth::verify::Verifier;
 use crate::config::Config;
 use crate::hub::{Hub, LocalLobby, frames_for_seat};
 use crate::identity::Identity;
@@ -149,7 +149,7 @@ impl<S: LobbyStore> Node<S> {
         &self,
         who: RateKey,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send + '_ {
-        self.store.admit_join(who, self.config.join_limit)
+        self.store.admit_join(who, self.config.limits.join_limit)
     }
 
     /// The cluster as the admin view shows it: every node and lobby the
@@ -264,9 +264,9 @@ impl<S: LobbyStore> Node<S> {
     fn resume_setup(&self, secret: &str) -> ResumeSetup {
         ResumeSetup {
             secret_hash: crate::auth::user_hash(secret),
-            max_messages: self.config.resume_buffer_messages,
-            max_bytes: self.config.resume_buffer_bytes,
-            grace: self.config.resume_grace,
+            max_messages: self.config.resume.buffer_messages,
+            max_bytes: self.config.resume.buffer_bytes,
+            grace: self.config.resume.grace,
         }
     }
 

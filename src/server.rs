@@ -76,20 +76,20 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves clients on `listener` until `shutdown` resolves, then drains: the
 /// node reports not-ready, refuses new WebSockets, closes every connection
 /// with 1012 (service restart), lets each leave its lobby, and returns once
-/// they are done or `config.shutdown_timeout` has passed.
+/// they are done or `config.drain.timeout` has passed.
 pub async fn run<S: LobbyStore>(
     listener: TcpListener,
     node: Arc<Node<S>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    crate::admission::warn_if_files_are_short(node.config().max_connections);
+    crate::admission::warn_if_files_are_short(node.config().limits.max_connections);
     let server = Arc::new(Server {
         tls,
-        ws_config: websocket_config(node.config().max_message_bytes),
+        ws_config: websocket_config(node.config().limits.max_message_bytes),
         limits: Limits::new(
-            node.config().max_connections,
-            node.config().max_connections_per_address,
+            node.config().limits.max_connections,
+            node.config().limits.max_connections_per_address,
         ),
         stop: CancellationToken::new(),
         sessions: TaskTracker::new(),
@@ -102,10 +102,10 @@ pub async fn run<S: LobbyStore>(
         _ = accepting => {}
     }
     server.node.start_draining();
-    let deadline = tokio::time::Instant::now() + server.node.config().shutdown_timeout;
+    let deadline = tokio::time::Instant::now() + server.node.config().drain.timeout;
     // Keep answering health checks (readyz: 503) until the end.
     let drained = async {
-        let delay = server.node.config().drain_delay;
+        let delay = server.node.config().drain.delay;
         if !delay.is_zero() {
             tracing::info!(
                 ?delay,
@@ -166,7 +166,7 @@ async fn accept_loop<S: LobbyStore>(listener: &TcpListener, server: &Arc<Server<
         };
         backoff = Duration::from_millis(5);
         // Counted here, in the order of accepting, before anything is read.
-        let proxies = &server.node.config().trusted_proxies;
+        let proxies = &server.node.config().http.trusted_proxies;
         let client = (!proxies.trusts(peer.ip())).then_some(peer.ip());
         let Some(admission) = server.limits.admit(client) else {
             tracing::debug!(%peer, "over the connection limits, reserve full: closed unread");
@@ -210,9 +210,9 @@ impl<S: LobbyStore> Server<S> {
         mut admission: Admission,
     ) {
         let config = self.node.config();
-        let proxies = &config.trusted_proxies;
+        let proxies = &config.http.trusted_proxies;
         if proxies.proxy_protocol && proxies.trusts(peer.ip()) {
-            let timeout = admission.handshake_timeout(config.handshake_timeout);
+            let timeout = admission.handshake_timeout(config.limits.handshake_timeout);
             match tokio::time::timeout(timeout, client_addr::read_proxy_header(&mut stream)).await {
                 Ok(Ok(Some(client))) => {
                     peer = client;
@@ -228,7 +228,7 @@ impl<S: LobbyStore> Server<S> {
                 Err(_) => return tracing::debug!(%peer, "PROXY header timed out"),
             }
         }
-        let timeout = admission.handshake_timeout(config.handshake_timeout);
+        let timeout = admission.handshake_timeout(config.limits.handshake_timeout);
         match self.tls.clone() {
             None => self.connection(stream, peer, admission).await,
             Some(tls) => match tokio::time::timeout(timeout, tls.accept(stream)).await {
@@ -262,7 +262,7 @@ impl<S: LobbyStore> Server<S> {
                 }
             })
         };
-        let timeout = admission.handshake_timeout(self.node.config().handshake_timeout);
+        let timeout = admission.handshake_timeout(self.node.config().limits.handshake_timeout);
         let serving = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(timeout)
@@ -338,7 +338,7 @@ impl<S: LobbyStore> Server<S> {
         tracing::debug!(event = "connect", "connected");
         metrics::get().connections.increment(1.0);
         let (sink, frames) = ws.split();
-        let (outbox, inbox) = outbox::channel(self.node.config().outbound_queue_bytes);
+        let (outbox, inbox) = outbox::channel(self.node.config().limits.outbound_queue_bytes);
         let reading = Session::new(self.node.clone(), outbox, client, token.as_deref())
             .run(frames, self.stop.clone());
         // Once the session and its outbox are gone, the writer sends what
@@ -387,10 +387,11 @@ impl<S: LobbyStore> Server<S> {
         let client = self
             .node
             .config()
+            .http
             .trusted_proxies
             .forwarded_for(peer, request.headers());
         let token = if self.node.auth().enabled() {
-            crate::auth::token_of_request(request.headers(), request.uri().query())
+            crate::auth::bearer::token_of_request(request.headers(), request.uri().query())
         } else {
             None
         };

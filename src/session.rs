@@ -10,6 +10,9 @@
 //!
 //! A session handles its frames one after the other, so a sender's messages
 //! keep their order from here on.
+//!
+//! A request it refuses is answered as [`Refusal`] says for its kind (error
+//! code, text, log line, metric, close).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -23,12 +26,13 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{AuthError, AuthMode, User};
 use crate::closing::Violation;
 use crate::limits::{MessageLimiter, Verdict};
-use crate::lobby::{LobbyStore, RateKey, StoreError};
+use crate::lobby::{LobbyStore, RateKey};
 use crate::metrics;
 use crate::node::{JoinError, Membership, Node, ResumeError};
 use crate::outbox::Outbox;
 use crate::passphrase::{LobbyId, PassphraseError};
-use crate::protocol::{self, ClientMessage, ErrorCode};
+use crate::protocol::{self, ClientMessage};
+use crate::refusal::{Refusal, Tally};
 
 /// Why a session ended (for the disconnect log line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,55 +66,7 @@ pub struct Session<S> {
     /// Set by a handler that ends the session.
     ending: Option<EndReason>,
     /// Requests refused so far, for the one line that sums them up.
-    refusals: Refusals,
-}
-
-/// The requests a connection had refused, by error code. Each refusal is
-/// logged at `debug` only; the connection's end logs one `info` line that
-/// sums them up (see [`Refusals::log`]), so a client that keeps sending bad
-/// requests makes one line, not one per request.
-#[derive(Debug, Default)]
-struct Refusals(Vec<(ErrorCode, u32)>);
-
-impl Refusals {
-    fn count(&mut self, code: ErrorCode) {
-        match self.0.iter_mut().find(|(c, _)| *c == code) {
-            Some((_, n)) => *n = n.saturating_add(1),
-            None => self.0.push((code, 1)),
-        }
-    }
-
-    /// `lobby_full:2,rate_limited:40`, and the total; `None` if nothing was
-    /// refused.
-    fn summary(&self) -> Option<(u32, String)> {
-        if self.0.is_empty() {
-            return None;
-        }
-        let total = self
-            .0
-            .iter()
-            .map(|(_, n)| n)
-            .fold(0u32, |a, n| a.saturating_add(*n));
-        let codes = self
-            .0
-            .iter()
-            .map(|(code, n)| format!("{}:{n}", code.as_str()))
-            .collect::<Vec<_>>()
-            .join(",");
-        Some((total, codes))
-    }
-
-    /// The one line for the whole connection, if anything was refused.
-    fn log(&self) {
-        if let Some((total, codes)) = self.summary() {
-            tracing::info!(
-                event = "refused",
-                total,
-                codes = codes.as_str(),
-                "requests refused on this connection"
-            );
-        }
-    }
+    refusals: Tally,
 }
 
 /// What a text frame asks for, once parsed (owning nothing of the frame).
@@ -121,14 +77,17 @@ enum Request {
     Auth(Result<User, AuthError>),
     Reply(String),
     Game,
-    Refuse(ErrorCode, String),
+    Refuse(Refusal<'static>),
 }
 
 impl<S: LobbyStore> Session<S> {
     /// A session for a client at `client`; `token` is the one its upgrade
     /// request carried (Authorization header or query), if any.
     pub fn new(node: Arc<Node<S>>, outbox: Outbox, client: IpAddr, token: Option<&str>) -> Self {
-        let limiter = MessageLimiter::new(node.config().message_rate, node.config().message_burst);
+        let limiter = MessageLimiter::new(
+            node.config().limits.message_rate,
+            node.config().limits.message_burst,
+        );
         let upgrade_auth = match token {
             Some(token) if node.auth().enabled() => Some(node.auth().verify(token)),
             _ => None,
@@ -142,7 +101,7 @@ impl<S: LobbyStore> Session<S> {
             user: None,
             upgrade_auth,
             ending: None,
-            refusals: Refusals::default(),
+            refusals: Tally::default(),
         }
     }
 
@@ -153,7 +112,7 @@ impl<S: LobbyStore> Session<S> {
     where
         R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
     {
-        let half_idle = self.node.config().idle_timeout / 2;
+        let half_idle = self.node.config().limits.idle_timeout / 2;
         let mut pinged = false;
         match self.upgrade_auth.take() {
             Some(Ok(user)) => self.authenticated(user, false),
@@ -188,11 +147,10 @@ impl<S: LobbyStore> Session<S> {
                     size,
                     max_size,
                 })))) => {
-                    let text = format!(
-                        "a message of {size} bytes is over this relay's maximum of {max_size}"
-                    );
-                    self.refuse(ErrorCode::MessageTooLarge, &text).await;
-                    self.outbox.close(CloseCode::Size, "message too large");
+                    self.refuse(Refusal::MessageTooLarge {
+                        size,
+                        max: max_size,
+                    });
                     break EndReason::MessageTooLarge;
                 }
                 Ok(Some(Err(e))) => {
@@ -230,11 +188,9 @@ impl<S: LobbyStore> Session<S> {
                     Verdict::Allow => {}
                     Verdict::Drop => continue,
                     Verdict::DropAndTell => {
-                        let text = format!(
-                            "more than {} messages a second: messages are dropped until you slow down",
-                            self.node.config().message_rate
-                        );
-                        self.refuse(ErrorCode::RateLimited, &text).await;
+                        self.refuse(Refusal::TooManyMessages {
+                            per_second: self.node.config().limits.message_rate,
+                        });
                         continue;
                     }
                     Verdict::Close => {
@@ -273,49 +229,41 @@ impl<S: LobbyStore> Session<S> {
                 Request::Resume(token.into_owned(), received)
             }
             Ok(ClientMessage::Leave) => Request::Leave,
-            Ok(ClientMessage::Auth { .. }) if self.membership.is_some() => Request::Refuse(
-                ErrorCode::AlreadyJoined,
-                "authenticate before joining, or leave the lobby first".to_owned(),
-            ),
+            Ok(ClientMessage::Auth { .. }) if self.membership.is_some() => {
+                Request::Refuse(Refusal::AuthWhileJoined)
+            }
             Ok(ClientMessage::Auth { token }) => Request::Auth(self.node.auth().verify(&token)),
             Ok(ClientMessage::Ping { t, node: false }) => Request::Reply(protocol::pong(t)),
             Ok(ClientMessage::Ping { t, node: true }) => {
                 Request::Reply(protocol::pong_with_node(t, &self.node.config().node_id))
             }
             Ok(ClientMessage::Game) => Request::Game,
-            Err(refusal) => Request::Refuse(refusal.code, refusal.message.into_owned()),
+            Err(refusal) => Request::Refuse(Refusal::Malformed(refusal)),
         };
         match request {
             Request::Join(Ok(lobby), resume) => Box::pin(self.join(lobby, resume)).await,
             Request::Resume(token, received) => Box::pin(self.resume(&token, received)).await,
-            Request::Join(Err(e), _) => {
-                self.refuse(ErrorCode::InvalidPassphrase, &e.to_string())
-                    .await
-            }
+            Request::Join(Err(e), _) => self.refuse(Refusal::InvalidPassphrase(e)),
             Request::Leave => self.leave().await,
             Request::Auth(Ok(user)) => self.authenticated(user, true),
             Request::Auth(Err(e)) => self.auth_failed(e),
             Request::Reply(reply) => self.outbox.send(Message::text(reply)),
             Request::Game => self.on_game_message(Message::Text(text)).await,
-            Request::Refuse(code, message) => self.refuse(code, &message).await,
+            Request::Refuse(refusal) => self.refuse(refusal),
         }
     }
 
     /// Refuses a join or resume on a connection that is in a lobby already.
-    async fn refuse_if_joined(&mut self) -> bool {
+    fn refuse_if_joined(&mut self) -> bool {
         if self.membership.is_none() {
             return false;
         }
-        self.refuse(
-            ErrorCode::AlreadyJoined,
-            "this connection is already in a lobby; leave it first",
-        )
-        .await;
+        self.refuse(Refusal::AlreadyJoined);
         true
     }
 
     async fn join(&mut self, lobby: LobbyId, resume: bool) {
-        if self.refuse_if_joined().await {
+        if self.refuse_if_joined() {
             return;
         }
         if self.node.auth().enabled() {
@@ -329,19 +277,8 @@ impl<S: LobbyStore> Session<S> {
                         return self.auth_failed(e);
                     }
                     if !user.may_join(&lobby) {
-                        tracing::debug!(
-                            event = "join_refused",
-                            lobby = lobby.short(),
-                            reason = "lobby_not_allowed",
-                            user = self.node.auth().log_user(Some(user)),
-                            "the token does not allow this lobby"
-                        );
-                        return self
-                            .refuse(
-                                ErrorCode::LobbyNotAllowed,
-                                "your token does not allow this lobby",
-                            )
-                            .await;
+                        let user = self.node.auth().log_user(Some(user));
+                        return self.refuse(Refusal::LobbyNotAllowed { lobby, user });
                     }
                 }
             }
@@ -353,20 +290,17 @@ impl<S: LobbyStore> Session<S> {
         match admitted {
             Ok(true) => {}
             Ok(false) => {
-                metrics::get().joins_rate_limited.increment(1);
-                tracing::debug!(
-                    event = "join_refused",
-                    lobby = lobby.short(),
-                    reason = "rate_limited",
-                    "too many joins from this address"
-                );
-                let text = format!(
-                    "too many joins from your address or account (at most {} a minute); wait a little",
-                    self.node.config().join_limit.per_minute
-                );
-                return self.refuse(ErrorCode::RateLimited, &text).await;
+                return self.refuse(Refusal::TooManyJoins {
+                    lobby,
+                    per_minute: self.node.config().limits.join_limit.per_minute,
+                });
             }
-            Err(e) => return self.join_unavailable(lobby, &e).await,
+            Err(error) => {
+                return self.refuse(Refusal::JoinUnavailable {
+                    lobby,
+                    error: &error,
+                });
+            }
         }
         let user = self.user.as_ref().map(|u| u.id.clone());
         match self
@@ -385,54 +319,34 @@ impl<S: LobbyStore> Session<S> {
                 );
                 self.membership = Some(membership);
             }
-            Err(JoinError::Full) => {
-                metrics::get().joins_full.increment(1);
-                tracing::debug!(
-                    event = "join_refused",
-                    lobby = lobby.short(),
-                    reason = "full",
-                    "lobby full"
-                );
-                let text = format!(
-                    "this lobby already has {} players",
-                    self.node.config().lobby_capacity
-                );
-                self.refuse(ErrorCode::LobbyFull, &text).await;
-            }
-            Err(JoinError::DuplicateUser) => {
-                tracing::debug!(
-                    event = "join_refused",
-                    lobby = lobby.short(),
-                    reason = "duplicate_user",
-                    user = self.node.auth().log_user(self.user.as_ref()),
-                    "the user already holds a seat in this lobby"
-                );
-                self.refuse(
-                    ErrorCode::DuplicateUser,
-                    "your account already holds a seat in this lobby (on another connection); leave it there first",
-                )
-                .await;
-            }
-            Err(JoinError::Unavailable(e)) => self.join_unavailable(lobby, &e).await,
+            Err(JoinError::Full) => self.refuse(Refusal::LobbyFull {
+                lobby,
+                capacity: self.node.config().lobby_capacity,
+            }),
+            Err(JoinError::DuplicateUser) => self.refuse(Refusal::DuplicateUser {
+                lobby,
+                user: self.node.auth().log_user(self.user.as_ref()),
+            }),
+            Err(JoinError::Unavailable(error)) => self.refuse(Refusal::JoinUnavailable {
+                lobby,
+                error: &error,
+            }),
         }
     }
 
     /// Takes a held seat back (resume), on this connection.
     async fn resume(&mut self, token: &str, received: u64) {
-        if self.refuse_if_joined().await {
+        if self.refuse_if_joined() {
             return;
         }
         match self.node.admit_join(RateKey::Address(self.client)).await {
             Ok(true) => {}
             Ok(false) => {
-                metrics::get().joins_rate_limited.increment(1);
-                let text = format!(
-                    "too many joins or resumes from your address (at most {} a minute); wait a little",
-                    self.node.config().join_limit.per_minute
-                );
-                return self.refuse(ErrorCode::RateLimited, &text).await;
+                return self.refuse(Refusal::TooManyResumes {
+                    per_minute: self.node.config().limits.join_limit.per_minute,
+                });
             }
-            Err(e) => return self.resume_unavailable(&e).await,
+            Err(error) => return self.refuse(Refusal::ResumeUnavailable(&error)),
         }
         let user = self.user.as_ref().map(|u| u.id.clone());
         match self
@@ -450,21 +364,9 @@ impl<S: LobbyStore> Session<S> {
                 );
                 self.membership = Some(membership);
             }
-            Err(ResumeError::Refused(why)) => {
-                tracing::debug!(event = "resume_refused", reason = why, "resume refused");
-                self.refuse(ErrorCode::InvalidResumeToken, why).await;
-            }
-            Err(ResumeError::Unavailable(e)) => self.resume_unavailable(&e).await,
+            Err(ResumeError::Refused(why)) => self.refuse(Refusal::ResumeRefused(why)),
+            Err(ResumeError::Unavailable(error)) => self.refuse(Refusal::ResumeUnavailable(&error)),
         }
-    }
-
-    async fn resume_unavailable(&mut self, error: &StoreError) {
-        tracing::warn!(event = "resume_refused", error = %error, "lobby store unavailable");
-        self.refuse(
-            ErrorCode::Unavailable,
-            "lobbies are unavailable right now; try again",
-        )
-        .await;
     }
 
     /// A token named the player: its next joins are as that user.
@@ -484,36 +386,13 @@ impl<S: LobbyStore> Session<S> {
     /// A token was refused (or none given where one is required): the
     /// client gets the error and the connection closes with 1008.
     fn auth_failed(&mut self, error: AuthError) {
-        let code = error.code();
-        metrics::get().error(code);
-        tracing::info!(
-            event = "auth_refused",
-            code = code.as_str(),
-            "token refused"
-        );
-        self.outbox
-            .send(Message::text(protocol::error(code, &error.to_string())));
-        self.outbox
-            .close(CloseCode::Policy, "authentication failed");
+        self.refuse(Refusal::Auth(error));
         self.ending = Some(EndReason::AuthFailed);
-    }
-
-    /// A join that the lobby store could not serve: nothing changed.
-    async fn join_unavailable(&mut self, lobby: LobbyId, error: &StoreError) {
-        metrics::get().joins_unavailable.increment(1);
-        tracing::warn!(event = "join_refused", lobby = lobby.short(), error = %error, "lobby store unavailable");
-        self.refuse(
-            ErrorCode::Unavailable,
-            "lobbies are unavailable right now; try again",
-        )
-        .await;
     }
 
     async fn leave(&mut self) {
         if self.membership.is_none() {
-            return self
-                .refuse(ErrorCode::NotInLobby, "this connection is in no lobby")
-                .await;
+            return self.refuse(Refusal::NotInLobby);
         }
         Box::pin(self.leave_lobby(true)).await;
     }
@@ -549,30 +428,22 @@ impl<S: LobbyStore> Session<S> {
 
     async fn on_game_message(&mut self, message: Message) {
         let Some(membership) = &self.membership else {
-            return self
-                .refuse(
-                    ErrorCode::NotInLobby,
-                    "join a lobby before sending game messages",
-                )
-                .await;
+            return self.refuse(Refusal::GameBeforeJoin);
         };
-        if let Err(e) = self.node.relay(membership, message, &self.outbox).await {
-            tracing::debug!(error = %e, "relaying failed");
-            let why = match e {
-                StoreError::Backlog => {
-                    "the lobby store is not keeping up: the message was not relayed; send less, or try again"
-                }
-                _ => "the message could not be relayed; try again",
-            };
-            self.refuse(ErrorCode::Unavailable, why).await;
+        if let Err(error) = self.node.relay(membership, message, &self.outbox).await {
+            self.refuse(Refusal::RelayFailed(&error));
         }
     }
 
-    async fn refuse(&mut self, code: ErrorCode, message: &str) {
-        metrics::get().error(code);
-        self.refusals.count(code);
-        tracing::debug!(event = "error", code = code.as_str(), "request refused");
-        self.outbox
-            .send(Message::text(protocol::error(code, message)));
+    /// Answers a refused request as its kind says (see [`Refusal`]): its
+    /// log line and metrics, the `error` frame, and the close if it ends the
+    /// connection.
+    fn refuse(&mut self, refusal: Refusal<'_>) {
+        refusal.record();
+        self.refusals.count(&refusal);
+        self.outbox.send(Message::text(refusal.frame()));
+        if let Some((code, reason)) = refusal.close() {
+            self.outbox.close(code, reason);
+        }
     }
 }

@@ -22,6 +22,8 @@
 mod client;
 mod cpu;
 mod floor;
+mod join;
+mod players;
 mod schedule;
 mod stats;
 
@@ -248,7 +250,7 @@ fn check(args: &RunArgs) -> Result<(), String> {
         }
     }
     for url in [args.url_a.as_str(), args.url_b()] {
-        client::resolve(url)?;
+        join::resolve(url)?;
     }
     Ok(())
 }

@@ -1,0 +1,174 @@
+//! Forming the lobbies: connecting to a relay (`ws://`), joining, and
+//! waiting for both players of a lobby to be `ready`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, http::Uri};
+
+/// A player's connection.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// A relay address: the URL for the handshake, the socket address to dial.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: String,
+    addr: SocketAddr,
+}
+
+/// Checks a `ws://` URL and resolves its host once.
+pub fn resolve(url: &str) -> Result<Target, String> {
+    let uri: Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    if uri.scheme_str() != Some("ws") {
+        return Err(format!("{url}: only ws:// URLs are supported"));
+    }
+    let host = uri.host().ok_or_else(|| format!("{url}: no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addr = crate::resolve_host(host, uri.port_u16().unwrap_or(80))?;
+    Ok(Target {
+        url: url.to_owned(),
+        addr,
+    })
+}
+
+fn ws_config(idle: bool) -> WebSocketConfig {
+    // tungstenite zero-fills the whole free part of its read buffer before
+    // every read (even one that finds nothing), so a large buffer costs a
+    // large memset per message at game rates: 8 KiB holds a saturation
+    // window of small messages; 4 KiB for thousands of idle connections.
+    WebSocketConfig::default().read_buffer_size(if idle { 4096 } else { 8 * 1024 })
+}
+
+async fn connect(target: &Target, idle: bool) -> Result<Ws, String> {
+    let tcp = TcpStream::connect(target.addr)
+        .await
+        .map_err(|e| format!("connect {}: {e}", target.addr))?;
+    tcp.set_nodelay(true)
+        .map_err(|e| format!("set TCP_NODELAY: {e}"))?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        target.url.as_str(),
+        tcp,
+        Some(ws_config(idle)),
+    )
+    .await
+    .map_err(|e| format!("handshake with {}: {e}", target.url))?;
+    Ok(ws)
+}
+
+/// Connects, joins and waits for `ready`.
+async fn join_player(
+    target: &Target,
+    passphrase: &str,
+    idle: bool,
+    resume: bool,
+) -> Result<Ws, String> {
+    let mut ws = connect(target, idle).await?;
+    let join = format!(r#"{{"type":"join","passphrase":"{passphrase}","resume":{resume}}}"#);
+    ws.send(Message::text(join))
+        .await
+        .map_err(|e| format!("send join: {e}"))?;
+    let mut joined = false;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let kind = control_type(&text);
+                match kind.as_deref() {
+                    Some("joined") => joined = true,
+                    Some("ready") if joined => return Ok(ws),
+                    Some("ready") => return Err("`ready` before `joined`".into()),
+                    Some("error") => return Err(format!("join refused: {text}")),
+                    _ => {}
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return Err(format!("closed by the relay while joining: {frame:?}"));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(format!("while joining: {e}")),
+            None => return Err("connection ended while joining".into()),
+        }
+    }
+}
+
+/// The `type` of a relay message (while joining; not on the hot path).
+fn control_type(text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    serde_json::from_str::<Typed>(text).ok().map(|t| t.kind)
+}
+
+/// Both players of a lobby, joined and ready, and how long it took.
+pub struct Formed {
+    pub a: Ws,
+    pub b: Ws,
+    pub took: Duration,
+}
+
+pub async fn form_lobby(
+    a: &Target,
+    b: &Target,
+    passphrase: String,
+    idle: bool,
+    resume: bool,
+    timeout: Duration,
+) -> Result<Formed, String> {
+    let started = Instant::now();
+    let both = async {
+        let (pa, pb) = tokio::join!(
+            join_player(a, &passphrase, idle, resume),
+            join_player(b, &passphrase, idle, resume)
+        );
+        Ok::<_, String>((
+            pa.map_err(|e| format!("player A: {e}"))?,
+            pb.map_err(|e| format!("player B: {e}"))?,
+        ))
+    };
+    let (a, b) = tokio::time::timeout(timeout, both)
+        .await
+        .map_err(|_| format!("not formed within {timeout:?}"))??;
+    Ok(Formed {
+        a,
+        b,
+        took: started.elapsed(),
+    })
+}
+
+/// A passphrase prefix of its own for this run.
+pub fn random_prefix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.write_u32(std::process::id());
+    format!("bench-{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_types() {
+        assert_eq!(
+            control_type(r#"{"type": "joined", "players":1,"capacity":2,"seat":1}"#).as_deref(),
+            Some("joined")
+        );
+    }
+
+    #[test]
+    fn urls() {
+        assert!(resolve("ws://127.0.0.1:8765/").is_ok());
+        assert!(resolve("http://127.0.0.1:8765/").is_err());
+    }
+}
