@@ -39,6 +39,7 @@ pub mod auth;
 mod both;
 pub mod client_addr;
 pub mod closing;
+pub mod cluster_view;
 pub mod config;
 pub mod http;
 pub mod hub;

@@ -34,17 +34,19 @@ use super::connections::timed;
 use super::held::HeldSeats;
 use super::keys::{NODES_KEY, channel, lobby_key, node_key, node_lobbies_key, reaped_key};
 use super::scripts::now_ms;
-use crate::hub::Hub;
-use crate::identity::{self, Identity, is_member_of};
+use crate::identity::{self, Identity};
+use crate::lobby::EventSink;
 use crate::lobby::{LobbyEvent, StoreError};
 use crate::metrics;
+use crate::passphrase::LobbyId;
 
 /// What the liveness tasks work with: Redis (through the held-seat
 /// scripts' runner), this node's identity and its local lobbies.
 pub struct Liveness {
     pub held: Arc<HeldSeats>,
     pub identity: Arc<Identity>,
-    pub hub: Arc<Hub>,
+    /// This node's local lobbies (the hub).
+    pub hub: Arc<dyn EventSink>,
     pub lobby_capacity: u8,
 }
 
@@ -217,10 +219,10 @@ pub async fn is_reaped(live: &Liveness) -> Result<bool, StoreError> {
 /// seat of the old incarnation and start a new one.
 pub fn lose_everything(live: &Liveness, key: &str) {
     let mut lost = 0;
-    for lobby in live.hub.lobbies() {
-        for (member, _seat) in lobby.seated() {
-            if is_member_of(&member, key) {
-                lobby.lose(&member);
+    for lobby in live.hub.lobby_ids() {
+        for (member, _seat) in live.hub.seated(&lobby) {
+            if member.is_member_of(key) {
+                live.hub.lose(&lobby, &member);
                 lost += 1;
             }
         }
@@ -238,14 +240,19 @@ pub fn lose_everything(live: &Liveness, key: &str) {
 async fn resync(live: &Liveness) -> Result<(), StoreError> {
     let key = live.identity.key();
     let mut conn = live.held.link.conn()?;
-    let lobbies = live.hub.lobbies();
-    let hexes: Vec<&str> = lobbies.iter().map(|lobby| &*lobby.hex).collect();
+    let lobbies: Vec<(LobbyId, String)> = live
+        .hub
+        .lobby_ids()
+        .into_iter()
+        .map(|lobby| (lobby, lobby.to_string()))
+        .collect();
+    let hexes: Vec<&str> = lobbies.iter().map(|(_, hex)| hex.as_str()).collect();
     live.index_lobbies(&hexes).await?;
     let (mut kept, mut reclaimed, mut lost) = (0, 0, 0);
-    for lobby in &lobbies {
-        for (member, seat) in lobby.seated() {
-            if !is_member_of(&member, &key) {
-                lobby.lose(&member);
+    for (lobby, hex) in &lobbies {
+        for (member, seat) in live.hub.seated(lobby) {
+            if !member.is_member_of(&key) {
+                live.hub.lose(lobby, &member);
                 lost += 1;
                 continue;
             }
@@ -253,9 +260,9 @@ async fn resync(live: &Liveness) -> Result<(), StoreError> {
                 live.held
                     .scripts
                     .claim
-                    .key(lobby_key(&lobby.hex))
+                    .key(lobby_key(hex))
                     .arg(seat)
-                    .arg(&*member)
+                    .arg(member.as_str())
                     .arg(live.lobby_capacity)
                     .invoke_async(&mut conn),
             )
@@ -264,7 +271,7 @@ async fn resync(live: &Liveness) -> Result<(), StoreError> {
                 1 => kept += 1,
                 2 => reclaimed += 1,
                 _ => {
-                    lobby.lose(&member);
+                    live.hub.lose(lobby, &member);
                     lost += 1;
                 }
             }
@@ -278,10 +285,10 @@ async fn resync(live: &Liveness) -> Result<(), StoreError> {
 /// members saw, and delivers the joins and leaves they missed.
 async fn reconcile(live: &Liveness) -> Result<(), StoreError> {
     let mut conn = live.held.link.conn()?;
-    for lobby in live.hub.lobbies() {
+    for lobby in live.hub.lobby_ids() {
         let seats: std::collections::BTreeMap<u8, String> = timed(
             redis::cmd("HGETALL")
-                .arg(lobby_key(&lobby.hex))
+                .arg(lobby_key(&lobby.to_string()))
                 .query_async(&mut conn),
         )
         .await?;
@@ -290,30 +297,36 @@ async fn reconcile(live: &Liveness) -> Result<(), StoreError> {
             .iter()
             .filter_map(|(&seat, member)| Some((seat, identity::user_of(member)?.into())))
             .collect();
-        let known = lobby.occupied();
+        let known = live.hub.occupied(&lobby);
         if known == actual {
             continue;
         }
         let players = actual.len() as u8;
         for &seat in known.iter().filter(|s| !actual.contains(s)) {
-            lobby.dispatch(LobbyEvent::Left {
-                seat,
-                players,
-                occupied: actual.clone(),
-            });
+            live.hub.deliver(
+                &lobby,
+                LobbyEvent::Left {
+                    seat,
+                    players,
+                    occupied: actual.clone(),
+                },
+            );
         }
         for &seat in actual.iter().filter(|s| !known.contains(s)) {
-            lobby.dispatch(LobbyEvent::Joined {
-                seat,
-                players,
-                capacity: live.lobby_capacity,
-                occupied: actual.clone(),
-                member: "".into(),
-                users: users.clone(),
-            });
+            live.hub.deliver(
+                &lobby,
+                LobbyEvent::Joined {
+                    seat,
+                    players,
+                    capacity: live.lobby_capacity,
+                    occupied: actual.clone(),
+                    member: "".into(),
+                    users: users.clone(),
+                },
+            );
         }
         tracing::info!(
-            lobby = &lobby.hex[..8],
+            lobby = lobby.short(),
             ?known,
             ?actual,
             "delivered missed joins and leaves"

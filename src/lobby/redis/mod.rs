@@ -2,7 +2,7 @@
 //!
 //! - Membership: one hash per lobby, `lr:lobby:{<sha256 hex>}`, field = seat
 //!   number, value = member id. Changed only by Lua scripts (`lua/join.lua`,
-//!   `leave.lua`, `reap.lua`, `claim.lua`: [`scripts`]), which are atomic, so
+//!   `leave.lua`, `reap.lua`, `claim.lua`: `scripts.rs`), which are atomic, so
 //!   a race of joiners never overfills a lobby, and which publish the
 //!   join/leave event themselves.
 //! - Fan-out: one pub/sub channel per lobby, `lr:chan:{<sha256 hex>}`. A
@@ -29,7 +29,7 @@
 //!
 //! This module keeps the store itself ([`RedisStore`]): it starts the parts
 //! and their tasks, each given the handles it needs (the connection
-//! [`Link`](connections), the held-seat runner, the liveness context), and
+//! `Link` of `connections.rs`, the held-seat runner, the liveness context), and
 //! implements the lobby store's operations with them.
 
 mod connections;
@@ -70,9 +70,12 @@ use scripts::{Scripts, now_ms};
 use target::Target;
 pub use waiting::MAX_WAIT;
 
-use super::{JoinOutcome, LobbyStore, MemberId, RateKey, ResumeOutcome, ResumeSetup, StoreError};
-use crate::hub::{Hub, LocalLobby};
-use crate::identity::{self, Identity};
+use super::{
+    EventSink, Goodbye, JoinLimiter, JoinOutcome, LobbyMembership, LobbySink, MemberId, RateKey,
+    ResumeOutcome, ResumeSetup, StoreError, StoreHealth,
+};
+use crate::cluster_view::ClusterView;
+use crate::identity::Identity;
 use crate::limits::JoinLimit;
 use crate::metrics;
 use crate::outbox::Outbox;
@@ -118,7 +121,7 @@ impl RedisStore {
     /// ready, and answers `unavailable` until Redis is back.
     pub fn start(
         settings: RedisSettings,
-        hub: Arc<Hub>,
+        hub: Arc<dyn EventSink>,
         identity: Arc<Identity>,
     ) -> Result<Self, StoreError> {
         let target = Target::parse(&settings.url).map_err(StoreError::Protocol)?;
@@ -209,7 +212,7 @@ impl RedisStore {
                         pending.remove(&lobby);
                     }
                 }
-                !pending.contains_key(&lobby) && liveness.hub.get(&lobby).is_none()
+                !pending.contains_key(&lobby) && !liveness.hub.has_lobby(&lobby)
             };
             if forget {
                 liveness.drop_from_index(&hex).await;
@@ -256,14 +259,14 @@ async fn leave_once(
                 .leave
                 .key(lobby_key(hex))
                 .arg(seat)
-                .arg(&**member)
+                .arg(member.as_str())
                 .arg(channel(hex)),
         )
         .await?;
     Ok(())
 }
 
-impl LobbyStore for RedisStore {
+impl LobbyMembership for RedisStore {
     async fn subscribe(&self, lobby: &LobbyId) -> Result<(), StoreError> {
         self.sink().await?.subscribe(lobby).await
     }
@@ -300,11 +303,11 @@ impl LobbyStore for RedisStore {
                         .scripts
                         .join
                         .key(lobby_key(&hex))
-                        .arg(&**member)
+                        .arg(member.as_str())
                         .arg(capacity)
                         .arg(channel(&hex))
                         .arg(&hex)
-                        .arg(identity::user_of(member).unwrap_or(""))
+                        .arg(member.user().unwrap_or(""))
                         .arg(resume.map_or("", |r| r.secret_hash.as_str()))
                         .arg(resume.map_or(0, |r| r.max_messages))
                         .arg(resume.map_or(0, |r| r.max_bytes))
@@ -340,31 +343,6 @@ impl LobbyStore for RedisStore {
         result
     }
 
-    async fn admit_join(&self, who: RateKey, limit: JoinLimit) -> Result<bool, StoreError> {
-        let key = match who {
-            RateKey::Address(client) => join_rate_key(client),
-            RateKey::User(user) => user_join_rate_key(&user),
-        };
-        let mut conn = self.link.conn_when_up().await?;
-        let admitted: i64 = timed(
-            self.held
-                .scripts
-                .gcra
-                .key(key)
-                .arg(limit.interval().as_micros() as u64)
-                .arg(limit.burst.get())
-                .invoke_async(&mut conn),
-        )
-        .await?;
-        Ok(admitted == 1)
-    }
-
-    async fn cluster_view(&self) -> Result<Option<crate::admin::ClusterView>, StoreError> {
-        view::cluster_view(&self.link, self.liveness.identity.node_id())
-            .await
-            .map(Some)
-    }
-
     async fn away(&self, lobby: &LobbyId, member: &MemberId, seat: u8) -> Result<bool, StoreError> {
         // As for a leave: the member's earlier messages go out first.
         self.publisher.barrier(*lobby).await?;
@@ -377,7 +355,7 @@ impl LobbyStore for RedisStore {
                     .away
                     .key(lobby_key(&hex))
                     .arg(seat)
-                    .arg(&**member)
+                    .arg(member.as_str())
                     .arg(channel(&hex))
                     .arg(now_ms()),
             )
@@ -407,7 +385,7 @@ impl LobbyStore for RedisStore {
                     .arg(secret_hash)
                     .arg(new_secret_hash)
                     .arg(received)
-                    .arg(&**member)
+                    .arg(member.as_str())
                     .arg(channel(&hex))
                     .arg(&hex)
                     .arg(now_ms()),
@@ -455,24 +433,56 @@ impl LobbyStore for RedisStore {
         })
     }
 
-    fn is_healthy(&self) -> bool {
-        let health = &self.link.health;
-        health.commands_ok.load(Ordering::Relaxed) && health.pubsub_ok.load(Ordering::Relaxed)
-    }
-
-    async fn goodbye(&self) {
-        liveness::goodbye(&self.liveness).await;
-    }
-
     fn publish(
         &self,
-        lobby: &Arc<LocalLobby>,
+        lobby: &LobbyId,
+        _local: &dyn LobbySink,
         member: &MemberId,
         from_seat: u8,
         message: Message,
         sender: &Outbox,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         self.publisher
-            .publish(&lobby.id, member, from_seat, &message, sender)
+            .publish(lobby, member, from_seat, &message, sender)
+    }
+}
+
+impl JoinLimiter for RedisStore {
+    async fn admit_join(&self, who: RateKey, limit: JoinLimit) -> Result<bool, StoreError> {
+        let key = match who {
+            RateKey::Address(client) => join_rate_key(client),
+            RateKey::User(user) => user_join_rate_key(&user),
+        };
+        let mut conn = self.link.conn_when_up().await?;
+        let admitted: i64 = timed(
+            self.held
+                .scripts
+                .gcra
+                .key(key)
+                .arg(limit.interval().as_micros() as u64)
+                .arg(limit.burst.get())
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        Ok(admitted == 1)
+    }
+}
+
+impl StoreHealth for RedisStore {
+    fn is_healthy(&self) -> bool {
+        let health = &self.link.health;
+        health.commands_ok.load(Ordering::Relaxed) && health.pubsub_ok.load(Ordering::Relaxed)
+    }
+
+    async fn cluster_view(&self) -> Result<Option<ClusterView>, StoreError> {
+        view::cluster_view(&self.link, self.liveness.identity.node_id())
+            .await
+            .map(Some)
+    }
+}
+
+impl Goodbye for RedisStore {
+    async fn goodbye(&self) {
+        liveness::goodbye(&self.liveness).await;
     }
 }

@@ -28,7 +28,6 @@ use super::keys::{channel_of, lobby_key_of_channel};
 use super::scripts::{HeldReply, now_ms};
 use super::topology;
 use super::waiting::{Claim, DropReport, MAX_WAIT, RedisClock};
-use crate::identity;
 use crate::lobby::{MemberId, StoreError};
 use crate::metrics;
 use crate::outbox::Outbox;
@@ -136,7 +135,7 @@ impl Publisher {
         let queued = match envelope::encode_relay(from_seat, message) {
             None => Queued::Done(Ok(())),
             Some(payload) => {
-                let node_key: Arc<str> = identity::node_key_of(member).into();
+                let node_key: Arc<str> = member.node_key().into();
                 let channel = channel_of(lobby);
                 match Claim::take(&self.waiting, sender, payload.len()) {
                     Some(claim) => queue_op(

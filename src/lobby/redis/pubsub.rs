@@ -16,8 +16,7 @@ use super::connections::{CONNECT_TIMEOUT, MAX_BACKOFF, RESPONSE_TIMEOUT, timed};
 use super::envelope;
 use super::keys::{channel, channel_of, lobby_of_channel};
 use super::liveness::{Liveness, is_reaped, lose_everything};
-use crate::hub::Hub;
-use crate::lobby::StoreError;
+use crate::lobby::{EventSink, StoreError};
 use crate::metrics;
 use crate::passphrase::LobbyId;
 
@@ -86,7 +85,7 @@ async fn ask(
 /// subscription, its own end) goes to `others`, for the task that keeps the
 /// connection.
 pub struct Deliver {
-    pub hub: Arc<Hub>,
+    pub hub: Arc<dyn EventSink>,
     pub others: mpsc::UnboundedSender<redis::PushInfo>,
 }
 
@@ -100,7 +99,7 @@ impl redis::aio::AsyncPushSender for Deliver {
                 ) = (push.data.first(), push.data.get(1))
                     && let Ok(name) = std::str::from_utf8(name)
                 {
-                    dispatch(&self.hub, name, payload);
+                    dispatch(&*self.hub, name, payload);
                 }
                 Ok(())
             }
@@ -115,7 +114,7 @@ impl redis::aio::AsyncPushSender for Deliver {
 /// and the receiver of its other pushes.
 pub async fn pubsub_connection(
     client: &redis::Client,
-    hub: &Arc<Hub>,
+    hub: &Arc<dyn EventSink>,
 ) -> redis::RedisResult<(
     MultiplexedConnection,
     mpsc::UnboundedReceiver<redis::PushInfo>,
@@ -219,7 +218,7 @@ pub async fn run_subscriber(liveness: Arc<Liveness>, slot: watch::Sender<Option<
 }
 
 /// Decodes one pub/sub message and hands it to the hub.
-fn dispatch(hub: &Hub, channel_name: &str, payload: &[u8]) {
+fn dispatch(hub: &dyn EventSink, channel_name: &str, payload: &[u8]) {
     let Some(lobby) = lobby_of_channel(channel_name) else {
         return;
     };
@@ -230,5 +229,5 @@ fn dispatch(hub: &Hub, channel_name: &str, payload: &[u8]) {
         );
         return;
     };
-    hub.dispatch(&lobby, event);
+    hub.deliver(&lobby, event);
 }

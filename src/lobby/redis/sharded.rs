@@ -43,8 +43,7 @@ use super::connections::{Link, MAX_BACKOFF, timed};
 use super::keys::{channel, lobby_of_channel};
 use super::pubsub::{Request, Sink, pubsub_connection};
 use super::topology::{Shard, from_cluster_shards, from_cluster_slots, node_info, slot_number};
-use crate::hub::Hub;
-use crate::lobby::StoreError;
+use crate::lobby::{EventSink, StoreError};
 use crate::metrics;
 use crate::passphrase::LobbyId;
 
@@ -70,7 +69,7 @@ struct ShardConn {
 struct Manager {
     link: Arc<Link>,
     /// Where the shard connections' messages go.
-    hub: Arc<Hub>,
+    hub: Arc<dyn EventSink>,
     /// A seed's settings (credentials, TLS, options), RESP3.
     base: ConnectionInfo,
     ca_cert: Option<Vec<u8>>,
@@ -92,7 +91,7 @@ struct Manager {
 /// topology is known, then serves requests and follows the cluster.
 pub async fn run(
     link: Arc<Link>,
-    hub: Arc<Hub>,
+    hub: Arc<dyn EventSink>,
     seeds: Vec<String>,
     slot: watch::Sender<Option<Sink>>,
 ) {

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::connections::{Link, timed};
 use super::keys::{NODES_KEY, lobby_key, node_key, node_lobbies_key};
-use crate::admin::{ClusterView, LOBBY_LIMIT, LobbyView, NodeView, SeatView, lobby_prefix};
-use crate::identity::node_key_of;
+use crate::cluster_view::{ClusterView, LOBBY_LIMIT, LobbyView, NodeView, SeatView, lobby_prefix};
+use crate::identity::{node_id_of_key, node_key_of};
 use crate::lobby::StoreError;
 use crate::metrics::Figures;
 
@@ -19,11 +19,6 @@ struct Heartbeat {
     node_id: Option<String>,
     version: Option<String>,
     stats: Option<Figures>,
-}
-
-/// The node id of a node key (`<node id>/<incarnation>`).
-fn node_id_of_key(key: &str) -> &str {
-    key.split('/').next().unwrap_or(key)
 }
 
 /// A command on one key.
