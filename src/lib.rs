@@ -117,7 +117,7 @@ pub async fn serve(
         Some(url) => {
             let ca_cert = match &config.redis_ca_cert {
                 Some(path) => Some(std::fs::read(path).map_err(|e| {
-                    StartError::Store(StoreError::Protocol(format!(
+                    StartError::Store(StoreError::Settings(format!(
                         "--redis-ca-cert {}: {e}",
                         path.display()
                     )))

@@ -315,7 +315,7 @@ impl<S: LobbyMembership> Node<S> {
             }) => (players, sent, member, missed),
             Ok(ResumeOutcome::Refused(why)) => {
                 self.detach(&lobby, &member).await;
-                return Err(ResumeError::Refused(why));
+                return Err(ResumeError::Refused(why.text()));
             }
             Err(e) => {
                 self.detach(&lobby, &member).await;

@@ -65,9 +65,34 @@ pub enum ResumeOutcome {
         member: MemberId,
         missed: Vec<LobbyEvent>,
     },
-    /// Nothing changed: the token is wrong, used or expired, the seat was
-    /// released, or what the player missed is no longer held.
-    Refused(&'static str),
+    /// Nothing changed: see the reason.
+    Refused(ResumeRefusal),
+}
+
+/// Why a store refused a resume (nothing changed). The texts are what the
+/// player is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeRefusal {
+    /// The token is wrong, used or expired, or the seat was released.
+    WrongToken,
+    /// The seat overflowed its buffer while away: it is being released.
+    TooMuchMissed,
+    /// `received` does not match the seat's deliveries, or what followed it
+    /// is no longer held.
+    NotHeld,
+}
+
+impl ResumeRefusal {
+    /// What the player is told.
+    pub fn text(self) -> &'static str {
+        match self {
+            Self::WrongToken => "the token is wrong, already used or expired",
+            Self::TooMuchMissed => "too much was missed: the seat is being released",
+            Self::NotHeld => {
+                "`received` is not a count of this seat's deliveries, or what followed it is no longer held"
+            }
+        }
+    }
 }
 
 /// The answer to a join.

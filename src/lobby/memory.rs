@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::{
     EventSink, Goodbye, JoinLimiter, JoinOutcome, LobbyEvent, LobbyMembership, LobbySink, MemberId,
-    RateKey, ResumeOutcome, ResumeSetup, StoreError, StoreHealth,
+    RateKey, ResumeOutcome, ResumeRefusal, ResumeSetup, StoreError, StoreHealth,
 };
 use crate::limits::JoinLimit;
 use crate::metrics;
@@ -409,9 +409,7 @@ impl LobbyMembership for MemoryStore {
         let shared = &self.shared;
         let mut lobbies = shared.lock();
         let Some(entry) = lobbies.get_mut(lobby) else {
-            return Ok(ResumeOutcome::Refused(
-                "the token is wrong, already used or expired",
-            ));
+            return Ok(ResumeOutcome::Refused(ResumeRefusal::WrongToken));
         };
         let old = entry
             .seats
@@ -419,28 +417,20 @@ impl LobbyMembership for MemoryStore {
             .cloned()
             .flatten();
         let (Some(old), Some(held)) = (old, entry.held.get_mut(&seat)) else {
-            return Ok(ResumeOutcome::Refused(
-                "the token is wrong, already used or expired",
-            ));
+            return Ok(ResumeOutcome::Refused(ResumeRefusal::WrongToken));
         };
         let expired = held
             .due
             .is_some_and(|due| tokio::time::Instant::now() >= due);
         if held.secret_hash != secret_hash || expired {
-            return Ok(ResumeOutcome::Refused(
-                "the token is wrong, already used or expired",
-            ));
+            return Ok(ResumeOutcome::Refused(ResumeRefusal::WrongToken));
         }
         if held.overflowed {
-            return Ok(ResumeOutcome::Refused(
-                "too much was missed: the seat is being released",
-            ));
+            return Ok(ResumeOutcome::Refused(ResumeRefusal::TooMuchMissed));
         }
         let first = held.delivered - held.buffer.len() as u64;
         if received > held.delivered || received < first {
-            return Ok(ResumeOutcome::Refused(
-                "`received` is not a count of this seat's deliveries, or what followed it is no longer held",
-            ));
+            return Ok(ResumeOutcome::Refused(ResumeRefusal::NotHeld));
         }
         let missed: Vec<LobbyEvent> = held
             .buffer

@@ -32,7 +32,7 @@ pub use crate::identity::MemberId;
 use crate::limits::JoinLimit;
 use crate::outbox::Outbox;
 use crate::passphrase::LobbyId;
-pub use event::{JoinOutcome, LobbyEvent, RateKey, ResumeOutcome, ResumeSetup};
+pub use event::{JoinOutcome, LobbyEvent, RateKey, ResumeOutcome, ResumeRefusal, ResumeSetup};
 
 /// Where a store hands the events of the lobbies this node has members in
 /// (the node's hub), and what it may ask of those local members (to
@@ -68,16 +68,27 @@ pub trait LobbySink: Send + Sync {
 }
 
 /// The lobby store could not do what was asked: clients get `unavailable`.
+/// Store-neutral: a store's own errors ride in [`StoreError::Backend`] (the
+/// Redis store converts its client's errors there).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("redis: {0}")]
-    Redis(#[from] ::redis::RedisError),
+    /// The store's backend failed: `store` names it (`redis`), `source` is
+    /// its own error.
+    #[error("{store}: {source}")]
+    Backend {
+        store: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("the lobby store is shutting down")]
     Closed,
     #[error("the lobby store cannot be reached: {0}")]
     Unreachable(&'static str),
     #[error("the lobby store answered something unexpected: {0}")]
     Protocol(String),
+    /// The store cannot be set up with the settings given (its address, its
+    /// CA certificate).
+    #[error("{0}")]
+    Settings(String),
     /// Too much already waits for the store (from this connection or this
     /// node): the message was not taken.
     #[error("too many messages wait for the lobby store")]

@@ -228,6 +228,31 @@ impl Link {
     }
 }
 
+/// The Redis client's errors are the store's backend errors.
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        StoreError::Backend {
+            store: "redis",
+            source: Box::new(e),
+        }
+    }
+}
+
+/// The Redis client's error inside a store error, if that is what it is.
+pub fn redis_error(e: &StoreError) -> Option<&redis::RedisError> {
+    match e {
+        StoreError::Backend { source, .. } => source.downcast_ref(),
+        _ => None,
+    }
+}
+
+/// Whether Redis answered `NOSCRIPT` (it forgot a script: restarted, or a
+/// promoted replica that never saw it).
+pub fn is_no_script(e: &StoreError) -> bool {
+    redis_error(e)
+        .is_some_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+}
+
 /// Runs a Redis command with the store's response timeout.
 pub async fn timed<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
     match tokio::time::timeout(RESPONSE_TIMEOUT, fut).await {

@@ -72,7 +72,7 @@ pub use waiting::MAX_WAIT;
 
 use super::{
     EventSink, Goodbye, JoinLimiter, JoinOutcome, LobbyMembership, LobbySink, MemberId, RateKey,
-    ResumeOutcome, ResumeSetup, StoreError, StoreHealth,
+    ResumeOutcome, ResumeRefusal, ResumeSetup, StoreError, StoreHealth,
 };
 use crate::cluster_view::ClusterView;
 use crate::identity::Identity;
@@ -124,7 +124,7 @@ impl RedisStore {
         hub: Arc<dyn EventSink>,
         identity: Arc<Identity>,
     ) -> Result<Self, StoreError> {
-        let target = Target::parse(&settings.url).map_err(StoreError::Protocol)?;
+        let target = Target::parse(&settings.url).map_err(StoreError::Settings)?;
         let (link, publish) = Link::open(&target, settings.ca_cert.clone(), settings.node_timeout)?;
         let link = Arc::new(link);
         let held = Arc::new(HeldSeats::new(
@@ -170,9 +170,7 @@ impl RedisStore {
         let mut sink = self.sink.clone();
         match tokio::time::timeout(CONNECT_TIMEOUT, sink.wait_for(Option::is_some)).await {
             Ok(Ok(current)) => Ok(current.clone().expect("waited for Some")),
-            _ => Err(StoreError::Protocol(
-                "not connected to Redis pub/sub".into(),
-            )),
+            _ => Err(StoreError::Unreachable("not connected to Redis pub/sub")),
         }
     }
 
@@ -397,21 +395,9 @@ impl LobbyMembership for RedisStore {
         };
         match int(reply.first()) {
             Some(1) => {}
-            Some(-2) => {
-                return Ok(ResumeOutcome::Refused(
-                    "too much was missed: the seat is being released",
-                ));
-            }
-            Some(-3) => {
-                return Ok(ResumeOutcome::Refused(
-                    "`received` is not a count of this seat's deliveries, or what followed it is no longer held",
-                ));
-            }
-            _ => {
-                return Ok(ResumeOutcome::Refused(
-                    "the token is wrong, already used or expired",
-                ));
-            }
+            Some(-2) => return Ok(ResumeOutcome::Refused(ResumeRefusal::TooMuchMissed)),
+            Some(-3) => return Ok(ResumeOutcome::Refused(ResumeRefusal::NotHeld)),
+            _ => return Ok(ResumeOutcome::Refused(ResumeRefusal::WrongToken)),
         }
         let bad = || StoreError::Protocol("resume.lua answered something unexpected".into());
         let players = int(reply.get(1)).ok_or_else(bad)? as u8;

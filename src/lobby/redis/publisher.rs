@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::Instrument;
 
-use super::connections::timed;
+use super::connections::{is_no_script, timed};
 use super::envelope;
 use super::held::HeldSeats;
 use super::keys::{channel_of, lobby_key_of_channel};
@@ -630,8 +630,8 @@ async fn relay_runs_single(
     let sent = async {
         let mut conn = publisher.held.link.conn()?;
         let mut sent = timed(pipe.query_async::<Vec<HeldReply>>(&mut conn)).await;
-        if let Err(StoreError::Redis(e)) = &sent
-            && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+        if let Err(e) = &sent
+            && is_no_script(e)
         {
             // A restarted Redis forgot the script; nothing of the batch
             // ran: load it and send the batch again.
@@ -679,9 +679,7 @@ async fn relay_run_cluster(publisher: &Publisher, run: &RelayRun) -> Result<Held
             .sample(sent_ms, now_ms(), redis_time_of(reply));
     }
     match reply {
-        Err(StoreError::Redis(e))
-            if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-        {
+        Err(e) if is_no_script(&e) => {
             // SCRIPT LOAD goes to every master.
             timed(
                 publisher

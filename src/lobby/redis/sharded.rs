@@ -39,7 +39,7 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, PushKind};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use super::connections::{Link, MAX_BACKOFF, timed};
+use super::connections::{Link, MAX_BACKOFF, redis_error, timed};
 use super::keys::{channel, lobby_of_channel};
 use super::pubsub::{Request, Sink, pubsub_connection};
 use super::topology::{Shard, from_cluster_shards, from_cluster_slots, node_info, slot_number};
@@ -217,7 +217,10 @@ impl Manager {
                 .iter()
                 .filter_map(|shard| from_cluster_shards(shard, &self.here, self.tls))
                 .collect(),
-            Err(StoreError::Redis(e)) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
+            Err(e)
+                if redis_error(&e)
+                    .is_some_and(|e| matches!(e.kind(), redis::ErrorKind::Server(_))) =>
+            {
                 let slots =
                     timed(redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn)).await?;
                 from_cluster_slots(slots, &self.here)?
@@ -313,13 +316,15 @@ impl Manager {
     /// and trying once more if the shard answers `MOVED`).
     async fn place(&mut self, lobby: LobbyId) -> Result<(), StoreError> {
         let mut result = self.try_place(lobby).await;
-        if let Err(StoreError::Redis(e)) = &result
-            && matches!(
-                e.kind(),
-                redis::ErrorKind::Server(
-                    redis::ServerErrorKind::Moved | redis::ServerErrorKind::Ask
+        if let Err(e) = &result
+            && redis_error(e).is_some_and(|e| {
+                matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(
+                        redis::ServerErrorKind::Moved | redis::ServerErrorKind::Ask
+                    )
                 )
-            )
+            })
         {
             self.refresh().await?;
             result = self.try_place(lobby).await;
