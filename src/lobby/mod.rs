@@ -13,11 +13,11 @@
 //! them in the same order.
 //!
 //! The operations are split by concern: membership and fan-out
-//! ([`LobbyMembership`]), the join limit ([`JoinLimiter`]), health and the admin
-//! view ([`StoreHealth`]) and the node's goodbye ([`Goodbye`]), which
-//! [`LobbyStore`] sums up. The lobby
-//! vocabulary is in [`event`]. This module names neither the hub nor the
-//! node: they implement or call what is declared here.
+//! ([`LobbyMembership`]), the join limit ([`JoinLimiter`]), health and the
+//! admin view ([`StoreHealth`]) and the node's goodbye ([`Goodbye`]), which
+//! [`LobbyStore`] sums up. The lobby vocabulary is in [`event`]. This module
+//! names neither the hub nor the node: they implement or call what is
+//! declared here.
 
 pub mod event;
 pub mod memory;

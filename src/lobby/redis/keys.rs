@@ -24,12 +24,19 @@ pub fn channel(hex: &str) -> String {
     format!("{CHANNEL_PREFIX}{hex}}}")
 }
 
-/// The pub/sub channel of lobby `id`, built in one allocation (the hash
-/// written in hex straight into it).
+/// The pub/sub channel of lobby `id`, as [`channel`] of its hex form, in
+/// one allocation (the hex digits written straight into it: this runs for
+/// every game message).
 pub fn channel_of(id: &LobbyId) -> String {
-    use std::fmt::Write;
-    let mut name = String::with_capacity(CHANNEL_PREFIX.len() + 64 + 1);
-    let _ = write!(name, "{CHANNEL_PREFIX}{id}}}");
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = id.as_bytes();
+    let mut name = String::with_capacity(CHANNEL_PREFIX.len() + 2 * bytes.len() + 1);
+    name.push_str(CHANNEL_PREFIX);
+    for &b in bytes {
+        name.push(char::from(HEX[usize::from(b >> 4)]));
+        name.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    name.push('}');
     name
 }
 

@@ -65,7 +65,7 @@ pub use keys::{
 };
 use liveness::Liveness;
 use publisher::Publisher;
-use pubsub::Sink;
+use pubsub::Subscriptions;
 use scripts::{Scripts, now_ms};
 use target::Target;
 pub use waiting::MAX_WAIT;
@@ -102,7 +102,7 @@ pub struct RedisStore {
     publisher: Arc<Publisher>,
     /// Subscribe/unsubscribe handle of the current pub/sub connection; `None`
     /// while it is being (re-)established.
-    sink: watch::Receiver<Option<Sink>>,
+    subscriptions: watch::Receiver<Option<Subscriptions>>,
     /// Leaves that failed (Redis away) and are being retried, per lobby: the
     /// lobby stays in the node's index meanwhile, so that the seat is reaped
     /// should the node die before the retry succeeds.
@@ -137,18 +137,18 @@ impl RedisStore {
             hub: hub.clone(),
             lobby_capacity: settings.lobby_capacity,
         });
-        let (sink_slot, sink) = watch::channel(None);
+        let (subscriptions_slot, subscriptions) = watch::channel(None);
         let publisher = Publisher::start(held.clone());
         if let Some(seeds) = link.seeds() {
             let (cluster, seeds) = (link.clone(), seeds.to_vec());
             spawn_until_stopped(&link.stop, async move {
                 cluster.connect_cluster().await;
-                sharded::run(cluster, hub, seeds, sink_slot).await;
+                sharded::run(cluster, hub, seeds, subscriptions_slot).await;
             });
         } else {
             spawn_until_stopped(
                 &link.stop,
-                pubsub::run_subscriber(liveness.clone(), sink_slot),
+                pubsub::run_subscriber(liveness.clone(), subscriptions_slot),
             );
         }
         spawn_until_stopped(&link.stop, liveness::run_heartbeat(liveness.clone()));
@@ -159,16 +159,16 @@ impl RedisStore {
             held,
             liveness,
             publisher,
-            sink,
+            subscriptions,
             pending_leaves: Arc::default(),
         })
     }
 
     /// The current pub/sub connection, waiting a moment for it if it is
     /// being (re-)established.
-    async fn sink(&self) -> Result<Sink, StoreError> {
-        let mut sink = self.sink.clone();
-        match tokio::time::timeout(CONNECT_TIMEOUT, sink.wait_for(Option::is_some)).await {
+    async fn subscriptions(&self) -> Result<Subscriptions, StoreError> {
+        let mut current = self.subscriptions.clone();
+        match tokio::time::timeout(CONNECT_TIMEOUT, current.wait_for(Option::is_some)).await {
             Ok(Ok(current)) => Ok(current.clone().expect("waited for Some")),
             _ => Err(StoreError::Unreachable("not connected to Redis pub/sub")),
         }
@@ -266,7 +266,7 @@ async fn leave_once(
 
 impl LobbyMembership for RedisStore {
     async fn subscribe(&self, lobby: &LobbyId) -> Result<(), StoreError> {
-        self.sink().await?.subscribe(lobby).await
+        self.subscriptions().await?.subscribe(lobby).await
     }
 
     async fn unsubscribe(&self, lobby: &LobbyId) -> Result<(), StoreError> {
@@ -281,7 +281,7 @@ impl LobbyMembership for RedisStore {
         if !leave_pending {
             self.liveness.drop_from_index(&hex).await;
         }
-        self.sink().await?.unsubscribe(lobby).await
+        self.subscriptions().await?.unsubscribe(lobby).await
     }
 
     async fn join(

@@ -1,4 +1,4 @@
-//! Reading pub/sub: the store's subscribe/unsubscribe handle ([`Sink`]),
+//! Reading pub/sub: the store's subscribe/unsubscribe handle ([`Subscriptions`]),
 //! the connections whose messages go to the hub as they are read
 //! ([`Deliver`]), and, with one Redis, the task that keeps the one pub/sub
 //! connection up ([`run_subscriber`]). In a cluster the sharded connections
@@ -29,16 +29,16 @@ pub enum Request {
 /// The subscribe/unsubscribe handle of pub/sub: the one connection to a
 /// single Redis, or the manager of a cluster's sharded subscriptions.
 #[derive(Clone)]
-pub enum Sink {
+pub enum Subscriptions {
     Single(MultiplexedConnection),
     Cluster(mpsc::Sender<Request>),
 }
 
-impl Sink {
+impl Subscriptions {
     pub async fn subscribe(&mut self, lobby: &LobbyId) -> Result<(), StoreError> {
         match self {
-            Sink::Single(conn) => timed(conn.subscribe(channel_of(lobby))).await,
-            Sink::Cluster(manager) => {
+            Subscriptions::Single(conn) => timed(conn.subscribe(channel_of(lobby))).await,
+            Subscriptions::Cluster(manager) => {
                 let (reply, answer) = oneshot::channel();
                 ask(manager, Request::Subscribe(*lobby, reply), answer).await
             }
@@ -47,8 +47,8 @@ impl Sink {
 
     pub async fn unsubscribe(&mut self, lobby: &LobbyId) -> Result<(), StoreError> {
         match self {
-            Sink::Single(conn) => timed(conn.unsubscribe(channel_of(lobby))).await,
-            Sink::Cluster(manager) => {
+            Subscriptions::Single(conn) => timed(conn.unsubscribe(channel_of(lobby))).await,
+            Subscriptions::Cluster(manager) => {
                 let (reply, answer) = oneshot::channel();
                 ask(manager, Request::Unsubscribe(*lobby, reply), answer).await
             }
@@ -137,7 +137,7 @@ pub async fn pubsub_connection(
 /// read ([`Deliver`]). Pings it to notice a dead connection; after a
 /// reconnect it subscribes again to every lobby of this node and asks for a
 /// resync (what happened while it was away was not delivered).
-pub async fn run_subscriber(liveness: Arc<Liveness>, slot: watch::Sender<Option<Sink>>) {
+pub async fn run_subscriber(liveness: Arc<Liveness>, slot: watch::Sender<Option<Subscriptions>>) {
     let link = &liveness.held.link;
     let ping_every = link.node_timeout / 3;
     let mut backoff = Duration::from_millis(50);
@@ -173,7 +173,7 @@ pub async fn run_subscriber(liveness: Arc<Liveness>, slot: watch::Sender<Option<
                 let resubscribed =
                     channels.is_empty() || timed(conn.subscribe(&channels)).await.is_ok();
                 if resubscribed {
-                    slot.send_replace(Some(Sink::Single(conn.clone())));
+                    slot.send_replace(Some(Subscriptions::Single(conn.clone())));
                     link.health.pubsub_ok.store(true, Ordering::Relaxed);
                     backoff = Duration::from_millis(50);
                     tracing::info!(lobbies = channels.len(), "pub/sub connected");

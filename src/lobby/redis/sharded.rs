@@ -41,7 +41,7 @@ use tracing::Instrument;
 
 use super::connections::{Link, MAX_BACKOFF, redis_error, timed};
 use super::keys::{channel, lobby_of_channel};
-use super::pubsub::{Request, Sink, pubsub_connection};
+use super::pubsub::{Request, Subscriptions, pubsub_connection};
 use super::topology::{Shard, from_cluster_shards, from_cluster_slots, node_info, slot_number};
 use crate::lobby::{EventSink, StoreError};
 use crate::metrics;
@@ -87,13 +87,13 @@ struct Manager {
     generations: u64,
 }
 
-/// Runs the manager: installs the store's [`Sink`] once the cluster's
+/// Runs the manager: installs the store's [`Subscriptions`] once the cluster's
 /// topology is known, then serves requests and follows the cluster.
 pub async fn run(
     link: Arc<Link>,
     hub: Arc<dyn EventSink>,
     seeds: Vec<String>,
-    slot: watch::Sender<Option<Sink>>,
+    slot: watch::Sender<Option<Subscriptions>>,
 ) {
     let base = match seeds[0].as_str().into_connection_info() {
         Ok(info) => {
@@ -135,7 +135,7 @@ pub async fn run(
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     let (requests, mut request_rx) = mpsc::channel(256);
-    slot.send_replace(Some(Sink::Cluster(requests)));
+    slot.send_replace(Some(Subscriptions::Cluster(requests)));
     manager.link.health.pubsub_ok.store(true, Ordering::Relaxed);
     tracing::info!(shards = manager.topology.len(), "sharded pub/sub ready");
     let mut tick = tokio::time::interval(manager.link.node_timeout / 3);
