@@ -1,8 +1,8 @@
 //! How the Redis store reaches Redis: the clients (one Redis, or a cluster's
 //! seeds; TLS with an optional CA), the command connection every part of the
 //! store shares ([`Link`]), the connection managers and the timeouts of
-//! every command. The address forms themselves and the one connection type
-//! of both are in [`target`](super::target).
+//! every command, and the one connection type of one Redis and a cluster
+//! ([`Conn`]). The address forms themselves are in `target.rs`.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, RwLock};
@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use redis::IntoConnectionInfo;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::target::{Conn, Target};
+use super::target::Target;
 use crate::lobby::StoreError;
 
 /// Longest wait for a Redis command before answering `unavailable`.
@@ -42,6 +44,43 @@ enum Clients {
         commands: ClusterClient,
         seeds: Vec<String>,
     },
+}
+
+/// A connection for commands and scripts, to one Redis or to a cluster
+/// (which routes each command to the shard that owns its keys, and follows
+/// `MOVED`/`ASK` and failovers by itself).
+#[derive(Clone)]
+pub enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// What the store's parts know of the state of Redis.
