@@ -25,7 +25,7 @@ use super::connections::{is_no_script, timed};
 use super::envelope;
 use super::held::HeldSeats;
 use super::keys::{channel_of, lobby_key_of_channel};
-use super::scripts::{HeldReply, now_ms};
+use super::scripts::{HeldReply, now_ms, redis_time_of, relay_counts};
 use super::topology;
 use super::waiting::{Claim, DropReport, MAX_WAIT, RedisClock};
 use crate::lobby::{MemberId, StoreError};
@@ -37,6 +37,8 @@ use crate::passphrase::LobbyId;
 /// bounds and clocks of what waits for Redis.
 pub struct Publisher {
     held: Arc<HeldSeats>,
+    /// Redis is a cluster: publishes go to their slot's lane.
+    cluster: bool,
     /// With one Redis, the queue of the publisher task.
     queue: mpsc::Sender<PublishOp>,
     /// In a cluster, the publisher's lanes (one per slot), to which the
@@ -62,6 +64,7 @@ impl Publisher {
     pub fn start(held: Arc<HeldSeats>) -> Arc<Self> {
         let (queue, ops) = mpsc::channel(PUBLISH_QUEUE);
         let publisher = Arc::new(Publisher {
+            cluster: held.link.is_cluster(),
             held,
             queue,
             lanes: Mutex::default(),
@@ -106,7 +109,7 @@ impl Publisher {
     pub async fn barrier(self: &Arc<Self>, lobby: LobbyId) -> Result<(), StoreError> {
         let (ack, done) = oneshot::channel();
         let op = PublishOp::Barrier { lobby, ack };
-        let (queue, op) = if self.held.link.is_cluster() {
+        let (queue, op) = if self.cluster {
             match Lanes::route(self, op) {
                 Routed::Done => return done.await.map_err(|_| StoreError::Closed),
                 Routed::Wait(queue, op) => (queue, op),
@@ -200,7 +203,7 @@ enum PublishOp {
 
 /// Hands a publish to the publisher (or its lane in a cluster).
 fn queue_op(publisher: &Arc<Publisher>, op: PublishOp) -> Queued {
-    if publisher.held.link.is_cluster() {
+    if publisher.cluster {
         // Straight to the lobby's lane (no router in between).
         return match Lanes::route(publisher, op) {
             Routed::Done => Queued::Done(Ok(())),
@@ -212,9 +215,9 @@ fn queue_op(publisher: &Arc<Publisher>, op: PublishOp) -> Queued {
     match publisher.queue.try_send(op) {
         Ok(()) => Queued::Done(Ok(())),
         Err(mpsc::error::TrySendError::Full(op)) => {
-            let publisher = publisher.queue.clone();
+            let queue = publisher.queue.clone();
             Queued::Waiting(Box::pin(async move {
-                publisher.send(op).await.map_err(|_| StoreError::Closed)
+                queue.send(op).await.map_err(|_| StoreError::Closed)
             }))
         }
         Err(mpsc::error::TrySendError::Closed(_)) => Queued::Done(Err(StoreError::Closed)),
@@ -325,7 +328,7 @@ impl RelayRun {
 /// for its slot alone (this task then has nothing to do). A lobby's messages
 /// are always in one slot, so they keep their order either way.
 async fn run_publisher(publisher: Arc<Publisher>, queue: mpsc::Receiver<PublishOp>) {
-    if !publisher.held.link.is_cluster() {
+    if !publisher.cluster {
         run_batches(publisher, queue, None).await;
     }
 }
@@ -382,7 +385,7 @@ async fn run_batches(
         }
         if !runs.is_empty() {
             let started = Instant::now();
-            if publisher.held.link.is_cluster() {
+            if publisher.cluster {
                 for run in &runs {
                     let sent = relay_run_cluster(&publisher, run).await;
                     stalled |= is_timeout(&sent);
@@ -400,7 +403,7 @@ async fn run_batches(
             metrics::observe(&metrics::get().redis_publish, started.elapsed());
             runs.clear();
         }
-        if !publisher.held.link.is_cluster() {
+        if !publisher.cluster {
             // (A cluster's lanes stall one slot at a time: see LANE_STUCK.)
             publisher.stalled.store(stalled, Ordering::Relaxed);
         }
@@ -471,27 +474,6 @@ async fn settle<'a>(
         }
     }
     publisher.held.apply_away_or_later(away, Vec::new()).await;
-}
-
-/// Redis's clock (ms since the epoch) when it ran a `relay.lua` run.
-fn redis_time_of(reply: &HeldReply) -> i64 {
-    match &reply.result {
-        redis::Value::Array(counts) => match counts.get(2) {
-            Some(redis::Value::Int(ms)) => *ms,
-            _ => 0,
-        },
-        _ => 0,
-    }
-}
-
-/// `relay.lua`'s answer: messages dropped for senders without their seat,
-/// and messages dropped for arriving past their deadline.
-fn relay_counts(result: redis::Value) -> (i64, i64) {
-    let counts: Vec<i64> = redis::from_redis_value(result).unwrap_or_default();
-    (
-        counts.first().copied().unwrap_or_default(),
-        counts.get(1).copied().unwrap_or_default(),
-    )
 }
 
 /// Room in one slot's lane, in publishes.

@@ -4,7 +4,7 @@
 //! The scripts that change a lobby or relay in it have the held-seat helpers
 //! (`lua/held.lua`) in front: see [`held_script`]. Each script touches the
 //! keys of one lobby only, so that in a cluster it runs on the one shard
-//! that owns the lobby.
+//! that owns the lobby. What `relay.lua` answers is read here too.
 
 /// The helpers of held seats (resume), prepended to the scripts that change
 /// a lobby or relay in it.
@@ -84,6 +84,27 @@ impl redis::FromRedisValue for HeldReply {
             away_del,
         })
     }
+}
+
+/// Redis's clock (ms since the epoch) when it ran a `relay.lua` run.
+pub fn redis_time_of(reply: &HeldReply) -> i64 {
+    match &reply.result {
+        redis::Value::Array(counts) => match counts.get(2) {
+            Some(redis::Value::Int(ms)) => *ms,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// `relay.lua`'s answer: messages dropped for senders without their seat,
+/// and messages dropped for arriving past their deadline.
+pub fn relay_counts(result: redis::Value) -> (i64, i64) {
+    let counts: Vec<i64> = redis::from_redis_value(result).unwrap_or_default();
+    (
+        counts.first().copied().unwrap_or_default(),
+        counts.get(1).copied().unwrap_or_default(),
+    )
 }
 
 /// The node's clock in ms since the epoch, as the scripts are given it.
