@@ -43,6 +43,7 @@ pub mod auth;
 mod both;
 pub mod client_addr;
 pub mod closing;
+pub mod cluster_view;
 pub mod config;
 pub mod http;
 pub mod hub;
@@ -121,7 +122,7 @@ pub async fn serve(
         Some(url) => {
             let ca_cert = match &config.store.redis_ca_cert {
                 Some(path) => Some(std::fs::read(path).map_err(|e| {
-                    StartError::Store(StoreError::Protocol(format!(
+                    StartError::Store(StoreError::Settings(format!(
                         "--redis-ca-cert {}: {e}",
                         path.display()
                     )))

@@ -19,7 +19,8 @@ use crate::config::Config;
 use crate::hub::{Hub, LocalLobby, frames_for_seat};
 use crate::identity::Identity;
 use crate::lobby::{
-    JoinOutcome, LobbyStore, MemberId, RateKey, ResumeOutcome, ResumeSetup, StoreError,
+    Goodbye, JoinLimiter, JoinOutcome, LobbyMembership, MemberId, RateKey, ResumeOutcome,
+    ResumeSetup, StoreError, StoreHealth,
 };
 use crate::outbox::Outbox;
 use crate::passphrase::LobbyId;
@@ -104,7 +105,7 @@ impl<S> Node<S> {
     }
 }
 
-impl<S: LobbyStore> Node<S> {
+impl<S> Node<S> {
     pub fn new(
         config: Config,
         hub: Arc<Hub>,
@@ -131,7 +132,9 @@ impl<S: LobbyStore> Node<S> {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
+}
 
+impl<S: StoreHealth> Node<S> {
     /// Why the node cannot serve right now, if it cannot.
     pub fn not_ready_reason(&self) -> Option<&'static str> {
         if self.is_draining() {
@@ -143,15 +146,6 @@ impl<S: LobbyStore> Node<S> {
         }
     }
 
-    /// Whether `who` may join (or resume) once more under `--join-limit`;
-    /// counts the attempt. (The store's future, returned as it is.)
-    pub fn admit_join(
-        &self,
-        who: RateKey,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send + '_ {
-        self.store.admit_join(who, self.config.limits.join_limit)
-    }
-
     /// The cluster as the admin view shows it: every node and lobby the
     /// store knows of, or (a store that knows only this node) this node and
     /// its local lobbies.
@@ -161,13 +155,28 @@ impl<S: LobbyStore> Node<S> {
             None => admin::local_view(&self.config.node_id, &self.identity.key(), &self.hub),
         })
     }
+}
 
+impl<S: JoinLimiter> Node<S> {
+    /// Whether `who` may join (or resume) once more under `--join-limit`;
+    /// counts the attempt. (The store's future, returned as it is.)
+    pub fn admit_join(
+        &self,
+        who: RateKey,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send + '_ {
+        self.store.admit_join(who, self.config.limits.join_limit)
+    }
+}
+
+impl<S: Goodbye> Node<S> {
     /// The node is shutting down and its members have left: the store
     /// removes what it holds about the node itself.
     pub async fn goodbye(&self) {
         self.store.goodbye().await;
     }
+}
 
+impl<S: LobbyMembership> Node<S> {
     /// Seats a new member in lobby `id` (as `user`, if authenticated). On
     /// success the member has already been sent `joined` (and `ready` if it
     /// filled the lobby), in the lobby's order, and receives everything that
@@ -306,7 +315,7 @@ impl<S: LobbyStore> Node<S> {
             }) => (players, sent, member, missed),
             Ok(ResumeOutcome::Refused(why)) => {
                 self.detach(&lobby, &member).await;
-                return Err(ResumeError::Refused(why));
+                return Err(ResumeError::Refused(why.text()));
             }
             Err(e) => {
                 self.detach(&lobby, &member).await;
@@ -395,7 +404,8 @@ impl<S: LobbyStore> Node<S> {
         sender: &'a Outbox,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'a {
         self.store.publish(
-            &membership.lobby,
+            &membership.lobby.id,
+            &*membership.lobby,
             &membership.member,
             membership.seat,
             message,

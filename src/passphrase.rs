@@ -107,6 +107,12 @@ impl LobbyId {
         Some(Self(out))
     }
 
+    /// The 32 bytes of the hash (for names built from its hex digits
+    /// without a formatter).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The first 8 hex digits: enough to tell lobbies apart in a log, too
     /// little to run a dictionary attack against.
     pub fn short(&self) -> String {

@@ -21,10 +21,9 @@ use governor::DefaultKeyedRateLimiter;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{
-    JoinOutcome, LobbyEvent, LobbyStore, MemberId, RateKey, ResumeOutcome, ResumeSetup, StoreError,
+    EventSink, Goodbye, JoinLimiter, JoinOutcome, LobbyEvent, LobbyMembership, LobbySink, MemberId,
+    RateKey, ResumeOutcome, ResumeRefusal, ResumeSetup, StoreError, StoreHealth,
 };
-use crate::hub::{Hub, LocalLobby};
-use crate::identity::user_of;
 use crate::limits::JoinLimit;
 use crate::metrics;
 use crate::outbox::Outbox;
@@ -39,9 +38,10 @@ pub struct MemoryStore {
     joins: OnceLock<DefaultKeyedRateLimiter<RateKey>>,
 }
 
-#[derive(Debug)]
+/// What the store's grace timers share with it.
 struct Shared {
-    hub: Arc<Hub>,
+    /// This node's local lobbies (the hub).
+    hub: Arc<dyn EventSink>,
     lobbies: Mutex<HashMap<LobbyId, MemLobby>>,
     /// How many lobbies have resumable seats (relays take the mutex then).
     held_lobbies: AtomicUsize,
@@ -147,7 +147,7 @@ impl MemLobby {
 }
 
 impl MemoryStore {
-    pub fn new(hub: Arc<Hub>) -> Self {
+    pub fn new(hub: Arc<dyn EventSink>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 hub,
@@ -161,6 +161,15 @@ impl MemoryStore {
     /// How many lobbies exist (for tests and metrics).
     pub fn lobby_count(&self) -> usize {
         self.shared.lock().len()
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("lobbies", &self.lobbies)
+            .field("held_lobbies", &self.held_lobbies)
+            .finish_non_exhaustive()
     }
 }
 
@@ -186,7 +195,7 @@ impl Shared {
         } else {
             lobby.hold(skip, &event)
         };
-        self.hub.dispatch(id, event);
+        self.hub.deliver(id, event);
         for seat in overflowed {
             self.release(lobbies, id, seat);
         }
@@ -252,7 +261,7 @@ impl Shared {
 /// Absences are numbered so that the timer of an earlier one does nothing.
 static ABSENCES: AtomicUsize = AtomicUsize::new(0);
 
-impl LobbyStore for MemoryStore {
+impl LobbyMembership for MemoryStore {
     async fn subscribe(&self, _lobby: &LobbyId) -> Result<(), StoreError> {
         Ok(())
     }
@@ -275,12 +284,8 @@ impl LobbyStore for MemoryStore {
         if players >= capacity {
             return Ok(JoinOutcome::Full);
         }
-        if let Some(user) = user_of(member)
-            && entry
-                .seats
-                .iter()
-                .flatten()
-                .any(|m| user_of(m) == Some(user))
+        if let Some(user) = member.user()
+            && entry.seats.iter().flatten().any(|m| m.user() == Some(user))
         {
             return Ok(JoinOutcome::DuplicateUser);
         }
@@ -354,7 +359,7 @@ impl LobbyStore for MemoryStore {
         if lobbies.contains_key(lobby) {
             shared.emit(&mut lobbies, lobby, seat, event);
         } else {
-            shared.hub.dispatch(lobby, event);
+            shared.hub.deliver(lobby, event);
         }
         Ok(())
     }
@@ -404,9 +409,7 @@ impl LobbyStore for MemoryStore {
         let shared = &self.shared;
         let mut lobbies = shared.lock();
         let Some(entry) = lobbies.get_mut(lobby) else {
-            return Ok(ResumeOutcome::Refused(
-                "the token is wrong, already used or expired",
-            ));
+            return Ok(ResumeOutcome::Refused(ResumeRefusal::WrongToken));
         };
         let old = entry
             .seats
@@ -414,28 +417,20 @@ impl LobbyStore for MemoryStore {
             .cloned()
             .flatten();
         let (Some(old), Some(held)) = (old, entry.held.get_mut(&seat)) else {
-            return Ok(ResumeOutcome::Refused(
-                "the token is wrong, already used or expired",
-            ));
+            return Ok(ResumeOutcome::Refused(ResumeRefusal::WrongToken));
         };
         let expired = held
             .due
             .is_some_and(|due| tokio::time::Instant::now() >= due);
         if held.secret_hash != secret_hash || expired {
-            return Ok(ResumeOutcome::Refused(
-                "the token is wrong, already used or expired",
-            ));
+            return Ok(ResumeOutcome::Refused(ResumeRefusal::WrongToken));
         }
         if held.overflowed {
-            return Ok(ResumeOutcome::Refused(
-                "too much was missed: the seat is being released",
-            ));
+            return Ok(ResumeOutcome::Refused(ResumeRefusal::TooMuchMissed));
         }
         let first = held.delivered - held.buffer.len() as u64;
         if received > held.delivered || received < first {
-            return Ok(ResumeOutcome::Refused(
-                "`received` is not a count of this seat's deliveries, or what followed it is no longer held",
-            ));
+            return Ok(ResumeOutcome::Refused(ResumeRefusal::NotHeld));
         }
         let missed: Vec<LobbyEvent> = held
             .buffer
@@ -447,10 +442,7 @@ impl LobbyStore for MemoryStore {
         held.away = None;
         held.due = None;
         let sent = held.sent;
-        let record: MemberId = match (user_of(member), old.split_once('|')) {
-            (None, Some((_, user))) => format!("{member}|{user}").into(),
-            _ => member.clone(),
-        };
+        let record = member.with_user_of(&old);
         entry.seats[usize::from(seat) - 1] = Some(record.clone());
         let players = entry.players();
         let event = LobbyEvent::Back {
@@ -466,6 +458,39 @@ impl LobbyStore for MemoryStore {
         })
     }
 
+    async fn publish(
+        &self,
+        lobby: &LobbyId,
+        local: &dyn LobbySink,
+        _member: &MemberId,
+        from_seat: u8,
+        message: Message,
+        _sender: &Outbox,
+    ) -> Result<(), StoreError> {
+        let event = LobbyEvent::Relay { from_seat, message };
+        if self.shared.held_lobbies.load(Ordering::Relaxed) == 0 {
+            local.deliver(event);
+            return Ok(());
+        }
+        let shared = &self.shared;
+        let mut lobbies = shared.lock();
+        match lobbies.get_mut(lobby) {
+            Some(entry) if !entry.held.is_empty() => {
+                if let Some(held) = entry.held.get_mut(&from_seat) {
+                    held.sent += 1;
+                }
+                shared.emit(&mut lobbies, lobby, from_seat, event);
+            }
+            _ => {
+                drop(lobbies);
+                local.deliver(event);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl JoinLimiter for MemoryStore {
     async fn admit_join(&self, who: RateKey, limit: JoinLimit) -> Result<bool, StoreError> {
         let joins = self
             .joins
@@ -476,48 +501,22 @@ impl LobbyStore for MemoryStore {
         }
         Ok(admitted)
     }
+}
 
+impl StoreHealth for MemoryStore {
     fn is_healthy(&self) -> bool {
         true
     }
+}
 
+impl Goodbye for MemoryStore {
     async fn goodbye(&self) {}
-
-    async fn publish(
-        &self,
-        lobby: &Arc<LocalLobby>,
-        _member: &MemberId,
-        from_seat: u8,
-        message: Message,
-        _sender: &Outbox,
-    ) -> Result<(), StoreError> {
-        let event = LobbyEvent::Relay { from_seat, message };
-        if self.shared.held_lobbies.load(Ordering::Relaxed) == 0 {
-            lobby.dispatch(event);
-            return Ok(());
-        }
-        let shared = &self.shared;
-        let mut lobbies = shared.lock();
-        match lobbies.get_mut(&lobby.id) {
-            Some(entry) if !entry.held.is_empty() => {
-                if let Some(held) = entry.held.get_mut(&from_seat) {
-                    held.sent += 1;
-                }
-                shared.emit(&mut lobbies, &lobby.id.clone(), from_seat, event);
-            }
-            _ => {
-                drop(lobbies);
-                lobby.dispatch(event);
-            }
-        }
-        Ok(())
-    }
 }
 
 /// The user ids of the authenticated members, by seat.
 fn users(seats: &[Option<MemberId>]) -> Vec<(u8, Arc<str>)> {
     (1..)
         .zip(seats)
-        .filter_map(|(seat, member)| Some((seat, user_of(member.as_ref()?)?.into())))
+        .filter_map(|(seat, member)| Some((seat, member.as_ref()?.user()?.into())))
         .collect()
 }

@@ -7,119 +7,88 @@
 //!   hashes (membership) and one pub/sub channel per lobby (fan-out).
 //!
 //! A store never sees a connection. It changes membership atomically and
-//! hands every lobby event back to the node's [`Hub`](crate::hub::Hub) as a
-//! [`LobbyEvent`], in one total order per lobby: joins, leaves and relayed
-//! messages all travel the same path, so every node sees them in the same
-//! order.
+//! hands every lobby event back to the node through an [`EventSink`] (the
+//! node's hub), as a [`LobbyEvent`], in one total order per lobby: joins,
+//! leaves and relayed messages all travel the same path, so every node sees
+//! them in the same order.
+//!
+//! The operations are split by concern: membership and fan-out
+//! ([`LobbyMembership`]), the join limit ([`JoinLimiter`]), health and the
+//! admin view ([`StoreHealth`]) and the node's goodbye ([`Goodbye`]), which
+//! [`LobbyStore`] sums up. The lobby vocabulary is in [`event`]. This module
+//! names neither the hub nor the node: they implement or call what is
+//! declared here.
 
+pub mod event;
 pub mod memory;
 pub mod redis;
 
 use std::future::Future;
-use std::net::IpAddr;
-use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::hub::LocalLobby;
+use crate::cluster_view::ClusterView;
+pub use crate::identity::MemberId;
 use crate::limits::JoinLimit;
 use crate::outbox::Outbox;
 use crate::passphrase::LobbyId;
+pub use event::{JoinOutcome, LobbyEvent, RateKey, ResumeOutcome, ResumeRefusal, ResumeSetup};
 
-/// A member's identity in a lobby's records: `<node id>/<connection id>`.
-/// Unique across the cluster; never derived from the passphrase.
-pub type MemberId = Arc<str>;
+/// Where a store hands the events of the lobbies this node has members in
+/// (the node's hub), and what it may ask of those local members (to
+/// re-register them after an outage, or take out the ones whose seats are
+/// gone).
+pub trait EventSink: Send + Sync + 'static {
+    /// Delivers an event of `lobby` to this node's members of it (nothing
+    /// if it has none).
+    fn deliver(&self, lobby: &LobbyId, event: LobbyEvent);
 
-/// Something that happened in a lobby, in the lobby's order.
-#[derive(Debug, Clone)]
-pub enum LobbyEvent {
-    /// `member` took `seat`; the lobby now has `players` of `capacity`, in
-    /// the seats `occupied`, whose authenticated members are `users`.
-    Joined {
-        seat: u8,
-        players: u8,
-        capacity: u8,
-        occupied: Vec<u8>,
-        member: MemberId,
-        users: Vec<(u8, Arc<str>)>,
-    },
-    /// The member in `seat` left; `players` remain, in the seats `occupied`.
-    Left {
-        seat: u8,
-        players: u8,
-        occupied: Vec<u8>,
-    },
-    /// A game message from the member in `from_seat`, relayed byte for byte.
-    Relay { from_seat: u8, message: Message },
-    /// Resume: the connection of the member in `seat` is gone; its seat is
-    /// held for `grace_ms`.
-    Away { seat: u8, grace_ms: u32 },
-    /// Resume: `member` took `seat` back with its resume token.
-    Back { seat: u8, member: MemberId },
+    /// Every lobby with members on this node.
+    fn lobby_ids(&self) -> Vec<LobbyId>;
+
+    /// Whether this node has members in `lobby`.
+    fn has_lobby(&self, lobby: &LobbyId) -> bool;
+
+    /// The members of this node seated in `lobby`: `(member, seat)`.
+    fn seated(&self, lobby: &LobbyId) -> Vec<(MemberId, u8)>;
+
+    /// The occupied seats of `lobby` as of the last event this node saw.
+    fn occupied(&self, lobby: &LobbyId) -> Vec<u8>;
+
+    /// Takes `member` out of `lobby`: its seat is no longer its own in the
+    /// store (it is told, and disconnected).
+    fn lose(&self, lobby: &LobbyId, member: &MemberId);
 }
 
-/// Resume (opt-in) settings of a seat, given at join.
-#[derive(Debug, Clone)]
-pub struct ResumeSetup {
-    /// SHA-256 (hex) of the secret of the seat's resume token.
-    pub secret_hash: String,
-    /// The most deliveries held for the seat.
-    pub max_messages: u32,
-    /// The most bytes held for the seat.
-    pub max_bytes: u32,
-    /// How long the seat is held once its connection is gone.
-    pub grace: std::time::Duration,
-}
-
-/// The answer to a resume.
-#[derive(Debug)]
-pub enum ResumeOutcome {
-    /// The seat is the new member's: `players` in the lobby, `sent` game
-    /// messages of the seat were relayed before the drop, and `missed` are
-    /// the deliveries the player had not received, in order.
-    /// `member` is the seat's member record (the new member id, with the
-    /// user id of the old one if it had one).
-    Resumed {
-        players: u8,
-        sent: u64,
-        member: MemberId,
-        missed: Vec<LobbyEvent>,
-    },
-    /// Nothing changed: the token is wrong, used or expired, the seat was
-    /// released, or what the player missed is no longer held.
-    Refused(&'static str),
-}
-
-/// The answer to a join.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JoinOutcome {
-    /// The member holds `seat`; `players` counts it.
-    Seated { seat: u8, players: u8 },
-    /// The lobby already had `capacity` members; nothing changed.
-    Full,
-    /// The member's user already holds a seat in the lobby; nothing changed.
-    DuplicateUser,
-}
-
-/// Whom a join limit counts: a client address, or an authenticated user
-/// (by the SHA-256 of its id).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum RateKey {
-    Address(IpAddr),
-    User(Arc<str>),
+/// This node's members of one lobby (the hub's local lobby), to which a
+/// store that fans out in process hands a game message directly.
+pub trait LobbySink: Send + Sync {
+    /// Delivers an event of the lobby to its members on this node.
+    fn deliver(&self, event: LobbyEvent);
 }
 
 /// The lobby store could not do what was asked: clients get `unavailable`.
+/// Store-neutral: a store's own errors ride in [`StoreError::Backend`] (the
+/// Redis store converts its client's errors there).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("redis: {0}")]
-    Redis(#[from] ::redis::RedisError),
+    /// The store's backend failed: `store` names it (`redis`), `source` is
+    /// its own error.
+    #[error("{store}: {source}")]
+    Backend {
+        store: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("the lobby store is shutting down")]
     Closed,
     #[error("the lobby store cannot be reached: {0}")]
     Unreachable(&'static str),
     #[error("the lobby store answered something unexpected: {0}")]
     Protocol(String),
+    /// The store cannot be set up with the settings given (its address, its
+    /// CA certificate).
+    #[error("{0}")]
+    Settings(String),
     /// Too much already waits for the store (from this connection or this
     /// node): the message was not taken.
     #[error("too many messages wait for the lobby store")]
@@ -131,7 +100,7 @@ pub enum StoreError {
 /// Ordering contract: for one caller, `publish`es and the final `leave` take
 /// effect in call order, and every node's hub receives the resulting events
 /// in that order.
-pub trait LobbyStore: Send + Sync + 'static {
+pub trait LobbyMembership: Send + Sync + 'static {
     /// Starts delivering `lobby`'s events to this node. Called (once) before
     /// this node's first member of the lobby joins, and resolved only when no
     /// later event can be missed.
@@ -187,6 +156,27 @@ pub trait LobbyStore: Send + Sync + 'static {
         seat: u8,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Relays a game message of `member` to the other members of `lobby`.
+    /// `local` is this node's members of the lobby, for a store that fans
+    /// out in process (memory); a store that fans out through Redis ignores
+    /// it. `sender` is the member's connection: a store that queues the
+    /// message counts it against the connection's bound while it waits, and
+    /// tells the connection (`unavailable`) if it drops it on the way. An
+    /// `Err` means the message was not taken (answered `unavailable` by the
+    /// caller).
+    fn publish(
+        &self,
+        lobby: &LobbyId,
+        local: &dyn LobbySink,
+        member: &MemberId,
+        from_seat: u8,
+        message: Message,
+        sender: &Outbox,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The join limit, cluster-wide with Redis.
+pub trait JoinLimiter: Send + Sync + 'static {
     /// Counts a join attempt of `who` against the cluster-wide join limit;
     /// `false` if it is over the limit.
     fn admit_join(
@@ -194,34 +184,31 @@ pub trait LobbyStore: Send + Sync + 'static {
         who: RateKey,
         limit: JoinLimit,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
 
+/// What the node reports of its store: readiness and the admin view.
+pub trait StoreHealth: Send + Sync + 'static {
     /// Whether the store can serve right now (for `/readyz`).
     fn is_healthy(&self) -> bool;
 
     /// The whole cluster as the admin view shows it (every node and lobby the
     /// store knows of); `None` when the store knows only this node (memory):
     /// the caller then shows the node itself.
-    fn cluster_view(
-        &self,
-    ) -> impl Future<Output = Result<Option<crate::admin::ClusterView>, StoreError>> + Send {
+    fn cluster_view(&self) -> impl Future<Output = Result<Option<ClusterView>, StoreError>> + Send {
         async { Ok(None) }
     }
+}
 
+/// The end of a node's life in the store.
+pub trait Goodbye: Send + Sync + 'static {
     /// The node is shutting down and its members have left: remove what the
     /// store holds about the node itself.
     fn goodbye(&self) -> impl Future<Output = ()> + Send;
-
-    /// Relays a game message of `member` to the other members of `lobby`.
-    /// `sender` is the member's connection: a store that queues the message
-    /// counts it against the connection's bound while it waits, and tells the
-    /// connection (`unavailable`) if it drops it on the way. An `Err` means
-    /// the message was not taken (answered `unavailable` by the caller).
-    fn publish(
-        &self,
-        lobby: &Arc<LocalLobby>,
-        member: &MemberId,
-        from_seat: u8,
-        message: Message,
-        sender: &Outbox,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
+
+/// Everything a node needs of its lobby store (implemented for any store
+/// with the four parts): what the server and the session name as the
+/// store's type.
+pub trait LobbyStore: LobbyMembership + JoinLimiter + StoreHealth + Goodbye {}
+
+impl<S: LobbyMembership + JoinLimiter + StoreHealth + Goodbye> LobbyStore for S {}

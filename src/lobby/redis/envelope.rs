@@ -158,7 +158,7 @@ mod tests {
                 users,
             }) => {
                 assert_eq!(occupied, [1, 2]);
-                assert_eq!(&*member, "node-a/7.1");
+                assert_eq!(member.as_str(), "node-a/7.1");
                 assert!(users.is_empty());
             }
             other => panic!("{other:?}"),
@@ -172,7 +172,7 @@ mod tests {
                 occupied,
                 ..
             }) => {
-                assert_eq!(&*member, "node-a/7.2|bob");
+                assert_eq!(member.as_str(), "node-a/7.2|bob");
                 assert_eq!(occupied, [1, 2, 3]);
                 let users: Vec<(u8, &str)> = users.iter().map(|(s, u)| (*s, &**u)).collect();
                 assert_eq!(users, [(2, "bob"), (3, "carol")]);
@@ -199,7 +199,7 @@ mod tests {
             })
         ));
         match decode(b"K\x02node-b/9.4") {
-            Some(LobbyEvent::Back { seat: 2, member }) => assert_eq!(&*member, "node-b/9.4"),
+            Some(LobbyEvent::Back { seat: 2, member }) => assert_eq!(member.as_str(), "node-b/9.4"),
             other => panic!("{other:?}"),
         }
     }

@@ -19,12 +19,15 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use super::{AWAY_KEY, Shared, channel, lobby_key, now_ms, timed};
+use super::connections::timed;
+use super::held::HeldSeats;
+use super::keys::{AWAY_KEY, channel, lobby_key};
+use super::scripts::now_ms;
 use crate::lobby::StoreError;
 use crate::metrics;
 
 /// The longest sleep between two looks at `lr:away`.
-pub(super) const POLL: Duration = Duration::from_millis(100);
+pub const POLL: Duration = Duration::from_millis(100);
 /// The most due seats taken at once.
 const BATCH: usize = 1000;
 /// How long seats taken stay this node's to release (see `due.lua`).
@@ -33,11 +36,11 @@ const LEASE_MS: u64 = 5000;
 const IN_FLIGHT: usize = 128;
 
 /// Releases held seats as they come due, until the store stops.
-pub(super) async fn run_expirer(shared: Arc<Shared>) {
+pub async fn run_expirer(held: Arc<HeldSeats>) {
     // While Redis is away every look fails: said once, not every 100 ms.
     let mut warned = false;
     loop {
-        let wait = match release_due(&shared).await {
+        let wait = match release_due(&held).await {
             Ok(Some(next_due)) => {
                 warned = false;
                 Duration::from_millis(next_due.saturating_sub(now_ms())).min(POLL)
@@ -62,18 +65,19 @@ pub(super) async fn run_expirer(shared: Arc<Shared>) {
 
 /// Releases the held seats due now. Returns the due time of the earliest
 /// held seat left (`Some(0)`: more are due already), `None` if there is none.
-async fn release_due(shared: &Shared) -> Result<Option<u64>, StoreError> {
-    if !shared
+async fn release_due(held: &HeldSeats) -> Result<Option<u64>, StoreError> {
+    if !held
+        .link
+        .health
         .commands_ok
         .load(std::sync::atomic::Ordering::Relaxed)
     {
         return Ok(None); // Redis is away: nothing to do until it is back
     }
     let now = now_ms();
-    let mut conn = shared.conn()?;
+    let mut conn = held.link.conn()?;
     let (due, first): (Vec<String>, i64) = timed(
-        shared
-            .scripts
+        held.scripts
             .due
             .key(AWAY_KEY)
             .arg(now)
@@ -84,7 +88,7 @@ async fn release_due(shared: &Shared) -> Result<Option<u64>, StoreError> {
     .await?;
     let taken = due.len();
     let released = futures_util::stream::iter(due)
-        .map(|entry| release(shared, entry, now))
+        .map(|entry| release(held, entry, now))
         .buffer_unordered(IN_FLIGHT)
         .collect::<Vec<_>>()
         .await;
@@ -106,14 +110,13 @@ async fn release_due(shared: &Shared) -> Result<Option<u64>, StoreError> {
 
 /// Releases one held seat (an `lr:away` entry `<lobby hash>:<seat>`) if it is
 /// still held and due.
-async fn release(shared: &Shared, entry: String, now: u64) -> Result<(), StoreError> {
+async fn release(held: &HeldSeats, entry: String, now: u64) -> Result<(), StoreError> {
     let Some((hex, seat)) = entry.split_once(':') else {
         return Ok(());
     };
-    let released: i64 = shared
-        .invoke_held(
-            shared
-                .scripts
+    let released: i64 = held
+        .invoke(
+            held.scripts
                 .expire
                 .key(lobby_key(hex))
                 .arg(seat)

@@ -30,37 +30,86 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::{NODES_KEY, Shared, channel, lobby_key, node_key, node_lobbies_key, reaped_key, timed};
-use crate::identity::{self, is_member_of};
+use super::connections::timed;
+use super::held::HeldSeats;
+use super::keys::{NODES_KEY, channel, lobby_key, node_key, node_lobbies_key, reaped_key};
+use super::scripts::now_ms;
+use crate::identity::{self, Identity};
+use crate::lobby::EventSink;
 use crate::lobby::{LobbyEvent, StoreError};
 use crate::metrics;
+use crate::passphrase::LobbyId;
+
+/// What the liveness tasks work with: Redis (through the held-seat
+/// scripts' runner), this node's identity and its local lobbies.
+pub struct Liveness {
+    pub held: Arc<HeldSeats>,
+    pub identity: Arc<Identity>,
+    /// This node's local lobbies (the hub).
+    pub hub: Arc<dyn EventSink>,
+    pub lobby_capacity: u8,
+}
+
+impl Liveness {
+    /// Adds lobbies to this node's index, before it takes seats in them: so
+    /// that its members are found should it die.
+    pub async fn index_lobbies(&self, hexes: &[&str]) -> Result<(), StoreError> {
+        if hexes.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.held.link.conn()?;
+        timed(
+            redis::cmd("SADD")
+                .arg(node_lobbies_key(&self.identity.key()))
+                .arg(hexes)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    /// Removes a lobby from this node's index (best effort: a stale entry
+    /// only costs a reaper a look at an empty lobby).
+    pub async fn drop_from_index(&self, hex: &str) {
+        let index = node_lobbies_key(&self.identity.key());
+        let Ok(mut conn) = self.held.link.conn() else {
+            return;
+        };
+        let _ = timed(
+            redis::cmd("SREM")
+                .arg(index)
+                .arg(hex)
+                .query_async::<()>(&mut conn),
+        )
+        .await;
+    }
+}
 
 /// How long a reaped mark stays: longer than any cut worth coming back from.
 const REAPED_MARK_SECS: u64 = 3600;
 
 /// Renews this node's heartbeat, notices outages and recoveries, and
 /// re-registers after them.
-pub(super) async fn run_heartbeat(shared: Arc<Shared>) {
-    let every = shared.settings.node_timeout / 3;
-    let ttl_ms = shared.settings.node_timeout.as_millis() as u64;
+pub async fn run_heartbeat(live: Arc<Liveness>) {
+    let every = live.held.link.node_timeout / 3;
+    let ttl_ms = live.held.link.node_timeout.as_millis() as u64;
     let mut failures = 0u32;
     let mut resync_due = false;
     // A cluster connection is being set up (and says so if it cannot be).
-    while shared.conn().is_err() {
+    while live.held.link.conn().is_err() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     loop {
-        let key = shared.identity.key();
+        let key = live.identity.key();
         // The node's figures ride along, so that any node can show the
         // whole cluster (the admin view); a few hundred bytes a second.
         let info = serde_json::json!({
-            "node_id": shared.identity.node_id(),
+            "node_id": live.identity.node_id(),
             "version": env!("CARGO_PKG_VERSION"),
             "stats": metrics::figures(),
         })
         .to_string();
         let started = std::time::Instant::now();
-        let beat = beat(&shared, &key, info, ttl_ms).await;
+        let beat = beat(&live, &key, info, ttl_ms).await;
         let metrics = metrics::get();
         metrics::observe(&metrics.redis_heartbeat, started.elapsed());
         if beat.is_err() {
@@ -75,24 +124,31 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>) {
                     resync_due = true;
                 }
                 if failures > 0 {
-                    *shared
+                    *live
+                        .held
+                        .link
+                        .health
                         .heartbeat_back_at
                         .lock()
                         .unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
                 }
                 failures = 0;
-                shared.commands_ok.store(true, Ordering::Relaxed);
+                live.held
+                    .link
+                    .health
+                    .commands_ok
+                    .store(true, Ordering::Relaxed);
                 if reaped {
-                    lose_everything(&shared, &key);
+                    lose_everything(&live, &key);
                     continue; // announce the new incarnation at once
                 }
                 if resync_due {
-                    match resync(&shared).await {
+                    match resync(&live).await {
                         Ok(()) => {
                             resync_due = false;
-                            let later = shared.clone();
+                            let later = live.clone();
                             tokio::spawn(async move {
-                                tokio::time::sleep(later.settings.node_timeout).await;
+                                tokio::time::sleep(later.held.link.node_timeout).await;
                                 if let Err(e) = reconcile(&later).await {
                                     tracing::warn!(error = %e, "reconciling lobbies failed");
                                 }
@@ -106,30 +162,34 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>) {
             }
             Err(e) => {
                 failures += 1;
-                shared.commands_ok.store(false, Ordering::Relaxed);
+                live.held
+                    .link
+                    .health
+                    .commands_ok
+                    .store(false, Ordering::Relaxed);
                 if failures == 1 {
                     tracing::warn!(error = %e, "heartbeat failed: lobby store unreachable");
                 }
                 if failures % 2 == 0 {
                     // A connection that stops answering may be dead without
                     // the OS knowing: start a fresh one.
-                    shared.reconnect();
+                    live.held.link.reconnect();
                 }
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = shared.resync.notified() => resync_due = true,
+            _ = live.held.link.health.resync.notified() => resync_due = true,
         }
     }
 }
 
 /// Renews this node's heartbeat unless the node has been reaped (a reaped
 /// incarnation must not be listed as alive again). Returns whether it was.
-async fn beat(shared: &Shared, key: &str, info: String, ttl_ms: u64) -> Result<bool, StoreError> {
-    let mut conn = shared.conn()?;
+async fn beat(live: &Liveness, key: &str, info: String, ttl_ms: u64) -> Result<bool, StoreError> {
+    let mut conn = live.held.link.conn()?;
     let reaped: i64 = timed(
-        shared
+        live.held
             .scripts
             .heartbeat
             .key(node_key(key))
@@ -145,11 +205,11 @@ async fn beat(shared: &Shared, key: &str, info: String, ttl_ms: u64) -> Result<b
 }
 
 /// Whether the other nodes have reaped this node's current incarnation.
-pub(super) async fn is_reaped(shared: &Shared) -> Result<bool, StoreError> {
-    let mut conn = shared.conn()?;
+pub async fn is_reaped(live: &Liveness) -> Result<bool, StoreError> {
+    let mut conn = live.held.link.conn()?;
     timed(
         redis::cmd("EXISTS")
-            .arg(reaped_key(&shared.identity.key()))
+            .arg(reaped_key(&live.identity.key()))
             .query_async(&mut conn),
     )
     .await
@@ -157,17 +217,17 @@ pub(super) async fn is_reaped(shared: &Shared) -> Result<bool, StoreError> {
 
 /// Another node presumed this one dead and reaped its members: give up every
 /// seat of the old incarnation and start a new one.
-pub(super) fn lose_everything(shared: &Shared, key: &str) {
+pub fn lose_everything(live: &Liveness, key: &str) {
     let mut lost = 0;
-    for lobby in shared.hub.lobbies() {
-        for (member, _seat) in lobby.seated() {
-            if is_member_of(&member, key) {
-                lobby.lose(&member);
+    for lobby in live.hub.lobby_ids() {
+        for (member, _seat) in live.hub.seated(&lobby) {
+            if member.is_member_of(key) {
+                live.hub.lose(&lobby, &member);
                 lost += 1;
             }
         }
     }
-    let fresh = shared.identity.renew_from(key);
+    let fresh = live.identity.renew_from(key);
     tracing::warn!(
         old_key = key,
         new_key = &*fresh,
@@ -177,28 +237,33 @@ pub(super) fn lose_everything(shared: &Shared, key: &str) {
 }
 
 /// Re-registers every seat this node holds (Redis may have lost them).
-async fn resync(shared: &Shared) -> Result<(), StoreError> {
-    let key = shared.identity.key();
-    let mut conn = shared.conn()?;
-    let lobbies = shared.hub.lobbies();
-    let hexes: Vec<&str> = lobbies.iter().map(|lobby| &*lobby.hex).collect();
-    shared.index_lobbies(&hexes).await?;
+async fn resync(live: &Liveness) -> Result<(), StoreError> {
+    let key = live.identity.key();
+    let mut conn = live.held.link.conn()?;
+    let lobbies: Vec<(LobbyId, String)> = live
+        .hub
+        .lobby_ids()
+        .into_iter()
+        .map(|lobby| (lobby, lobby.to_string()))
+        .collect();
+    let hexes: Vec<&str> = lobbies.iter().map(|(_, hex)| hex.as_str()).collect();
+    live.index_lobbies(&hexes).await?;
     let (mut kept, mut reclaimed, mut lost) = (0, 0, 0);
-    for lobby in &lobbies {
-        for (member, seat) in lobby.seated() {
-            if !is_member_of(&member, &key) {
-                lobby.lose(&member);
+    for (lobby, hex) in &lobbies {
+        for (member, seat) in live.hub.seated(lobby) {
+            if !member.is_member_of(&key) {
+                live.hub.lose(lobby, &member);
                 lost += 1;
                 continue;
             }
             let outcome: i64 = timed(
-                shared
+                live.held
                     .scripts
                     .claim
-                    .key(lobby_key(&lobby.hex))
+                    .key(lobby_key(hex))
                     .arg(seat)
-                    .arg(&*member)
-                    .arg(shared.settings.lobby_capacity)
+                    .arg(member.as_str())
+                    .arg(live.lobby_capacity)
                     .invoke_async(&mut conn),
             )
             .await?;
@@ -206,7 +271,7 @@ async fn resync(shared: &Shared) -> Result<(), StoreError> {
                 1 => kept += 1,
                 2 => reclaimed += 1,
                 _ => {
-                    lobby.lose(&member);
+                    live.hub.lose(lobby, &member);
                     lost += 1;
                 }
             }
@@ -218,12 +283,12 @@ async fn resync(shared: &Shared) -> Result<(), StoreError> {
 
 /// Compares each local lobby's seats in Redis with the last event its
 /// members saw, and delivers the joins and leaves they missed.
-async fn reconcile(shared: &Shared) -> Result<(), StoreError> {
-    let mut conn = shared.conn()?;
-    for lobby in shared.hub.lobbies() {
+async fn reconcile(live: &Liveness) -> Result<(), StoreError> {
+    let mut conn = live.held.link.conn()?;
+    for lobby in live.hub.lobby_ids() {
         let seats: std::collections::BTreeMap<u8, String> = timed(
             redis::cmd("HGETALL")
-                .arg(lobby_key(&lobby.hex))
+                .arg(lobby_key(&lobby.to_string()))
                 .query_async(&mut conn),
         )
         .await?;
@@ -232,30 +297,36 @@ async fn reconcile(shared: &Shared) -> Result<(), StoreError> {
             .iter()
             .filter_map(|(&seat, member)| Some((seat, identity::user_of(member)?.into())))
             .collect();
-        let known = lobby.occupied();
+        let known = live.hub.occupied(&lobby);
         if known == actual {
             continue;
         }
         let players = actual.len() as u8;
         for &seat in known.iter().filter(|s| !actual.contains(s)) {
-            lobby.dispatch(LobbyEvent::Left {
-                seat,
-                players,
-                occupied: actual.clone(),
-            });
+            live.hub.deliver(
+                &lobby,
+                LobbyEvent::Left {
+                    seat,
+                    players,
+                    occupied: actual.clone(),
+                },
+            );
         }
         for &seat in actual.iter().filter(|s| !known.contains(s)) {
-            lobby.dispatch(LobbyEvent::Joined {
-                seat,
-                players,
-                capacity: shared.settings.lobby_capacity,
-                occupied: actual.clone(),
-                member: "".into(),
-                users: users.clone(),
-            });
+            live.hub.deliver(
+                &lobby,
+                LobbyEvent::Joined {
+                    seat,
+                    players,
+                    capacity: live.lobby_capacity,
+                    occupied: actual.clone(),
+                    member: "".into(),
+                    users: users.clone(),
+                },
+            );
         }
         tracing::info!(
-            lobby = &lobby.hex[..8],
+            lobby = lobby.short(),
             ?known,
             ?actual,
             "delivered missed joins and leaves"
@@ -265,30 +336,33 @@ async fn reconcile(shared: &Shared) -> Result<(), StoreError> {
 }
 
 /// Looks for nodes whose heartbeat expired and reaps them.
-pub(super) async fn run_reaper(shared: Arc<Shared>) {
-    let every = shared.settings.node_timeout / 3;
+pub async fn run_reaper(live: Arc<Liveness>) {
+    let every = live.held.link.node_timeout / 3;
     loop {
         tokio::time::sleep(every).await;
-        if !shared.commands_ok.load(Ordering::Relaxed) {
+        if !live.held.link.health.commands_ok.load(Ordering::Relaxed) {
             continue; // cut off ourselves: nobody to judge
         }
-        let back = *shared
+        let back = *live
+            .held
+            .link
+            .health
             .heartbeat_back_at
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         // Just back: the others may be coming back too, and have not beaten
         // yet.
-        let judging = back.is_none_or(|back| back.elapsed() >= shared.settings.node_timeout);
-        if judging && let Err(e) = reap_dead_nodes(&shared).await {
+        let judging = back.is_none_or(|back| back.elapsed() >= live.held.link.node_timeout);
+        if judging && let Err(e) = reap_dead_nodes(&live).await {
             tracing::warn!(error = %e, "looking for dead nodes failed");
         }
-        shared.retry_away().await;
+        live.held.retry_away().await;
     }
 }
 
-async fn reap_dead_nodes(shared: &Shared) -> Result<(), StoreError> {
-    let me = shared.identity.key();
-    let mut conn = shared.conn()?;
+async fn reap_dead_nodes(live: &Liveness) -> Result<(), StoreError> {
+    let me = live.identity.key();
+    let mut conn = live.held.link.conn()?;
     let nodes: Vec<String> =
         timed(redis::cmd("SMEMBERS").arg(NODES_KEY).query_async(&mut conn)).await?;
     let others: Vec<&String> = nodes.iter().filter(|n| n.as_str() != &*me).collect();
@@ -303,22 +377,22 @@ async fn reap_dead_nodes(shared: &Shared) -> Result<(), StoreError> {
             cmd
         })
         .collect();
-    let alive = shared.exec_all(exists).await?;
+    let alive = live.held.link.exec_all(exists).await?;
     for (node, alive) in others.into_iter().zip(alive) {
         if alive == redis::Value::Int(0) {
-            reap(shared, node).await?;
+            reap(live, node).await?;
         }
     }
     Ok(())
 }
 
 /// Removes every member of a dead node from its lobbies.
-async fn reap(shared: &Shared, node: &str) -> Result<(), StoreError> {
-    let mut conn = shared.conn()?;
+async fn reap(live: &Liveness, node: &str) -> Result<(), StoreError> {
+    let mut conn = live.held.link.conn()?;
     timed(
         redis::cmd("SET")
             .arg(reaped_key(node))
-            .arg(shared.identity.key().as_ref())
+            .arg(live.identity.key().as_ref())
             .arg("EX")
             .arg(REAPED_MARK_SECS)
             .query_async::<()>(&mut conn),
@@ -333,15 +407,16 @@ async fn reap(shared: &Shared, node: &str) -> Result<(), StoreError> {
     let prefix = format!("{node}.");
     let mut removed = 0i64;
     for hex in &lobbies {
-        removed += shared
-            .invoke_held::<i64>(
-                shared
+        removed += live
+            .held
+            .invoke::<i64>(
+                live.held
                     .scripts
                     .reap
                     .key(lobby_key(hex))
                     .arg(&prefix)
                     .arg(channel(hex))
-                    .arg(super::now_ms()),
+                    .arg(now_ms()),
             )
             .await?;
     }
@@ -349,7 +424,7 @@ async fn reap(shared: &Shared, node: &str) -> Result<(), StoreError> {
     del.arg(node_lobbies_key(node));
     let mut srem = redis::cmd("SREM");
     srem.arg(NODES_KEY).arg(node);
-    shared.exec_all(vec![del, srem]).await?;
+    live.held.link.exec_all(vec![del, srem]).await?;
     metrics::get().nodes_reaped.increment(1);
     tracing::warn!(
         node,
@@ -362,15 +437,15 @@ async fn reap(shared: &Shared, node: &str) -> Result<(), StoreError> {
 
 /// Removes this node's own records when it shuts down (its members have
 /// left by then).
-pub(super) async fn goodbye(shared: &Shared) {
-    let key = shared.identity.key();
+pub async fn goodbye(live: &Liveness) {
+    let key = live.identity.key();
     let mut beat = redis::cmd("DEL");
     beat.arg(node_key(&key));
     let mut index = redis::cmd("DEL");
     index.arg(node_lobbies_key(&key));
     let mut srem = redis::cmd("SREM");
     srem.arg(NODES_KEY).arg(&*key);
-    match shared.exec_all(vec![beat, index, srem]).await {
+    match live.held.link.exec_all(vec![beat, index, srem]).await {
         Ok(_) => tracing::info!("said goodbye to the lobby store"),
         Err(e) => tracing::warn!(error = %e, "could not say goodbye to the lobby store"),
     }

@@ -36,23 +36,19 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, PushKind};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use super::connections::{Link, MAX_BACKOFF, redis_error, timed};
+use super::keys::{channel, lobby_of_channel};
+use super::pubsub::{Request, Subscriptions, pubsub_connection};
 use super::topology::{Shard, from_cluster_shards, from_cluster_slots, node_info, slot_number};
-use super::{MAX_BACKOFF, Shared, Sink, channel, lobby_of_channel, pubsub_connection, timed};
-use crate::lobby::StoreError;
+use crate::lobby::{EventSink, StoreError};
 use crate::metrics;
 use crate::passphrase::LobbyId;
 
 /// How soon lobbies that wait for a master are tried again.
 const RETRY_SOON: Duration = Duration::from_millis(200);
-
-/// What the store asks of the manager.
-pub(super) enum Request {
-    Subscribe(LobbyId, oneshot::Sender<Result<(), StoreError>>),
-    Unsubscribe(LobbyId, oneshot::Sender<Result<(), StoreError>>),
-}
 
 /// What a shard connection's reader tells the manager.
 enum Event {
@@ -71,7 +67,9 @@ struct ShardConn {
 }
 
 struct Manager {
-    shared: Arc<Shared>,
+    link: Arc<Link>,
+    /// Where the shard connections' messages go.
+    hub: Arc<dyn EventSink>,
     /// A seed's settings (credentials, TLS, options), RESP3.
     base: ConnectionInfo,
     ca_cert: Option<Vec<u8>>,
@@ -89,12 +87,13 @@ struct Manager {
     generations: u64,
 }
 
-/// Runs the manager: installs the store's [`Sink`] once the cluster's
+/// Runs the manager: installs the store's [`Subscriptions`] once the cluster's
 /// topology is known, then serves requests and follows the cluster.
-pub(super) async fn run(
-    shared: Arc<Shared>,
+pub async fn run(
+    link: Arc<Link>,
+    hub: Arc<dyn EventSink>,
     seeds: Vec<String>,
-    slot: watch::Sender<Option<Sink>>,
+    slot: watch::Sender<Option<Subscriptions>>,
 ) {
     let base = match seeds[0].as_str().into_connection_info() {
         Ok(info) => {
@@ -116,8 +115,9 @@ pub(super) async fn run(
     };
     let (events, mut event_rx) = mpsc::unbounded_channel();
     let mut manager = Manager {
-        ca_cert: shared.settings.ca_cert.clone(),
-        shared,
+        ca_cert: link.ca_cert.clone(),
+        link,
+        hub,
         base,
         tls,
         here,
@@ -135,10 +135,10 @@ pub(super) async fn run(
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     let (requests, mut request_rx) = mpsc::channel(256);
-    slot.send_replace(Some(Sink::Cluster(requests)));
-    manager.shared.pubsub_ok.store(true, Ordering::Relaxed);
+    slot.send_replace(Some(Subscriptions::Cluster(requests)));
+    manager.link.health.pubsub_ok.store(true, Ordering::Relaxed);
     tracing::info!(shards = manager.topology.len(), "sharded pub/sub ready");
-    let mut tick = tokio::time::interval(manager.shared.settings.node_timeout / 3);
+    let mut tick = tokio::time::interval(manager.link.node_timeout / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // While lobbies wait for a master (a failover under way), they are
     // tried again soon, not only on the next tick.
@@ -205,7 +205,7 @@ pub(super) async fn run(
 impl Manager {
     /// Reads the masters and their slots.
     async fn refresh(&mut self) -> Result<(), StoreError> {
-        let mut conn = self.shared.conn()?;
+        let mut conn = self.link.conn()?;
         let shards = timed(
             redis::cmd("CLUSTER")
                 .arg("SHARDS")
@@ -217,7 +217,10 @@ impl Manager {
                 .iter()
                 .filter_map(|shard| from_cluster_shards(shard, &self.here, self.tls))
                 .collect(),
-            Err(StoreError::Redis(e)) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
+            Err(e)
+                if redis_error(&e)
+                    .is_some_and(|e| matches!(e.kind(), redis::ErrorKind::Server(_))) =>
+            {
                 let slots =
                     timed(redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn)).await?;
                 from_cluster_slots(slots, &self.here)?
@@ -278,15 +281,15 @@ impl Manager {
             )?,
             _ => redis::Client::open(info)?,
         };
-        let (conn, push_rx) = timed(pubsub_connection(&client, &self.shared.hub)).await?;
+        let (conn, push_rx) = timed(pubsub_connection(&client, &self.hub)).await?;
         self.generations += 1;
         let generation = self.generations;
         let reader = tokio::spawn(
-            self.shared
+            self.link
                 .stop
                 .clone()
                 .run_until_cancelled_owned(read_shard(
-                    self.shared.clone(),
+                    self.link.clone(),
                     addr.to_owned(),
                     generation,
                     conn.clone(),
@@ -313,13 +316,15 @@ impl Manager {
     /// and trying once more if the shard answers `MOVED`).
     async fn place(&mut self, lobby: LobbyId) -> Result<(), StoreError> {
         let mut result = self.try_place(lobby).await;
-        if let Err(StoreError::Redis(e)) = &result
-            && matches!(
-                e.kind(),
-                redis::ErrorKind::Server(
-                    redis::ServerErrorKind::Moved | redis::ServerErrorKind::Ask
+        if let Err(e) = &result
+            && redis_error(e).is_some_and(|e| {
+                matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(
+                        redis::ServerErrorKind::Moved | redis::ServerErrorKind::Ask
+                    )
                 )
-            )
+            })
         {
             self.refresh().await?;
             result = self.try_place(lobby).await;
@@ -457,7 +462,7 @@ impl Manager {
                 lobbies = moved,
                 "lobbies subscribed again where their slots are"
             );
-            self.shared.resync.notify_one();
+            self.link.health.resync.notify_one();
         }
         if homeless > 0 {
             tracing::warn!(
@@ -470,18 +475,18 @@ impl Manager {
 }
 
 /// Watches one master connection (its messages go to the hub as they are
-/// read, see [`Deliver`](super::Deliver)): a `sunsubscribe` the node did not
+/// read, see [`Deliver`](super::pubsub::Deliver)): a `sunsubscribe` the node did not
 /// ask for, and the end of the connection (or a ping it does not answer),
 /// go to the manager. The pings run beside the watching, never in its way.
 async fn read_shard(
-    shared: Arc<Shared>,
+    link: Arc<Link>,
     addr: String,
     generation: u64,
     conn: MultiplexedConnection,
     mut pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
     events: mpsc::UnboundedSender<Event>,
 ) {
-    let every = shared.settings.node_timeout / 3;
+    let every = link.node_timeout / 3;
     let pinger = {
         let addr = addr.clone();
         let mut conn = conn;

@@ -1,6 +1,7 @@
 //! Where the lobby store lives: one Redis (`redis://`, `rediss://`) or a
-//! Redis Cluster (`redis+cluster://`, `rediss+cluster://`), and one
-//! connection type for both.
+//! Redis Cluster (`redis+cluster://`, `rediss+cluster://`), as the command
+//! line, `inspect` and the store read it. (The one connection type of both
+//! is in `connections.rs`.)
 //!
 //! A cluster URL lists seed nodes, comma-separated, with the credentials and
 //! options of a plain URL, which apply to every node:
@@ -8,10 +9,7 @@
 //! seeds only need to include one reachable node; the client learns the rest
 //! of the topology (and follows its changes) from the cluster itself.
 
-use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::cluster_async::ClusterConnection;
 pub use redis::cluster_routing::Slot;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 /// The lobby store's address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,43 +81,6 @@ pub fn redacted(url: &str) -> String {
             format!("{}{user}:***{}", &url[..scheme_end + 3], &rest[at..])
         }
         None => url.to_owned(),
-    }
-}
-
-/// A connection for commands and scripts, to one Redis or to a cluster
-/// (which routes each command to the shard that owns its keys, and follows
-/// `MOVED`/`ASK` and failovers by itself).
-#[derive(Clone)]
-pub enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
     }
 }
 

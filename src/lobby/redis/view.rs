@@ -6,9 +6,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{NODES_KEY, Shared, lobby_key, node_key, node_lobbies_key, timed};
-use crate::admin::{ClusterView, LOBBY_LIMIT, LobbyView, NodeView, SeatView, lobby_prefix};
-use crate::identity::node_key_of;
+use super::connections::{Link, timed};
+use super::keys::{NODES_KEY, lobby_key, node_key, node_lobbies_key};
+use crate::cluster_view::{ClusterView, LOBBY_LIMIT, LobbyView, NodeView, SeatView, lobby_prefix};
+use crate::identity::{node_id_of_key, node_key_of};
 use crate::lobby::StoreError;
 use crate::metrics::Figures;
 
@@ -18,11 +19,6 @@ struct Heartbeat {
     node_id: Option<String>,
     version: Option<String>,
     stats: Option<Figures>,
-}
-
-/// The node id of a node key (`<node id>/<incarnation>`).
-fn node_id_of_key(key: &str) -> &str {
-    key.split('/').next().unwrap_or(key)
 }
 
 /// A command on one key.
@@ -43,8 +39,9 @@ fn convert<T: redis::FromRedisValue>(values: Vec<redis::Value>) -> Result<Vec<T>
         .collect()
 }
 
-pub(super) async fn cluster_view(shared: &Shared) -> Result<ClusterView, StoreError> {
-    let mut conn = shared.conn()?;
+/// The cluster as `served_by` (this node's id) reads it from Redis.
+pub async fn cluster_view(link: &Link, served_by: &str) -> Result<ClusterView, StoreError> {
+    let mut conn = link.conn()?;
     let mut keys: Vec<String> =
         timed(redis::cmd("SMEMBERS").arg(NODES_KEY).query_async(&mut conn)).await?;
     keys.sort();
@@ -63,9 +60,9 @@ pub(super) async fn cluster_view(shared: &Shared) -> Result<ClusterView, StoreEr
         indexed.push(sample);
     }
     let (beats, ttls, indexed): (Vec<Option<String>>, Vec<i64>, Vec<Vec<String>>) = (
-        convert(shared.exec_all(beats).await?)?,
-        convert(shared.exec_all(ttls).await?)?,
-        convert(shared.exec_all(indexed).await?)?,
+        convert(link.exec_all(beats).await?)?,
+        convert(link.exec_all(ttls).await?)?,
+        convert(link.exec_all(indexed).await?)?,
     );
 
     let mut truncated = false;
@@ -101,7 +98,7 @@ pub(super) async fn cluster_view(shared: &Shared) -> Result<ClusterView, StoreEr
             .iter()
             .map(|hex| command("HGETALL", &lobby_key(hex)))
             .collect();
-        let seats: Vec<BTreeMap<u32, String>> = convert(shared.exec_all(reads).await?)?;
+        let seats: Vec<BTreeMap<u32, String>> = convert(link.exec_all(reads).await?)?;
         for (hex, seats) in hexes.iter().zip(seats) {
             if seats.is_empty() {
                 continue; // emptied since it was indexed
@@ -120,12 +117,12 @@ pub(super) async fn cluster_view(shared: &Shared) -> Result<ClusterView, StoreEr
         }
     }
     Ok(ClusterView {
-        store: if shared.is_cluster() {
+        store: if link.is_cluster() {
             "redis-cluster"
         } else {
             "redis"
         },
-        served_by: shared.identity.node_id().to_owned(),
+        served_by: served_by.to_owned(),
         nodes,
         lobbies,
         lobbies_truncated: truncated,
