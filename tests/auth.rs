@@ -4,7 +4,7 @@
 //! without a restart; one seat per user across two nodes; user ids seen by
 //! peers; no token in logs or Redis.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -21,7 +21,7 @@
 //! `LOBBY_RELAY_SCREENSHOTS=DIR` (e.g. `docs/images`) the README's images
 //! are written there too.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,6 +1,6 @@
 //! `lobby-relay inspect`: what it prints matches what the players did.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};

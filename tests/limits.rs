@@ -1,7 +1,7 @@
 //! Abuse limits, played by an attacker: a flooding connection, passphrase
 //! guessing across nodes, too many connections, a handshake that trickles.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};

@@ -1,7 +1,7 @@
 //! `GET /metrics`: Prometheus counters that match what clients did, with no
 //! passphrase in any label.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;

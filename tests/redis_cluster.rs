@@ -9,7 +9,7 @@
 //!
 //! The first test checks the harness itself, without the relay.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -8,7 +8,7 @@
 //! messages keep their order, so anything wrongly relayed, echoed or
 //! announced before the round trip would arrive ahead of it.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

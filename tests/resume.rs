@@ -3,7 +3,7 @@
 //! real Redis; connections cut by a TCP proxy, nodes drained with SIGTERM and
 //! killed with SIGKILL.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

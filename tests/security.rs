@@ -1,6 +1,6 @@
 //! Origin allowlist, lobby-key hardening and the admin token.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::process::{Command, ExitStatus, Stdio};

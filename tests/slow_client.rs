@@ -1,7 +1,7 @@
 //! A client that stops reading is disconnected instead of being buffered
 //! without limit, and the other players carry on.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
