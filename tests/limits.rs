@@ -12,20 +12,6 @@ use support::raw::{self, Frame, RawSocket};
 use support::{Client, Relays, assert_error, pair};
 use tokio_tungstenite::tungstenite::Message;
 
-macro_rules! both_flavours {
-    ($test:ident => $redis:ident, $memory:ident, args: [$($arg:expr),* $(,)?]) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $redis() {
-            support::run(Relays::redis_with(&[$($arg),*]), $test).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $memory() {
-            support::run(Relays::memory_with(&[$($arg),*]), $test).await;
-        }
-    };
-}
-
 fn numbered(n: u32) -> String {
     format!(r#"{{"type":"tick","n":{n}}}"#)
 }

@@ -24,33 +24,6 @@ use tokio_tungstenite::tungstenite;
 /// round trip can prove it.
 const QUIET: Duration = Duration::from_millis(200);
 
-/// Generates `#[tokio::test]` wrappers running `$test(relays)` against both
-/// flavours, every node started with the extra arguments.
-macro_rules! both_flavours {
-    ($test:ident => $redis:ident, $memory:ident $(, args: [$($arg:expr),* $(,)?])?) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $redis() {
-            support::run(Relays::redis_with(&[$($($arg),*)?]), $test).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $memory() {
-            support::run(Relays::memory_with(&[$($($arg),*)?]), $test).await;
-        }
-    };
-}
-
-/// Generates a `#[tokio::test]` wrapper running `$test(relays)` against two
-/// nodes sharing a private Redis.
-macro_rules! redis_only {
-    ($test:ident => $redis:ident $(, args: [$($arg:expr),* $(,)?])?) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $redis() {
-            support::run(Relays::redis_with(&[$($($arg),*)?]), $test).await;
-        }
-    };
-}
-
 fn joined(players: u64, capacity: u64, seat: u64) -> Value {
     json!({"type": "joined", "players": players, "capacity": capacity, "seat": seat})
 }

@@ -66,6 +66,36 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local_addr").port()
 }
 
+// The test modules use these through `#[macro_use] mod support;` in
+// tests/integration.rs (declared before them).
+
+/// Generates `#[tokio::test]` wrappers running `$test(relays)` against both
+/// flavours, every node started with the extra arguments.
+macro_rules! both_flavours {
+    ($test:ident => $redis:ident, $memory:ident $(, args: [$($arg:expr),* $(,)?])?) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $redis() {
+            $crate::support::run($crate::support::Relays::redis_with(&[$($($arg),*)?]), $test).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $memory() {
+            $crate::support::run($crate::support::Relays::memory_with(&[$($($arg),*)?]), $test).await;
+        }
+    };
+}
+
+/// Generates a `#[tokio::test]` wrapper running `$test(relays)` against two
+/// nodes sharing a private Redis.
+macro_rules! redis_only {
+    ($test:ident => $redis:ident $(, args: [$($arg:expr),* $(,)?])?) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $redis() {
+            $crate::support::run($crate::support::Relays::redis_with(&[$($($arg),*)?]), $test).await;
+        }
+    };
+}
+
 pub mod clients;
 pub mod http;
 pub mod network;
@@ -74,7 +104,7 @@ pub mod raw;
 pub mod redis;
 pub mod redis_cluster;
 
-// What the tests import, wherever it lives (not every test binary uses all).
+// What the tests import, wherever it lives (not all of it is used).
 #[allow(unused_imports)]
 pub use self::redis::{Monitor, RedisProbe, RedisServer};
 #[allow(unused_imports)]
