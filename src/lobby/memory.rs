@@ -521,3 +521,6 @@ fn users(seats: &[Option<MemberId>]) -> Vec<(u8, Arc<str>)> {
         .filter_map(|(seat, member)| Some((seat, user_of(member.as_ref()?)?.into())))
         .collect()
 }
+
+#[cfg(test)]
+mod tests;
