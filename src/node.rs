@@ -424,3 +424,6 @@ impl<S: LobbyStore> Node<S> {
         self.hub.forget(lobby);
     }
 }
+
+#[cfg(test)]
+mod tests;
