@@ -447,7 +447,21 @@ async fn jwks_rotation_without_a_restart() {
     }
     // A broken file keeps the keys in use.
     std::fs::write(file, "{not json").unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Waits for the node's next check to have read it (and kept the keys),
+    // rather than for longer than a check interval.
+    let logs = c.node_a().logs();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !logs
+        .lines()
+        .iter()
+        .any(|line| line.contains("token keys not reloaded"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broken JWKS was not read within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut still = connect_bearer(&url, &k3.sign(&good("still")), "still").await;
     still.join("rotation-d").await;
 }
@@ -559,14 +573,18 @@ async fn a_token_expiring_mid_match_does_not_cut_it_off() {
         "0s",
     ]);
     let url = c.url_a();
-    let short = |sub: &str| hs256(&json!({"sub": sub, "exp": now() + 2}));
+    let exp = now() + 2;
+    let short = |sub: &str| hs256(&json!({"sub": sub, "exp": exp}));
     let mut a = connect_bearer(&url, &short("alice"), "alice").await;
     let mut b = connect_bearer(&url, &short("bob"), "bob").await;
     a.join("jump-rocket").await;
     b.join("jump-rocket").await;
     a.recv_json().await;
     b.recv_json().await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Until the tokens have expired (no leeway), not a fixed 4 s.
+    while now() <= exp {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     a.send_text(r#"{"type":"playerMove","x":9}"#).await;
     b.expect_text(r#"{"type":"playerMove","x":9}"#).await;
     b.send_text(r#"{"type":"playerShoot"}"#).await;
