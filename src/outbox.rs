@@ -748,7 +748,9 @@ mod tests {
     #[test]
     fn waiting_bytes_are_bounded_but_one_message_always_passes() {
         let (outbox, _inbox) = channel(1 << 20);
-        let big = outbox.reserve_waiting(5000, 1000).expect("the first passes");
+        let big = outbox
+            .reserve_waiting(5000, 1000)
+            .expect("the first passes");
         assert!(outbox.reserve_waiting(1, 1000).is_none(), "over the limit");
         drop(big);
         let a = outbox.reserve_waiting(600, 1000).expect("fits");

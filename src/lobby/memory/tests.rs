@@ -119,7 +119,13 @@ impl Fixture {
     async fn relay(&self, from: &Player, seat: u8, text: &str) {
         let lobby = self.local();
         self.store
-            .publish(&lobby, &from.member, seat, Message::text(text), &from.outbox)
+            .publish(
+                &lobby,
+                &from.member,
+                seat,
+                Message::text(text),
+                &from.outbox,
+            )
             .await
             .unwrap();
     }
@@ -146,9 +152,21 @@ impl Fixture {
 async fn seats_are_taken_in_order_until_the_lobby_is_full() {
     let f = Fixture::new();
     let (a, pa) = f.join(None, 3, None).await;
-    assert_eq!(a, JoinOutcome::Seated { seat: 1, players: 1 });
+    assert_eq!(
+        a,
+        JoinOutcome::Seated {
+            seat: 1,
+            players: 1
+        }
+    );
     let (b, pb) = f.join(None, 3, None).await;
-    assert_eq!(b, JoinOutcome::Seated { seat: 2, players: 2 });
+    assert_eq!(
+        b,
+        JoinOutcome::Seated {
+            seat: 2,
+            players: 2
+        }
+    );
     assert_eq!(
         pa.frames(),
         [
@@ -161,11 +179,17 @@ async fn seats_are_taken_in_order_until_the_lobby_is_full() {
         [json!({"type": "joined", "players": 2, "capacity": 3, "seat": 2})]
     );
     let (c, pc) = f.join(None, 3, None).await;
-    assert_eq!(c, JoinOutcome::Seated { seat: 3, players: 3 });
+    assert_eq!(
+        c,
+        JoinOutcome::Seated {
+            seat: 3,
+            players: 3
+        }
+    );
     // The join that fills the lobby: `ready` to everybody, the joiner too.
     let ready = json!({"type": "ready", "players": 3});
-    assert_eq!(pa.frames(), [ready.clone()]);
-    assert_eq!(pb.frames(), [ready.clone()]);
+    assert_eq!(pa.frames(), std::slice::from_ref(&ready));
+    assert_eq!(pb.frames(), [ready]);
     assert_eq!(pc.types(), ["joined", "ready"]);
     let (d, pd) = f.join(None, 3, None).await;
     assert_eq!(d, JoinOutcome::Full);
@@ -179,21 +203,44 @@ async fn seats_are_taken_in_order_until_the_lobby_is_full() {
 async fn a_user_holds_one_seat_per_lobby() {
     let f = Fixture::new();
     let (first, alice) = f.join(Some("alice"), 4, None).await;
-    assert_eq!(first, JoinOutcome::Seated { seat: 1, players: 1 });
+    assert_eq!(
+        first,
+        JoinOutcome::Seated {
+            seat: 1,
+            players: 1
+        }
+    );
     assert_eq!(
         alice.frames(),
-        [json!({"type": "joined", "players": 1, "capacity": 4, "seat": 1, "users": {"1": "alice"}})]
+        [
+            json!({"type": "joined", "players": 1, "capacity": 4, "seat": 1, "users": {"1": "alice"}})
+        ]
     );
     let (again, _) = f.join(Some("alice"), 4, None).await;
     assert_eq!(again, JoinOutcome::DuplicateUser);
     let (bob, _) = f.join(Some("bob"), 4, None).await;
-    assert_eq!(bob, JoinOutcome::Seated { seat: 2, players: 2 });
+    assert_eq!(
+        bob,
+        JoinOutcome::Seated {
+            seat: 2,
+            players: 2
+        }
+    );
     let (anonymous, _) = f.join(None, 4, None).await;
-    assert_eq!(anonymous, JoinOutcome::Seated { seat: 3, players: 3 });
+    assert_eq!(
+        anonymous,
+        JoinOutcome::Seated {
+            seat: 3,
+            players: 3
+        }
+    );
     let (anonymous_too, _) = f.join(None, 4, None).await;
     assert_eq!(
         anonymous_too,
-        JoinOutcome::Seated { seat: 4, players: 4 },
+        JoinOutcome::Seated {
+            seat: 4,
+            players: 4
+        },
         "players without a user are never duplicates"
     );
     assert_eq!(
@@ -214,7 +261,7 @@ async fn a_leave_frees_the_seat_for_the_next_joiner_and_an_empty_lobby_goes() {
     f.local().remove(&pb.member);
     f.store.leave(&f.id, &pb.member, 2).await.unwrap();
     let left = json!({"type": "playerLeft", "players": 2, "seat": 2});
-    assert_eq!(pa.frames(), [left.clone()]);
+    assert_eq!(pa.frames(), std::slice::from_ref(&left));
     assert_eq!(pc.frames(), [left]);
     assert!(pb.frames().is_empty(), "the leaver is told nothing");
     assert_eq!(f.local().occupied(), [1, 3]);
@@ -225,7 +272,13 @@ async fn a_leave_frees_the_seat_for_the_next_joiner_and_an_empty_lobby_goes() {
     assert!(pa.frames().is_empty());
 
     let (d, pd) = f.join(None, 3, None).await;
-    assert_eq!(d, JoinOutcome::Seated { seat: 2, players: 3 });
+    assert_eq!(
+        d,
+        JoinOutcome::Seated {
+            seat: 2,
+            players: 3
+        }
+    );
 
     // Seat 0: whichever seat the member holds (a join whose answer was lost).
     f.store.leave(&f.id, &pc.member, 0).await.unwrap();
@@ -236,7 +289,11 @@ async fn a_leave_frees_the_seat_for_the_next_joiner_and_an_empty_lobby_goes() {
     f.store.leave(&f.id, &pd.member, 2).await.unwrap();
     assert_eq!(f.store.lobby_count(), 1);
     f.store.leave(&f.id, &pa.member, 1).await.unwrap();
-    assert_eq!(f.store.lobby_count(), 0, "nothing of an empty lobby remains");
+    assert_eq!(
+        f.store.lobby_count(),
+        0,
+        "nothing of an empty lobby remains"
+    );
 }
 
 #[tokio::test]
@@ -348,7 +405,13 @@ async fn a_held_seat_is_released_when_its_grace_ends() {
         other => panic!("resumed after its grace: {other:?}"),
     }
     let (again, _) = f.join(None, 2, None).await;
-    assert_eq!(again, JoinOutcome::Seated { seat: 1, players: 2 });
+    assert_eq!(
+        again,
+        JoinOutcome::Seated {
+            seat: 1,
+            players: 2
+        }
+    );
 }
 
 /// A seat resumed within its grace is not released by the timer of that
