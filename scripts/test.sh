@@ -114,12 +114,15 @@ else
 fi
 
 # The cross-node behavioural tests once more, each on a private Redis Cluster
-# of three masters instead of one Redis (tests/support: Cluster::redis_with).
+# of three masters instead of one Redis (tests/support: Relays::redis_with).
 # Run even when the suite above failed, so that one run reports both.
+# (The black-box tests are one binary, `integration`; tests/relay.rs is its
+# module `relay`.)
 say "tests/relay.rs again on a Redis Cluster (LOBBY_RELAY_TEST_REDIS=cluster)"
 if cargo nextest --version >/dev/null 2>&1; then
-  LOBBY_RELAY_TEST_REDIS=cluster cargo nextest run --locked --no-fail-fast --test relay "$@" || status=$?
+  LOBBY_RELAY_TEST_REDIS=cluster cargo nextest run --locked --no-fail-fast --test integration \
+    -E 'test(/^relay::/)' "$@" || status=$?
 else
-  LOBBY_RELAY_TEST_REDIS=cluster cargo test --locked --no-fail-fast --test relay "$@" || status=$?
+  LOBBY_RELAY_TEST_REDIS=cluster cargo test --locked --no-fail-fast --test integration relay:: "$@" || status=$?
 fi
 exit "$status"

@@ -434,3 +434,6 @@ impl<S: LobbyMembership> Node<S> {
         self.hub.forget(lobby);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,7 +4,7 @@
 //! without a restart; one seat per user across two nodes; user ids seen by
 //! peers; no token in logs or Redis.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
-use support::{Client, Cluster, lobby_id, unique};
+use support::{Client, Relays, lobby_id, unique};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
@@ -161,7 +161,7 @@ async fn refuses_each_bad_token(key_args: &[&str], signer: &Signer, stranger: &S
         "https://studio.example",
     ];
     args.extend_from_slice(key_args);
-    let c = Cluster::memory_with(&args);
+    let c = Relays::memory_with(&args);
     let url = c.url_a();
     let base = json!({
         "sub": "alice", "exp": now() + 300,
@@ -259,7 +259,7 @@ async fn required_mode_refuses_each_bad_es256_token_with_its_code() {
         &Signer::Es256(Box::new(EcKey::new("k1"))),
     )
     .await;
-    let c = Cluster::memory_with(&["--auth", "required", "--auth-public-key", &pem]);
+    let c = Relays::memory_with(&["--auth", "required", "--auth-public-key", &pem]);
     let confused = encode(
         &Header::new(Algorithm::HS256),
         &good("mallory"),
@@ -274,7 +274,7 @@ async fn required_mode_refuses_each_bad_es256_token_with_its_code() {
 /// without one plays anonymously beside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn optional_mode_with_an_hs256_secret() {
-    let c = Cluster::memory_with(&["--auth", "optional", "--auth-hs256-secret", SECRET]);
+    let c = Relays::memory_with(&["--auth", "optional", "--auth-hs256-secret", SECRET]);
     let mut alice = connect_bearer(&c.url_a(), &hs256(&good("alice")), "alice").await;
     alice.join("jump-rocket").await;
     let mut guest = Client::connect(&c.url_a(), "guest").await;
@@ -290,7 +290,7 @@ async fn optional_mode_with_an_es256_key_and_every_way_to_present_a_token() {
     let dir = TempDir::new();
     let key = EcKey::new("k1");
     let pem = dir.write("public.pem", &key.pair.public_key_pem());
-    let c = Cluster::memory_with(&[
+    let c = Relays::memory_with(&[
         "--auth",
         "optional",
         "--auth-public-key",
@@ -357,7 +357,7 @@ async fn optional_mode_with_an_es256_key_and_every_way_to_present_a_token() {
 /// request are ignored and `auth` is an ordinary game message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_mode_is_protocol_v1() {
-    let c = Cluster::memory();
+    let c = Relays::memory();
     let url = c.url_a();
     let mut a = connect_bearer(&url, "garbage", "a").await;
     let joined = a.join("jump-rocket").await;
@@ -387,7 +387,7 @@ async fn jwks_rotation_without_a_restart() {
     );
     let jwks = |key: &EcKey| json!({"keys": [key.jwk()]}).to_string();
     let path = dir.write("keys.json", &jwks(&k1));
-    let mut c = Cluster::memory_with(&["--auth", "required", "--auth-jwks", &path]);
+    let mut c = Relays::memory_with(&["--auth", "required", "--auth-jwks", &path]);
     let url = c.url_a();
     let mut one = connect_bearer(&url, &k1.sign(&good("one")), "one").await;
     one.join("rotation-a").await;
@@ -447,7 +447,21 @@ async fn jwks_rotation_without_a_restart() {
     }
     // A broken file keeps the keys in use.
     std::fs::write(file, "{not json").unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Waits for the node's next check to have read it (and kept the keys),
+    // rather than for longer than a check interval.
+    let logs = c.node_a().logs();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !logs
+        .lines()
+        .iter()
+        .any(|line| line.contains("token keys not reloaded"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broken JWKS was not read within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut still = connect_bearer(&url, &k3.sign(&good("still")), "still").await;
     still.join("rotation-d").await;
 }
@@ -459,7 +473,7 @@ async fn jwks_rotation_without_a_restart() {
 /// ids in the member records, never tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_seat_per_user_and_lobby_across_two_nodes() {
-    let c = Cluster::redis_with(&["--auth", "required", "--auth-hs256-secret", SECRET]);
+    let c = Relays::redis_with(&["--auth", "required", "--auth-hs256-secret", SECRET]);
     let redis = c.redis_probe().await.unwrap();
     let alice_token = hs256(&good("alice"));
     let mut alice_a = connect_bearer(&c.url_a(), &alice_token, "alice on a").await;
@@ -496,7 +510,7 @@ async fn one_seat_per_user_and_lobby_across_two_nodes() {
 /// refused with `lobby_not_allowed` and the connection stays usable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lobbies_claim_restricts_joins() {
-    let c = Cluster::memory_with(&["--auth", "required", "--auth-hs256-secret", SECRET]);
+    let c = Relays::memory_with(&["--auth", "required", "--auth-hs256-secret", SECRET]);
     let token = hs256(&json!({
         "sub": "alice", "exp": now() + 300,
         "lobbies": [lobby_id("jump-rocket")],
@@ -512,7 +526,7 @@ async fn a_lobbies_claim_restricts_joins() {
 /// from two addresses is limited, another user at a third address is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_join_limit_keys_on_the_user() {
-    let c = Cluster::memory_with(&[
+    let c = Relays::memory_with(&[
         "--auth",
         "required",
         "--auth-hs256-secret",
@@ -550,7 +564,7 @@ async fn the_join_limit_keys_on_the_user() {
 /// it is refused (`token_expired`, 1008).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_expiring_mid_match_does_not_cut_it_off() {
-    let c = Cluster::memory_with(&[
+    let c = Relays::memory_with(&[
         "--auth",
         "required",
         "--auth-hs256-secret",
@@ -559,14 +573,18 @@ async fn a_token_expiring_mid_match_does_not_cut_it_off() {
         "0s",
     ]);
     let url = c.url_a();
-    let short = |sub: &str| hs256(&json!({"sub": sub, "exp": now() + 2}));
+    let exp = now() + 2;
+    let short = |sub: &str| hs256(&json!({"sub": sub, "exp": exp}));
     let mut a = connect_bearer(&url, &short("alice"), "alice").await;
     let mut b = connect_bearer(&url, &short("bob"), "bob").await;
     a.join("jump-rocket").await;
     b.join("jump-rocket").await;
     a.recv_json().await;
     b.recv_json().await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Until the tokens have expired (no leeway), not a fixed 4 s.
+    while now() <= exp {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     a.send_text(r#"{"type":"playerMove","x":9}"#).await;
     b.expect_text(r#"{"type":"playerMove","x":9}"#).await;
     b.send_text(r#"{"type":"playerShoot"}"#).await;
@@ -582,7 +600,7 @@ async fn a_token_expiring_mid_match_does_not_cut_it_off() {
 /// `--log-user-ids hash` (never in clear).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_in_logs_or_redis() {
-    let c = Cluster::redis_with(&[
+    let c = Relays::redis_with(&[
         "--auth",
         "optional",
         "--auth-hs256-secret",
@@ -649,7 +667,7 @@ async fn no_token_in_logs_or_redis() {
 /// not disturbed, and ids in other scripts or with emoji still play.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sub_with_control_or_bidi_characters_is_refused() {
-    let c = Cluster::memory_with(&[
+    let c = Relays::memory_with(&[
         "--auth",
         "optional",
         "--auth-hs256-secret",

@@ -21,7 +21,7 @@
 //! `LOBBY_RELAY_SCREENSHOTS=DIR` (e.g. `docs/images`) the README's images
 //! are written there too.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -33,7 +33,7 @@ use fantoccini::key::Key;
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use support::{Client, Cluster};
+use support::{Client, Relays};
 
 /// Every wait on the browser is bounded by this.
 const WAIT: Duration = Duration::from_secs(15);
@@ -311,20 +311,20 @@ async fn within_two_minutes(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pages_play_through_two_nodes_and_the_admin_view_follows() {
     let driver = Chromedriver::start();
-    let cluster = Cluster::redis_with(&["--admin-token", TOKEN]);
-    let logs = cluster.logs();
+    let relays = Relays::redis_with(&["--admin-token", TOKEN]);
+    let logs = relays.logs();
     let test = async {
         let passphrase = format!("browser-tanks-{}", support::unique());
         let page_a = driver.browser().await;
         let page_b = driver.browser().await;
-        open_and_join(&page_a, cluster.addr_a(), &passphrase).await;
+        open_and_join(&page_a, relays.addr_a(), &passphrase).await;
         wait_js(
             &page_a,
             "return window.playground.state.seat === 1",
             "page A holds seat 1",
         )
         .await;
-        open_and_join(&page_b, cluster.addr_b(), &passphrase).await;
+        open_and_join(&page_b, relays.addr_b(), &passphrase).await;
         for (page, name) in [(&page_a, "A"), (&page_b, "B")] {
             wait_js(
                 page,
@@ -388,7 +388,7 @@ async fn two_pages_play_through_two_nodes_and_the_admin_view_follows() {
         let admin = driver.browser().await;
         bounded(
             "open the admin view",
-            admin.goto(&format!("http://{}/admin#token={TOKEN}", cluster.addr_a())),
+            admin.goto(&format!("http://{}/admin#token={TOKEN}", relays.addr_a())),
         )
         .await;
         let prefix = &support::lobby_id(&passphrase)[..8];
@@ -468,20 +468,20 @@ async fn two_pages_play_through_two_nodes_and_the_admin_view_follows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_page_resumes_and_gets_what_it_missed() {
     let driver = Chromedriver::start();
-    let cluster = Cluster::redis();
-    let logs = cluster.logs();
+    let relays = Relays::redis();
+    let logs = relays.logs();
     let test = async {
         let passphrase = format!("browser-resume-{}", support::unique());
         let page_a = driver.browser().await;
         let page_b = driver.browser().await;
-        open_and_join(&page_a, cluster.addr_a(), &passphrase).await;
+        open_and_join(&page_a, relays.addr_a(), &passphrase).await;
         wait_js(
             &page_a,
             "const s = window.playground.state; return s.seat === 1 && s.resumable",
             "page A holds seat 1, resumable",
         )
         .await;
-        open_and_join(&page_b, cluster.addr_b(), &passphrase).await;
+        open_and_join(&page_b, relays.addr_b(), &passphrase).await;
         for (page, name) in [(&page_a, "A"), (&page_b, "B")] {
             wait_js(
                 page,
@@ -604,22 +604,22 @@ async fn a_dropped_page_resumes_and_gets_what_it_missed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_with_player_tokens_show_each_others_user_id() {
     let driver = Chromedriver::start();
-    let cluster = Cluster::redis_with(&["--auth", "required", "--auth-hs256-secret", AUTH_SECRET]);
-    let logs = cluster.logs();
+    let relays = Relays::redis_with(&["--auth", "required", "--auth-hs256-secret", AUTH_SECRET]);
+    let logs = relays.logs();
     let test = async {
         let passphrase = format!("browser-accounts-{}", support::unique());
         let alice = player_token("alice");
         let bob = player_token("bob");
         let page_a = driver.browser().await;
         let page_b = driver.browser().await;
-        open_and_join_as(&page_a, cluster.addr_a(), &passphrase, Some(&alice)).await;
+        open_and_join_as(&page_a, relays.addr_a(), &passphrase, Some(&alice)).await;
         wait_js(
             &page_a,
             "const s = window.playground.state; return s.seat === 1 && s.user === 'alice'",
             "page A is signed in as alice and holds seat 1",
         )
         .await;
-        open_and_join_as(&page_b, cluster.addr_b(), &passphrase, Some(&bob)).await;
+        open_and_join_as(&page_b, relays.addr_b(), &passphrase, Some(&bob)).await;
         for (page, name) in [(&page_a, "A"), (&page_b, "B")] {
             wait_js(
                 page,
@@ -703,7 +703,7 @@ async fn pages_with_player_tokens_show_each_others_user_id() {
         // C has no token: the relay refuses the join and closes with 1008;
         // the page says so and stays closed (no reconnect loop).
         let page_c = driver.browser().await;
-        open_and_join_as(&page_c, cluster.addr_a(), &passphrase, None).await;
+        open_and_join_as(&page_c, relays.addr_a(), &passphrase, None).await;
         wait_js(
             &page_c,
             "const s = window.playground.state, box = document.getElementById('auth-error');
@@ -741,7 +741,7 @@ async fn pages_with_player_tokens_show_each_others_user_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_view_refuses_a_missing_or_wrong_token() {
     // Without --admin-token there is no admin view at all.
-    let plain = Cluster::memory();
+    let plain = Relays::memory();
     assert_eq!(http_get(plain.addr_a(), "/admin", &[]).0, 404);
     assert_eq!(http_get(plain.addr_a(), "/admin/api/cluster", &[]).0, 404);
     let bearer = format!("Authorization: Bearer {TOKEN}");
@@ -751,7 +751,7 @@ async fn the_admin_view_refuses_a_missing_or_wrong_token() {
     );
     drop(plain);
 
-    let c = Cluster::memory_with(&["--admin-token", TOKEN]);
+    let c = Relays::memory_with(&["--admin-token", TOKEN]);
     let addr = c.addr_a();
     let (status, head, body) = http_get(addr, "/admin/api/cluster", &[]);
     assert_eq!(status, 401, "{body}");
@@ -823,7 +823,7 @@ async fn the_admin_view_refuses_a_missing_or_wrong_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_playground_is_served_and_can_be_turned_off() {
     // On (the default): GET / and /playground serve the page, with the node id.
-    let on = Cluster::memory();
+    let on = Relays::memory();
     for path in ["/", "/playground"] {
         let (status, head, body) = http_get(on.addr_a(), path, &[]);
         assert_eq!(status, 200, "GET {path}");
@@ -838,7 +838,7 @@ async fn the_playground_is_served_and_can_be_turned_off() {
 
     // Off: /playground is 404, / is as it always was (426 without an
     // upgrade), and the WebSocket works on both paths.
-    let off = Cluster::memory_with(&["--playground", "off"]);
+    let off = Relays::memory_with(&["--playground", "off"]);
     let addr = off.addr_a();
     assert_eq!(http_get(addr, "/playground", &[]).0, 404);
     assert_eq!(http_get(addr, "/", &[]).0, 426);

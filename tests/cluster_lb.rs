@@ -7,7 +7,7 @@
 //! installs them). The script gets free ports and a fresh state directory,
 //! and runs the binary cargo built for the tests (`LOBBY_RELAY_BIN`).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

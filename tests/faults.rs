@@ -10,7 +10,7 @@
 //! `--no-capture` to see the figures; `FAULTS_PRINT_LOGS=1` also prints the
 //! nodes' logs of passing tests).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -1,12 +1,12 @@
 //! `lobby-relay inspect`: what it prints matches what the players did.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Client, Cluster, RedisCluster, pair};
+use support::{Client, RedisCluster, Relays, pair};
 
 fn run(redis_url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lobby-relay"))
@@ -35,7 +35,7 @@ fn json(redis_url: &str, args: &[&str]) -> Value {
 /// `inspect nodes`, `inspect lobbies` and `inspect lobby` say exactly that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_matches_the_players() {
-    let c = Cluster::redis();
+    let c = Relays::redis();
     let url = c.redis_url().expect("redis");
     let l1 = format!("inspect-one-{}", support::unique());
     let l2 = format!("inspect-two-{}", support::unique());
@@ -109,7 +109,7 @@ async fn inspect_matches_the_players() {
 /// plays, away once its connection is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_shows_held_seats() {
-    let c = Cluster::redis();
+    let c = Relays::redis();
     let url = c.redis_url().expect("redis");
     let pass = format!("inspect-held-{}", support::unique());
     let mut a = Client::connect(&c.url_a(), "A").await;

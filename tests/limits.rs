@@ -1,7 +1,7 @@
 //! Abuse limits, played by an attacker: a flooding connection, passphrase
 //! guessing across nodes, too many connections, a handshake that trickles.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -9,22 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::raw::{self, Frame, RawSocket};
-use support::{Client, Cluster, assert_error, pair};
+use support::{Client, Relays, assert_error, pair};
 use tokio_tungstenite::tungstenite::Message;
-
-macro_rules! both_flavours {
-    ($test:ident => $redis:ident, $memory:ident, args: [$($arg:expr),* $(,)?]) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $redis() {
-            support::run(Cluster::redis_with(&[$($arg),*]), $test).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $memory() {
-            support::run(Cluster::memory_with(&[$($arg),*]), $test).await;
-        }
-    };
-}
 
 fn numbered(n: u32) -> String {
     format!(r#"{{"type":"tick","n":{n}}}"#)
@@ -41,7 +27,7 @@ both_flavours!(flooding_is_limited_then_closed
 /// At twice the rate, the peer keeps receiving at the limit and the sender
 /// gets one `rate_limited` a second at most; a flood closes the sender with
 /// 1008; another lobby notices nothing.
-async fn flooding_is_limited_then_closed(c: Cluster) {
+async fn flooding_is_limited_then_closed(c: Relays) {
     let (a, mut b) = pair(&c, &format!("flood-{}", support::unique())).await;
     let (mut c1, mut c2) = pair(&c, &format!("bystanders-{}", support::unique())).await;
     let (mut a_tx, mut a_rx) = a.split();
@@ -114,7 +100,7 @@ both_flavours!(join_guessing_is_limited
 /// Joins from one address, alternating between the two nodes: the burst
 /// passes, then every join gets `rate_limited` and joins nothing, on either
 /// node (with Redis the limit holds for the cluster, not per node).
-async fn join_guessing_is_limited(c: Cluster) {
+async fn join_guessing_is_limited(c: Relays) {
     let mut clients = [
         Client::connect(&c.url_a(), "G-a").await,
         Client::connect(&c.url_b(), "G-b").await,
@@ -150,7 +136,7 @@ both_flavours!(connections_above_the_node_cap_are_refused
     args: ["--max-connections", "3"]);
 /// The fourth connection to a node capped at 3 is closed with 1013; the
 /// first three keep working, and a freed place can be taken again.
-async fn connections_above_the_node_cap_are_refused(c: Cluster) {
+async fn connections_above_the_node_cap_are_refused(c: Relays) {
     let mut first = Client::connect(&c.url_a(), "1").await;
     let mut second = Client::connect(&c.url_a(), "2").await;
     let mut third = Client::connect(&c.url_a(), "3").await;
@@ -184,7 +170,7 @@ both_flavours!(connections_above_the_address_cap_are_refused
     args: ["--max-connections-per-address", "2"]);
 /// A third connection from one address is closed with 1013; the first two
 /// keep working.
-async fn connections_above_the_address_cap_are_refused(c: Cluster) {
+async fn connections_above_the_address_cap_are_refused(c: Relays) {
     let mut first = Client::connect(&c.url_a(), "1").await;
     let mut second = Client::connect(&c.url_a(), "2").await;
     let mut third = Client::connect(&c.url_a(), "3").await;
@@ -198,7 +184,7 @@ both_flavours!(trickled_handshake_is_cut_off
     args: ["--handshake-timeout", "1s"]);
 /// Slowloris: a request sent one byte every 100 ms, and a connection that
 /// sends nothing, are both closed at the handshake timeout.
-async fn trickled_handshake_is_cut_off(c: Cluster) {
+async fn trickled_handshake_is_cut_off(c: Relays) {
     let addr = c.addr_a();
     let outcome = tokio::task::spawn_blocking(move || {
         let mut silent = std::net::TcpStream::connect(addr).expect("connect");
@@ -247,7 +233,7 @@ async fn trickled_handshake_is_cut_off(c: Cluster) {
 /// connection ends, summing them up, instead of one line each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_requests_make_one_log_line_per_connection() {
-    let c = Cluster::memory();
+    let c = Relays::memory();
     let mut client = Client::connect(&c.url_a(), "bad").await;
     for i in 0..198 {
         client.send_text(&format!("not json {i}")).await;
@@ -344,7 +330,7 @@ fn ticks(count: u32) -> Vec<u8> {
 /// the kernel reset the connection and throw away both frames.
 #[test]
 fn a_flooder_reads_why_it_was_closed() {
-    let c = Cluster::memory_with(&["--message-rate", "10", "--message-burst", "10"]);
+    let c = Relays::memory_with(&["--message-rate", "10", "--message-burst", "10"]);
     let mut socket = RawSocket::upgrade(c.addr_a());
     socket.send(&raw::text(&format!(
         r#"{{"join":"flood-{}"}}"#,
@@ -371,7 +357,7 @@ fn a_flooder_reads_why_it_was_closed() {
 /// and the 1009 close frame, not a reset.
 #[test]
 fn an_oversized_message_is_answered_while_the_client_sends() {
-    let c = Cluster::memory();
+    let c = Relays::memory();
     let socket = RawSocket::upgrade(c.addr_a());
     let header = raw::frame(raw::FIN | raw::BINARY, &vec![0; 1024 * 1024], true)[..14].to_vec();
     let (close, before) = refused_while_sending(socket, header, vec![b'x'; 64 * 1024]);
@@ -385,7 +371,7 @@ fn an_oversized_message_is_answered_while_the_client_sends() {
 /// reads its 1013.
 #[test]
 fn a_connection_over_the_limit_reads_1013_while_it_sends() {
-    let c = Cluster::memory_with(&["--max-connections", "1"]);
+    let c = Relays::memory_with(&["--max-connections", "1"]);
     let mut first = RawSocket::upgrade(c.addr_a());
     let second = RawSocket::upgrade(c.addr_a());
     let (close, before) = refused_while_sending(second, Vec::new(), ticks(1000));
@@ -448,7 +434,7 @@ fn eventually_a_session(addr: SocketAddr, local: IpAddr) {
 /// meanwhile, and the address gets its places back when they go.
 #[test]
 fn silent_connections_count_toward_the_address_limit() {
-    let c = Cluster::memory_with(&["--max-connections-per-address", "10"]);
+    let c = Relays::memory_with(&["--max-connections-per-address", "10"]);
     let sockets = silent(c.addr_a(), 100);
     assert_eq!(
         still_open(&sockets, 10),
@@ -467,7 +453,7 @@ fn silent_connections_count_toward_the_address_limit() {
 /// reserve. Once the silent connections go, players get in again.
 #[test]
 fn a_full_node_answers_health_checks_and_refuses_players_with_1013() {
-    let c = Cluster::memory_with(&["--max-connections", "20"]);
+    let c = Relays::memory_with(&["--max-connections", "20"]);
     let addr = c.addr_a();
     let sockets = silent(addr, 20);
     let get = |path: &str| {

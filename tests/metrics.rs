@@ -1,12 +1,12 @@
 //! `GET /metrics`: Prometheus counters that match what clients did, with no
 //! passphrase in any label.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 
-use support::{Cluster, pair};
+use support::{Relays, pair};
 
 fn scrape(addr: SocketAddr) -> String {
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
@@ -27,7 +27,7 @@ fn sample(metrics: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn counts_match_what_clients_did(c: Cluster) {
+async fn counts_match_what_clients_did(c: Relays) {
     let passphrase = format!("metric-walrus-{}", support::unique());
     let (mut a, mut b) = pair(&c, &passphrase).await;
     for i in 0..5 {
@@ -89,10 +89,10 @@ async fn counts_match_what_clients_did(c: Cluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_match_what_clients_did_redis() {
-    support::run(Cluster::redis(), counts_match_what_clients_did).await;
+    support::run(Relays::redis(), counts_match_what_clients_did).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_match_what_clients_did_memory() {
-    support::run(Cluster::memory(), counts_match_what_clients_did).await;
+    support::run(Relays::memory(), counts_match_what_clients_did).await;
 }

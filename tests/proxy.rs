@@ -1,7 +1,7 @@
 //! Real client addresses behind a load balancer: a trusted proxy's PROXY
 //! header or X-Forwarded-For is believed, nobody else's.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

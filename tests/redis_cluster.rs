@@ -9,14 +9,14 @@
 //!
 //! The first test checks the harness itself, without the relay.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::{
-    Client, Cluster, Receiver, RedisCluster, Sender, assert_quiet_pair, lobby_channel, lobby_id,
+    Client, Receiver, RedisCluster, Relays, Sender, assert_quiet_pair, lobby_channel, lobby_id,
     lobby_key, pair_named, unique,
 };
 use tokio::sync::watch;
@@ -202,8 +202,8 @@ e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460 10923
 /// resume state hash to one slot and sit on that slot's master.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lobbies_spread_over_the_shards_and_each_lobby_keeps_one_slot() {
-    let cluster = Cluster::redis_cluster_with(3, 0, &[]);
-    support::run(cluster, |c: Cluster| async move {
+    let relays = Relays::redis_cluster_with(3, 0, &[]);
+    support::run(relays, |c: Relays| async move {
         const LOBBIES: usize = 48;
         let run = unique();
         let mut games = Vec::new();
@@ -299,8 +299,8 @@ async fn lobbies_spread_over_the_shards_and_each_lobby_keeps_one_slot() {
 /// then forms and plays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_failing_over_does_not_end_games() {
-    let cluster = Cluster::redis_cluster_with(3, 1, &["--node-timeout", "3s"]);
-    support::run(cluster, |c: Cluster| async move {
+    let relays = Relays::redis_cluster_with(3, 1, &["--node-timeout", "3s"]);
+    support::run(relays, |c: Relays| async move {
         const LOBBIES: usize = 30;
         const PERIOD: Duration = Duration::from_millis(25);
         let rc = c.redis_cluster().expect("a Redis Cluster");
@@ -454,8 +454,8 @@ async fn a_master_failing_over_does_not_end_games() {
 /// live on the new master and its channel is subscribed there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_migrating_under_a_live_game_does_not_end_it() {
-    let cluster = Cluster::redis_cluster_with(3, 0, &[]);
-    support::run(cluster, |c: Cluster| async move {
+    let relays = Relays::redis_cluster_with(3, 0, &[]);
+    support::run(relays, |c: Relays| async move {
         let rc = c.redis_cluster().expect("a Redis Cluster");
         let redis = c.redis_probe().await.expect("a Redis Cluster");
         let passphrase = format!("migrating-{}", unique());
@@ -580,7 +580,7 @@ fn mv(n: u64) -> String {
 
 /// Like [`support::pair`], the first player joining with `"resume":true`
 /// (so that the lobby has resume state in Redis).
-async fn pair_resumable(c: &Cluster, passphrase: &str, i: usize) -> (Client, Client) {
+async fn pair_resumable(c: &Relays, passphrase: &str, i: usize) -> (Client, Client) {
     let mut a = Client::connect(&c.url_a(), &format!("A{i}")).await;
     let mut b = Client::connect(&c.url_b(), &format!("B{i}")).await;
     a.send_json(json!({"type": "join", "passphrase": passphrase, "resume": true}))

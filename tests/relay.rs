@@ -8,48 +8,21 @@
 //! messages keep their order, so anything wrongly relayed, echoed or
 //! announced before the round trip would arrive ahead of it.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use support::{
-    Client, Cluster, Receiver, Sender, assert_error, assert_quiet_pair, game_message,
-    lobby_channel, lobby_id, lobby_key, pair, pair_named,
+    Client, Receiver, Relays, Sender, assert_error, assert_quiet_pair, game_message, lobby_channel,
+    lobby_id, lobby_key, pair, pair_named,
 };
 use tokio_tungstenite::tungstenite;
 
 /// How long a test listens to prove that something did not happen, where no
 /// round trip can prove it.
 const QUIET: Duration = Duration::from_millis(200);
-
-/// Generates `#[tokio::test]` wrappers running `$test(cluster)` against both
-/// flavours, every node started with the extra arguments.
-macro_rules! both_flavours {
-    ($test:ident => $redis:ident, $memory:ident $(, args: [$($arg:expr),* $(,)?])?) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $redis() {
-            support::run(Cluster::redis_with(&[$($($arg),*)?]), $test).await;
-        }
-
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $memory() {
-            support::run(Cluster::memory_with(&[$($($arg),*)?]), $test).await;
-        }
-    };
-}
-
-/// Generates a `#[tokio::test]` wrapper running `$test(cluster)` against two
-/// nodes sharing a private Redis.
-macro_rules! redis_only {
-    ($test:ident => $redis:ident $(, args: [$($arg:expr),* $(,)?])?) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $redis() {
-            support::run(Cluster::redis_with(&[$($($arg),*)?]), $test).await;
-        }
-    };
-}
 
 fn joined(players: u64, capacity: u64, seat: u64) -> Value {
     json!({"type": "joined", "players": players, "capacity": capacity, "seat": seat})
@@ -73,7 +46,7 @@ fn player_left(players: u64, seat: u64) -> Value {
 
 both_flavours!(seed_flow => seed_flow_redis, seed_flow_memory);
 /// join, short-form join, `ready` to both; a game message crosses byte for byte, unechoed.
-async fn seed_flow(c: Cluster) {
+async fn seed_flow(c: Relays) {
     let mut a = Client::connect(&c.url_a(), "A").await;
     let mut b = Client::connect(&c.url_b(), "B").await;
 
@@ -106,7 +79,7 @@ async fn seed_flow(c: Cluster) {
 both_flavours!(sending_right_after_ready_is_safe
     => sending_right_after_ready_is_safe_redis, sending_right_after_ready_is_safe_memory);
 /// Messages sent the moment `ready` arrives are neither lost nor ahead of `joined`/`ready`.
-async fn sending_right_after_ready_is_safe(c: Cluster) {
+async fn sending_right_after_ready_is_safe(c: Relays) {
     for round in 0..10 {
         let passphrase = format!("instant-{round}");
         let mut a = Client::connect(&c.url_a(), "A").await;
@@ -136,7 +109,7 @@ async fn sending_right_after_ready_is_safe(c: Cluster) {
 both_flavours!(passphrases_are_normalised
     => passphrases_are_normalised_redis, passphrases_are_normalised_memory);
 /// Passphrases are trimmed and ASCII lower-cased before they name a lobby.
-async fn passphrases_are_normalised(c: Cluster) {
+async fn passphrases_are_normalised(c: Relays) {
     let mut a = Client::connect(&c.url_a(), "A").await;
     let mut b = Client::connect(&c.url_b(), "B").await;
     a.send_join("  Jump-Rocket ").await;
@@ -161,7 +134,7 @@ async fn passphrases_are_normalised(c: Cluster) {
 both_flavours!(invalid_passphrases_are_refused
     => invalid_passphrases_are_refused_redis, invalid_passphrases_are_refused_memory);
 /// Bad passphrases get `invalid_passphrase`, malformed joins `invalid_message`; nothing changes.
-async fn invalid_passphrases_are_refused(c: Cluster) {
+async fn invalid_passphrases_are_refused(c: Relays) {
     let mut a = Client::connect(&c.url_a(), "A").await;
     let too_long = "a".repeat(65);
     let invalid = [
@@ -211,7 +184,7 @@ async fn invalid_passphrases_are_refused(c: Cluster) {
 both_flavours!(racing_joins_fill_the_lobby_exactly
     => racing_joins_fill_the_lobby_exactly_redis, racing_joins_fill_the_lobby_exactly_memory);
 /// Ten simultaneous joins on both nodes: exactly two `joined`, eight `lobby_full`.
-async fn racing_joins_fill_the_lobby_exactly(c: Cluster) {
+async fn racing_joins_fill_the_lobby_exactly(c: Relays) {
     let redis = c.redis_probe().await;
     for round in 0..5 {
         let passphrase = format!("race-{round}");
@@ -262,7 +235,7 @@ async fn racing_joins_fill_the_lobby_exactly(c: Cluster) {
 both_flavours!(freed_seat_is_taken_again
     => freed_seat_is_taken_again_redis, freed_seat_is_taken_again_memory);
 /// A freed seat 1 goes to the next joiner, and the lobby is `ready` again.
-async fn freed_seat_is_taken_again(c: Cluster) {
+async fn freed_seat_is_taken_again(c: Relays) {
     let (mut a, mut b) = pair(&c, "jump-rocket").await;
     a.leave().await;
     b.expect_json(player_left(1, 1)).await;
@@ -281,7 +254,7 @@ both_flavours!(capacity_three_lobby
     => capacity_three_lobby_redis, capacity_three_lobby_memory,
     args: ["--lobby-capacity", "3"]);
 /// Capacity 3: `playerJoined`, then `ready` for all; fan-out to both others; seat reuse.
-async fn capacity_three_lobby(c: Cluster) {
+async fn capacity_three_lobby(c: Relays) {
     let mut p1 = Client::connect(&c.url_a(), "P1").await;
     let mut p2 = Client::connect(&c.url_b(), "P2").await;
     let mut p3 = Client::connect(&c.url_a(), "P3").await;
@@ -333,7 +306,7 @@ both_flavours!(leave_notifies_and_allows_joining_again
     => leave_notifies_and_allows_joining_again_redis,
        leave_notifies_and_allows_joining_again_memory);
 /// `leave` is silent, tells the others `playerLeft`, and the connection may join again.
-async fn leave_notifies_and_allows_joining_again(c: Cluster) {
+async fn leave_notifies_and_allows_joining_again(c: Relays) {
     let (mut a, mut b) = pair(&c, "jump-rocket").await;
 
     a.leave().await;
@@ -374,7 +347,7 @@ async fn leave_notifies_and_allows_joining_again(c: Cluster) {
 both_flavours!(disconnect_notifies_the_others
     => disconnect_notifies_the_others_redis, disconnect_notifies_the_others_memory);
 /// A Close handshake or a dropped TCP connection is announced as `playerLeft`.
-async fn disconnect_notifies_the_others(c: Cluster) {
+async fn disconnect_notifies_the_others(c: Relays) {
     let (a, mut b) = pair(&c, "jump-rocket").await;
     a.close().await;
     b.expect_json(player_left(1, 1)).await;
@@ -403,7 +376,7 @@ both_flavours!(thousand_messages_each_way_arrive_in_order
     => thousand_messages_each_way_arrive_in_order_redis,
        thousand_messages_each_way_arrive_in_order_memory);
 /// 1,000 messages each way, sent concurrently without waiting, arrive complete and in order.
-async fn thousand_messages_each_way_arrive_in_order(c: Cluster) {
+async fn thousand_messages_each_way_arrive_in_order(c: Relays) {
     const COUNT: usize = 1000;
     fn numbered(from: &str, n: usize) -> String {
         format!(
@@ -453,7 +426,7 @@ both_flavours!(binary_frames_are_relayed_byte_for_byte
     => binary_frames_are_relayed_byte_for_byte_redis,
        binary_frames_are_relayed_byte_for_byte_memory);
 /// Binary frames are relayed byte for byte, in order with text frames, never echoed.
-async fn binary_frames_are_relayed_byte_for_byte(c: Cluster) {
+async fn binary_frames_are_relayed_byte_for_byte(c: Relays) {
     let (mut a, mut b) = pair(&c, "jump-rocket").await;
 
     let every_byte: Vec<u8> = (0..=255).collect();
@@ -486,7 +459,7 @@ async fn binary_frames_are_relayed_byte_for_byte(c: Cluster) {
 
 both_flavours!(lobbies_are_isolated => lobbies_are_isolated_redis, lobbies_are_isolated_memory);
 /// Messages and events of one lobby never reach another.
-async fn lobbies_are_isolated(c: Cluster) {
+async fn lobbies_are_isolated(c: Relays) {
     let (mut x1, mut x2) = pair_named(&c, "lobby-x", "X1", "X2").await;
     let (mut y1, mut y2) = pair_named(&c, "lobby-y", "Y1", "Y2").await;
 
@@ -516,7 +489,7 @@ async fn lobbies_are_isolated(c: Cluster) {
 both_flavours!(ping_is_answered_with_pong
     => ping_is_answered_with_pong_redis, ping_is_answered_with_pong_memory);
 /// `ping` gets `pong` echoing `t` as given (or no `t`), in a lobby or not, never relayed.
-async fn ping_is_answered_with_pong(c: Cluster) {
+async fn ping_is_answered_with_pong(c: Relays) {
     async fn check(client: &mut Client) {
         client.send_json(json!({"type": "ping", "t": 123})).await;
         client.expect_json(json!({"type": "pong", "t": 123})).await;
@@ -553,7 +526,7 @@ both_flavours!(ping_may_ask_for_the_node
     => ping_may_ask_for_the_node_redis, ping_may_ask_for_the_node_memory);
 /// *(Addition to v1)* a ping with `"node":true` gets a pong naming the node
 /// the connection is on; any other `node` value changes nothing.
-async fn ping_may_ask_for_the_node(c: Cluster) {
+async fn ping_may_ask_for_the_node(c: Relays) {
     let mut a = Client::connect(&c.url_a(), "A").await;
     a.send_json(json!({"type": "ping", "t": 7, "node": true}))
         .await;
@@ -575,7 +548,7 @@ async fn ping_may_ask_for_the_node(c: Cluster) {
 both_flavours!(invalid_json_keeps_connection_open
     => invalid_json_keeps_connection_open_redis, invalid_json_keeps_connection_open_memory);
 /// Non-JSON text gets `invalid_json`, is not relayed, and the connection stays open.
-async fn invalid_json_keeps_connection_open(c: Cluster) {
+async fn invalid_json_keeps_connection_open(c: Relays) {
     let not_json = ["not json", r#"{"type":"#, "", "{'type':'x'}"];
     let mut lonely = Client::connect(&c.url_a(), "L").await;
     for text in not_json {
@@ -597,7 +570,7 @@ both_flavours!(invalid_message_keeps_connection_open
     => invalid_message_keeps_connection_open_redis,
        invalid_message_keeps_connection_open_memory);
 /// JSON without a string `type` gets `invalid_message`, is not relayed, stays open.
-async fn invalid_message_keeps_connection_open(c: Cluster) {
+async fn invalid_message_keeps_connection_open(c: Relays) {
     let invalid = [
         "[1,2]",
         r#"{"x":1}"#,
@@ -627,7 +600,7 @@ async fn invalid_message_keeps_connection_open(c: Cluster) {
 both_flavours!(reserved_types_are_not_relayed
     => reserved_types_are_not_relayed_redis, reserved_types_are_not_relayed_memory);
 /// Game messages using protocol type names get `reserved_type` and never reach the peer.
-async fn reserved_types_are_not_relayed(c: Cluster) {
+async fn reserved_types_are_not_relayed(c: Relays) {
     let (mut a, mut b) = pair(&c, "jump-rocket").await;
     let forged = [
         json!({"type": "ready"}),
@@ -651,7 +624,7 @@ async fn reserved_types_are_not_relayed(c: Cluster) {
 both_flavours!(not_in_lobby_before_joining
     => not_in_lobby_before_joining_redis, not_in_lobby_before_joining_memory);
 /// Game messages (text, binary) and `leave` before joining get `not_in_lobby`; stays open.
-async fn not_in_lobby_before_joining(c: Cluster) {
+async fn not_in_lobby_before_joining(c: Relays) {
     let mut a = Client::connect(&c.url_a(), "A").await;
     a.send_text(r#"{"type":"playerMove","x":1,"y":2}"#).await;
     a.expect_error("not_in_lobby").await;
@@ -670,7 +643,7 @@ async fn not_in_lobby_before_joining(c: Cluster) {
 both_flavours!(join_while_joined_is_refused
     => join_while_joined_is_refused_redis, join_while_joined_is_refused_memory);
 /// `join` while joined gets `already_joined` and changes no lobby.
-async fn join_while_joined_is_refused(c: Cluster) {
+async fn join_while_joined_is_refused(c: Relays) {
     let (mut a, mut b) = pair(&c, "jump-rocket").await;
     a.send_join("jump-rocket").await;
     a.expect_error("already_joined").await;
@@ -694,7 +667,7 @@ async fn join_while_joined_is_refused(c: Cluster) {
 both_flavours!(full_lobby_refuses_a_third
     => full_lobby_refuses_a_third_redis, full_lobby_refuses_a_third_memory);
 /// A third joiner gets `lobby_full` on either node; the members notice nothing.
-async fn full_lobby_refuses_a_third(c: Cluster) {
+async fn full_lobby_refuses_a_third(c: Relays) {
     let (mut a, mut b) = pair(&c, "jump-rocket").await;
 
     for (i, url) in [c.url_a(), c.url_b()].into_iter().enumerate() {
@@ -725,7 +698,7 @@ both_flavours!(oversized_text_frame_closes_with_1009
        oversized_text_frame_closes_with_1009_memory,
     args: ["--max-message-bytes", "1024"]);
 /// A text frame over the limit gets `message_too_large`, close 1009, `playerLeft` to the peer.
-async fn oversized_text_frame_closes_with_1009(c: Cluster) {
+async fn oversized_text_frame_closes_with_1009(c: Relays) {
     fn padded(len: usize) -> String {
         let head = r#"{"type":"big","pad":""#;
         let text = format!("{head}{}\"}}", "x".repeat(len - head.len() - 2));
@@ -756,7 +729,7 @@ both_flavours!(oversized_binary_frame_closes_with_1009
        oversized_binary_frame_closes_with_1009_memory,
     args: ["--max-message-bytes", "1024"]);
 /// A binary frame over the limit gets `message_too_large`, close 1009, `playerLeft` to the peer.
-async fn oversized_binary_frame_closes_with_1009(c: Cluster) {
+async fn oversized_binary_frame_closes_with_1009(c: Relays) {
     let (mut a, mut b) = pair(&c, "jump-rocket").await;
     b.send_binary(vec![0xab; 1000]).await;
     assert_eq!(a.recv_binary().await, vec![0xab; 1000]);
@@ -775,7 +748,7 @@ async fn oversized_binary_frame_closes_with_1009(c: Cluster) {
 both_flavours!(only_root_and_ws_paths_upgrade
     => only_root_and_ws_paths_upgrade_redis, only_root_and_ws_paths_upgrade_memory);
 /// A WebSocket handshake on `/nope` gets HTTP 404; `/ws` works like `/`.
-async fn only_root_and_ws_paths_upgrade(c: Cluster) {
+async fn only_root_and_ws_paths_upgrade(c: Relays) {
     let nope = format!("ws://{}/nope", c.addr_a());
     match support::try_connect(&nope).await {
         Err(tungstenite::Error::Http(response)) => {
@@ -802,7 +775,7 @@ async fn only_root_and_ws_paths_upgrade(c: Cluster) {
 
 redis_only!(lobby_hash_holds_exactly_the_seats => lobby_hash_holds_exactly_the_seats_redis);
 /// `lr:lobby:{<sha256>}` holds exactly the live seats; `lr:chan:{<sha256>}` is subscribed.
-async fn lobby_hash_holds_exactly_the_seats(c: Cluster) {
+async fn lobby_hash_holds_exactly_the_seats(c: Relays) {
     let redis = c.redis_probe().await.expect("Redis flavour");
     let key = lobby_key("jump-rocket");
     // `printf jump-rocket | sha256sum`, to pin the layout independently.
@@ -866,7 +839,7 @@ async fn lobby_hash_holds_exactly_the_seats(c: Cluster) {
 redis_only!(emptied_lobbies_leave_nothing_in_redis => emptied_lobbies_leave_nothing_in_redis_redis);
 /// Emptied lobbies (leave, Close, dropped TCP) leave no lobby key, no entry in
 /// a node's lobby index, and no `lr:chan:*` channel.
-async fn emptied_lobbies_leave_nothing_in_redis(c: Cluster) {
+async fn emptied_lobbies_leave_nothing_in_redis(c: Relays) {
     let redis = c.redis_probe().await.expect("Redis flavour");
     let (mut a, mut b) = pair(&c, "jump-rocket").await;
     let (x, mut y) = pair_named(&c, "other-lobby", "X", "Y").await;
@@ -894,7 +867,7 @@ async fn emptied_lobbies_leave_nothing_in_redis(c: Cluster) {
 
 redis_only!(passphrase_never_reaches_redis => passphrase_never_reaches_redis_redis);
 /// No command seen by `MONITOR` and nothing stored in Redis contains the passphrase.
-async fn passphrase_never_reaches_redis(c: Cluster) {
+async fn passphrase_never_reaches_redis(c: Relays) {
     const SPOKEN: &str = "  Zebra-Quokka-7731 ";
     const NORMALISED: &str = "zebra-quokka-7731";
     fn assert_absent(what: &str, items: &[String]) {
@@ -966,7 +939,7 @@ async fn wait_for_empty_redis(redis: &support::RedisProbe) {
 /// With Redis unreachable the node runs, answers `unavailable` within 3 s, stays open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_redis_answers_unavailable() {
-    support::run(Cluster::unreachable_redis(), |mut c: Cluster| async move {
+    support::run(Relays::unreachable_redis(), |mut c: Relays| async move {
         let mut a = Client::connect(&c.url_a(), "A").await;
         for attempt in 0..2 {
             a.send_join("jump-rocket").await;

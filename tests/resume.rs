@@ -3,12 +3,12 @@
 //! real Redis; connections cut by a TCP proxy, nodes drained with SIGTERM and
 //! killed with SIGKILL.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Client, Cluster, Node, RedisServer, Sender, TcpProxy, unique};
+use support::{Client, Node, RedisServer, Relays, Sender, TcpProxy, unique};
 use tokio_tungstenite::tungstenite::Message;
 
 /// A client that opted in to resume, counting the deliveries it receives
@@ -343,14 +343,14 @@ async fn a_killed_node_loses_nothing() {
 /// Nothing held remains in Redis once the seat is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grace_expiry_and_refused_tokens() {
-    for cluster in [
-        Cluster::memory_with(&["--resume-grace", "1s"]),
-        Cluster::redis_with(&["--resume-grace", "1s"]),
+    for relays in [
+        Relays::memory_with(&["--resume-grace", "1s"]),
+        Relays::redis_with(&["--resume-grace", "1s"]),
     ] {
-        let flavour = cluster.flavour();
+        let flavour = relays.flavour();
         let pass = format!("grace-{}", unique());
-        let mut pa = Player::join(&cluster.url_a(), &pass, "A").await;
-        let mut pb = Client::connect(&cluster.url_b(), "B").await;
+        let mut pa = Player::join(&relays.url_a(), &pass, "A").await;
+        let mut pb = Client::connect(&relays.url_b(), "B").await;
         pb.send_json(json!({"type": "join", "passphrase": pass}))
             .await;
         pb.recv_json().await;
@@ -361,10 +361,10 @@ async fn grace_expiry_and_refused_tokens() {
         pa.disconnect();
         pb.expect_json(json!({"type": "playerAway", "seat": 1, "grace": 1000}))
             .await;
-        pa.resume(&cluster.url_b()).await;
+        pa.resume(&relays.url_b()).await;
         pb.expect_json(json!({"type": "playerBack", "seat": 1}))
             .await;
-        let mut reuse = Client::connect(&cluster.url_a(), "reuse").await;
+        let mut reuse = Client::connect(&relays.url_a(), "reuse").await;
         reuse
             .send_json(json!({"type": "resume", "token": old, "received": 0}))
             .await;
@@ -402,10 +402,10 @@ async fn grace_expiry_and_refused_tokens() {
             .send_json(json!({"type": "resume", "token": token, "received": 0}))
             .await;
         reuse.expect_error("invalid_resume_token").await;
-        let mut pc = Client::connect(&cluster.url_a(), "C").await;
+        let mut pc = Client::connect(&relays.url_a(), "C").await;
         pc.join(&pass).await;
         pb.expect_json(json!({"type": "ready", "players": 2})).await;
-        if let Some(probe) = cluster.redis_probe().await {
+        if let Some(probe) = relays.redis_probe().await {
             let held = probe.keys("lr:resume:*").await;
             assert!(held.is_empty(), "nothing held after the grace: {held:?}");
             let away: u64 = probe.query(redis::cmd("ZCARD").arg("lr:away")).await;
@@ -418,13 +418,13 @@ async fn grace_expiry_and_refused_tokens() {
 /// deliveries the seat is released with `playerLeft` before the grace ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overflowing_buffer_releases_the_seat() {
-    for cluster in [
-        Cluster::memory_with(&["--resume-buffer-messages", "16"]),
-        Cluster::redis_with(&["--resume-buffer-messages", "16"]),
+    for relays in [
+        Relays::memory_with(&["--resume-buffer-messages", "16"]),
+        Relays::redis_with(&["--resume-buffer-messages", "16"]),
     ] {
         let pass = format!("cap-{}", unique());
-        let mut pa = Player::join(&cluster.url_a(), &pass, "A").await;
-        let mut pb = Client::connect(&cluster.url_b(), "B").await;
+        let mut pa = Player::join(&relays.url_a(), &pass, "A").await;
+        let mut pb = Client::connect(&relays.url_b(), "B").await;
         pb.send_json(json!({"type": "join", "passphrase": pass}))
             .await;
         pb.recv_json().await;
@@ -441,9 +441,9 @@ async fn an_overflowing_buffer_releases_the_seat() {
             left,
             json!({"type": "playerLeft", "players": 1, "seat": 1}),
             "{}",
-            cluster.flavour()
+            relays.flavour()
         );
-        let mut again = Client::connect(&cluster.url_a(), "A again").await;
+        let mut again = Client::connect(&relays.url_a(), "A again").await;
         again
             .send_json(json!({"type": "resume", "token": token, "received": 1}))
             .await;
@@ -456,15 +456,15 @@ async fn an_overflowing_buffer_releases_the_seat() {
 /// player how many of its own messages were relayed (`sent`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opting_out_is_v1_and_sent_counts_what_was_relayed() {
-    let cluster = Cluster::redis();
+    let relays = Relays::redis();
     let pass = format!("v1-{}", unique());
-    let mut a = Client::connect(&cluster.url_a(), "A").await;
+    let mut a = Client::connect(&relays.url_a(), "A").await;
     let joined = a.join(&pass).await;
     assert_eq!(
         joined,
         json!({"type": "joined", "players": 1, "capacity": 2, "seat": 1})
     );
-    let mut pb = Player::join(&cluster.url_b(), &pass, "B").await;
+    let mut pb = Player::join(&relays.url_b(), &pass, "B").await;
     a.recv_json().await;
     pb.recv().await;
     for n in 1..=5 {
@@ -479,7 +479,7 @@ async fn opting_out_is_v1_and_sent_counts_what_was_relayed() {
         json!({"type": "playerLeft", "players": 1, "seat": 1})
     );
     pb.disconnect();
-    let resumed = pb.resume(&cluster.url_a()).await;
+    let resumed = pb.resume(&relays.url_a()).await;
     assert_eq!(resumed["sent"], 5, "{resumed}");
     assert_eq!(resumed["replayed"], 0, "{resumed}");
     assert_eq!(resumed["players"], 1, "{resumed}");
@@ -492,14 +492,14 @@ async fn opting_out_is_v1_and_sent_counts_what_was_relayed() {
 /// lr:away); once everybody has left, nothing of the lobby remains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leave_gives_a_resumable_seat_up_at_once() {
-    for cluster in [
-        Cluster::memory_with(&["--resume-grace", "30s"]),
-        Cluster::redis_with(&["--resume-grace", "30s"]),
+    for relays in [
+        Relays::memory_with(&["--resume-grace", "30s"]),
+        Relays::redis_with(&["--resume-grace", "30s"]),
     ] {
-        let flavour = cluster.flavour();
+        let flavour = relays.flavour();
         let pass = format!("leave-{}", unique());
-        let mut pa = Player::join(&cluster.url_a(), &pass, "A").await;
-        let mut pb = Player::join(&cluster.url_b(), &pass, "B").await;
+        let mut pa = Player::join(&relays.url_a(), &pass, "A").await;
+        let mut pb = Player::join(&relays.url_b(), &pass, "B").await;
         assert_eq!(pa.recv().await["type"], "ready", "{flavour}");
         assert_eq!(pb.recv().await["type"], "ready", "{flavour}");
         // Within the grace, a drop would hold the seat: a leave must not.
@@ -510,14 +510,14 @@ async fn leave_gives_a_resumable_seat_up_at_once() {
             json!({"type": "playerLeft", "players": 1, "seat": 1}),
             "{flavour}: a leave is a leave, resumable or not"
         );
-        if let Some(probe) = cluster.redis_probe().await {
+        if let Some(probe) = relays.redis_probe().await {
             let away: u64 = probe.query(redis::cmd("ZCARD").arg("lr:away")).await;
             assert_eq!(away, 0, "no held seat after a leave");
             let lobby = probe.hgetall(&support::lobby_key(&pass)).await;
             assert_eq!(lobby.keys().collect::<Vec<_>>(), ["2"], "only B's seat");
         }
         // The leaver's token is spent, on either node.
-        let mut other = Client::connect(&cluster.url_b(), "token").await;
+        let mut other = Client::connect(&relays.url_b(), "token").await;
         other
             .send_json(json!({"type": "resume", "token": pa.token, "received": pa.received}))
             .await;
@@ -534,7 +534,7 @@ async fn leave_gives_a_resumable_seat_up_at_once() {
         // Both leave: nothing of the lobby remains.
         pa.client().leave().await;
         pb.client().leave().await;
-        if let Some(probe) = cluster.redis_probe().await {
+        if let Some(probe) = relays.redis_probe().await {
             let id = support::lobby_id(&pass);
             probe
                 .wait_until(Duration::from_secs(3), |probe| {
@@ -588,10 +588,10 @@ async fn held_seats_go_when_the_grace_ends_even_many_at_once() {
         "--join-burst",
         "100000",
     ];
-    for cluster in [Cluster::memory_with(&args), Cluster::redis_with(&args)] {
-        let flavour = cluster.flavour();
+    for relays in [Relays::memory_with(&args), Relays::redis_with(&args)] {
+        let flavour = relays.flavour();
         let prefix = format!("bulk-{}", unique());
-        let (url_a, url_b) = (cluster.url_a(), cluster.url_b());
+        let (url_a, url_b) = (relays.url_a(), relays.url_b());
         use futures_util::StreamExt as _;
         let pairs: Vec<(Player, Client)> = futures_util::stream::iter((0..=seats).map(|i| {
             let (url_a, url_b, pass) = (url_a.clone(), url_b.clone(), format!("{prefix}-{i}"));
@@ -633,7 +633,7 @@ async fn held_seats_go_when_the_grace_ends_even_many_at_once() {
         let away = b.recv_json().await;
         assert_eq!(away["type"], "playerAway", "{flavour}: {away}");
         tokio::time::sleep(GRACE + Duration::from_millis(30)).await;
-        let mut back = Client::connect(&cluster.url_a(), "late").await;
+        let mut back = Client::connect(&relays.url_a(), "late").await;
         back.send_json(json!({"type": "resume", "token": a.token, "received": a.received}))
             .await;
         back.expect_error("invalid_resume_token").await;
@@ -659,7 +659,7 @@ async fn held_seats_go_when_the_grace_ends_even_many_at_once() {
             "{flavour}: a seat went {:?} after its grace ended",
             last - GRACE
         );
-        if let Some(probe) = cluster.redis_probe().await {
+        if let Some(probe) = relays.redis_probe().await {
             let held = probe.keys("lr:resume:*").await;
             assert!(held.is_empty(), "{flavour}: nothing held: {held:?}");
             // The index follows each release (the node applies its changes

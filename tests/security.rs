@@ -1,6 +1,6 @@
 //! Origin allowlist, lobby-key hardening and the admin token.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::process::{Command, ExitStatus, Stdio};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use support::raw::{self, RawSocket};
-use support::{Client, Cluster, RECV_TIMEOUT, assert_quiet_pair, pair};
+use support::{Client, RECV_TIMEOUT, Relays, assert_quiet_pair, pair};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
@@ -33,7 +33,7 @@ async fn connect_with_origin(url: &str, origin: Option<&str>) -> Result<(), u16>
 /// with 403; the allowed origin and native clients (no Origin) get in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_allowed_origins_may_connect() {
-    let c = Cluster::memory_with(&[
+    let c = Relays::memory_with(&[
         "--allowed-origins",
         "https://play.example.com,https://example.com/",
     ]);
@@ -60,7 +60,7 @@ async fn only_allowed_origins_may_connect() {
 /// Without an allowlist any origin may connect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_origin_by_default() {
-    let c = Cluster::memory();
+    let c = Relays::memory();
     assert_eq!(
         connect_with_origin(&c.url_a(), Some("https://anywhere.example")).await,
         Ok(())
@@ -74,7 +74,7 @@ const SECRET: &str = "a-secret-of-the-studio";
 /// nodes, and `lobby-relay inspect` with the same secret finds them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lobby_secret_hardens_the_keys() {
-    let c = Cluster::redis_with(&["--lobby-secret", SECRET]);
+    let c = Relays::redis_with(&["--lobby-secret", SECRET]);
     let passphrase = format!("hardened-{}", support::unique());
     let (mut a, mut b) = pair(&c, &passphrase).await;
     a.send_text(r#"{"type":"hello"}"#).await;
@@ -139,7 +139,7 @@ async fn no_passphrase_in_logs_or_redis() {
         "otter_secret_words",
         "Quiet-Lynx-8",
     ];
-    let c = Cluster::redis_with(&["--log-filter", "debug"]);
+    let c = Relays::redis_with(&["--log-filter", "debug"]);
     let mut a = Client::connect(&c.url_a(), "A").await;
     let mut b = Client::connect(&c.url_b(), "B").await;
     let mut third = Client::connect(&c.url_a(), "C").await;
@@ -228,7 +228,7 @@ fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
 /// address play on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_admin_tokens_are_throttled_per_address() {
-    let c = Cluster::memory_with(&["--admin-token", ADMIN_TOKEN]);
+    let c = Relays::memory_with(&["--admin-token", ADMIN_TOKEN]);
     let addr = c.addr_a();
     let (mut a, mut b) = pair(&c, "admin-throttle").await;
     let right = format!("Bearer {ADMIN_TOKEN}");
@@ -276,7 +276,7 @@ async fn wrong_admin_tokens_are_throttled_per_address() {
 /// and `BEARER` work as `Bearer` does; other schemes do not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_takes_any_case_of_bearer() {
-    let c = Cluster::memory_with(&["--admin-token", ADMIN_TOKEN]);
+    let c = Relays::memory_with(&["--admin-token", ADMIN_TOKEN]);
     let addr = c.addr_a();
     for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
         let value = format!("{scheme} {ADMIN_TOKEN}");
@@ -374,7 +374,7 @@ fn a_blank_or_padded_admin_token_is_refused_at_startup() {
 /// still gets 101.
 #[test]
 fn a_malformed_websocket_key_gets_400() {
-    let c = Cluster::memory();
+    let c = Relays::memory();
     for key in [
         "not base64 at all!",
         "aGVsbG8=",                     // 5 bytes
@@ -403,7 +403,7 @@ fn a_malformed_websocket_key_gets_400() {
 /// none.
 #[test]
 fn an_http_1_1_request_without_one_host_gets_400() {
-    let c = Cluster::memory();
+    let c = Relays::memory();
     let upgrade_without_host = raw::upgrade_request(raw::GOOD_KEY).replace("Host: relay\r\n", "");
     for request in [
         "GET /healthz HTTP/1.1\r\n\r\n",
@@ -436,7 +436,7 @@ fn an_http_1_1_request_without_one_host_gets_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_errors_are_closed_with_1002_or_1007() {
     use raw::{BINARY, CLOSE, CONTINUATION, FIN, PING, TEXT, frame};
-    let c = Cluster::memory();
+    let c = Relays::memory();
     let (mut a, mut b) = pair(&c, &format!("bystanders-{}", support::unique())).await;
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         (

@@ -1,20 +1,20 @@
 //! A client that stops reading is disconnected instead of being buffered
 //! without limit, and the other players carry on.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Client, Cluster};
+use support::{Client, Relays};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Player B stops reading while player A floods it with large messages: the
 /// relay closes B (its outbound queue is full), A gets `playerLeft`, and in
 /// Redis only A's seat remains.
-async fn reader_that_stops_is_disconnected(cluster: Cluster) {
-    let mut a = Client::connect(&cluster.url_a(), "A").await;
-    let mut b = Client::connect(&cluster.url_b(), "B").await;
+async fn reader_that_stops_is_disconnected(relays: Relays) {
+    let mut a = Client::connect(&relays.url_a(), "A").await;
+    let mut b = Client::connect(&relays.url_b(), "B").await;
     let pass = format!("slow-reader-{}", support::unique());
     a.join(&pass).await;
     b.join(&pass).await;
@@ -39,7 +39,7 @@ async fn reader_that_stops_is_disconnected(cluster: Cluster) {
     );
     let _ = flood.await;
 
-    if let Some(redis) = cluster.redis_probe().await {
+    if let Some(redis) = relays.redis_probe().await {
         let seats = redis.hgetall(&support::lobby_key(&pass)).await;
         assert_eq!(seats.len(), 1, "only A's seat remains: {seats:?}");
         assert!(seats.contains_key("1"), "{seats:?}");
@@ -55,11 +55,7 @@ async fn reader_that_stops_is_disconnected_redis() {
         "--max-message-bytes",
         "65536",
     ];
-    support::run(
-        Cluster::redis_with(&args),
-        reader_that_stops_is_disconnected,
-    )
-    .await;
+    support::run(Relays::redis_with(&args), reader_that_stops_is_disconnected).await;
 }
 
 #[tokio::test]
@@ -71,7 +67,7 @@ async fn reader_that_stops_is_disconnected_memory() {
         "65536",
     ];
     support::run(
-        Cluster::memory_with(&args),
+        Relays::memory_with(&args),
         reader_that_stops_is_disconnected,
     )
     .await;
@@ -81,9 +77,9 @@ async fn reader_that_stops_is_disconnected_memory() {
 /// closed after `--idle-timeout`, and its lobby gets `playerLeft`; a client
 /// that is merely quiet but answers pings (every WebSocket library does, as
 /// long as it reads) stays.
-async fn silent_client_is_closed_after_the_idle_timeout(cluster: Cluster) {
-    let mut a = Client::connect(&cluster.url_a(), "A").await;
-    let mut b = Client::connect(&cluster.url_b(), "B").await;
+async fn silent_client_is_closed_after_the_idle_timeout(relays: Relays) {
+    let mut a = Client::connect(&relays.url_a(), "A").await;
+    let mut b = Client::connect(&relays.url_b(), "B").await;
     let pass = format!("idle-{}", support::unique());
     a.join(&pass).await;
     b.join(&pass).await;
@@ -107,7 +103,7 @@ async fn silent_client_is_closed_after_the_idle_timeout(cluster: Cluster) {
 #[tokio::test]
 async fn silent_client_is_closed_after_the_idle_timeout_redis() {
     support::run(
-        Cluster::redis_with(&["--idle-timeout", "1s"]),
+        Relays::redis_with(&["--idle-timeout", "1s"]),
         silent_client_is_closed_after_the_idle_timeout,
     )
     .await;
@@ -116,7 +112,7 @@ async fn silent_client_is_closed_after_the_idle_timeout_redis() {
 #[tokio::test]
 async fn silent_client_is_closed_after_the_idle_timeout_memory() {
     support::run(
-        Cluster::memory_with(&["--idle-timeout", "1s"]),
+        Relays::memory_with(&["--idle-timeout", "1s"]),
         silent_client_is_closed_after_the_idle_timeout,
     )
     .await;
@@ -131,7 +127,7 @@ async fn silent_client_is_closed_after_the_idle_timeout_memory() {
 #[tokio::test]
 async fn a_client_that_reads_nothing_is_let_go_after_its_session() {
     const MESSAGE: usize = 60 * 1024;
-    let cluster = Cluster::memory_with(&[
+    let relays = Relays::memory_with(&[
         "--idle-timeout",
         "1s",
         "--max-connections",
@@ -141,8 +137,8 @@ async fn a_client_that_reads_nothing_is_let_go_after_its_session() {
         "--outbound-queue-bytes",
         "67108864",
     ]);
-    let mut a = Client::connect(&cluster.url_a(), "A").await;
-    let mut b = Client::connect(&cluster.url_a(), "B").await;
+    let mut a = Client::connect(&relays.url_a(), "A").await;
+    let mut b = Client::connect(&relays.url_a(), "B").await;
     let pass = format!("reads-nothing-{}", support::unique());
     a.join(&pass).await;
     b.join(&pass).await;
@@ -172,7 +168,7 @@ async fn a_client_that_reads_nothing_is_let_go_after_its_session() {
     // B's place is given again once its connection is closed.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let mut c = Client::connect(&cluster.url_a(), "C").await;
+        let mut c = Client::connect(&relays.url_a(), "C").await;
         c.send_json(json!({"type": "ping", "t": 1})).await;
         match c.recv().await {
             Message::Text(text) => {

@@ -520,3 +520,6 @@ fn users(seats: &[Option<MemberId>]) -> Vec<(u8, Arc<str>)> {
         .filter_map(|(seat, member)| Some((seat, member.as_ref()?.user()?.into())))
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

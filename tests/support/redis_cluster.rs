@@ -16,7 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{free_port, unique, wait_for_ping};
+use super::redis::wait_for_ping;
+use super::{free_port, unique};
 
 /// The cluster's `cluster-node-timeout`: a master unreachable this long is
 /// marked failed and its replica is elected in its place.

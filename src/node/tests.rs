@@ -1,0 +1,271 @@
+//! A node's local lobbies against its store: the first local member of a
+//! lobby subscribes the node, the last one gone unsubscribes it and the hub
+//! forgets the lobby, and a join or resume that fails leaves nothing behind.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{JoinError, Membership, Node, ResumeError};
+use crate::auth::{AuthArgs, Verifier};
+use crate::config::Config;
+use crate::hub::{Hub, LocalLobby};
+use crate::identity::Identity;
+use crate::limits::JoinLimit;
+use crate::lobby::memory::MemoryStore;
+use crate::lobby::{
+    JoinOutcome, LobbyStore, MemberId, RateKey, ResumeOutcome, ResumeSetup, StoreError,
+};
+use crate::outbox::{self, Inbox, Outbox};
+use crate::passphrase::LobbyId;
+
+/// The memory store, counting the node's subscriptions; `fail_subscribe`
+/// makes the next subscribe fail (a store out of reach).
+#[derive(Debug)]
+struct Counting {
+    inner: MemoryStore,
+    subscribes: AtomicUsize,
+    unsubscribes: AtomicUsize,
+    fail_subscribe: AtomicBool,
+}
+
+impl LobbyStore for Counting {
+    async fn subscribe(&self, lobby: &LobbyId) -> Result<(), StoreError> {
+        if self.fail_subscribe.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Unreachable("test: subscribe fails"));
+        }
+        self.subscribes.fetch_add(1, Ordering::SeqCst);
+        self.inner.subscribe(lobby).await
+    }
+
+    async fn unsubscribe(&self, lobby: &LobbyId) -> Result<(), StoreError> {
+        self.unsubscribes.fetch_add(1, Ordering::SeqCst);
+        self.inner.unsubscribe(lobby).await
+    }
+
+    async fn join(
+        &self,
+        lobby: &LobbyId,
+        member: &MemberId,
+        capacity: u8,
+        resume: Option<&ResumeSetup>,
+    ) -> Result<JoinOutcome, StoreError> {
+        self.inner.join(lobby, member, capacity, resume).await
+    }
+
+    async fn away(&self, lobby: &LobbyId, member: &MemberId, seat: u8) -> Result<bool, StoreError> {
+        self.inner.away(lobby, member, seat).await
+    }
+
+    async fn resume(
+        &self,
+        lobby: &LobbyId,
+        seat: u8,
+        secret_hash: &str,
+        new_secret_hash: &str,
+        received: u64,
+        member: &MemberId,
+    ) -> Result<ResumeOutcome, StoreError> {
+        self.inner
+            .resume(lobby, seat, secret_hash, new_secret_hash, received, member)
+            .await
+    }
+
+    async fn leave(&self, lobby: &LobbyId, member: &MemberId, seat: u8) -> Result<(), StoreError> {
+        self.inner.leave(lobby, member, seat).await
+    }
+
+    async fn admit_join(&self, who: RateKey, limit: JoinLimit) -> Result<bool, StoreError> {
+        self.inner.admit_join(who, limit).await
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.inner.is_healthy()
+    }
+
+    async fn goodbye(&self) {
+        self.inner.goodbye().await
+    }
+
+    async fn publish(
+        &self,
+        lobby: &Arc<LocalLobby>,
+        member: &MemberId,
+        from_seat: u8,
+        message: Message,
+        sender: &Outbox,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .publish(lobby, member, from_seat, message, sender)
+            .await
+    }
+}
+
+fn node(capacity: u8) -> Node<Counting> {
+    let hub = Arc::new(Hub::default());
+    let store = Counting {
+        inner: MemoryStore::new(hub.clone()),
+        subscribes: AtomicUsize::new(0),
+        unsubscribes: AtomicUsize::new(0),
+        fail_subscribe: AtomicBool::new(false),
+    };
+    let config = Config {
+        lobby_capacity: capacity,
+        ..Config::default()
+    };
+    let auth = Arc::new(Verifier::new(&AuthArgs::default()).unwrap());
+    Node::new(config, hub, store, Arc::new(Identity::new("n1")), auth)
+}
+
+fn lobby() -> LobbyId {
+    LobbyId::from_passphrase("node-tests").unwrap()
+}
+
+/// A connection's queue (the inbox is kept so that the queue stays open).
+fn connection() -> (Outbox, Inbox) {
+    outbox::channel(1 << 20)
+}
+
+fn subscriptions(node: &Node<Counting>) -> (usize, usize) {
+    (
+        node.store.subscribes.load(Ordering::SeqCst),
+        node.store.unsubscribes.load(Ordering::SeqCst),
+    )
+}
+
+async fn join(node: &Node<Counting>, user: Option<&str>, outbox: &Outbox) -> Membership {
+    node.join(lobby(), user, false, outbox).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_first_member_subscribes_and_the_last_one_gone_retires_the_lobby() {
+    let node = node(4);
+    let (oa, _ia) = connection();
+    let (ob, _ib) = connection();
+    let a = join(&node, None, &oa).await;
+    let b = join(&node, None, &ob).await;
+    assert_eq!((a.seat, b.seat), (1, 2));
+    assert_eq!(subscriptions(&node), (1, 0), "one subscription per lobby");
+    assert_eq!(node.hub.len(), 1);
+    assert!(Arc::ptr_eq(&a.lobby, &b.lobby));
+
+    node.leave(a).await.unwrap();
+    assert_eq!(subscriptions(&node), (1, 0), "a member is still here");
+    assert_eq!(node.hub.len(), 1);
+    let retired = b.lobby.clone();
+    node.leave(b).await.unwrap();
+    assert_eq!(subscriptions(&node), (1, 1));
+    assert!(node.hub.is_empty(), "the hub forgot the lobby");
+
+    // A new joiner starts over with a fresh local lobby, subscribed again.
+    let (oc, _ic) = connection();
+    let c = join(&node, None, &oc).await;
+    assert!(!Arc::ptr_eq(&c.lobby, &retired));
+    assert_eq!(subscriptions(&node), (2, 1));
+    assert_eq!(c.seat, 1);
+}
+
+#[tokio::test]
+async fn a_failed_subscribe_leaves_nothing_attached() {
+    let node = node(4);
+    node.store.fail_subscribe.store(true, Ordering::SeqCst);
+    let (oa, _ia) = connection();
+    match node.join(lobby(), None, false, &oa).await {
+        Err(JoinError::Unavailable(_)) => {}
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    assert!(node.hub.is_empty(), "no local lobby stays behind");
+    assert_eq!(node.store.inner.lobby_count(), 0, "and no seat");
+    let a = join(&node, None, &oa).await;
+    assert_eq!(a.seat, 1);
+    assert_eq!(subscriptions(&node), (1, 0));
+}
+
+#[tokio::test]
+async fn a_refused_join_detaches_and_the_last_one_retires() {
+    let node = node(1);
+    let (oa, _ia) = connection();
+    let a = join(&node, Some("alice"), &oa).await;
+    let (ob, _ib) = connection();
+    match node.join(lobby(), None, false, &ob).await {
+        Err(JoinError::Full) => {}
+        other => panic!("expected full, got {other:?}"),
+    }
+    assert_eq!(a.lobby.seated().len(), 1, "the refused joiner is gone");
+    assert_eq!(subscriptions(&node), (1, 0));
+    node.leave(a).await.unwrap();
+    assert_eq!(subscriptions(&node), (1, 1));
+    assert!(node.hub.is_empty());
+
+    // Refused with no other member on this node (alice sits there through
+    // another node): attached, detached and retired at once.
+    let node = self::node(2);
+    let elsewhere: MemberId = Identity::new("n2").new_member(Some("alice"));
+    node.store
+        .inner
+        .join(&lobby(), &elsewhere, 2, None)
+        .await
+        .unwrap();
+    let (ob, _ib) = connection();
+    match node.join(lobby(), Some("alice"), false, &ob).await {
+        Err(JoinError::DuplicateUser) => {}
+        other => panic!("expected duplicate user, got {other:?}"),
+    }
+    assert!(node.hub.is_empty(), "the lobby was retired");
+    assert_eq!(subscriptions(&node), (1, 1));
+}
+
+/// The text frames a connection was sent, as JSON.
+fn frames(outbox: &Outbox) -> Vec<Value> {
+    outbox
+        .take_queued()
+        .into_iter()
+        .filter_map(|f| match f {
+            Message::Text(text) => serde_json::from_str(&text).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_held_seat_is_resumed_through_a_fresh_attach() {
+    let node = node(2);
+    let (oa, _ia) = connection();
+    let a = node.join(lobby(), None, true, &oa).await.unwrap();
+    let (ob, _ib) = connection();
+    let b = join(&node, None, &ob).await;
+    let token = frames(&oa)
+        .iter()
+        .find_map(|f| f["resumeToken"].as_str().map(str::to_owned))
+        .expect("a resume token in joined");
+    ob.take_queued();
+
+    node.drop_member(a).await.unwrap();
+    assert_eq!(b.lobby.seated().len(), 1);
+    assert_eq!(frames(&ob)[0]["type"], "playerAway");
+    assert_eq!(subscriptions(&node), (1, 0), "b is still here");
+
+    let (oc, _ic) = connection();
+    match node.resume("not a token", 0, None, &oc).await {
+        Err(ResumeError::Refused(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    let c = node.resume(&token, 1, None, &oc).await.unwrap();
+    assert_eq!(c.seat, 1);
+    assert!(Arc::ptr_eq(&c.lobby, &b.lobby));
+    assert_eq!(frames(&oc)[0]["type"], "resumed");
+    assert_eq!(frames(&ob)[0]["type"], "playerBack");
+    // A used token is refused, and the refused member is detached.
+    let (od, _id) = connection();
+    match node.resume(&token, 1, None, &od).await {
+        Err(ResumeError::Refused(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.lobby.seated().len(), 2);
+    node.leave(b).await.unwrap();
+    node.leave(c).await.unwrap();
+    assert!(node.hub.is_empty());
+    assert_eq!(subscriptions(&node), (1, 1));
+}
