@@ -9,14 +9,16 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{JoinError, Membership, Node, ResumeError};
-use crate::auth::{AuthArgs, Verifier};
+use crate::auth::AuthConfig;
+use crate::auth::verify::Verifier;
 use crate::config::Config;
-use crate::hub::{Hub, LocalLobby};
+use crate::hub::Hub;
 use crate::identity::Identity;
 use crate::limits::JoinLimit;
 use crate::lobby::memory::MemoryStore;
 use crate::lobby::{
-    JoinOutcome, LobbyStore, MemberId, RateKey, ResumeOutcome, ResumeSetup, StoreError,
+    Goodbye, JoinLimiter, JoinOutcome, LobbyMembership, LobbySink, MemberId, RateKey,
+    ResumeOutcome, ResumeSetup, StoreError, StoreHealth,
 };
 use crate::outbox::{self, Inbox, Outbox};
 use crate::passphrase::LobbyId;
@@ -31,7 +33,7 @@ struct Counting {
     fail_subscribe: AtomicBool,
 }
 
-impl LobbyStore for Counting {
+impl LobbyMembership for Counting {
     async fn subscribe(&self, lobby: &LobbyId) -> Result<(), StoreError> {
         if self.fail_subscribe.swap(false, Ordering::SeqCst) {
             return Err(StoreError::Unreachable("test: subscribe fails"));
@@ -77,29 +79,36 @@ impl LobbyStore for Counting {
         self.inner.leave(lobby, member, seat).await
     }
 
-    async fn admit_join(&self, who: RateKey, limit: JoinLimit) -> Result<bool, StoreError> {
-        self.inner.admit_join(who, limit).await
-    }
-
-    fn is_healthy(&self) -> bool {
-        self.inner.is_healthy()
-    }
-
-    async fn goodbye(&self) {
-        self.inner.goodbye().await
-    }
-
     async fn publish(
         &self,
-        lobby: &Arc<LocalLobby>,
+        lobby: &LobbyId,
+        local: &dyn LobbySink,
         member: &MemberId,
         from_seat: u8,
         message: Message,
         sender: &Outbox,
     ) -> Result<(), StoreError> {
         self.inner
-            .publish(lobby, member, from_seat, message, sender)
+            .publish(lobby, local, member, from_seat, message, sender)
             .await
+    }
+}
+
+impl JoinLimiter for Counting {
+    async fn admit_join(&self, who: RateKey, limit: JoinLimit) -> Result<bool, StoreError> {
+        self.inner.admit_join(who, limit).await
+    }
+}
+
+impl StoreHealth for Counting {
+    fn is_healthy(&self) -> bool {
+        self.inner.is_healthy()
+    }
+}
+
+impl Goodbye for Counting {
+    async fn goodbye(&self) {
+        self.inner.goodbye().await
     }
 }
 
@@ -115,7 +124,7 @@ fn node(capacity: u8) -> Node<Counting> {
         lobby_capacity: capacity,
         ..Config::default()
     };
-    let auth = Arc::new(Verifier::new(&AuthArgs::default()).unwrap());
+    let auth = Arc::new(Verifier::new(&AuthConfig::default()).unwrap());
     Node::new(config, hub, store, Arc::new(Identity::new("n1")), auth)
 }
 

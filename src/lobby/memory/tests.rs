@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::MemoryStore;
 use crate::hub::{Hub, LocalLobby};
 use crate::identity::Identity;
-use crate::lobby::{JoinOutcome, LobbyStore, MemberId, ResumeOutcome, ResumeSetup};
+use crate::lobby::{JoinOutcome, LobbyMembership, MemberId, ResumeOutcome, ResumeSetup};
 use crate::outbox::{self, Inbox, Outbox};
 use crate::passphrase::LobbyId;
 
@@ -120,7 +120,8 @@ impl Fixture {
         let lobby = self.local();
         self.store
             .publish(
-                &lobby,
+                &self.id,
+                &*lobby,
                 &from.member,
                 seat,
                 Message::text(text),
