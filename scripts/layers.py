@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fails when a module of src/ imports one that imports it back.
+"""Fails when a module of src/ imports one that imports it back, or when a
+source file of src/ is longer than 700 lines (MAX_LINES).
 
 The library's modules (src/*.rs, src/**/mod.rs and their children) are
 nodes; an edge A -> B is any path `crate::B...` (or `super::...` resolved
@@ -13,6 +14,21 @@ import re
 import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
+MAX_LINES = 700
+
+
+def long_files():
+    """Source files of src/ (the binaries' too) over MAX_LINES lines."""
+    out = []
+    for dirpath, _, files in os.walk(ROOT):
+        for f in sorted(files):
+            if f.endswith(".rs"):
+                path = os.path.join(dirpath, f)
+                with open(path, encoding="utf-8") as fh:
+                    n = sum(1 for _ in fh)
+                if n > MAX_LINES:
+                    out.append((os.path.relpath(path, os.path.join(ROOT, "..")), n))
+    return out
 
 
 def module_of(rel):
@@ -126,8 +142,12 @@ def main():
             for b in sorted(edges[a]):
                 if b in c:
                     print("   ", "::".join(a) or "crate", "->", "::".join(b) or "crate")
-    print(f"{len(modules)} modules, {sum(len(e) for e in edges.values())} imports, {len(circles)} circles")
-    return 1 if circles else 0
+    long = long_files()
+    for path, n in long:
+        print(f"{path}: {n} lines, over {MAX_LINES}")
+    print(f"{len(modules)} modules, {sum(len(e) for e in edges.values())} imports, "
+          f"{len(circles)} circles, {len(long)} files over {MAX_LINES} lines")
+    return 1 if circles or long else 0
 
 
 if __name__ == "__main__":

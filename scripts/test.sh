@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need, then runs every gate.
 #
-#   scripts/test.sh            format check, clippy, docs, the whole test suite,
-#                              then tests/relay.rs again on a Redis Cluster
+#   scripts/test.sh            format check, clippy, docs, the layers check
+#                              (scripts/layers.py), the compose end-to-end test,
+#                              the whole test suite (unit tests and the one
+#                              black-box binary, tests/integration.rs), then
+#                              tests/relay.rs again on a Redis Cluster
 #   scripts/test.sh -- ARGS    extra arguments for the test runner (a filter)
 #
 # The tests start their own redis-server (and, for tests/redis_cluster.rs and
@@ -92,6 +95,9 @@ cargo clippy --all-targets --locked -- -D warnings
 
 say "cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
+
+say "layers: no import circle in src/, no source file over 700 lines (scripts/layers.py)"
+python3 scripts/layers.py
 
 # The compose end-to-end test puts the same (debug) binary the tests run into
 # its relay image: it checks the compose file, the images and the nodes
