@@ -195,16 +195,43 @@ def svg_plot(series, path):
 
 # --- the report -------------------------------------------------------------
 
+def headline(results):
+    """The figures an A/B comparison looks at (scripts/bench-ab.sh), of the
+    runs there are: saturation msg/s, the game load's p99 and both relay
+    nodes' CPU per delivered message, idle memory per connection."""
+    out = {}
+    sat, game, memory = (load(results, n) for n in ("saturation", "game", "memory"))
+    if sat:
+        out["saturation_msg_s"] = round(sat["delivered_per_s"])
+    if game:
+        out["game_cpu_us_per_msg"] = round(cpu_per_msg(game, "relay-"), 2)
+        out["game_p99_ms"] = game["latency_ms"]["p99"]
+    if memory:
+        out["memory_kib_per_conn"] = round(per_connection(memory, "relay-"), 2)
+    for run in (sat, game, memory):
+        if run and not is_clean(run):
+            out.setdefault("problems", []).append(run["label"] if "label" in run else "?")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", required=True)
-    ap.add_argument("--machine", required=True)
-    ap.add_argument("--command", required=True)
+    ap.add_argument("--headline", action="store_true",
+                    help="print the headline figures of the runs there are as one JSON line")
+    ap.add_argument("--machine")
+    ap.add_argument("--command")
     ap.add_argument("--elapsed", type=int, default=0)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--svg", required=True)
+    ap.add_argument("--out")
+    ap.add_argument("--svg")
     ap.add_argument("--notes", default=os.path.join(os.path.dirname(__file__), "notes.md"))
     a = ap.parse_args()
+    if a.headline:
+        print(json.dumps(headline(a.results)))
+        return
+    for name in ("machine", "command", "out", "svg"):
+        if getattr(a, name) is None:
+            ap.error(f"--{name} is required (or --headline)")
 
     with open(a.machine) as f:
         machine = json.load(f)

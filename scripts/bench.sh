@@ -28,6 +28,12 @@
 #   BENCH_DIR         state: venv, logs, JSON results [target/bench-state]
 #   BENCH_OUT         the report [docs/benchmarks.md]
 #   BENCH_RELAY_ARGS  extra options for both relay nodes
+#   BENCH_RELAY_BIN   the lobby-relay binary to measure [the one built here];
+#                     the load generator is always the one built here
+#   BENCH_ONLY        run only these scenarios, e.g. "a b d" (a, b: the game
+#                     load on the relay, floor, sweep, c, d, e, f: Redis's
+#                     ceiling); the report is then not written, the
+#                     headline figures are printed (scripts/bench-ab.sh)
 #   CARGO_TARGET_DIR  where cargo builds (as for cargo)
 #
 # Needs: cargo, python3 (with venv), redis-server, redis-cli and
@@ -105,6 +111,20 @@ if ! "$VENV/bin/python" -c 'import websockets, redis' >/dev/null 2>&1; then
 fi
 
 build_release
+if [ -n "${BENCH_RELAY_BIN:-}" ]; then
+  [ -x "$BENCH_RELAY_BIN" ] || die 3 "BENCH_RELAY_BIN is not an executable file: $BENCH_RELAY_BIN"
+  RELAY=$BENCH_RELAY_BIN
+  say "measuring $RELAY ($("$RELAY" --version))"
+fi
+
+# Whether scenario $1 is to run (BENCH_ONLY).
+wants() { [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $1 "* ]]; }
+for scenario in ${BENCH_ONLY:-}; do
+  case $scenario in
+    a | b | floor | sweep | c | d | e | f) ;;
+    *) die 2 "BENCH_ONLY: no scenario $scenario (a, b, floor, sweep, c, d, e, f)" ;;
+  esac
+done
 
 # 10,000 connections in the generator, 5,000 in each node.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
@@ -247,79 +267,102 @@ EOF
 
 # --- f: Redis's own ceiling --------------------------------------------------
 
-say "Redis ceiling: redis-benchmark, pipelined PUBLISH (no subscriber)"
-N_PUB=2000000
-[ "$QUICK" = 1 ] && N_PUB=400000
-redis-benchmark -p "$REDIS_PORT" -n "$N_PUB" -P 32 -q --csv PUBLISH bench:ceiling \
-  "$(printf '%064d' 0)" >"$RESULTS/redis-ceiling.csv" 2>/dev/null || true
-cat "$RESULTS/redis-ceiling.csv"
+if wants f; then
+  say "Redis ceiling: redis-benchmark, pipelined PUBLISH (no subscriber)"
+  N_PUB=2000000
+  [ "$QUICK" = 1 ] && N_PUB=400000
+  redis-benchmark -p "$REDIS_PORT" -n "$N_PUB" -P 32 -q --csv PUBLISH bench:ceiling \
+    "$(printf '%064d' 0)" >"$RESULTS/redis-ceiling.csv" 2>/dev/null || true
+  cat "$RESULTS/redis-ceiling.csv"
+fi
 
 # --- a: saturation -----------------------------------------------------------
 
-say "a) saturation, cross-node, 64-byte messages"
-start_nodes saturation
-bench saturation "${RELAY_URLS[@]}" --lobbies 200 --saturate --window 32 --size 64 \
-  --warmup "$(secs 2)" --duration "$(secs 10)" --pids "$(relay_pids)"
-stop_nodes
+if wants a; then
+  say "a) saturation, cross-node, 64-byte messages"
+  start_nodes saturation
+  bench saturation "${RELAY_URLS[@]}" --lobbies 200 --saturate --window 32 --size 64 \
+    --warmup "$(secs 2)" --duration "$(secs 10)" --pids "$(relay_pids)"
+  stop_nodes
+fi
 
 # --- b: game load, floor, sweep ----------------------------------------------
 
-say "b) game load, cross-node, 100 lobbies x 2 players x 30 Hz"
-start_nodes game
-bench game "${RELAY_URLS[@]}" --lobbies 100 --rate 30 --size 64 \
-  --warmup "$(secs 3)" --duration "$(secs 20)" --pids "$(relay_pids)"
-stop_nodes
-start_floor game
-bench floor-game "${FLOOR_URLS[@]}" --lobbies 100 --rate 30 --size 64 \
-  --warmup "$(secs 3)" --duration "$(secs 20)" --pids "floor=$FLOOR_PID"
-stop_pid "$FLOOR_PID"
+if wants b; then
+  say "b) game load, cross-node, 100 lobbies x 2 players x 30 Hz"
+  start_nodes game
+  bench game "${RELAY_URLS[@]}" --lobbies 100 --rate 30 --size 64 \
+    --warmup "$(secs 3)" --duration "$(secs 20)" --pids "$(relay_pids)"
+  stop_nodes
+fi
 
-say "b) rate sweep (relay, then the floor at the same rate), until the relay's p99 passes 2 ms"
-start_nodes sweep
-start_floor sweep
-for total in 6000 10000 15000 20000 30000 40000; do
-  rate=$(python3 -c "print($total / 200)")
-  bench "sweep-relay-$total" "${RELAY_URLS[@]}" --lobbies 100 --rate "$rate" --size 64 \
-    --warmup "$(secs 2)" --duration "$(secs 8)" --pids "$(relay_pids)" --quiet
-  bench "sweep-floor-$total" "${FLOOR_URLS[@]}" --lobbies 100 --rate "$rate" --size 64 \
-    --warmup "$(secs 2)" --duration "$(secs 8)" --pids "floor=$FLOOR_PID" --quiet
-  if python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) > 2.0 else 1)" "$(p99_of "sweep-relay-$total")"; then
-    break
-  fi
-done
-stop_pid "$FLOOR_PID"
-stop_nodes
+if wants floor; then
+  start_floor game
+  bench floor-game "${FLOOR_URLS[@]}" --lobbies 100 --rate 30 --size 64 \
+    --warmup "$(secs 3)" --duration "$(secs 20)" --pids "floor=$FLOOR_PID"
+  stop_pid "$FLOOR_PID"
+fi
+
+if wants sweep; then
+  say "b) rate sweep (relay, then the floor at the same rate), until the relay's p99 passes 2 ms"
+  start_nodes sweep
+  start_floor sweep
+  for total in 6000 10000 15000 20000 30000 40000; do
+    rate=$(python3 -c "print($total / 200)")
+    bench "sweep-relay-$total" "${RELAY_URLS[@]}" --lobbies 100 --rate "$rate" --size 64 \
+      --warmup "$(secs 2)" --duration "$(secs 8)" --pids "$(relay_pids)" --quiet
+    bench "sweep-floor-$total" "${FLOOR_URLS[@]}" --lobbies 100 --rate "$rate" --size 64 \
+      --warmup "$(secs 2)" --duration "$(secs 8)" --pids "floor=$FLOOR_PID" --quiet
+    if python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) > 2.0 else 1)" "$(p99_of "sweep-relay-$total")"; then
+      break
+    fi
+  done
+  stop_pid "$FLOOR_PID"
+  stop_nodes
+fi
 
 # --- c: joins ----------------------------------------------------------------
 
-say "c) joins: lobbies formed as fast as possible across the nodes"
-start_nodes joins
-bench joins "${RELAY_URLS[@]}" --lobbies 2000 --idle --duration 1s --pids "$(relay_pids)"
-stop_nodes
+if wants c; then
+  say "c) joins: lobbies formed as fast as possible across the nodes"
+  start_nodes joins
+  bench joins "${RELAY_URLS[@]}" --lobbies 2000 --idle --duration 1s --pids "$(relay_pids)"
+  stop_nodes
+fi
 
 # --- d: memory ---------------------------------------------------------------
 
-say "d) memory: 10,000 idle joined connections over the two nodes"
-start_nodes memory
-bench memory "${RELAY_URLS[@]}" --lobbies 5000 --idle --duration "$(secs 10)" --pids "$(relay_pids)"
-stop_nodes
+if wants d; then
+  say "d) memory: 10,000 idle joined connections over the two nodes"
+  start_nodes memory
+  bench memory "${RELAY_URLS[@]}" --lobbies 5000 --idle --duration "$(secs 10)" --pids "$(relay_pids)"
+  stop_nodes
+fi
 
 # --- e: the Python relay -----------------------------------------------------
 
-say "e) the Python relay (asyncio + websockets + redis.asyncio), two processes"
-start_python saturation
-bench python-saturation "${PY_URLS[@]}" --lobbies 200 --saturate --window 32 --size 64 \
-  --warmup "$(secs 2)" --duration "$(secs 10)" --pids "$(python_pids)"
-stop_python
-start_python game
-bench python-game "${PY_URLS[@]}" --lobbies 100 --rate 30 --size 64 \
-  --warmup "$(secs 3)" --duration "$(secs 20)" --pids "$(python_pids)"
-stop_python
-start_python memory
-bench python-memory "${PY_URLS[@]}" --lobbies 2000 --idle --duration "$(secs 5)" --pids "$(python_pids)"
-stop_python
+if wants e; then
+  say "e) the Python relay (asyncio + websockets + redis.asyncio), two processes"
+  start_python saturation
+  bench python-saturation "${PY_URLS[@]}" --lobbies 200 --saturate --window 32 --size 64 \
+    --warmup "$(secs 2)" --duration "$(secs 10)" --pids "$(python_pids)"
+  stop_python
+  start_python game
+  bench python-game "${PY_URLS[@]}" --lobbies 100 --rate 30 --size 64 \
+    --warmup "$(secs 3)" --duration "$(secs 20)" --pids "$(python_pids)"
+  stop_python
+  start_python memory
+  bench python-memory "${PY_URLS[@]}" --lobbies 2000 --idle --duration "$(secs 5)" --pids "$(python_pids)"
+  stop_python
+fi
 
 cleanup
+
+if [ -n "${BENCH_ONLY:-}" ]; then
+  python3 "$ROOT/bench/report.py" --results "$RESULTS" --headline
+  [ ${#FAILED[@]} -eq 0 ] || { echo "$PROG: runs with problems: ${FAILED[*]}" >&2; exit 1; }
+  exit 0
+fi
 
 # --- the report --------------------------------------------------------------
 
