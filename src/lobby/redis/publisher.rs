@@ -641,6 +641,12 @@ async fn relay_runs_single(
             }
             replies.into_iter().map(Ok).collect()
         }
+        // A batch unanswered in time stays a timeout for every run of it
+        // (`is_timeout`: the publisher then waits for a PING first).
+        Err(StoreError::Unreachable(why)) => runs
+            .iter()
+            .map(|_| Err(StoreError::Unreachable(why)))
+            .collect(),
         Err(e) => runs
             .iter()
             .map(|_| Err(StoreError::Protocol(e.to_string())))
