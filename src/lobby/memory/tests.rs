@@ -147,6 +147,28 @@ impl Fixture {
             .await
             .unwrap()
     }
+
+    /// A resume of `seat` that must be refused; `what` names the case.
+    async fn refused(&self, seat: u8, secret: &str, received: u64, what: &str) {
+        match self.resume(seat, secret, received).await {
+            ResumeOutcome::Refused(_) => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+
+    /// Three players seated in a lobby of three, the frames of their joins
+    /// taken.
+    async fn three_seated(&self) -> [Player; 3] {
+        let players = [
+            self.seated(3).await,
+            self.seated(3).await,
+            self.seated(3).await,
+        ];
+        for p in &players {
+            p.frames();
+        }
+        players
+    }
 }
 
 #[tokio::test]
@@ -253,12 +275,7 @@ async fn a_user_holds_one_seat_per_lobby() {
 #[tokio::test]
 async fn a_leave_frees_the_seat_for_the_next_joiner_and_an_empty_lobby_goes() {
     let f = Fixture::new();
-    let pa = f.seated(3).await;
-    let pb = f.seated(3).await;
-    let pc = f.seated(3).await;
-    for p in [&pa, &pb, &pc] {
-        p.frames();
-    }
+    let [pa, pb, pc] = f.three_seated().await;
     f.local().remove(&pb.member);
     f.store.leave(&f.id, &pb.member, 2).await.unwrap();
     let left = json!({"type": "playerLeft", "players": 2, "seat": 2});
@@ -300,12 +317,7 @@ async fn a_leave_frees_the_seat_for_the_next_joiner_and_an_empty_lobby_goes() {
 #[tokio::test]
 async fn a_game_message_goes_to_everybody_but_its_sender_in_order() {
     let f = Fixture::new();
-    let pa = f.seated(3).await;
-    let pb = f.seated(3).await;
-    let pc = f.seated(3).await;
-    for p in [&pa, &pb, &pc] {
-        p.frames();
-    }
+    let [pa, pb, pc] = f.three_seated().await;
     for n in 0..5 {
         f.relay(&pa, 1, &format!(r#"{{"n":{n}}}"#)).await;
     }
@@ -336,14 +348,9 @@ async fn an_away_seat_is_held_and_resumed_with_what_it_missed() {
     f.relay(&pb, 2, r#"{"n":1}"#).await;
     f.relay(&pb, 2, r#"{"n":2}"#).await;
 
-    match f.resume(1, "wrong", 1).await {
-        ResumeOutcome::Refused(_) => {}
-        other => panic!("a wrong secret resumed: {other:?}"),
-    }
-    match f.resume(1, "secret-a", 99).await {
-        ResumeOutcome::Refused(_) => {}
-        other => panic!("a count beyond the deliveries resumed: {other:?}"),
-    }
+    f.refused(1, "wrong", 1, "a wrong secret resumed").await;
+    f.refused(1, "secret-a", 99, "a count beyond the deliveries resumed")
+        .await;
     // It had received `joined` (the answer, not a delivery) and `ready`.
     match f.resume(1, "secret-a", 1).await {
         ResumeOutcome::Resumed {
@@ -362,10 +369,8 @@ async fn an_away_seat_is_held_and_resumed_with_what_it_missed() {
         other => panic!("not resumed: {other:?}"),
     }
     assert_eq!(pb.frames(), [json!({"type": "playerBack", "seat": 1})]);
-    match f.resume(1, "secret-a", 1).await {
-        ResumeOutcome::Refused(_) => {}
-        other => panic!("a used token resumed again: {other:?}"),
-    }
+    f.refused(1, "secret-a", 1, "a used token resumed again")
+        .await;
 }
 
 #[tokio::test]
@@ -374,10 +379,7 @@ async fn a_seat_that_is_not_resumable_is_not_held() {
     let pa = f.seated(2).await;
     let _pb = f.seated(2).await;
     assert!(!f.away(&pa, 1).await, "the caller leaves instead");
-    match f.resume(1, "anything", 0).await {
-        ResumeOutcome::Refused(_) => {}
-        other => panic!("{other:?}"),
-    }
+    f.refused(1, "anything", 0, "resumed").await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -401,10 +403,7 @@ async fn a_held_seat_is_released_when_its_grace_ends() {
         [json!({"type": "playerLeft", "players": 1, "seat": 1})]
     );
     assert_eq!(f.local().occupied(), [2]);
-    match f.resume(1, "secret-a", 1).await {
-        ResumeOutcome::Refused(_) => {}
-        other => panic!("resumed after its grace: {other:?}"),
-    }
+    f.refused(1, "secret-a", 1, "resumed after its grace").await;
     let (again, _) = f.join(None, 2, None).await;
     assert_eq!(
         again,
@@ -458,8 +457,5 @@ async fn a_held_seat_that_misses_too_much_is_released() {
         pb.frames(),
         [json!({"type": "playerLeft", "players": 1, "seat": 1})]
     );
-    match f.resume(1, "secret-a", 1).await {
-        ResumeOutcome::Refused(_) => {}
-        other => panic!("{other:?}"),
-    }
+    f.refused(1, "secret-a", 1, "resumed").await;
 }
