@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
-use tracing::Instrument;
 
 use super::connections::{is_no_script, timed};
 use super::envelope;
@@ -74,15 +73,10 @@ impl Publisher {
             redis_clock: RedisClock::new(),
             started: Instant::now(),
         });
-        tokio::spawn(
-            publisher
-                .held
-                .link
-                .stop
-                .clone()
-                .run_until_cancelled_owned(run_publisher(publisher.clone(), ops))
-                .in_current_span(),
-        );
+        publisher
+            .held
+            .link
+            .spawn_until_stopped(run_publisher(publisher.clone(), ops));
         publisher
     }
 
@@ -531,19 +525,11 @@ impl Lanes {
         let lane = self.lanes.entry(slot).or_insert_with(|| {
             let (queue, ops) = mpsc::channel(LANE_QUEUE);
             let progress = Arc::new(std::sync::atomic::AtomicU64::new(publisher.elapsed_ms()));
-            tokio::spawn(
-                publisher
-                    .held
-                    .link
-                    .stop
-                    .clone()
-                    .run_until_cancelled_owned(run_batches(
-                        publisher.clone(),
-                        ops,
-                        Some(progress.clone()),
-                    ))
-                    .in_current_span(),
-            );
+            publisher.held.link.spawn_until_stopped(run_batches(
+                publisher.clone(),
+                ops,
+                Some(progress.clone()),
+            ));
             Lane { queue, progress }
         });
         let op = match lane.queue.try_send(op) {
