@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::{
-    Client, Receiver, RedisCluster, Relays, Sender, assert_quiet_pair, lobby_channel, lobby_id,
-    lobby_key, pair_named, unique,
+    Client, Receiver, RedisCluster, Relays, Sender, assert_quiet_pair, join_second, lobby_channel,
+    lobby_id, lobby_key, pair_named, unique,
 };
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
@@ -592,11 +592,7 @@ async fn pair_resumable(c: &Relays, passphrase: &str, i: usize) -> (Client, Clie
         "{joined}"
     );
     assert!(joined["resumeToken"].is_string(), "{joined}");
-    b.send_join(passphrase).await;
-    b.expect_json(json!({"type": "joined", "players": 2, "capacity": 2, "seat": 2}))
-        .await;
-    a.expect_json(json!({"type": "ready", "players": 2})).await;
-    b.expect_json(json!({"type": "ready", "players": 2})).await;
+    join_second(&mut a, &mut b, passphrase).await;
     (a, b)
 }
 

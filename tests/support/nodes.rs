@@ -211,22 +211,22 @@ impl Node {
 
     /// Sends SIGHUP (as `kill -HUP PID` does) and returns at once.
     pub fn signal_hup(&self) {
-        let pid = self.pid().to_string();
-        let status = Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run `kill -HUP {pid}`: {e}"));
-        assert!(status.success(), "`kill -HUP {pid}` failed: {status}");
+        self.signal("HUP");
     }
 
     /// Sends SIGTERM (as `kill -TERM PID` does) and returns at once.
     pub fn signal_term(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends signal `name` (as `kill -NAME PID` does) and returns at once.
+    fn signal(&self, name: &str) {
         let pid = self.pid().to_string();
         let status = Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{name}"), &pid])
             .status()
-            .unwrap_or_else(|e| panic!("cannot run `kill -TERM {pid}`: {e}"));
-        assert!(status.success(), "`kill -TERM {pid}` failed: {status}");
+            .unwrap_or_else(|e| panic!("cannot run `kill -{name} {pid}`: {e}"));
+        assert!(status.success(), "`kill -{name} {pid}` failed: {status}");
     }
 
     /// Waits (without blocking the runtime) until the node exits, for at
