@@ -148,6 +148,20 @@ impl Fixture {
             .unwrap()
     }
 
+    /// A lobby of two: player a, whose seat is resumable (`secret`, `grace`,
+    /// at most `max_messages` kept), then player b.
+    async fn resumable_pair(
+        &self,
+        secret: &str,
+        grace: Duration,
+        max_messages: u32,
+    ) -> (Player, Player) {
+        let setup = resumable(secret, grace, max_messages);
+        let pa = self.seated_resumable(2, Some(&setup)).await;
+        let pb = self.seated(2).await;
+        (pa, pb)
+    }
+
     /// A resume of `seat` that must be refused; `what` names the case.
     async fn refused(&self, seat: u8, secret: &str, received: u64, what: &str) {
         match self.resume(seat, secret, received).await {
@@ -334,9 +348,7 @@ async fn a_game_message_goes_to_everybody_but_its_sender_in_order() {
 async fn an_away_seat_is_held_and_resumed_with_what_it_missed() {
     let f = Fixture::new();
     let grace = Duration::from_secs(30);
-    let setup = resumable("secret-a", grace, 100);
-    let pa = f.seated_resumable(2, Some(&setup)).await;
-    let pb = f.seated(2).await;
+    let (pa, pb) = f.resumable_pair("secret-a", grace, 100).await;
     assert_eq!(pa.types(), ["joined", "ready"]);
     pb.frames();
 
@@ -386,9 +398,7 @@ async fn a_seat_that_is_not_resumable_is_not_held() {
 async fn a_held_seat_is_released_when_its_grace_ends() {
     let f = Fixture::new();
     let grace = Duration::from_secs(10);
-    let setup = resumable("secret-a", grace, 100);
-    let pa = f.seated_resumable(2, Some(&setup)).await;
-    let pb = f.seated(2).await;
+    let (pa, pb) = f.resumable_pair("secret-a", grace, 100).await;
     pb.frames();
     assert!(f.away(&pa, 1).await);
     assert_eq!(pb.types(), ["playerAway"]);
@@ -420,9 +430,7 @@ async fn a_held_seat_is_released_when_its_grace_ends() {
 async fn the_timer_of_an_earlier_absence_releases_nothing() {
     let f = Fixture::new();
     let grace = Duration::from_secs(10);
-    let setup = resumable("s1", grace, 100);
-    let pa = f.seated_resumable(2, Some(&setup)).await;
-    let pb = f.seated(2).await;
+    let (pa, pb) = f.resumable_pair("s1", grace, 100).await;
     assert!(f.away(&pa, 1).await);
     tokio::time::sleep(grace / 2).await;
     let member = match f.resume(1, "s1", 1).await {
@@ -444,9 +452,9 @@ async fn the_timer_of_an_earlier_absence_releases_nothing() {
 #[tokio::test]
 async fn a_held_seat_that_misses_too_much_is_released() {
     let f = Fixture::new();
-    let setup = resumable("secret-a", Duration::from_secs(30), 2);
-    let pa = f.seated_resumable(2, Some(&setup)).await;
-    let pb = f.seated(2).await;
+    let (pa, pb) = f
+        .resumable_pair("secret-a", Duration::from_secs(30), 2)
+        .await;
     assert!(f.away(&pa, 1).await);
     pb.frames();
     f.relay(&pb, 2, "1").await;
