@@ -220,15 +220,22 @@ async fn game_on_two_nodes(what: &str, count: u64) -> (RedisServer, Node, Node, 
     (redis, a, b, game)
 }
 
-async fn start_game(url_a: &str, url_b: &str, what: &str, count: u64, first: usize) -> Game {
-    let pass = format!("{what}-{}", unique());
-    let mut pa = Player::join(url_a, &pass, "A").await;
+/// A lobby `pass` of A (resume, on `url_a`) and B (not, on `url_b`), past
+/// `ready`.
+async fn join_pair(url_a: &str, url_b: &str, pass: &str) -> (Player, Client) {
+    let mut pa = Player::join(url_a, pass, "A").await;
     let mut pb = Client::connect(url_b, "B").await;
     pb.send_json(json!({"type": "join", "passphrase": pass}))
         .await;
     assert_eq!(pb.recv_json().await["type"], "joined");
     assert_eq!(pa.recv().await["type"], "ready");
     assert_eq!(pb.recv_json().await["type"], "ready");
+    (pa, pb)
+}
+
+async fn start_game(url_a: &str, url_b: &str, what: &str, count: u64, first: usize) -> Game {
+    let pass = format!("{what}-{}", unique());
+    let (mut pa, pb) = join_pair(url_a, url_b, &pass).await;
     let (tx, rx) = pb.split();
     let sender = send_numbered(tx, count, Duration::from_millis(10));
     let mut before = Vec::new();
@@ -353,13 +360,7 @@ async fn grace_expiry_and_refused_tokens() {
     ] {
         let flavour = relays.flavour();
         let pass = format!("grace-{}", unique());
-        let mut pa = Player::join(&relays.url_a(), &pass, "A").await;
-        let mut pb = Client::connect(&relays.url_b(), "B").await;
-        pb.send_json(json!({"type": "join", "passphrase": pass}))
-            .await;
-        pb.recv_json().await;
-        pa.recv().await;
-        pb.recv_json().await;
+        let (mut pa, mut pb) = join_pair(&relays.url_a(), &relays.url_b(), &pass).await;
         // A resumes once (its old token is then spent).
         let old = pa.token.clone();
         pa.disconnect();
@@ -427,13 +428,7 @@ async fn an_overflowing_buffer_releases_the_seat() {
         Relays::redis_with(&["--resume-buffer-messages", "16"]),
     ] {
         let pass = format!("cap-{}", unique());
-        let mut pa = Player::join(&relays.url_a(), &pass, "A").await;
-        let mut pb = Client::connect(&relays.url_b(), "B").await;
-        pb.send_json(json!({"type": "join", "passphrase": pass}))
-            .await;
-        pb.recv_json().await;
-        pa.recv().await;
-        pb.recv_json().await;
+        let (mut pa, mut pb) = join_pair(&relays.url_a(), &relays.url_b(), &pass).await;
         let token = pa.token.clone();
         pa.disconnect();
         assert_eq!(pb.recv_json().await["type"], "playerAway");
