@@ -391,13 +391,8 @@ async fn a_master_failing_over_does_not_end_games() {
                         flow.name
                     ));
                 }
-                if !flow.complete() {
-                    trouble.push(format!(
-                        "lobby {i} ({}): the last move sent ({}) never arrived (last: {})",
-                        flow.name,
-                        flow.sent.len(),
-                        flow.last_received()
-                    ));
+                if let Some(missing) = flow.missing_last() {
+                    trouble.push(format!("lobby {i} ({}): {missing}", flow.name));
                 }
             }
         }
@@ -508,13 +503,8 @@ async fn a_slot_migrating_under_a_live_game_does_not_end_it() {
                     flow.name
                 ));
             }
-            if !flow.complete() {
-                trouble.push(format!(
-                    "{}: the last move sent ({}) never arrived (last: {})",
-                    flow.name,
-                    flow.sent.len(),
-                    flow.last_received()
-                ));
+            if let Some(missing) = flow.missing_last() {
+                trouble.push(format!("{}: {missing}", flow.name));
             }
         }
         assert!(trouble.is_empty(), "{}", trouble.join("\n"));
@@ -691,6 +681,17 @@ impl Flow {
     /// Whether the last move sent arrived.
     fn complete(&self) -> bool {
         self.last_received() == self.sent.len() as u64
+    }
+
+    /// If the last move sent never arrived, that trouble in words.
+    fn missing_last(&self) -> Option<String> {
+        (!self.complete()).then(|| {
+            format!(
+                "the last move sent ({}) never arrived (last: {})",
+                self.sent.len(),
+                self.last_received()
+            )
+        })
     }
 
     /// The longest pause in arrivals from `since` on: between the last
