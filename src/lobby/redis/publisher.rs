@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::connections::{is_no_script, timed};
+use super::connections::{Conn, is_no_script, timed};
 use super::envelope;
 use super::held::HeldSeats;
 use super::keys::{channel_of, lobby_key_of_channel};
@@ -83,6 +83,12 @@ impl Publisher {
     /// Milliseconds since the store started (a clock for lanes' progress).
     fn elapsed_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// Loads the relay script through `conn` (`SCRIPT LOAD`, which goes to
+    /// every master of a cluster).
+    async fn load_relay_script(&self, conn: &mut Conn) -> Result<String, StoreError> {
+        timed(self.held.scripts.relay.prepare_invoke().load_async(conn)).await
     }
 
     /// Whether Redis looks frozen or gone to the publisher: a batch went
@@ -603,15 +609,7 @@ async fn relay_runs_single(
         {
             // A restarted Redis forgot the script; nothing of the batch
             // ran: load it and send the batch again.
-            let loaded = timed(
-                publisher
-                    .held
-                    .scripts
-                    .relay
-                    .prepare_invoke()
-                    .load_async(&mut conn),
-            )
-            .await;
+            let loaded = publisher.load_relay_script(&mut conn).await;
             if loaded.is_ok() {
                 sent = timed(pipe.query_async::<Vec<HeldReply>>(&mut conn)).await;
             }
@@ -648,16 +646,7 @@ async fn relay_run_cluster(publisher: &Publisher, run: &RelayRun) -> Result<Held
     }
     match reply {
         Err(e) if is_no_script(&e) => {
-            // SCRIPT LOAD goes to every master.
-            timed(
-                publisher
-                    .held
-                    .scripts
-                    .relay
-                    .prepare_invoke()
-                    .load_async(&mut conn),
-            )
-            .await?;
+            publisher.load_relay_script(&mut conn).await?;
             timed(cmd.query_async::<HeldReply>(&mut conn)).await
         }
         other => other,
