@@ -194,12 +194,8 @@ impl<S: LobbyStore> Site<S> {
             }
         };
         let body = serde_json::to_string(&view).unwrap_or_else(|_| "{}".to_owned());
-        let mut response = text(StatusCode::OK, &body);
+        let mut response = typed(StatusCode::OK, body, "application/json");
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
     }
@@ -354,13 +350,19 @@ pub(crate) fn websocket_key(request: &Request<Incoming>) -> Result<HeaderValue, 
 }
 
 pub(crate) fn text(status: StatusCode, body: &str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    typed(
+        status,
+        Bytes::copy_from_slice(body.as_bytes()),
+        "text/plain; charset=utf-8",
+    )
+}
+
+/// `body` as `content_type`, the connection closed after it.
+fn typed(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     // One request per connection: health checks reconnect anyway, and a
     // connection then never outlives the node's drain.
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -28,6 +28,20 @@ use crate::protocol::{self, ErrorCode};
 /// `--log-filter lobby_relay::session=debug` still shows them).
 const TARGET: &str = "lobby_relay::session";
 
+/// The `debug` line of a refused join: its lobby and reason, then what else
+/// the line has (the user, the message).
+macro_rules! join_refused {
+    ($lobby:expr, $reason:literal, $($rest:tt)+) => {
+        tracing::debug!(
+            target: TARGET,
+            event = "join_refused",
+            lobby = $lobby.short(),
+            reason = $reason,
+            $($rest)+
+        )
+    };
+}
+
 /// The text of every `unavailable` answer to a join or resume.
 const LOBBIES_UNAVAILABLE: &str = "lobbies are unavailable right now; try again";
 
@@ -177,40 +191,24 @@ impl Refusal<'_> {
     pub fn record(&self) {
         let metrics = metrics::get();
         match self {
-            Self::LobbyNotAllowed { lobby, user } => tracing::debug!(
-                target: TARGET,
-                event = "join_refused",
-                lobby = lobby.short(),
-                reason = "lobby_not_allowed",
+            Self::LobbyNotAllowed { lobby, user } => join_refused!(
+                lobby,
+                "lobby_not_allowed",
                 user,
                 "the token does not allow this lobby"
             ),
             Self::TooManyJoins { lobby, .. } => {
                 metrics.joins_rate_limited.increment(1);
-                tracing::debug!(
-                    target: TARGET,
-                    event = "join_refused",
-                    lobby = lobby.short(),
-                    reason = "rate_limited",
-                    "too many joins from this address"
-                );
+                join_refused!(lobby, "rate_limited", "too many joins from this address");
             }
             Self::TooManyResumes { .. } => metrics.joins_rate_limited.increment(1),
             Self::LobbyFull { lobby, .. } => {
                 metrics.joins_full.increment(1);
-                tracing::debug!(
-                    target: TARGET,
-                    event = "join_refused",
-                    lobby = lobby.short(),
-                    reason = "full",
-                    "lobby full"
-                );
+                join_refused!(lobby, "full", "lobby full");
             }
-            Self::DuplicateUser { lobby, user } => tracing::debug!(
-                target: TARGET,
-                event = "join_refused",
-                lobby = lobby.short(),
-                reason = "duplicate_user",
+            Self::DuplicateUser { lobby, user } => join_refused!(
+                lobby,
+                "duplicate_user",
                 user,
                 "the user already holds a seat in this lobby"
             ),

@@ -781,6 +781,26 @@ impl Partitionable {
     fn logs(&self) -> [NodeLogs; 2] {
         [self.a.logs(), self.b.logs()]
     }
+
+    /// A probe of the Redis server (not through the proxy).
+    async fn probe(&self) -> RedisProbe {
+        RedisProbe::connect(&self.redis.url()).await
+    }
+
+    /// A lobby `<what>-<unique>` of A (node a) and B (node b): its
+    /// passphrase and the two players.
+    async fn pair(&self, what: &str) -> (String, Client, Client) {
+        let pass = format!("{what}-{}", unique());
+        let (pa, pb) = pair_on(&self.a.url(), &self.b.url(), &pass, ("A", "B")).await;
+        (pass, pa, pb)
+    }
+
+    /// [`Partitionable::pair`], the players past one round trip.
+    async fn playing(&self, what: &str) -> (String, Client, Client) {
+        let (pass, mut pa, mut pb) = self.pair(what).await;
+        assert!(round_trip(&mut pa, &mut pb).await.is_empty());
+        (pass, pa, pb)
+    }
 }
 
 /// How node a is cut off from Redis.
@@ -836,15 +856,12 @@ async fn blackholed_node_loses_its_seat_safely() {
 
 async fn partition_loses_the_seat(mode: Partition) {
     let c = Partitionable::start().await;
-    let url = c.redis.url();
     bounded(&c.logs(), async {
-        let probe = RedisProbe::connect(&url).await;
+        let probe = c.probe().await;
         let a_key = node_key(&probe, "a").await;
         let b_key = node_key(&probe, "b").await;
-        let pass = format!("partition-{}", unique());
+        let (pass, mut pa, mut pb) = c.playing("partition").await;
         let key = lobby_key(&pass);
-        let (mut pa, mut pb) = pair_on(&c.a.url(), &c.b.url(), &pass, ("A", "B")).await;
-        assert!(round_trip(&mut pa, &mut pb).await.is_empty());
         let before = probe.hgetall(&key).await;
         assert!(is_member_of(&before["1"], &a_key), "{before:?}");
         let (hlen, max_hlen) = watch_hlen(&probe, &key);
@@ -969,13 +986,10 @@ async fn short_blackhole_keeps_the_game() {
 
 async fn short_partition_keeps_the_game(mode: Partition) {
     let c = Partitionable::start().await;
-    let url = c.redis.url();
     bounded(&c.logs(), async {
-        let probe = RedisProbe::connect(&url).await;
-        let pass = format!("short-cut-{}", unique());
+        let probe = c.probe().await;
+        let (pass, mut pa, mut pb) = c.playing("short-cut").await;
         let key = lobby_key(&pass);
-        let (mut pa, mut pb) = pair_on(&c.a.url(), &c.b.url(), &pass, ("A", "B")).await;
-        assert!(round_trip(&mut pa, &mut pb).await.is_empty());
         let before: BTreeMap<String, String> = probe.hgetall(&key).await;
         assert_eq!(before.len(), 2, "{before:?}");
 
@@ -1076,11 +1090,9 @@ async fn blackholed_reaped_player_is_not_heard() {
 
 async fn reaped_player_is_not_heard(mode: Partition) {
     let c = Partitionable::start().await;
-    let url = c.redis.url();
     bounded(&c.logs(), async {
-        let probe = RedisProbe::connect(&url).await;
-        let pass = format!("silenced-{}", unique());
-        let (pa, mut pb) = pair_on(&c.a.url(), &c.b.url(), &pass, ("A", "B")).await;
+        let probe = c.probe().await;
+        let (pass, pa, mut pb) = c.pair("silenced").await;
 
         // A talks all along and records everything it receives.
         let (a_tx, mut a_rx) = pa.split();
@@ -1227,12 +1239,10 @@ async fn reaped_player_is_not_heard(mode: Partition) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leave_during_a_cut_is_retried() {
     let c = Partitionable::start().await;
-    let url = c.redis.url();
     bounded(&c.logs(), async {
-        let probe = RedisProbe::connect(&url).await;
-        let pass = format!("leave-in-cut-{}", unique());
+        let probe = c.probe().await;
+        let (pass, pa, mut pb) = c.pair("leave-in-cut").await;
         let key = lobby_key(&pass);
-        let (pa, mut pb) = pair_on(&c.a.url(), &c.b.url(), &pass, ("A", "B")).await;
 
         Partition::Cut.begin(&c.proxy);
         drop(pa); // A goes while node a cannot reach Redis

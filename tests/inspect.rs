@@ -31,6 +31,15 @@ fn json(redis_url: &str, args: &[&str]) -> Value {
     serde_json::from_str(&inspect(redis_url, &args)).expect("JSON")
 }
 
+/// The rows of `inspect nodes --json`, `count` of them.
+fn node_rows(redis_url: &str, count: usize) -> Vec<Value> {
+    let Value::Array(nodes) = json(redis_url, &["nodes"]) else {
+        panic!("no rows");
+    };
+    assert_eq!(nodes.len(), count, "{nodes:?}");
+    nodes
+}
+
 /// Lobby L1 has A (node a) and B (node b), lobby L2 has C (node a) alone:
 /// `inspect nodes`, `inspect lobbies` and `inspect lobby` say exactly that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,9 +52,7 @@ async fn inspect_matches_the_players() {
     let mut solo = Client::connect(&c.url_a(), "C").await;
     solo.join(&l2).await;
 
-    let nodes = json(&url, &["nodes"]);
-    let nodes = nodes.as_array().expect("rows");
-    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    let nodes = node_rows(&url, 2);
     let row = |prefix: &str| {
         nodes
             .iter()
@@ -212,9 +219,7 @@ fn inspect_reads_every_shard_of_a_redis_cluster() {
     );
 
     let two = lobbies.iter().filter(|l| l.2 == 2).count();
-    let nodes = json(&url, &["nodes"]);
-    let nodes = nodes.as_array().expect("rows");
-    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    let nodes = node_rows(&url, 3);
     let row = |key: &str| {
         nodes
             .iter()

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::{
-    Client, Receiver, RedisCluster, Relays, Sender, assert_quiet_pair, lobby_channel, lobby_id,
-    lobby_key, pair_named, unique,
+    Client, Receiver, RedisCluster, Relays, Sender, assert_quiet_pair, join_second, lobby_channel,
+    lobby_id, lobby_key, pair_named, unique,
 };
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
@@ -391,13 +391,8 @@ async fn a_master_failing_over_does_not_end_games() {
                         flow.name
                     ));
                 }
-                if !flow.complete() {
-                    trouble.push(format!(
-                        "lobby {i} ({}): the last move sent ({}) never arrived (last: {})",
-                        flow.name,
-                        flow.sent.len(),
-                        flow.last_received()
-                    ));
+                if let Some(missing) = flow.missing_last() {
+                    trouble.push(format!("lobby {i} ({}): {missing}", flow.name));
                 }
             }
         }
@@ -508,13 +503,8 @@ async fn a_slot_migrating_under_a_live_game_does_not_end_it() {
                     flow.name
                 ));
             }
-            if !flow.complete() {
-                trouble.push(format!(
-                    "{}: the last move sent ({}) never arrived (last: {})",
-                    flow.name,
-                    flow.sent.len(),
-                    flow.last_received()
-                ));
+            if let Some(missing) = flow.missing_last() {
+                trouble.push(format!("{}: {missing}", flow.name));
             }
         }
         assert!(trouble.is_empty(), "{}", trouble.join("\n"));
@@ -592,11 +582,7 @@ async fn pair_resumable(c: &Relays, passphrase: &str, i: usize) -> (Client, Clie
         "{joined}"
     );
     assert!(joined["resumeToken"].is_string(), "{joined}");
-    b.send_join(passphrase).await;
-    b.expect_json(json!({"type": "joined", "players": 2, "capacity": 2, "seat": 2}))
-        .await;
-    a.expect_json(json!({"type": "ready", "players": 2})).await;
-    b.expect_json(json!({"type": "ready", "players": 2})).await;
+    join_second(&mut a, &mut b, passphrase).await;
     (a, b)
 }
 
@@ -695,6 +681,17 @@ impl Flow {
     /// Whether the last move sent arrived.
     fn complete(&self) -> bool {
         self.last_received() == self.sent.len() as u64
+    }
+
+    /// If the last move sent never arrived, that trouble in words.
+    fn missing_last(&self) -> Option<String> {
+        (!self.complete()).then(|| {
+            format!(
+                "the last move sent ({}) never arrived (last: {})",
+                self.sent.len(),
+                self.last_received()
+            )
+        })
     }
 
     /// The longest pause in arrivals from `since` on: between the last

@@ -180,17 +180,62 @@ struct Game {
     rx: support::Receiver,
     sender: tokio::task::JoinHandle<Sender>,
     before: Vec<u64>,
+    count: u64,
 }
 
-async fn start_game(url_a: &str, url_b: &str, what: &str, count: u64, first: usize) -> Game {
-    let pass = format!("{what}-{}", unique());
-    let mut pa = Player::join(url_a, &pass, "A").await;
+impl Game {
+    /// A reads until its connection is cut; what it got counts as before.
+    async fn read_until_cut(&mut self) {
+        let got = self.pa.read_until_cut().await;
+        self.before.extend(got);
+    }
+
+    /// A resumes on `url`; prints, under `label`, how many game messages A
+    /// had read before the `cut` and how many deliveries were replayed.
+    async fn resume(&mut self, url: &str, label: &str, cut: &str) -> Value {
+        let resumed = self.pa.resume(url).await;
+        println!(
+            "{label}: {} game messages before the {cut}, {} deliveries replayed",
+            self.before.len(),
+            resumed["replayed"]
+        );
+        resumed
+    }
+
+    /// A reads the rest of B's messages: all of them, in order, none twice.
+    async fn assert_complete(&mut self) {
+        let after = self.pa.numbers_until(self.count).await;
+        assert_complete(&self.before, &after, self.count);
+    }
+}
+
+/// Redis, nodes a and b on it, and a game of A on node a and B on node b
+/// (A has read 30 of B's `count` messages).
+async fn game_on_two_nodes(what: &str, count: u64) -> (RedisServer, Node, Node, Game) {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = node("a", &url, &[]);
+    let b = node("b", &url, &[]);
+    let game = start_game(&a.url(), &b.url(), what, count, 30).await;
+    (redis, a, b, game)
+}
+
+/// A lobby `pass` of A (resume, on `url_a`) and B (not, on `url_b`), past
+/// `ready`.
+async fn join_pair(url_a: &str, url_b: &str, pass: &str) -> (Player, Client) {
+    let mut pa = Player::join(url_a, pass, "A").await;
     let mut pb = Client::connect(url_b, "B").await;
     pb.send_json(json!({"type": "join", "passphrase": pass}))
         .await;
     assert_eq!(pb.recv_json().await["type"], "joined");
     assert_eq!(pa.recv().await["type"], "ready");
     assert_eq!(pb.recv_json().await["type"], "ready");
+    (pa, pb)
+}
+
+async fn start_game(url_a: &str, url_b: &str, what: &str, count: u64, first: usize) -> Game {
+    let pass = format!("{what}-{}", unique());
+    let (mut pa, pb) = join_pair(url_a, url_b, &pass).await;
     let (tx, rx) = pb.split();
     let sender = send_numbered(tx, count, Duration::from_millis(10));
     let mut before = Vec::new();
@@ -204,6 +249,7 @@ async fn start_game(url_a: &str, url_b: &str, what: &str, count: u64, first: usi
         rx,
         sender,
         before,
+        count,
     }
 }
 
@@ -221,32 +267,27 @@ async fn a_cut_connection_resumes_on_the_other_node_with_nothing_lost() {
     let proxied = format!("ws://127.0.0.1:{}/", proxy.port());
     // Let some arrive, then cut A's connection (no close frame, and bytes
     // on the wire are lost).
-    let Game {
-        mut pa,
-        mut rx,
-        sender,
-        mut before,
-    } = start_game(&proxied, &b.url(), "cut", 100, 20).await;
+    let mut game = start_game(&proxied, &b.url(), "cut", 100, 20).await;
     proxy.cut();
-    before.extend(pa.read_until_cut().await);
-    let away = events_until(&mut rx, is("playerAway"), Duration::from_secs(5)).await;
+    game.read_until_cut().await;
+    let away = events_until(&mut game.rx, is("playerAway"), Duration::from_secs(5)).await;
     assert_eq!(
         away.last().unwrap(),
         &json!({"type": "playerAway", "seat": 1, "grace": 15000})
     );
     // The phone takes a moment to reconnect; B's messages go on meanwhile.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let resumed = pa.resume(&b.url()).await;
+    let resumed = game.resume(&b.url(), "cut", "cut").await;
     assert_eq!(resumed["seat"], 1);
     assert_eq!(resumed["players"], 2);
-    println!(
-        "cut: {} game messages before the cut, {} deliveries replayed",
-        before.len(),
-        resumed["replayed"]
-    );
     assert!(resumed["replayed"].as_u64().unwrap() > 0, "{resumed}");
-    let after = pa.numbers_until(100).await;
-    assert_complete(&before, &after, 100);
+    game.assert_complete().await;
+    let Game {
+        mut pa,
+        mut rx,
+        sender,
+        ..
+    } = game;
     let back = events_until(&mut rx, is("playerBack"), Duration::from_secs(5)).await;
     assert_eq!(
         back.last().unwrap(),
@@ -271,33 +312,18 @@ async fn a_cut_connection_resumes_on_the_other_node_with_nothing_lost() {
 /// 1012, resumes on the other node, and the game goes on without a gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_hands_the_seat_over_without_a_gap() {
-    let redis = RedisServer::start();
-    let url = redis.url();
-    let mut a = node("a", &url, &[]);
-    let b = node("b", &url, &[]);
-    let Game {
-        mut pa,
-        mut rx,
-        sender,
-        mut before,
-    } = start_game(&a.url(), &b.url(), "drain", 150, 30).await;
+    let (_redis, mut a, b, mut game) = game_on_two_nodes("drain", 150).await;
     a.signal_term();
     // A reads until node a closes it (1012), then comes back on node b.
-    before.extend(pa.read_until_cut().await);
+    game.read_until_cut().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let resumed = pa.resume(&b.url()).await;
+    let resumed = game.resume(&b.url(), "drain", "close").await;
     assert!(resumed["replayed"].as_u64().unwrap() > 0, "{resumed}");
-    println!(
-        "drain: {} game messages before the close, {} deliveries replayed",
-        before.len(),
-        resumed["replayed"]
-    );
-    let after = pa.numbers_until(150).await;
-    assert_complete(&before, &after, 150);
-    let events = events_until(&mut rx, is("playerBack"), Duration::from_secs(5)).await;
+    game.assert_complete().await;
+    let events = events_until(&mut game.rx, is("playerBack"), Duration::from_secs(5)).await;
     assert!(events.iter().any(is("playerAway")), "{events:?}");
     assert!(a.wait_exit(Duration::from_secs(10)).await.is_some());
-    support::finish(sender).await;
+    support::finish(game.sender).await;
 }
 
 /// kill -9 of the node of player A. The promise (docs/protocol.md): the
@@ -307,34 +333,19 @@ async fn a_drained_node_hands_the_seat_over_without_a_gap() {
 /// included (they are kept in Redis).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_loses_nothing() {
-    let redis = RedisServer::start();
-    let url = redis.url();
-    let mut a = node("a", &url, &[]);
-    let b = node("b", &url, &[]);
-    let Game {
-        mut pa,
-        mut rx,
-        sender,
-        mut before,
-    } = start_game(&a.url(), &b.url(), "kill", 400, 30).await;
+    let (_redis, mut a, b, mut game) = game_on_two_nodes("kill", 400).await;
     a.kill9();
-    before.extend(pa.read_until_cut().await);
+    game.read_until_cut().await;
     let killed = tokio::time::Instant::now();
-    let away = events_until(&mut rx, is("playerAway"), Duration::from_secs(6)).await;
+    let away = events_until(&mut game.rx, is("playerAway"), Duration::from_secs(6)).await;
     println!("kill -9: playerAway after {:?}", killed.elapsed());
     assert_eq!(away.last().unwrap()["seat"], 1);
-    let resumed = pa.resume(&b.url()).await;
-    println!(
-        "kill -9: {} game messages before the kill, {} deliveries replayed",
-        before.len(),
-        resumed["replayed"]
-    );
+    let resumed = game.resume(&b.url(), "kill -9", "kill").await;
     // B went on sending while node a was dead: those come from Redis.
     assert!(resumed["replayed"].as_u64().unwrap() > 100, "{resumed}");
-    let after = pa.numbers_until(400).await;
-    assert_complete(&before, &after, 400);
-    events_until(&mut rx, is("playerBack"), Duration::from_secs(5)).await;
-    support::finish(sender).await;
+    game.assert_complete().await;
+    events_until(&mut game.rx, is("playerBack"), Duration::from_secs(5)).await;
+    support::finish(game.sender).await;
 }
 
 /// The grace period runs out: the others get `playerLeft`, the seat is free
@@ -349,13 +360,7 @@ async fn grace_expiry_and_refused_tokens() {
     ] {
         let flavour = relays.flavour();
         let pass = format!("grace-{}", unique());
-        let mut pa = Player::join(&relays.url_a(), &pass, "A").await;
-        let mut pb = Client::connect(&relays.url_b(), "B").await;
-        pb.send_json(json!({"type": "join", "passphrase": pass}))
-            .await;
-        pb.recv_json().await;
-        pa.recv().await;
-        pb.recv_json().await;
+        let (mut pa, mut pb) = join_pair(&relays.url_a(), &relays.url_b(), &pass).await;
         // A resumes once (its old token is then spent).
         let old = pa.token.clone();
         pa.disconnect();
@@ -423,13 +428,7 @@ async fn an_overflowing_buffer_releases_the_seat() {
         Relays::redis_with(&["--resume-buffer-messages", "16"]),
     ] {
         let pass = format!("cap-{}", unique());
-        let mut pa = Player::join(&relays.url_a(), &pass, "A").await;
-        let mut pb = Client::connect(&relays.url_b(), "B").await;
-        pb.send_json(json!({"type": "join", "passphrase": pass}))
-            .await;
-        pb.recv_json().await;
-        pa.recv().await;
-        pb.recv_json().await;
+        let (mut pa, mut pb) = join_pair(&relays.url_a(), &relays.url_b(), &pass).await;
         let token = pa.token.clone();
         pa.disconnect();
         assert_eq!(pb.recv_json().await["type"], "playerAway");

@@ -297,18 +297,12 @@ async fn the_admin_api_takes_any_case_of_bearer() {
 /// fails, if it still runs after 5 s).
 fn refused_start(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
     use std::io::Read;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lobby-relay"));
+    let mut command = support::nodes::serve_command();
     command
-        .args(["serve", "--listen", "127.0.0.1:0"])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("LOBBY_RELAY") {
-            command.env_remove(key);
-        }
-    }
     command.envs(env.iter().copied());
     let mut child = command.spawn().expect("spawn lobby-relay");
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -36,6 +36,18 @@ pub struct MemoryStore {
     /// Join attempts per client address (the limit is the same for the whole
     /// life of the node, so the limiter is made on first use).
     joins: OnceLock<DefaultKeyedRateLimiter<RateKey>>,
+    #[cfg(test)]
+    hooks: TestHooks,
+}
+
+/// What the node's unit tests see of its subscriptions: how many subscribes
+/// and unsubscribes, and a subscribe made to fail (a store out of reach).
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct TestHooks {
+    subscribes: AtomicUsize,
+    unsubscribes: AtomicUsize,
+    fail_subscribe: std::sync::atomic::AtomicBool,
 }
 
 /// What the store's grace timers share with it.
@@ -155,7 +167,26 @@ impl MemoryStore {
                 held_lobbies: AtomicUsize::new(0),
             }),
             joins: OnceLock::new(),
+            #[cfg(test)]
+            hooks: TestHooks::default(),
         }
+    }
+
+    /// How many subscribes and unsubscribes the store was asked for.
+    #[cfg(test)]
+    pub(crate) fn subscriptions(&self) -> (usize, usize) {
+        let hooks = &self.hooks;
+        (
+            hooks.subscribes.load(Ordering::SeqCst),
+            hooks.unsubscribes.load(Ordering::SeqCst),
+        )
+    }
+
+    /// The next subscribe fails, as if the store were out of reach (and is
+    /// not counted).
+    #[cfg(test)]
+    pub(crate) fn fail_next_subscribe(&self) {
+        self.hooks.fail_subscribe.store(true, Ordering::SeqCst);
     }
 
     /// How many lobbies exist (for tests and metrics).
@@ -263,10 +294,19 @@ static ABSENCES: AtomicUsize = AtomicUsize::new(0);
 
 impl LobbyMembership for MemoryStore {
     async fn subscribe(&self, _lobby: &LobbyId) -> Result<(), StoreError> {
+        #[cfg(test)]
+        {
+            if self.hooks.fail_subscribe.swap(false, Ordering::SeqCst) {
+                return Err(StoreError::Unreachable("test: subscribe fails"));
+            }
+            self.hooks.subscribes.fetch_add(1, Ordering::SeqCst);
+        }
         Ok(())
     }
 
     async fn unsubscribe(&self, _lobby: &LobbyId) -> Result<(), StoreError> {
+        #[cfg(test)]
+        self.hooks.unsubscribes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 

@@ -3,7 +3,6 @@
 //! forgets the lobby, and a join or resume that fails leaves nothing behind.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
@@ -14,112 +13,14 @@ use crate::auth::verify::Verifier;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::identity::Identity;
-use crate::limits::JoinLimit;
 use crate::lobby::memory::MemoryStore;
-use crate::lobby::{
-    Goodbye, JoinLimiter, JoinOutcome, LobbyMembership, LobbySink, MemberId, RateKey,
-    ResumeOutcome, ResumeSetup, StoreError, StoreHealth,
-};
+use crate::lobby::{LobbyMembership, MemberId};
 use crate::outbox::{self, Inbox, Outbox};
 use crate::passphrase::LobbyId;
 
-/// The memory store, counting the node's subscriptions; `fail_subscribe`
-/// makes the next subscribe fail (a store out of reach).
-#[derive(Debug)]
-struct Counting {
-    inner: MemoryStore,
-    subscribes: AtomicUsize,
-    unsubscribes: AtomicUsize,
-    fail_subscribe: AtomicBool,
-}
-
-impl LobbyMembership for Counting {
-    async fn subscribe(&self, lobby: &LobbyId) -> Result<(), StoreError> {
-        if self.fail_subscribe.swap(false, Ordering::SeqCst) {
-            return Err(StoreError::Unreachable("test: subscribe fails"));
-        }
-        self.subscribes.fetch_add(1, Ordering::SeqCst);
-        self.inner.subscribe(lobby).await
-    }
-
-    async fn unsubscribe(&self, lobby: &LobbyId) -> Result<(), StoreError> {
-        self.unsubscribes.fetch_add(1, Ordering::SeqCst);
-        self.inner.unsubscribe(lobby).await
-    }
-
-    async fn join(
-        &self,
-        lobby: &LobbyId,
-        member: &MemberId,
-        capacity: u8,
-        resume: Option<&ResumeSetup>,
-    ) -> Result<JoinOutcome, StoreError> {
-        self.inner.join(lobby, member, capacity, resume).await
-    }
-
-    async fn away(&self, lobby: &LobbyId, member: &MemberId, seat: u8) -> Result<bool, StoreError> {
-        self.inner.away(lobby, member, seat).await
-    }
-
-    async fn resume(
-        &self,
-        lobby: &LobbyId,
-        seat: u8,
-        secret_hash: &str,
-        new_secret_hash: &str,
-        received: u64,
-        member: &MemberId,
-    ) -> Result<ResumeOutcome, StoreError> {
-        self.inner
-            .resume(lobby, seat, secret_hash, new_secret_hash, received, member)
-            .await
-    }
-
-    async fn leave(&self, lobby: &LobbyId, member: &MemberId, seat: u8) -> Result<(), StoreError> {
-        self.inner.leave(lobby, member, seat).await
-    }
-
-    async fn publish(
-        &self,
-        lobby: &LobbyId,
-        local: &dyn LobbySink,
-        member: &MemberId,
-        from_seat: u8,
-        message: Message,
-        sender: &Outbox,
-    ) -> Result<(), StoreError> {
-        self.inner
-            .publish(lobby, local, member, from_seat, message, sender)
-            .await
-    }
-}
-
-impl JoinLimiter for Counting {
-    async fn admit_join(&self, who: RateKey, limit: JoinLimit) -> Result<bool, StoreError> {
-        self.inner.admit_join(who, limit).await
-    }
-}
-
-impl StoreHealth for Counting {
-    fn is_healthy(&self) -> bool {
-        self.inner.is_healthy()
-    }
-}
-
-impl Goodbye for Counting {
-    async fn goodbye(&self) {
-        self.inner.goodbye().await
-    }
-}
-
-fn node(capacity: u8) -> Node<Counting> {
+fn node(capacity: u8) -> Node<MemoryStore> {
     let hub = Arc::new(Hub::default());
-    let store = Counting {
-        inner: MemoryStore::new(hub.clone()),
-        subscribes: AtomicUsize::new(0),
-        unsubscribes: AtomicUsize::new(0),
-        fail_subscribe: AtomicBool::new(false),
-    };
+    let store = MemoryStore::new(hub.clone());
     let config = Config {
         lobby_capacity: capacity,
         ..Config::default()
@@ -137,14 +38,7 @@ fn connection() -> (Outbox, Inbox) {
     outbox::channel(1 << 20)
 }
 
-fn subscriptions(node: &Node<Counting>) -> (usize, usize) {
-    (
-        node.store.subscribes.load(Ordering::SeqCst),
-        node.store.unsubscribes.load(Ordering::SeqCst),
-    )
-}
-
-async fn join(node: &Node<Counting>, user: Option<&str>, outbox: &Outbox) -> Membership {
+async fn join(node: &Node<MemoryStore>, user: Option<&str>, outbox: &Outbox) -> Membership {
     node.join(lobby(), user, false, outbox).await.unwrap()
 }
 
@@ -156,40 +50,44 @@ async fn the_first_member_subscribes_and_the_last_one_gone_retires_the_lobby() {
     let a = join(&node, None, &oa).await;
     let b = join(&node, None, &ob).await;
     assert_eq!((a.seat, b.seat), (1, 2));
-    assert_eq!(subscriptions(&node), (1, 0), "one subscription per lobby");
+    assert_eq!(
+        node.store.subscriptions(),
+        (1, 0),
+        "one subscription per lobby"
+    );
     assert_eq!(node.hub.len(), 1);
     assert!(Arc::ptr_eq(&a.lobby, &b.lobby));
 
     node.leave(a).await.unwrap();
-    assert_eq!(subscriptions(&node), (1, 0), "a member is still here");
+    assert_eq!(node.store.subscriptions(), (1, 0), "a member is still here");
     assert_eq!(node.hub.len(), 1);
     let retired = b.lobby.clone();
     node.leave(b).await.unwrap();
-    assert_eq!(subscriptions(&node), (1, 1));
+    assert_eq!(node.store.subscriptions(), (1, 1));
     assert!(node.hub.is_empty(), "the hub forgot the lobby");
 
     // A new joiner starts over with a fresh local lobby, subscribed again.
     let (oc, _ic) = connection();
     let c = join(&node, None, &oc).await;
     assert!(!Arc::ptr_eq(&c.lobby, &retired));
-    assert_eq!(subscriptions(&node), (2, 1));
+    assert_eq!(node.store.subscriptions(), (2, 1));
     assert_eq!(c.seat, 1);
 }
 
 #[tokio::test]
 async fn a_failed_subscribe_leaves_nothing_attached() {
     let node = node(4);
-    node.store.fail_subscribe.store(true, Ordering::SeqCst);
+    node.store.fail_next_subscribe();
     let (oa, _ia) = connection();
     match node.join(lobby(), None, false, &oa).await {
         Err(JoinError::Unavailable(_)) => {}
         other => panic!("expected unavailable, got {other:?}"),
     }
     assert!(node.hub.is_empty(), "no local lobby stays behind");
-    assert_eq!(node.store.inner.lobby_count(), 0, "and no seat");
+    assert_eq!(node.store.lobby_count(), 0, "and no seat");
     let a = join(&node, None, &oa).await;
     assert_eq!(a.seat, 1);
-    assert_eq!(subscriptions(&node), (1, 0));
+    assert_eq!(node.store.subscriptions(), (1, 0));
 }
 
 #[tokio::test]
@@ -203,9 +101,9 @@ async fn a_refused_join_detaches_and_the_last_one_retires() {
         other => panic!("expected full, got {other:?}"),
     }
     assert_eq!(a.lobby.seated().len(), 1, "the refused joiner is gone");
-    assert_eq!(subscriptions(&node), (1, 0));
+    assert_eq!(node.store.subscriptions(), (1, 0));
     node.leave(a).await.unwrap();
-    assert_eq!(subscriptions(&node), (1, 1));
+    assert_eq!(node.store.subscriptions(), (1, 1));
     assert!(node.hub.is_empty());
 
     // Refused with no other member on this node (alice sits there through
@@ -213,7 +111,6 @@ async fn a_refused_join_detaches_and_the_last_one_retires() {
     let node = self::node(2);
     let elsewhere: MemberId = Identity::new("n2").new_member(Some("alice"));
     node.store
-        .inner
         .join(&lobby(), &elsewhere, 2, None)
         .await
         .unwrap();
@@ -223,7 +120,7 @@ async fn a_refused_join_detaches_and_the_last_one_retires() {
         other => panic!("expected duplicate user, got {other:?}"),
     }
     assert!(node.hub.is_empty(), "the lobby was retired");
-    assert_eq!(subscriptions(&node), (1, 1));
+    assert_eq!(node.store.subscriptions(), (1, 1));
 }
 
 /// The text frames a connection was sent, as JSON.
@@ -254,7 +151,7 @@ async fn a_held_seat_is_resumed_through_a_fresh_attach() {
     node.drop_member(a).await.unwrap();
     assert_eq!(b.lobby.seated().len(), 1);
     assert_eq!(frames(&ob)[0]["type"], "playerAway");
-    assert_eq!(subscriptions(&node), (1, 0), "b is still here");
+    assert_eq!(node.store.subscriptions(), (1, 0), "b is still here");
 
     let (oc, _ic) = connection();
     match node.resume("not a token", 0, None, &oc).await {
@@ -276,5 +173,5 @@ async fn a_held_seat_is_resumed_through_a_fresh_attach() {
     node.leave(b).await.unwrap();
     node.leave(c).await.unwrap();
     assert!(node.hub.is_empty());
-    assert_eq!(subscriptions(&node), (1, 1));
+    assert_eq!(node.store.subscriptions(), (1, 1));
 }

@@ -223,14 +223,25 @@ async fn a_reader_that_stops_never_holds_up_the_sender_and_is_given_up() {
     assert!(outbox.is_aborted(), "a full queue disconnects");
     // The writer tries to send the close frame for `CLOSE_TIMEOUT`, then
     // gives the socket up.
-    let started = tokio::time::Instant::now();
+    let waited = drop_and_wait(outbox, writer, CLOSE_TIMEOUT * 2).await;
+    assert!(waited >= CLOSE_TIMEOUT);
+    assert!(!wire.lock().unwrap().closed);
+}
+
+/// Drops the session's last sender and waits, at most `within`, for the
+/// writer to give the socket up; how long that took.
+async fn drop_and_wait(
+    outbox: Outbox,
+    writer: tokio::task::JoinHandle<Socket>,
+    within: Duration,
+) -> Duration {
+    let gone = tokio::time::Instant::now();
     drop(outbox);
-    tokio::time::timeout(CLOSE_TIMEOUT * 2, writer)
+    tokio::time::timeout(within, writer)
         .await
         .expect("the writer gave up")
         .unwrap();
-    assert!(started.elapsed() >= CLOSE_TIMEOUT);
-    assert!(!wire.lock().unwrap().closed);
+    gone.elapsed()
 }
 
 #[tokio::test(start_paused = true)]
@@ -244,13 +255,7 @@ async fn a_stuck_write_is_given_up_once_the_session_is_gone() {
         !writer.is_finished(),
         "while a sender lives, a slow socket is waited for"
     );
-    let gone = tokio::time::Instant::now();
-    drop(outbox);
-    tokio::time::timeout(CLOSE_TIMEOUT * 10, writer)
-        .await
-        .expect("the writer gave up")
-        .unwrap();
-    let waited = gone.elapsed();
+    let waited = drop_and_wait(outbox, writer, CLOSE_TIMEOUT * 10).await;
     assert!(
         waited >= CLOSE_TIMEOUT && waited < CLOSE_TIMEOUT * 2,
         "{waited:?}"

@@ -445,12 +445,18 @@ pub async fn pair_named(
     a.send_join(passphrase).await;
     a.expect_json(json!({"type": "joined", "players": 1, "capacity": 2, "seat": 1}))
         .await;
+    join_second(&mut a, &mut b, passphrase).await;
+    (a, b)
+}
+
+/// `b` joins the lobby of two that `a` sits in alone: `b` is seated second,
+/// and both are told the lobby is ready.
+pub async fn join_second(a: &mut Client, b: &mut Client, passphrase: &str) {
     b.send_join(passphrase).await;
     b.expect_json(json!({"type": "joined", "players": 2, "capacity": 2, "seat": 2}))
         .await;
     a.expect_json(json!({"type": "ready", "players": 2})).await;
     b.expect_json(json!({"type": "ready", "players": 2})).await;
-    (a, b)
 }
 
 /// A fresh game message, different on every call.

@@ -109,8 +109,8 @@ pub mod redis_cluster;
 pub use self::redis::{Monitor, RedisProbe, RedisServer};
 #[allow(unused_imports)]
 pub use clients::{
-    Client, Receiver, Sender, assert_error, assert_quiet_pair, game_message, pair, pair_named,
-    try_connect,
+    Client, Receiver, Sender, assert_error, assert_quiet_pair, game_message, join_second, pair,
+    pair_named, try_connect,
 };
 #[allow(unused_imports)]
 pub use http::{http_status, wait_for_status};

@@ -40,6 +40,21 @@ impl NodeLogs {
     }
 }
 
+/// `lobby-relay serve --listen 127.0.0.1:0`, to which the caller adds its
+/// arguments. The relay's own settings come from the command line only:
+/// nothing from the developer's environment (`LOBBY_RELAY_*`) may change
+/// what a test runs.
+pub fn serve_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lobby-relay"));
+    command.arg("serve").args(["--listen", "127.0.0.1:0"]);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("LOBBY_RELAY") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
 /// A running `lobby-relay serve`, killed on drop. If the test is failing at
 /// that moment, its log is printed.
 pub struct Node {
@@ -53,23 +68,14 @@ impl Node {
     /// --log-format json ARGS...` and waits for its `listening` log line.
     pub fn start(node_id: &str, args: &[&str]) -> Node {
         let bin = env!("CARGO_BIN_EXE_lobby-relay");
-        let mut command = Command::new(bin);
+        let mut command = serve_command();
         command
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
             .args(["--node-id", node_id])
             .args(["--log-format", "json"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // The relay's own settings come from the command line only: nothing
-        // from the developer's environment may change what a test runs.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("LOBBY_RELAY") {
-                command.env_remove(key);
-            }
-        }
         // The behavioural tests send far faster than a game (1,000 messages
         // at once, 50 joins a second from one address): lift the abuse limits
         // unless a test sets them with a flag (a flag wins over these).
@@ -211,22 +217,22 @@ impl Node {
 
     /// Sends SIGHUP (as `kill -HUP PID` does) and returns at once.
     pub fn signal_hup(&self) {
-        let pid = self.pid().to_string();
-        let status = Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run `kill -HUP {pid}`: {e}"));
-        assert!(status.success(), "`kill -HUP {pid}` failed: {status}");
+        self.signal("HUP");
     }
 
     /// Sends SIGTERM (as `kill -TERM PID` does) and returns at once.
     pub fn signal_term(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends signal `name` (as `kill -NAME PID` does) and returns at once.
+    fn signal(&self, name: &str) {
         let pid = self.pid().to_string();
         let status = Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{name}"), &pid])
             .status()
-            .unwrap_or_else(|e| panic!("cannot run `kill -TERM {pid}`: {e}"));
-        assert!(status.success(), "`kill -TERM {pid}` failed: {status}");
+            .unwrap_or_else(|e| panic!("cannot run `kill -{name} {pid}`: {e}"));
+        assert!(status.success(), "`kill -{name} {pid}` failed: {status}");
     }
 
     /// Waits (without blocking the runtime) until the node exits, for at

@@ -219,20 +219,15 @@ pub async fn send_scheduled(shared: Rc<Shared>, me: usize, mut sink: Sink) -> Si
         }
         let now = shared.now_ns();
         for t in batch.drain(..) {
-            let n = player.sent.get();
             stats::record(
                 &mut shared.live.borrow_mut().lag,
                 now.saturating_sub(t) / 1000,
             );
-            if let Err(e) = sink.feed(shared.game_message(me, n, t)).await {
-                shared.disconnect(me, format!("send: {e}"));
+            if !feed_next(&shared, me, &mut sink, t).await {
                 return sink;
             }
-            player.sent.set(n + 1);
-            shared.live.borrow_mut().sent[player.side] += 1;
         }
-        if let Err(e) = sink.flush().await {
-            shared.disconnect(me, format!("send: {e}"));
+        if !flush(&shared, me, &mut sink).await {
             return sink;
         }
     }
@@ -254,19 +249,38 @@ pub async fn send_saturated(shared: Rc<Shared>, me: usize, mut sink: Sink) -> Si
             continue;
         }
         for _ in in_flight..shared.window {
-            let n = player.sent.get();
-            if let Err(e) = sink.feed(shared.game_message(me, n, now)).await {
-                shared.disconnect(me, format!("send: {e}"));
+            if !feed_next(&shared, me, &mut sink, now).await {
                 return sink;
             }
-            player.sent.set(n + 1);
-            shared.live.borrow_mut().sent[player.side] += 1;
         }
-        if let Err(e) = sink.flush().await {
-            shared.disconnect(me, format!("send: {e}"));
+        if !flush(&shared, me, &mut sink).await {
             return sink;
         }
     }
+}
+
+/// Feeds player `me`'s next game message (sent at `t`) into its sink and
+/// counts it sent; false if the send failed (the player is disconnected).
+async fn feed_next(shared: &Shared, me: usize, sink: &mut Sink, t: u64) -> bool {
+    let player = &shared.players[me];
+    let n = player.sent.get();
+    if let Err(e) = sink.feed(shared.game_message(me, n, t)).await {
+        shared.disconnect(me, format!("send: {e}"));
+        return false;
+    }
+    player.sent.set(n + 1);
+    shared.live.borrow_mut().sent[player.side] += 1;
+    true
+}
+
+/// Flushes player `me`'s sink; false if that failed (the player is
+/// disconnected).
+async fn flush(shared: &Shared, me: usize, sink: &mut Sink) -> bool {
+    if let Err(e) = sink.flush().await {
+        shared.disconnect(me, format!("send: {e}"));
+        return false;
+    }
+    true
 }
 
 /// Rate mode, on the runtime thread: passes what the timer thread made due

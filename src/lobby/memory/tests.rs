@@ -147,6 +147,42 @@ impl Fixture {
             .await
             .unwrap()
     }
+
+    /// A lobby of two: player a, whose seat is resumable (`secret`, `grace`,
+    /// at most `max_messages` kept), then player b.
+    async fn resumable_pair(
+        &self,
+        secret: &str,
+        grace: Duration,
+        max_messages: u32,
+    ) -> (Player, Player) {
+        let setup = resumable(secret, grace, max_messages);
+        let pa = self.seated_resumable(2, Some(&setup)).await;
+        let pb = self.seated(2).await;
+        (pa, pb)
+    }
+
+    /// A resume of `seat` that must be refused; `what` names the case.
+    async fn refused(&self, seat: u8, secret: &str, received: u64, what: &str) {
+        match self.resume(seat, secret, received).await {
+            ResumeOutcome::Refused(_) => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+
+    /// Three players seated in a lobby of three, the frames of their joins
+    /// taken.
+    async fn three_seated(&self) -> [Player; 3] {
+        let players = [
+            self.seated(3).await,
+            self.seated(3).await,
+            self.seated(3).await,
+        ];
+        for p in &players {
+            p.frames();
+        }
+        players
+    }
 }
 
 #[tokio::test]
@@ -253,12 +289,7 @@ async fn a_user_holds_one_seat_per_lobby() {
 #[tokio::test]
 async fn a_leave_frees_the_seat_for_the_next_joiner_and_an_empty_lobby_goes() {
     let f = Fixture::new();
-    let pa = f.seated(3).await;
-    let pb = f.seated(3).await;
-    let pc = f.seated(3).await;
-    for p in [&pa, &pb, &pc] {
-        p.frames();
-    }
+    let [pa, pb, pc] = f.three_seated().await;
     f.local().remove(&pb.member);
     f.store.leave(&f.id, &pb.member, 2).await.unwrap();
     let left = json!({"type": "playerLeft", "players": 2, "seat": 2});
@@ -300,12 +331,7 @@ async fn a_leave_frees_the_seat_for_the_next_joiner_and_an_empty_lobby_goes() {
 #[tokio::test]
 async fn a_game_message_goes_to_everybody_but_its_sender_in_order() {
     let f = Fixture::new();
-    let pa = f.seated(3).await;
-    let pb = f.seated(3).await;
-    let pc = f.seated(3).await;
-    for p in [&pa, &pb, &pc] {
-        p.frames();
-    }
+    let [pa, pb, pc] = f.three_seated().await;
     for n in 0..5 {
         f.relay(&pa, 1, &format!(r#"{{"n":{n}}}"#)).await;
     }
@@ -322,9 +348,7 @@ async fn a_game_message_goes_to_everybody_but_its_sender_in_order() {
 async fn an_away_seat_is_held_and_resumed_with_what_it_missed() {
     let f = Fixture::new();
     let grace = Duration::from_secs(30);
-    let setup = resumable("secret-a", grace, 100);
-    let pa = f.seated_resumable(2, Some(&setup)).await;
-    let pb = f.seated(2).await;
+    let (pa, pb) = f.resumable_pair("secret-a", grace, 100).await;
     assert_eq!(pa.types(), ["joined", "ready"]);
     pb.frames();
 
@@ -336,14 +360,9 @@ async fn an_away_seat_is_held_and_resumed_with_what_it_missed() {
     f.relay(&pb, 2, r#"{"n":1}"#).await;
     f.relay(&pb, 2, r#"{"n":2}"#).await;
 
-    match f.resume(1, "wrong", 1).await {
-        ResumeOutcome::Refused(_) => {}
-        other => panic!("a wrong secret resumed: {other:?}"),
-    }
-    match f.resume(1, "secret-a", 99).await {
-        ResumeOutcome::Refused(_) => {}
-        other => panic!("a count beyond the deliveries resumed: {other:?}"),
-    }
+    f.refused(1, "wrong", 1, "a wrong secret resumed").await;
+    f.refused(1, "secret-a", 99, "a count beyond the deliveries resumed")
+        .await;
     // It had received `joined` (the answer, not a delivery) and `ready`.
     match f.resume(1, "secret-a", 1).await {
         ResumeOutcome::Resumed {
@@ -362,10 +381,8 @@ async fn an_away_seat_is_held_and_resumed_with_what_it_missed() {
         other => panic!("not resumed: {other:?}"),
     }
     assert_eq!(pb.frames(), [json!({"type": "playerBack", "seat": 1})]);
-    match f.resume(1, "secret-a", 1).await {
-        ResumeOutcome::Refused(_) => {}
-        other => panic!("a used token resumed again: {other:?}"),
-    }
+    f.refused(1, "secret-a", 1, "a used token resumed again")
+        .await;
 }
 
 #[tokio::test]
@@ -374,19 +391,14 @@ async fn a_seat_that_is_not_resumable_is_not_held() {
     let pa = f.seated(2).await;
     let _pb = f.seated(2).await;
     assert!(!f.away(&pa, 1).await, "the caller leaves instead");
-    match f.resume(1, "anything", 0).await {
-        ResumeOutcome::Refused(_) => {}
-        other => panic!("{other:?}"),
-    }
+    f.refused(1, "anything", 0, "resumed").await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_held_seat_is_released_when_its_grace_ends() {
     let f = Fixture::new();
     let grace = Duration::from_secs(10);
-    let setup = resumable("secret-a", grace, 100);
-    let pa = f.seated_resumable(2, Some(&setup)).await;
-    let pb = f.seated(2).await;
+    let (pa, pb) = f.resumable_pair("secret-a", grace, 100).await;
     pb.frames();
     assert!(f.away(&pa, 1).await);
     assert_eq!(pb.types(), ["playerAway"]);
@@ -401,10 +413,7 @@ async fn a_held_seat_is_released_when_its_grace_ends() {
         [json!({"type": "playerLeft", "players": 1, "seat": 1})]
     );
     assert_eq!(f.local().occupied(), [2]);
-    match f.resume(1, "secret-a", 1).await {
-        ResumeOutcome::Refused(_) => {}
-        other => panic!("resumed after its grace: {other:?}"),
-    }
+    f.refused(1, "secret-a", 1, "resumed after its grace").await;
     let (again, _) = f.join(None, 2, None).await;
     assert_eq!(
         again,
@@ -421,9 +430,7 @@ async fn a_held_seat_is_released_when_its_grace_ends() {
 async fn the_timer_of_an_earlier_absence_releases_nothing() {
     let f = Fixture::new();
     let grace = Duration::from_secs(10);
-    let setup = resumable("s1", grace, 100);
-    let pa = f.seated_resumable(2, Some(&setup)).await;
-    let pb = f.seated(2).await;
+    let (pa, pb) = f.resumable_pair("s1", grace, 100).await;
     assert!(f.away(&pa, 1).await);
     tokio::time::sleep(grace / 2).await;
     let member = match f.resume(1, "s1", 1).await {
@@ -445,9 +452,9 @@ async fn the_timer_of_an_earlier_absence_releases_nothing() {
 #[tokio::test]
 async fn a_held_seat_that_misses_too_much_is_released() {
     let f = Fixture::new();
-    let setup = resumable("secret-a", Duration::from_secs(30), 2);
-    let pa = f.seated_resumable(2, Some(&setup)).await;
-    let pb = f.seated(2).await;
+    let (pa, pb) = f
+        .resumable_pair("secret-a", Duration::from_secs(30), 2)
+        .await;
     assert!(f.away(&pa, 1).await);
     pb.frames();
     f.relay(&pb, 2, "1").await;
@@ -458,8 +465,5 @@ async fn a_held_seat_that_misses_too_much_is_released() {
         pb.frames(),
         [json!({"type": "playerLeft", "players": 1, "seat": 1})]
     );
-    match f.resume(1, "secret-a", 1).await {
-        ResumeOutcome::Refused(_) => {}
-        other => panic!("{other:?}"),
-    }
+    f.refused(1, "secret-a", 1, "resumed").await;
 }

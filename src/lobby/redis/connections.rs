@@ -15,7 +15,9 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::target::Target;
 use crate::lobby::StoreError;
@@ -119,6 +121,21 @@ pub struct Link {
 }
 
 impl Link {
+    /// Runs a background task of the store until the store stops (in the
+    /// caller's span).
+    pub fn spawn_until_stopped<F>(&self, task: F) -> JoinHandle<Option<F::Output>>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        tokio::spawn(
+            self.stop
+                .clone()
+                .run_until_cancelled_owned(task)
+                .in_current_span(),
+        )
+    }
+
     /// The clients for `target` (connecting lazily: nothing waits for
     /// Redis here). Returns the link and the command that publishes to a
     /// lobby's channel (`SPUBLISH` in a cluster).

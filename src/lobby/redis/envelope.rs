@@ -128,20 +128,13 @@ mod tests {
     #[test]
     fn relayed_messages_round_trip() {
         let text = Message::text(r#"{"type":"x"}"#);
-        match decode(&encode_relay(2, &text).unwrap()) {
-            Some(LobbyEvent::Relay {
-                from_seat: 2,
-                message,
-            }) => assert_eq!(message, text),
-            other => panic!("{other:?}"),
-        }
-        let binary = Message::binary(vec![0u8, 255]);
-        match decode(&encode_relay(1, &binary).unwrap()) {
-            Some(LobbyEvent::Relay {
-                from_seat: 1,
-                message,
-            }) => assert_eq!(message, binary),
-            other => panic!("{other:?}"),
+        for (seat, sent) in [(2, text), (1, Message::binary(vec![0u8, 255]))] {
+            match decode(&encode_relay(seat, &sent).unwrap()) {
+                Some(LobbyEvent::Relay { from_seat, message }) => {
+                    assert_eq!((from_seat, message), (seat, sent))
+                }
+                other => panic!("{other:?}"),
+            }
         }
         assert!(encode_relay(1, &Message::Ping(Bytes::new())).is_none());
     }

@@ -54,7 +54,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
-use tracing::Instrument;
 
 use connections::{CONNECT_TIMEOUT, Link, timed};
 pub use connections::{open_client, open_cluster_client};
@@ -141,19 +140,16 @@ impl RedisStore {
         let publisher = Publisher::start(held.clone());
         if let Some(seeds) = link.seeds() {
             let (cluster, seeds) = (link.clone(), seeds.to_vec());
-            spawn_until_stopped(&link.stop, async move {
+            link.spawn_until_stopped(async move {
                 cluster.connect_cluster().await;
                 sharded::run(cluster, hub, seeds, subscriptions_slot).await;
             });
         } else {
-            spawn_until_stopped(
-                &link.stop,
-                pubsub::run_subscriber(liveness.clone(), subscriptions_slot),
-            );
+            link.spawn_until_stopped(pubsub::run_subscriber(liveness.clone(), subscriptions_slot));
         }
-        spawn_until_stopped(&link.stop, liveness::run_heartbeat(liveness.clone()));
-        spawn_until_stopped(&link.stop, liveness::run_reaper(liveness.clone()));
-        spawn_until_stopped(&link.stop, expiry::run_expirer(held.clone()));
+        link.spawn_until_stopped(liveness::run_heartbeat(liveness.clone()));
+        link.spawn_until_stopped(liveness::run_reaper(liveness.clone()));
+        link.spawn_until_stopped(expiry::run_expirer(held.clone()));
         Ok(Self {
             link,
             held,
@@ -216,13 +212,7 @@ impl RedisStore {
                 liveness.drop_from_index(&hex).await;
             }
         };
-        tokio::spawn(
-            self.link
-                .stop
-                .clone()
-                .run_until_cancelled_owned(retry)
-                .in_current_span(),
-        );
+        self.link.spawn_until_stopped(retry);
     }
 }
 
@@ -230,18 +220,6 @@ impl Drop for RedisStore {
     fn drop(&mut self) {
         self.link.stop.cancel();
     }
-}
-
-/// Runs a background task of the store until the store stops.
-fn spawn_until_stopped(
-    stop: &tokio_util::sync::CancellationToken,
-    task: impl Future<Output = ()> + Send + 'static,
-) {
-    tokio::spawn(
-        stop.clone()
-            .run_until_cancelled_owned(task)
-            .in_current_span(),
-    );
 }
 
 /// Runs `leave.lua` once.

@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
-use tracing::Instrument;
 
-use super::connections::{is_no_script, timed};
+use super::connections::{Conn, is_no_script, timed};
 use super::envelope;
 use super::held::HeldSeats;
 use super::keys::{channel_of, lobby_key_of_channel};
@@ -74,21 +73,22 @@ impl Publisher {
             redis_clock: RedisClock::new(),
             started: Instant::now(),
         });
-        tokio::spawn(
-            publisher
-                .held
-                .link
-                .stop
-                .clone()
-                .run_until_cancelled_owned(run_publisher(publisher.clone(), ops))
-                .in_current_span(),
-        );
+        publisher
+            .held
+            .link
+            .spawn_until_stopped(run_publisher(publisher.clone(), ops));
         publisher
     }
 
     /// Milliseconds since the store started (a clock for lanes' progress).
     fn elapsed_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// Loads the relay script through `conn` (`SCRIPT LOAD`, which goes to
+    /// every master of a cluster).
+    async fn load_relay_script(&self, conn: &mut Conn) -> Result<String, StoreError> {
+        timed(self.held.scripts.relay.prepare_invoke().load_async(conn)).await
     }
 
     /// Whether Redis looks frozen or gone to the publisher: a batch went
@@ -531,19 +531,11 @@ impl Lanes {
         let lane = self.lanes.entry(slot).or_insert_with(|| {
             let (queue, ops) = mpsc::channel(LANE_QUEUE);
             let progress = Arc::new(std::sync::atomic::AtomicU64::new(publisher.elapsed_ms()));
-            tokio::spawn(
-                publisher
-                    .held
-                    .link
-                    .stop
-                    .clone()
-                    .run_until_cancelled_owned(run_batches(
-                        publisher.clone(),
-                        ops,
-                        Some(progress.clone()),
-                    ))
-                    .in_current_span(),
-            );
+            publisher.held.link.spawn_until_stopped(run_batches(
+                publisher.clone(),
+                ops,
+                Some(progress.clone()),
+            ));
             Lane { queue, progress }
         });
         let op = match lane.queue.try_send(op) {
@@ -617,15 +609,7 @@ async fn relay_runs_single(
         {
             // A restarted Redis forgot the script; nothing of the batch
             // ran: load it and send the batch again.
-            let loaded = timed(
-                publisher
-                    .held
-                    .scripts
-                    .relay
-                    .prepare_invoke()
-                    .load_async(&mut conn),
-            )
-            .await;
+            let loaded = publisher.load_relay_script(&mut conn).await;
             if loaded.is_ok() {
                 sent = timed(pipe.query_async::<Vec<HeldReply>>(&mut conn)).await;
             }
@@ -668,16 +652,7 @@ async fn relay_run_cluster(publisher: &Publisher, run: &RelayRun) -> Result<Held
     }
     match reply {
         Err(e) if is_no_script(&e) => {
-            // SCRIPT LOAD goes to every master.
-            timed(
-                publisher
-                    .held
-                    .scripts
-                    .relay
-                    .prepare_invoke()
-                    .load_async(&mut conn),
-            )
-            .await?;
+            publisher.load_relay_script(&mut conn).await?;
             timed(cmd.query_async::<HeldReply>(&mut conn)).await
         }
         other => other,

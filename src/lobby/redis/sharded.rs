@@ -37,7 +37,6 @@ use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, PushKind};
 use tokio::sync::{mpsc, watch};
-use tracing::Instrument;
 
 use super::connections::{Link, MAX_BACKOFF, redis_error, timed};
 use super::keys::{channel, lobby_of_channel};
@@ -284,21 +283,17 @@ impl Manager {
         let (conn, push_rx) = timed(pubsub_connection(&client, &self.hub)).await?;
         self.generations += 1;
         let generation = self.generations;
-        let reader = tokio::spawn(
-            self.link
-                .stop
-                .clone()
-                .run_until_cancelled_owned(read_shard(
-                    self.link.clone(),
-                    addr.to_owned(),
-                    generation,
-                    conn.clone(),
-                    push_rx,
-                    self.events.clone(),
-                ))
-                .in_current_span(),
-        )
-        .abort_handle();
+        let reader = self
+            .link
+            .spawn_until_stopped(read_shard(
+                self.link.clone(),
+                addr.to_owned(),
+                generation,
+                conn.clone(),
+                push_rx,
+                self.events.clone(),
+            ))
+            .abort_handle();
         self.shards.insert(
             addr.to_owned(),
             ShardConn {
