@@ -1,6 +1,6 @@
 //! The `lobby-relay` command: parse arguments, bind, serve.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -215,7 +215,14 @@ fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
     let filter = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
-        LogFormat::Text => builder.init(),
+        // Logs go to standard output: colour only when that is a terminal
+        // (not a file, a pipe, `docker logs`), and never with NO_COLOR set.
+        LogFormat::Text => builder
+            .with_ansi(log_colour(
+                std::io::stdout().is_terminal(),
+                std::env::var_os("NO_COLOR"),
+            ))
+            .init(),
         LogFormat::Json => builder
             .json()
             .with_current_span(false)
@@ -223,6 +230,12 @@ fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
             .init(),
     }
     Ok(())
+}
+
+/// Whether text logs are coloured (ANSI escapes): only on a terminal, and not
+/// when `NO_COLOR` is set to a non-empty value (<https://no-color.org>).
+fn log_colour(stdout_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stdout_is_terminal && no_color.is_none_or(|value| value.is_empty())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -372,4 +385,18 @@ fn inspect_lobby(lobby: LobbyArgs, common: InspectArgs) -> ExitCode {
         _ => println!("no members: the lobby does not exist right now"),
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_colour;
+
+    #[test]
+    fn text_logs_are_coloured_only_on_a_terminal_without_no_color() {
+        assert!(log_colour(true, None));
+        assert!(log_colour(true, Some("".into())), "empty NO_COLOR is unset");
+        assert!(!log_colour(true, Some("1".into())));
+        assert!(!log_colour(false, None));
+        assert!(!log_colour(false, Some("1".into())));
+    }
 }
