@@ -102,7 +102,10 @@ impl<S: LobbyStore> Site<S> {
         }
         let response = match path {
             "/healthz" => text(StatusCode::OK, "ok\n"),
-            "/metrics" => match metrics::render() {
+            "/metrics" => match {
+                metrics::record_state(self.node.store_reachable(), self.node.is_draining());
+                metrics::render()
+            } {
                 Some(body) => {
                     let mut response = text(StatusCode::OK, &body);
                     response.headers_mut().insert(

@@ -284,7 +284,39 @@ pub fn install(node_id: &str, store: &'static str) {
             "store" => store
         )
         .set(1.0);
+        // Every series exists from the start, at zero (issue 19): `rate()`
+        // needs two samples, and an alert on absence cannot tell "nothing
+        // happened yet" from "not exported". Registering the handles is
+        // what makes the recorder list them (histograms with a zero count).
+        let _ = get();
+        let _ = state();
     }
+}
+
+/// What the node's state was at the last scrape: gauges set by
+/// [`record_state`] just before each rendering, not on any hot path.
+struct State {
+    store_reachable: Gauge,
+    draining: Gauge,
+}
+
+fn state() -> &'static State {
+    static STATE: OnceLock<State> = OnceLock::new();
+    STATE.get_or_init(|| State {
+        store_reachable: gauge!("lobby_relay_store_reachable"),
+        draining: gauge!("lobby_relay_draining"),
+    })
+}
+
+/// Records, for the scrape about to be rendered, whether the lobby store is
+/// reachable (always, in memory mode) and whether the node is draining: what
+/// `/readyz` answers, as series an alert can use.
+pub fn record_state(store_reachable: bool, draining: bool) {
+    let state = state();
+    state
+        .store_reachable
+        .set(if store_reachable { 1.0 } else { 0.0 });
+    state.draining.set(if draining { 1.0 } else { 0.0 });
 }
 
 /// The metrics' handles (no-ops until [`install`] ran).

@@ -135,6 +135,11 @@ impl<S> Node<S> {
 }
 
 impl<S: StoreHealth> Node<S> {
+    /// Whether the lobby store answers (always, in memory mode).
+    pub fn store_reachable(&self) -> bool {
+        self.store.is_healthy()
+    }
+
     /// Why the node cannot serve right now, if it cannot.
     pub fn not_ready_reason(&self) -> Option<&'static str> {
         if self.is_draining() {
