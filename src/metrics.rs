@@ -48,6 +48,9 @@ pub struct Metrics {
     /// Game messages dropped for waiting too long for Redis (never
     /// delivered late).
     pub dropped_stale: Counter,
+    /// Resume: seats held for a player whose connection ended without
+    /// `leave` (on the node that held the connection).
+    pub seats_held: Counter,
     /// Resume: held seats released (grace over or buffer overflow).
     pub held_seats_released: Counter,
     /// Resume: seats taken back.
@@ -208,6 +211,7 @@ impl Metrics {
             redis_errors_pubsub: redis_errors("pubsub"),
             dropped_backlog: counter!("lobby_relay_messages_dropped_total", "reason" => "backlog"),
             dropped_stale: counter!("lobby_relay_messages_dropped_total", "reason" => "stale"),
+            seats_held: counter!("lobby_relay_seats_held_total"),
             held_seats_released: counter!("lobby_relay_held_seats_released_total"),
             resumes: counter!("lobby_relay_resumes_total"),
             redis_rtt_us: AtomicU64::new(u64::MAX),

@@ -18,6 +18,7 @@ use crate::auth::verify::Verifier;
 use crate::config::Config;
 use crate::hub::{Hub, LocalLobby, frames_for_seat};
 use crate::identity::Identity;
+use crate::metrics;
 use crate::lobby::{
     Goodbye, JoinLimiter, JoinOutcome, LobbyMembership, MemberId, RateKey, ResumeOutcome,
     ResumeSetup, StoreError, StoreHealth,
@@ -389,6 +390,7 @@ impl<S: LobbyMembership> Node<S> {
             && resumable
             && matches!(self.store.away(&lobby.id, &member, seat).await, Ok(true));
         let result = if held {
+            metrics::get().seats_held.increment(1);
             Ok(())
         } else {
             self.store.leave(&lobby.id, &member, seat).await
