@@ -57,12 +57,15 @@ command -v haproxy >/dev/null 2>&1 || missing+=(haproxy) # tests/cluster_lb.rs
 # tests/browser.rs: headless Chromium driven through chromedriver (WebDriver).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+# tests/monitoring.rs: promtool checks deploy/prometheus/ (Debian: in `prometheus`).
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   need_packages "${missing[@]}"
 fi
 redis-server --version
 haproxy -v | sed -n 1p
 chromedriver --version
+promtool --version | sed -n 1p
 
 # tests/kubernetes.rs: validates deploy/kubernetes/ against the Kubernetes API
 # schemas with kubernetes-validate (PyPI), which ships the schemas of every

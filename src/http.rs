@@ -94,6 +94,13 @@ impl<S: LobbyStore> Site<S> {
         }
     }
 
+    /// The body of `/metrics`: the node's state at this scrape (is the store
+    /// reachable, is the node draining) recorded first, then every metric.
+    fn scrape(&self) -> Option<String> {
+        metrics::record_state(self.node.store_reachable(), self.node.is_draining());
+        metrics::render()
+    }
+
     /// Routes one HTTP request.
     fn route(&self, request: Request<Incoming>) -> Routed {
         let path = request.uri().path();
@@ -102,10 +109,7 @@ impl<S: LobbyStore> Site<S> {
         }
         let response = match path {
             "/healthz" => text(StatusCode::OK, "ok\n"),
-            "/metrics" => match {
-                metrics::record_state(self.node.store_reachable(), self.node.is_draining());
-                metrics::render()
-            } {
+            "/metrics" => match self.scrape() {
                 Some(body) => {
                     let mut response = text(StatusCode::OK, &body);
                     response.headers_mut().insert(

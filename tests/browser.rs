@@ -12,6 +12,9 @@
 //!   different users join one passphrase and each shows the other's user
 //!   id; no token shows in the raw frames; a page without a token shows
 //!   `token_required` and stops.
+//! - The playground's Join button is disabled while a join is on its way,
+//!   while joined and while resuming, and enabled again after Leave and
+//!   after a refused join.
 //! - With `--playground off` the playground answers 404 and the WebSocket
 //!   on `/` and `/ws` works as before.
 //!
@@ -29,6 +32,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use fantoccini::elements::Element;
 use fantoccini::key::Key;
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -265,6 +269,12 @@ async fn open_and_join_as(
     bounded("type the passphrase", input.send_keys(passphrase)).await;
     let join = bounded("find Join", browser.find(Locator::Id("join"))).await;
     bounded("click Join", join.click()).await;
+}
+
+/// Empties a text box and types `text` into it.
+async fn retype(element: &Element, text: &str) {
+    bounded("clear the text box", element.clear()).await;
+    bounded("type into the text box", element.send_keys(text)).await;
 }
 
 /// An HS256 token for `sub`, valid for ten minutes.
@@ -736,6 +746,179 @@ async fn pages_with_player_tokens_show_each_others_user_id() {
         }
     };
     within_two_minutes(&logs, "browser player-account test", test).await;
+}
+
+/// The playground's Join button (issue 19): disabled from the moment a join
+/// is sent, while joined and while resuming (a second press would only get
+/// `already_joined`); enabled again after Leave and after a refused join
+/// (an invalid passphrase, a full lobby).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_join_button_is_disabled_while_joined_or_joining() {
+    let driver = Chromedriver::start();
+    let relays = Relays::memory();
+    let logs = relays.logs();
+    let test = async {
+        let page = driver.browser().await;
+        bounded(
+            "open the playground",
+            page.goto(&format!("http://{}/playground", relays.addr_a())),
+        )
+        .await;
+        const BUTTONS: &str = "const s = window.playground.state;
+             const join = document.getElementById('join').disabled ? 'disabled' : 'enabled';
+             const leave = document.getElementById('leave').disabled ? 'disabled' : 'enabled';";
+        wait_js(
+            &page,
+            &format!(
+                "{BUTTONS} return s.socket === 'open' && join === 'enabled' && leave === 'disabled'"
+            ),
+            "a fresh page: Join enabled, Leave disabled",
+        )
+        .await;
+        let input = bounded(
+            "find the passphrase box",
+            page.find(Locator::Id("passphrase")),
+        )
+        .await;
+        // The click and the button's state in one script: the join is still
+        // on its way (no seat yet) when the button is read.
+        let passphrase = format!("join-button-{}", support::unique());
+        retype(&input, &passphrase).await;
+        let on_its_way = bounded(
+            "click Join",
+            page.execute(
+                &format!(
+                    "document.getElementById('join').click(); {BUTTONS} return [join, s.seat];"
+                ),
+                vec![],
+            ),
+        )
+        .await;
+        assert_eq!(
+            on_its_way,
+            json!(["disabled", null]),
+            "Join is disabled while the join is on its way"
+        );
+        wait_js(
+            &page,
+            &format!("{BUTTONS} return s.seat === 1 && join === 'disabled' && leave === 'enabled'"),
+            "joined: Join disabled, Leave enabled",
+        )
+        .await;
+        // Enter in the passphrase box does not join a second time either.
+        bounded(
+            "press Enter in the passphrase box",
+            input.send_keys(&Key::Enter.to_string()),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let sent = bounded(
+            "count the joins sent",
+            page.execute(
+                "const s = window.playground.state;
+                 const out = [...document.querySelectorAll('#frames .out')].map(l => l.textContent);
+                 return [out.filter(t => t.includes('{\"type\":\"join\"')).length,
+                         s.events.filter(e => e === 'error').length];",
+                vec![],
+            ),
+        )
+        .await;
+        assert_eq!(sent, json!([1, 0]), "one join sent, no error");
+
+        // Leave: Join is enabled again.
+        let leave = bounded("find Leave", page.find(Locator::Id("leave"))).await;
+        bounded("click Leave", leave.click()).await;
+        wait_js(
+            &page,
+            &format!("{BUTTONS} return s.seat === null && s.events.includes('left') && join === 'enabled' && leave === 'disabled'"),
+            "left: Join enabled, Leave disabled",
+        )
+        .await;
+
+        // A join refused for its passphrase: enabled again.
+        let join = bounded("find Join", page.find(Locator::Id("join"))).await;
+        retype(&input, "x").await;
+        bounded("click Join", join.click()).await;
+        wait_js(
+            &page,
+            &format!("{BUTTONS} return s.events.filter(e => e === 'error').length === 1 && s.seat === null
+                && join === 'enabled' && document.getElementById('frames').textContent.includes('invalid_passphrase')"),
+            "invalid_passphrase: Join enabled again",
+        )
+        .await;
+
+        // A join refused because the lobby is full: enabled again.
+        let full = format!("join-button-full-{}", support::unique());
+        let mut one = Client::connect(&relays.url_a(), "one").await;
+        let mut two = Client::connect(&relays.url_a(), "two").await;
+        one.join(&full).await;
+        two.join(&full).await;
+        retype(&input, &full).await;
+        bounded("click Join", join.click()).await;
+        wait_js(
+            &page,
+            &format!("{BUTTONS} return s.events.filter(e => e === 'error').length === 2 && s.seat === null
+                && join === 'enabled' && document.getElementById('frames').textContent.includes('lobby_full')"),
+            "lobby_full: Join enabled again",
+        )
+        .await;
+
+        // Resume: disabled while the page takes its seat back, and after.
+        let resumable = format!("join-button-resume-{}", support::unique());
+        retype(&input, &resumable).await;
+        bounded("click Join", join.click()).await;
+        wait_js(
+            &page,
+            &format!("{BUTTONS} return s.seat === 1 && s.resumable && join === 'disabled'"),
+            "joined with resume: Join disabled",
+        )
+        .await;
+        let dropped = bounded(
+            "drop the connection",
+            page.execute("return window.playground.dropConnection(60000)", vec![]),
+        )
+        .await;
+        assert_eq!(dropped, json!(true), "the page had a connection to drop");
+        wait_js(
+            &page,
+            &format!(
+                "{BUTTONS} return s.reconnecting && join === 'disabled' && leave === 'enabled'"
+            ),
+            "resuming: Join disabled",
+        )
+        .await;
+        bounded(
+            "restore the network",
+            page.execute("return window.playground.restoreNetwork()", vec![]),
+        )
+        .await;
+        wait_js(
+            &page,
+            &format!("{BUTTONS} return s.events.includes('resumed') && !s.reconnecting && s.seat === 1 && join === 'disabled'"),
+            "resumed: Join still disabled",
+        )
+        .await;
+        bounded("click Leave", leave.click()).await;
+        wait_js(
+            &page,
+            &format!(
+                "{BUTTONS} return s.seat === null && join === 'enabled' && leave === 'disabled'"
+            ),
+            "left after the resume: Join enabled",
+        )
+        .await;
+        let errors = bounded(
+            "read the errors",
+            page.execute(
+                "return window.playground.state.events.filter(e => e === 'error').length",
+                vec![],
+            ),
+        )
+        .await;
+        assert_eq!(errors, json!(2), "no already_joined on the way");
+        let _ = tokio::time::timeout(WAIT, page.close()).await;
+    };
+    within_two_minutes(&logs, "browser Join button test", test).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

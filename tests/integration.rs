@@ -15,6 +15,7 @@ mod inspect;
 mod kubernetes;
 mod limits;
 mod metrics;
+mod monitoring;
 mod proxy;
 mod redis_cluster;
 mod relay;
