@@ -152,6 +152,8 @@ export class LobbyRelayClient {
   /** @type {string | null} */ #token = null;
   #received = 0;
   #sent = 0;
+  /** Whether `#sent` and `#unacked` still match what the relay took. */
+  #resendable = true;
   /**
    * Game messages sent in this seat, the latest `resendLimit` of them.
    * @type {Frame[]}
@@ -636,6 +638,7 @@ export class LobbyRelayClient {
     this.#received = 0;
     this.#sent = 0;
     this.#unacked = [];
+    this.#resendable = true;
     this.#keep();
     this.#emit("joined", m);
     this.#settle(m);
@@ -655,7 +658,10 @@ export class LobbyRelayClient {
     this.#keep();
     // What we sent that the relay never took (swallowed by the dropped
     // connection) goes again first, then what waited meanwhile.
-    const missing = Math.max(0, this.#sent - m.sent);
+    // (Unless the relay dropped some of them since the join: then which
+    // ones it took is unknown, and none goes again rather than twice.)
+    const missing = this.#resendable ? Math.max(0, this.#sent - m.sent) : 0;
+    this.#resendable = true;
     const again = this.#unacked.slice(Math.max(0, this.#unacked.length - missing));
     const lost = missing - again.length;
     this.#sent = m.sent;
@@ -695,7 +701,9 @@ export class LobbyRelayClient {
       this.#fail(new LobbyRelayError(code, message));
       return;
     }
-    if (request === "resume" && code === "invalid_resume_token") {
+    // The seat cannot be taken back: `invalid_resume_token` (or a refusal
+    // of a malformed resume, say a kept token tampered with).
+    if (request === "resume" && !RETRIED.has(code)) {
       this.#pending = null;
       this.#emit("error", { code, message, fatal: false, willRetry: false });
       this.#seatLost("invalid_resume_token", null);
@@ -719,7 +727,13 @@ export class LobbyRelayClient {
       return;
     }
     // About a game message (or a seat_lost, after which the relay closes
-    // with 4001 and the close decides).
+    // with 4001 and the close decides). A game message refused as
+    // `rate_limited` or `unavailable` was dropped: the count of what the
+    // relay took no longer says which of ours it has.
+    if (RETRIED.has(code)) {
+      this.#resendable = false;
+      this.#unacked = [];
+    }
     this.#emit("error", { code, message, fatal: false, willRetry: false });
   }
 
@@ -749,6 +763,7 @@ export class LobbyRelayClient {
       if (this.#isOpen()) this.#request();
     } else {
       this.#forgetLobby(new LobbyRelayError("seat_lost", "the seat could not be taken back"));
+      if (this.#isOpen()) this.#state = "open";
     }
   }
 

@@ -80,6 +80,21 @@ test("a drop is resumed on the next URL with the count, then the queue goes out 
   client.close();
 });
 
+test("after the relay dropped a game message, nothing is sent twice on resume", async () => {
+  const { client, socket, events } = await joined();
+  client.send({ type: "mine", n: 1 });
+  client.send({ type: "mine", n: 2 });
+  socket.receive({ type: "error", code: "rate_limited", message: "too fast" });
+  socket.drop();
+  await tick();
+  const second = FakeSocket.last();
+  second.open();
+  second.receive({ type: "resumed", seat: 1, players: 2, capacity: 2, replayed: 0, sent: 1, resumeToken: "tok-2" });
+  assert.deepEqual(second.sent, [{ type: "resume", token: "tok-1", received: 0 }]);
+  assert.equal(events.find(([n]) => n === "resumed")[1].resent, 0);
+  client.close();
+});
+
 test("the queue is bounded: past queueLimit send() throws queue_full", async () => {
   const { client, socket } = await joined({ queueLimit: 2 });
   socket.drop();
