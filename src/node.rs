@@ -18,11 +18,11 @@ use crate::auth::verify::Verifier;
 use crate::config::Config;
 use crate::hub::{Hub, LocalLobby, frames_for_seat};
 use crate::identity::Identity;
-use crate::metrics;
 use crate::lobby::{
     Goodbye, JoinLimiter, JoinOutcome, LobbyMembership, MemberId, RateKey, ResumeOutcome,
     ResumeSetup, StoreError, StoreHealth,
 };
+use crate::metrics;
 use crate::outbox::Outbox;
 use crate::passphrase::LobbyId;
 use crate::protocol;
