@@ -176,9 +176,9 @@ export type Sendable = { type: string; [field: string]: unknown } | string | Arr
 
 export class LobbyRelayError extends Error {
   constructor(code: string, message: string);
-  /** The protocol's code, or the client's: `queue_full`, `not_in_lobby`,
-   * `not_connected`, `ping_timeout`, `closed`, `left`, `seat_lost`,
-   * `invalid_message`, `invalid_url`. */
+  /** The protocol's code, or the client's: `already_joined`, `queue_full`, `not_in_lobby`,
+   * `not_connected`, `ping_timeout`, `closed`, `left`, `invalid_message`,
+   * `invalid_url`. */
   code: string;
   /** The text that came with the code. */
   text: string;

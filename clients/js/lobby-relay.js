@@ -68,8 +68,8 @@ const DEFAULTS = {
 
 /**
  * An error of the relay (its `code` is the protocol's) or of this client
- * (codes `queue_full`, `not_in_lobby`, `not_connected`, `ping_timeout`,
- * `closed`, `left`, `invalid_message`).
+ * (codes `already_joined`, `queue_full`, `not_in_lobby`, `not_connected`,
+ * `ping_timeout`, `closed`, `left`, `invalid_message`, `invalid_url`).
  */
 export class LobbyRelayError extends Error {
   /**
@@ -476,8 +476,16 @@ export class LobbyRelayClient {
       if (typeof event.data === "string") this.#onText(event.data);
       else this.#onBinary(event.data);
     };
-    // A socket that fails fires `error`, then `close` (1006): the close
-    // handles both.
+    // A socket that fails fires `error`, then `close` (1006) in browsers;
+    // Node 20's (undici) may fire `error` alone: the first of the two ends
+    // the socket.
+    socket.onerror = () => {
+      if (socket !== this.#ws) return;
+      this.#ws = null;
+      this.#clearConnectTimer();
+      try { socket.close(); } catch (_) { /* already failed */ }
+      this.#dropped(1006, "the connection failed");
+    };
     socket.onclose = (event) => {
       if (socket !== this.#ws) return;
       this.#ws = null;
