@@ -57,12 +57,17 @@ command -v haproxy >/dev/null 2>&1 || missing+=(haproxy) # tests/cluster_lb.rs
 # tests/browser.rs: headless Chromium driven through chromedriver (WebDriver).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+# tests/js_client.rs: the JavaScript client in Node (20 or later), its
+# types checked with tsc (clients/js/tsconfig.json).
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v tsc >/dev/null 2>&1 || missing+=(node-typescript)
 if [ ${#missing[@]} -gt 0 ]; then
   need_packages "${missing[@]}"
 fi
 redis-server --version
 haproxy -v | sed -n 1p
 chromedriver --version
+echo "node $(node --version), tsc $(tsc --version)"
 
 # tests/kubernetes.rs: validates deploy/kubernetes/ against the Kubernetes API
 # schemas with kubernetes-validate (PyPI), which ships the schemas of every
