@@ -57,8 +57,9 @@ command -v haproxy >/dev/null 2>&1 || missing+=(haproxy) # tests/cluster_lb.rs
 # tests/browser.rs: headless Chromium driven through chromedriver (WebDriver).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
-# tests/js_client.rs: the JavaScript client in Node (20 or later), its
-# types checked with tsc (clients/js/tsconfig.json).
+# tests/js_client.rs: the JavaScript client in Node (20 or later: Debian
+# 12's nodejs is 18, too old; the test says so), its types checked with tsc
+# (clients/js/tsconfig.json).
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v tsc >/dev/null 2>&1 || missing+=(node-typescript)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -58,18 +58,25 @@ fn node_command() -> Command {
     let needs_flag = *NEEDS_FLAG.get_or_init(|| {
         let probe = std::process::Command::new("node")
             .args([
-                "-e",
-                "process.exit(typeof WebSocket === 'function' ? 0 : 1)",
+                "-p",
+                "[process.versions.node.split('.')[0], typeof WebSocket].join(' ')",
             ])
-            .status();
-        match probe {
-            Ok(status) => !status.success(),
+            .output();
+        let output = match probe {
+            Ok(output) => String::from_utf8_lossy(&output.stdout).trim().to_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
                 "`node` is not on PATH: the JavaScript client's tests run it. Run \
                  scripts/test.sh, which installs it, or `apt-get install -y nodejs`."
             ),
             Err(e) => panic!("cannot run `node`: {e}"),
-        }
+        };
+        let (major, websocket) = output.split_once(' ').unwrap_or((&output, ""));
+        let major: u32 = major.parse().unwrap_or(0);
+        assert!(
+            major >= 20,
+            "the JavaScript client's tests need Node 20 or later (a WebSocket); this is {output:?}"
+        );
+        websocket != "function"
     });
     let mut command = Command::new("node");
     if needs_flag {
