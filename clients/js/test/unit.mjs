@@ -156,6 +156,36 @@ test("a refused resume is a lost seat; rejoinOnSeatLost joins again", async () =
   client.close();
 });
 
+test("without resume a drop loses the seat; with rejoinOnSeatLost the client joins again", async () => {
+  FakeSocket.all = [];
+  const client = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket, resume: false, rejoinOnSeatLost: true });
+  const lost = [];
+  client.on("seatLost", (e) => lost.push(e));
+  const join = client.join("p-q-r");
+  FakeSocket.last().open();
+  FakeSocket.last().receive({ type: "joined", players: 1, capacity: 2, seat: 1 });
+  await join;
+  client.send({ type: "before" });
+  FakeSocket.last().drop(1012);
+  client.send({ type: "queued" });
+  assert.deepEqual(lost, [{ reason: "disconnected", seat: 1, code: 1012, dropped: 0, rejoining: true }]);
+  await tick();
+  FakeSocket.last().open();
+  assert.deepEqual(FakeSocket.last().sent, [{ type: "join", passphrase: "p-q-r" }]);
+  FakeSocket.last().receive({ type: "joined", players: 2, capacity: 2, seat: 2 });
+  assert.deepEqual(FakeSocket.last().sent.at(-1), { type: "queued" });
+  client.close();
+});
+
+test("4002 (the seat went on another connection) stops the client", async () => {
+  const { client, socket, events } = await joined();
+  socket.drop(4002);
+  await tick(10);
+  assert.equal(client.state, "closed");
+  assert.equal(FakeSocket.all.length, 1, "no new connection");
+  assert.deepEqual(events.map(([n]) => n), ["joined", "closed"]);
+});
+
 test("a kept resume state resumes after a reload; leave forgets it", async () => {
   const items = new Map();
   const storage = { getItem: (k) => items.get(k) ?? null, setItem: (k, v) => items.set(k, v), removeItem: (k) => items.delete(k) };
