@@ -133,7 +133,7 @@ export class LobbyRelayClient {
   /** @type {ReturnType<typeof setTimeout> | null} */ #timer = null;
   /** @type {ReturnType<typeof setTimeout> | null} */ #connectTimer = null;
   #attempt = 0;
-  /** The token this socket presented and the relay accepted (or null). */
+  /** This socket presented the player token and the relay accepted it. */
   #authed = false;
   /** @type {string | null} */ #node = null;
 
