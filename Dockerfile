@@ -98,6 +98,8 @@ RUN mkdir -p src/bin/bench \
     && rm -rf src
 
 COPY src ./src
+# The JavaScript client the relay serves at /client.js (include_str!).
+COPY clients/js/lobby-relay.js ./clients/js/lobby-relay.js
 # COPY keeps the files' modification times, which may be older than the
 # placeholder build above: touch the crate roots so that Cargo rebuilds.
 RUN touch src/lib.rs src/main.rs \

@@ -59,6 +59,11 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 # tests/monitoring.rs: promtool checks deploy/prometheus/ (Debian: in `prometheus`).
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# tests/js_client.rs: the JavaScript client in Node (20 or later: Debian
+# 12's nodejs is 18, too old; the test says so), its types checked with tsc
+# (clients/js/tsconfig.json).
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v tsc >/dev/null 2>&1 || missing+=(node-typescript)
 if [ ${#missing[@]} -gt 0 ]; then
   need_packages "${missing[@]}"
 fi
@@ -66,6 +71,7 @@ redis-server --version
 haproxy -v | sed -n 1p
 chromedriver --version
 promtool --version | sed -n 1p
+echo "node $(node --version), tsc $(tsc --version)"
 
 # tests/kubernetes.rs: validates deploy/kubernetes/ against the Kubernetes API
 # schemas with kubernetes-validate (PyPI), which ships the schemas of every

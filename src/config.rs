@@ -213,9 +213,10 @@ pub struct ServeArgs {
 
     /// The browser playground: a page served at `GET /` (without a
     /// WebSocket upgrade) and `/playground` where people join a lobby and
-    /// play a tiny tank game through the relay. `off` for locked-down
+    /// play a tiny tank game through the relay, and the JavaScript client
+    /// at `/client.js` and `/client/v1.js`. `off` for locked-down
     /// deployments: those paths then answer as before (426 on `/`, 404 on
-    /// `/playground`). The WebSocket on `/` and `/ws` is the same either way.
+    /// the others). The WebSocket on `/` and `/ws` is the same either way.
     #[arg(long, env = "LOBBY_RELAY_PLAYGROUND", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set, value_name = "on|off")]
     pub playground: bool,
 

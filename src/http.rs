@@ -12,6 +12,8 @@
 //! - `GET /metrics`: Prometheus metrics.
 //! - `GET /` without an upgrade, and `GET /playground`: the browser
 //!   playground (unless `--playground off`).
+//! - `GET /client.js` and `GET /client/v1.js`: the JavaScript client
+//!   (`clients/js/lobby-relay.js`, docs/clients.md), with the playground.
 //! - `GET /admin` and `GET /admin/api/cluster`: the admin view, only with
 //!   `--admin-token`; the API wants the token as `Authorization: Bearer`.
 
@@ -35,6 +37,11 @@ use crate::node::Node;
 pub const WEBSOCKET_PATHS: [&str; 2] = ["/", "/ws"];
 /// Path of the playground page (also served on `/` without an upgrade).
 pub const PLAYGROUND_PATH: &str = "/playground";
+/// Paths of the JavaScript client: the current one, and the one of protocol
+/// version 1 (the file a game may pin).
+pub const CLIENT_JS_PATHS: [&str; 2] = ["/client.js", "/client/v1.js"];
+/// The JavaScript client, as in the repository (`clients/js/lobby-relay.js`).
+const CLIENT_JS: &str = include_str!("../clients/js/lobby-relay.js");
 /// Path of the admin page.
 pub const ADMIN_PATH: &str = "/admin";
 /// Path of the admin view's data (JSON).
@@ -133,6 +140,7 @@ impl<S: LobbyStore> Site<S> {
                 self.playground()
             }
             PLAYGROUND_PATH if self.node.config().http.playground => self.playground(),
+            p if CLIENT_JS_PATHS.contains(&p) && self.node.config().http.playground => client_js(),
             ADMIN_PATH if self.admin.is_some() => page(admin::ADMIN_HTML.to_owned()),
             p if WEBSOCKET_PATHS.contains(&p) => return Routed::WebSocket(request),
             _ => text(
@@ -235,6 +243,28 @@ pub(crate) fn page(html: String) -> Response<Body> {
         HeaderValue::from_static("nosniff"),
     );
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// The JavaScript client: a static module, importable from a game's page
+/// on any origin (module scripts are fetched with CORS; the file is public
+/// and sent without credentials), cached for five minutes (a relay upgrade
+/// may change it).
+fn client_js() -> Response<Body> {
+    let mut response = typed(StatusCode::OK, CLIENT_JS, "text/javascript; charset=utf-8");
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     response
 }
 

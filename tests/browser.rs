@@ -17,6 +17,9 @@
 //!   after a refused join.
 //! - With `--playground off` the playground answers 404 and the WebSocket
 //!   on `/` and `/ws` works as before.
+//! - The JavaScript client: served at `/client.js` and `/client/v1.js` (off
+//!   with the playground); imported by a page, it plays with a peer and,
+//!   after a page reload, takes its seat back from `sessionStorage`.
 //!
 //! Needs `chromium` and `chromedriver` (Debian: `chromium`,
 //! `chromium-driver`; scripts/test.sh installs them). A missing driver fails
@@ -1038,4 +1041,141 @@ async fn the_playground_is_served_and_can_be_turned_off() {
         .await;
     b.expect_text(r#"{"type":"playerMove","seat":1,"x":1,"y":2}"#)
         .await;
+}
+
+/// The JavaScript client is served with the playground: `/client.js` and
+/// `/client/v1.js`, the repository's file byte for byte, as a JavaScript
+/// module any origin may import (CORS), cached briefly; with `--playground
+/// off`, 404 like the playground.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_js_client_is_served_with_the_playground() {
+    const FILE: &str = include_str!("../clients/js/lobby-relay.js");
+    let on = Relays::memory();
+    for path in ["/client.js", "/client/v1.js"] {
+        let (status, head, body) = http_get(on.addr_a(), path, &[]);
+        assert_eq!(status, 200, "GET {path}");
+        for header in [
+            "content-type: text/javascript; charset=utf-8",
+            "cache-control: public, max-age=300",
+            "access-control-allow-origin: *",
+            "x-content-type-options: nosniff",
+        ] {
+            assert!(head.contains(header), "GET {path}: no {header:?} in {head}");
+        }
+        assert!(
+            body == FILE,
+            "GET {path}: not the repository's clients/js/lobby-relay.js"
+        );
+    }
+    drop(on);
+    let off = Relays::memory_with(&["--playground", "off"]);
+    for path in ["/client.js", "/client/v1.js"] {
+        assert_eq!(http_get(off.addr_a(), path, &[]).0, 404, "GET {path}");
+    }
+}
+
+/// The JavaScript client in Chromium. A page of the relay's origin (node a;
+/// its `/healthz` is a plain-text page without a Content-Security-Policy)
+/// imports `/client.js`, joins with `sessionStorage` as its storage, and
+/// plays with a peer on node b: JSON from the page, text and bytes from the
+/// peer. The page is reloaded: the new page's client joins the same
+/// passphrase, finds the kept token and takes seat 1 back (`resumed`), with
+/// the message the peer sent while the page was away; the peer saw
+/// `playerAway` and `playerBack`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_js_client_plays_in_a_page_and_resumes_after_a_reload() {
+    // Imports the client, joins `pass` at `url` with sessionStorage, and
+    // logs its events in window.log; answers the join's message or error.
+    const JOIN: &str = "const [url, pass, done] = arguments;
+        import('/client.js').then(({ LobbyRelayClient }) => {
+            const log = window.log = [];
+            const client = window.client = new LobbyRelayClient(url, { storage: sessionStorage });
+            for (const name of ['joined', 'ready', 'resumed', 'reconnecting', 'seatLost', 'error']) {
+                client.on(name, () => log.push(name));
+            }
+            client.on('message', (m) => log.push(m.kind === 'binary' ? 'bytes:' + [...m.data].join(',') : 'json:' + m.text));
+            return client.join(pass);
+        }).then((m) => done(m), (e) => done('failed: ' + e));";
+    let driver = Chromedriver::start();
+    let relays = Relays::redis();
+    let logs = relays.logs();
+    let test = async {
+        let pass = format!("browser-js-client-{}", support::unique());
+        let url = relays.url_a();
+        let page = driver.browser().await;
+        let origin = format!("http://{}/healthz", relays.addr_a());
+        bounded("open the relay's origin", page.goto(&origin)).await;
+        let joined = bounded(
+            "import /client.js and join",
+            page.execute_async(JOIN, vec![json!(url), json!(pass)]),
+        )
+        .await;
+        assert_eq!(joined["type"], "joined", "{joined}");
+        assert_eq!(joined["seat"], 1, "{joined}");
+        let mut peer = Client::connect(&relays.url_b(), "peer").await;
+        peer.join(&pass).await;
+        peer.expect_json(json!({"type": "ready", "players": 2}))
+            .await;
+        wait_js(
+            &page,
+            "return window.log.includes('ready')",
+            "the page sees ready",
+        )
+        .await;
+
+        bounded(
+            "send from the page",
+            page.execute("window.client.send({type: 'hello', from: 'page'})", vec![]),
+        )
+        .await;
+        peer.expect_text(r#"{"type":"hello","from":"page"}"#).await;
+        peer.send_text(r#"{"type":"hello", "from":"peer"}"#).await;
+        peer.send_binary(vec![1, 2, 255]).await;
+        wait_js(
+            &page,
+            r#"return window.log.includes('json:{"type":"hello", "from":"peer"}') && window.log.includes('bytes:1,2,255')"#,
+            "the page gets the peer's text and bytes",
+        )
+        .await;
+
+        // Reload: the page's connection ends without leave (the seat is
+        // held); the peer plays on meanwhile.
+        bounded("reload the page", page.refresh()).await;
+        let away = peer.recv_json().await;
+        assert_eq!(away["type"], "playerAway", "{away}");
+        peer.send_text(r#"{"type":"during","n":1}"#).await;
+        let resumed = bounded(
+            "import /client.js again and join",
+            page.execute_async(JOIN, vec![json!(url), json!(pass)]),
+        )
+        .await;
+        assert_eq!(resumed["type"], "resumed", "{resumed}");
+        assert_eq!(resumed["seat"], 1, "{resumed}");
+        assert!(
+            resumed["replayed"].as_u64().is_some_and(|n| n >= 1),
+            "{resumed}"
+        );
+        peer.expect_json(json!({"type": "playerBack", "seat": 1}))
+            .await;
+        wait_js(
+            &page,
+            r#"return window.log.includes('json:{"type":"during","n":1}')"#,
+            "the reloaded page gets what the peer sent meanwhile",
+        )
+        .await;
+        bounded(
+            "send from the reloaded page",
+            page.execute("window.client.send({type: 'back'})", vec![]),
+        )
+        .await;
+        peer.expect_text(r#"{"type":"back"}"#).await;
+        let log = bounded("read the log", page.execute("return window.log", vec![])).await;
+        assert_eq!(
+            log,
+            json!(["resumed", r#"json:{"type":"during","n":1}"#]),
+            "the new page's events: resumed, then the replayed message, once"
+        );
+        let _ = tokio::time::timeout(WAIT, page.close()).await;
+    };
+    within_two_minutes(&logs, "browser JS client test", test).await;
 }

@@ -12,6 +12,7 @@ mod browser;
 mod cluster_lb;
 mod faults;
 mod inspect;
+mod js_client;
 mod kubernetes;
 mod limits;
 mod metrics;

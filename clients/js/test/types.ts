@@ -1,0 +1,31 @@
+// Compile-time checks of lobby-relay.d.ts (tsc -p clients/js): the API as
+// a TypeScript game uses it. Not run.
+import {
+  LobbyRelayClient, LobbyRelayError, GameMessage, connect, normalizePassphrase,
+} from "../lobby-relay.js";
+
+export async function game(url: string): Promise<void> {
+  const relay = new LobbyRelayClient([url, url], { resume: true, backoff: { maxDelay: 1000 } });
+  relay.on("ready", (e) => console.log(e.players));
+  relay.on("message", (m: GameMessage) => {
+    if (m.kind === "json") console.log(m.type, m.data.type, m.text.length);
+    else console.log(m.data.byteLength);
+  });
+  relay.on("reconnecting", (e) => console.log(e.attempt, e.delay, e.code));
+  relay.on("error", (e) => console.log(e.code, e.willRetry));
+  const joined = await relay.join(normalizePassphrase(" Jump-Rocket "), { resume: true });
+  if (joined.type === "resumed") console.log(joined.replayed);
+  relay.send({ type: "move", x: 1 });
+  relay.send('{"type":"move"}');
+  relay.send(new Uint8Array([1, 2]));
+  const rtt: number = await relay.ping();
+  const away = await relay.once("playerAway");
+  console.log(rtt, away.grace, relay.seat, relay.resumeState?.token);
+  try {
+    relay.leave();
+  } catch (e) {
+    if (e instanceof LobbyRelayError) console.log(e.code);
+  }
+  relay.close();
+  (await connect(url, "jump-rocket", { storage: sessionStorage })).close();
+}

@@ -1,0 +1,217 @@
+// Unit tests of lobby-relay.js against a scripted fake WebSocket (no relay):
+// what goes on the wire in which order, the backoff's bounds, the queue's
+// bound, the resend after a resume. `node --test clients/js/test/unit.mjs`
+// (tests/js_client.rs runs it; the behaviour against real relays is tested
+// there).
+
+import test from "node:test";
+import assert from "node:assert/strict";
+import { LobbyRelayClient, LobbyRelayError, normalizePassphrase } from "../lobby-relay.js";
+
+/** A WebSocket stand-in: records what the client sends; the test plays the relay. */
+class FakeSocket {
+  static all = [];
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    this.sent = [];
+    this.binaryType = "blob";
+    FakeSocket.all.push(this);
+  }
+  send(data) {
+    if (this.readyState !== 1) throw new Error("not open");
+    this.sent.push(typeof data === "string" ? JSON.parse(data) : { binary: [...data] });
+  }
+  close(code = 1000, reason = "") {
+    this.readyState = 3;
+    queueMicrotask(() => this.onclose?.({ code, reason }));
+  }
+  // The relay's side.
+  open() { this.readyState = 1; this.onopen?.({}); }
+  receive(message) { this.onmessage?.({ data: typeof message === "string" ? message : JSON.stringify(message) }); }
+  drop(code = 1006) { this.readyState = 3; this.onclose?.({ code, reason: "" }); }
+  static last() { return FakeSocket.all[FakeSocket.all.length - 1]; }
+}
+
+const tick = (ms = 0) => new Promise((r) => setTimeout(r, ms));
+
+/** A client on a fake socket, joined to `p` (seat 1, resumable). */
+async function joined(options = {}) {
+  FakeSocket.all = [];
+  const events = [];
+  const client = new LobbyRelayClient(["ws://one/", "ws://two/"], { WebSocket: FakeSocket, ...options });
+  for (const name of ["joined", "ready", "message", "error", "reconnecting", "resumed", "seatLost", "closed"]) {
+    client.on(name, (e) => events.push([name, e]));
+  }
+  const join = client.join("Jump-Rocket");
+  const socket = FakeSocket.last();
+  socket.open();
+  assert.deepEqual(socket.sent, [{ type: "join", passphrase: "Jump-Rocket", resume: true }]);
+  socket.receive({ type: "joined", players: 1, capacity: 2, seat: 1, resumeToken: "tok-1" });
+  assert.equal((await join).seat, 1);
+  return { client, socket, events };
+}
+
+test("a drop is resumed on the next URL with the count, then the queue goes out in order", async () => {
+  const { client, socket, events } = await joined();
+  socket.receive({ type: "ready", players: 2 });
+  socket.receive({ type: "move", n: 1 });
+  client.send({ type: "mine", n: 1 });
+  client.send({ type: "mine", n: 2 });
+  socket.drop();
+  assert.equal(client.state, "reconnecting");
+  client.send({ type: "mine", n: 3 });   // queued
+  assert.equal(client.queued, 1);
+  await tick();
+  const second = FakeSocket.last();
+  assert.notEqual(second, socket);
+  assert.equal(second.url, "ws://two/");
+  second.open();
+  assert.deepEqual(second.sent, [{ type: "resume", token: "tok-1", received: 2 }]);
+  // The relay took only the first of our two sends: the second goes again.
+  second.receive({ type: "resumed", seat: 1, players: 2, capacity: 2, replayed: 1, sent: 1, resumeToken: "tok-2" });
+  assert.deepEqual(second.sent.slice(1), [{ type: "mine", n: 2 }, { type: "mine", n: 3 }]);
+  const names = events.map(([n]) => n);
+  assert.deepEqual(names, ["joined", "ready", "message", "reconnecting", "resumed"]);
+  assert.equal(events[3][1].attempt, 1);
+  assert.equal(events[3][1].delay, 0);
+  assert.equal(events[4][1].resent, 1);
+  assert.equal(client.resumeState.token, "tok-2");
+  client.close();
+});
+
+test("after the relay dropped a game message, nothing is sent twice on resume", async () => {
+  const { client, socket, events } = await joined();
+  client.send({ type: "mine", n: 1 });
+  client.send({ type: "mine", n: 2 });
+  socket.receive({ type: "error", code: "rate_limited", message: "too fast" });
+  socket.drop();
+  await tick();
+  const second = FakeSocket.last();
+  second.open();
+  second.receive({ type: "resumed", seat: 1, players: 2, capacity: 2, replayed: 0, sent: 1, resumeToken: "tok-2" });
+  assert.deepEqual(second.sent, [{ type: "resume", token: "tok-1", received: 0 }]);
+  assert.equal(events.find(([n]) => n === "resumed")[1].resent, 0);
+  client.close();
+});
+
+test("the queue is bounded: past queueLimit send() throws queue_full", async () => {
+  const { client, socket } = await joined({ queueLimit: 2 });
+  socket.drop();
+  client.send({ type: "a" });
+  client.send(new Uint8Array([1, 2]));
+  assert.throws(() => client.send({ type: "c" }), (e) => e instanceof LobbyRelayError && e.code === "queue_full");
+  assert.equal(client.queued, 2);
+  client.close();
+});
+
+test("backoff: full jitter under the capped exponential delay", async () => {
+  const { client, socket, events } = await joined({ backoff: { initialDelay: 40, maxDelay: 100, multiplier: 2 } });
+  socket.drop();
+  for (let i = 0; i < 6; i++) {
+    await tick(110);
+    FakeSocket.last().drop();   // the attempt fails
+  }
+  const delays = events.filter(([n]) => n === "reconnecting").map(([, e]) => [e.attempt, e.delay]);
+  assert.ok(delays.length >= 6, JSON.stringify(delays));
+  assert.deepEqual(delays[0], [1, 0]);
+  for (const [attempt, delay] of delays.slice(1)) {
+    const cap = Math.min(100, 40 * 2 ** (attempt - 2));
+    assert.ok(delay >= 0 && delay <= cap, `attempt ${attempt}: ${delay} > ${cap}`);
+  }
+  client.close();
+});
+
+test("unavailable and rate_limited answers to a join are tried again", async () => {
+  FakeSocket.all = [];
+  const client = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket, backoff: { initialDelay: 10, maxDelay: 20 } });
+  const errors = [];
+  client.on("error", (e) => errors.push(e));
+  const join = client.join("p-q-r", { resume: false });
+  const socket = FakeSocket.last();
+  socket.open();
+  socket.receive({ type: "error", code: "unavailable", message: "redis" });
+  await tick(30);
+  socket.receive({ type: "error", code: "rate_limited", message: "slow down" });
+  await tick(30);
+  assert.deepEqual(socket.sent, Array(3).fill({ type: "join", passphrase: "p-q-r" }));
+  socket.receive({ type: "joined", players: 1, capacity: 2, seat: 1 });
+  assert.equal((await join).seat, 1);
+  assert.deepEqual(errors.map((e) => [e.code, e.willRetry]), [["unavailable", true], ["rate_limited", true]]);
+  assert.equal(client.resumable, false);
+  client.close();
+});
+
+test("a refused resume is a lost seat; rejoinOnSeatLost joins again", async () => {
+  const { client, socket, events } = await joined({ rejoinOnSeatLost: true });
+  socket.drop();
+  await tick();
+  const second = FakeSocket.last();
+  second.open();
+  second.receive({ type: "error", code: "invalid_resume_token", message: "gone" });
+  assert.deepEqual(second.sent[1], { type: "join", passphrase: "Jump-Rocket", resume: true });
+  const lost = events.find(([n]) => n === "seatLost")[1];
+  assert.equal(lost.reason, "invalid_resume_token");
+  assert.equal(lost.rejoining, true);
+  client.close();
+});
+
+test("without resume a drop loses the seat; with rejoinOnSeatLost the client joins again", async () => {
+  FakeSocket.all = [];
+  const client = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket, resume: false, rejoinOnSeatLost: true });
+  const lost = [];
+  client.on("seatLost", (e) => lost.push(e));
+  const join = client.join("p-q-r");
+  FakeSocket.last().open();
+  FakeSocket.last().receive({ type: "joined", players: 1, capacity: 2, seat: 1 });
+  await join;
+  client.send({ type: "before" });
+  FakeSocket.last().drop(1012);
+  client.send({ type: "queued" });
+  assert.deepEqual(lost, [{ reason: "disconnected", seat: 1, code: 1012, dropped: 0, rejoining: true }]);
+  await tick();
+  FakeSocket.last().open();
+  assert.deepEqual(FakeSocket.last().sent, [{ type: "join", passphrase: "p-q-r" }]);
+  FakeSocket.last().receive({ type: "joined", players: 2, capacity: 2, seat: 2 });
+  assert.deepEqual(FakeSocket.last().sent.at(-1), { type: "queued" });
+  client.close();
+});
+
+test("4002 (the seat went on another connection) stops the client", async () => {
+  const { client, socket, events } = await joined();
+  socket.drop(4002);
+  await tick(10);
+  assert.equal(client.state, "closed");
+  assert.equal(FakeSocket.all.length, 1, "no new connection");
+  assert.deepEqual(events.map(([n]) => n), ["joined", "closed"]);
+});
+
+test("a kept resume state resumes after a reload; leave forgets it", async () => {
+  const items = new Map();
+  const storage = { getItem: (k) => items.get(k) ?? null, setItem: (k, v) => items.set(k, v), removeItem: (k) => items.delete(k) };
+  const { client, socket } = await joined({ storage });
+  socket.receive({ type: "ready", players: 2 });
+  // The page reloads: a new client, the same storage.
+  FakeSocket.all = [];
+  const again = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket, storage });
+  const join = again.join("jump-rocket");
+  FakeSocket.last().open();
+  assert.deepEqual(FakeSocket.last().sent, [{ type: "resume", token: "tok-1", received: 1 }]);
+  FakeSocket.last().receive({ type: "resumed", seat: 1, players: 2, capacity: 2, replayed: 0, sent: 0, resumeToken: "tok-9" });
+  assert.equal((await join).type, "resumed");
+  again.leave();
+  assert.equal(items.size, 0);
+  assert.deepEqual(FakeSocket.last().sent.at(-1), { type: "leave" });
+  void client;
+});
+
+test("what the relay would refuse is refused before sending", () => {
+  assert.equal(normalizePassphrase("  Jump-ROCKET "), "jump-rocket");
+  const client = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket });
+  assert.throws(() => client.send({ type: "move" }), (e) => e.code === "not_in_lobby");
+  assert.throws(() => client.send({ type: "join" }), (e) => e.code === "invalid_message");
+  // Node 20 without --experimental-websocket has no WebSocket: say so.
+  if (typeof globalThis.WebSocket !== "function") {
+    assert.throws(() => new LobbyRelayClient("ws://one/"), /experimental-websocket/);
+  }
+});
