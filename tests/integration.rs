@@ -21,6 +21,7 @@ mod proxy;
 mod redis_cluster;
 mod relay;
 mod resume;
+mod rust_client;
 mod security;
 mod slow_client;
 mod tls;

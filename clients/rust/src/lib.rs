@@ -1,0 +1,722 @@
+//! The Rust client of [lobby-relay](https://github.com/): the game's side of
+//! the relay. It joins a lobby by passphrase, hands the lobby's events and
+//! game messages to the game, sends game messages, and survives dropped
+//! connections by taking the seat back (resume) with every message it
+//! missed, none twice, on whichever node answers.
+//!
+//! It speaks the wire protocol of the relay's `docs/protocol.md` (version 1)
+//! and behaves like the JavaScript client (`clients/js`): the same events,
+//! the same reconnection policy, the same bounds (`docs/clients.md`).
+//!
+//! ```no_run
+//! use lobby_relay_client::{Client, Event, GameMessage, Options};
+//!
+//! # async fn game() -> Result<(), lobby_relay_client::ClientError> {
+//! let mut relay = Client::connect("ws://127.0.0.1:8765/", Options::default())?;
+//! relay.join("jump-rocket");
+//! while let Some(event) = relay.next_event().await {
+//!     match event {
+//!         Event::Ready { .. } => relay.send_json(&serde_json::json!({"type": "hello"}))?,
+//!         Event::Message(GameMessage::Json { value, .. }) => println!("got {value}"),
+//!         Event::Closed { .. } => break,
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! **In a game loop** (Bevy, macroquad: a frame function that must not
+//! block), start the client with [`Client::connect_in_background`], which
+//! runs it on a thread of its own, and each frame drain
+//! [`Client::try_next_event`]; [`Client::send_json`] and the other requests
+//! never block.
+//!
+//! **Reconnection.** When the connection drops, the client connects again
+//! (at once, then after a random delay up to 250 ms, 500 ms, 1 s, then 2 s
+//! at most: exponential backoff with full jitter, [`Backoff`]) and presents
+//! its resume token with the count of deliveries it received; the relay
+//! answers with what was missed. Game messages sent meanwhile wait in a
+//! queue of at most [`Options::queue_limit`] (256) messages, sent after the
+//! resume, in order; past that [`Client::send_json`] returns
+//! [`ClientError::QueueFull`]. Messages the dropped connection swallowed
+//! (the relay says how many of the seat's it took) go again first. If the
+//! seat is gone (grace period over), [`Event::SeatLost`] says so, and with
+//! [`Options::rejoin_on_seat_lost`] the client joins the same passphrase
+//! again. `unavailable` and `rate_limited` answers to a join or resume are
+//! retried with the same backoff ([`RelayError::will_retry`]).
+
+mod task;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+pub use task::Frame;
+
+/// The wire protocol version this client speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Types a game message may not have: the relay answers `reserved_type`.
+const RESERVED_TYPES: &[&str] = &[
+    "join",
+    "leave",
+    "ping",
+    "joined",
+    "ready",
+    "playerJoined",
+    "playerLeft",
+    "pong",
+    "error",
+    "resume",
+    "resumed",
+    "playerAway",
+    "playerBack",
+    "auth",
+    "authenticated",
+];
+
+/// Exponential backoff with full jitter: the first attempt after a drop goes
+/// at once; attempt `n` (n >= 2) waits a random time between 0 and
+/// `min(max_delay, initial_delay * multiplier^(n-2))`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backoff {
+    /// Default 250 ms.
+    pub initial_delay: Duration,
+    /// The cap. Default 2 s.
+    pub max_delay: Duration,
+    /// Default 2.
+    pub multiplier: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(2),
+            multiplier: 2.0,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `attempt` (0: the first after a drop).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        if attempt == 0 {
+            return Duration::ZERO;
+        }
+        let exp = self
+            .multiplier
+            .powi(attempt.saturating_sub(1).min(64) as i32);
+        let cap = (self.initial_delay.as_secs_f64() * exp).min(self.max_delay.as_secs_f64());
+        Duration::from_secs_f64(rand::random::<f64>() * cap.max(0.0))
+    }
+}
+
+/// How the client behaves; [`Options::default`] suits a game.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Join with `"resume":true` (default true): a dropped connection then
+    /// takes its seat back, with every delivery it missed.
+    pub resume: bool,
+    /// After the seat is lost (grace period over, or a drop without resume),
+    /// join the same passphrase again, as a new player. Default false.
+    pub rejoin_on_seat_lost: bool,
+    /// Most game messages waiting for the seat while reconnecting; past it
+    /// the send methods return [`ClientError::QueueFull`]. Default 256.
+    pub queue_limit: usize,
+    /// Most sent game messages kept to send again after a resume (those the
+    /// relay says it never took). Default 256.
+    pub resend_limit: usize,
+    /// A connection attempt that has not opened by then fails. Default 10 s.
+    pub connect_timeout: Duration,
+    /// [`Client::ping`] fails after this. Default 10 s.
+    pub ping_timeout: Duration,
+    /// A player token (JWT) for a relay with `--auth`: presented in an
+    /// `auth` message on each new connection, before join or resume.
+    pub auth_token: Option<String>,
+    /// The reconnection delays.
+    pub backoff: Backoff,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            resume: true,
+            rejoin_on_seat_lost: false,
+            queue_limit: 256,
+            resend_limit: 256,
+            connect_timeout: Duration::from_secs(10),
+            ping_timeout: Duration::from_secs(10),
+            auth_token: None,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// Seat number to user id, for signed-in members (`--auth`).
+pub type Users = BTreeMap<u32, String>;
+
+/// A game message from another member.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GameMessage {
+    /// A text frame: a JSON object with a string `type`.
+    Json {
+        /// Its `type`.
+        kind: String,
+        /// The object.
+        value: serde_json::Value,
+        /// The frame as the relay delivered it (byte for byte what the
+        /// sender sent).
+        text: String,
+    },
+    /// A binary frame, as the sender sent it.
+    Binary(Vec<u8>),
+}
+
+/// An error answer of the relay (its `code` is the protocol's), or one of
+/// this client's (`resend_incomplete`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelayError {
+    /// Stable, for programs: `lobby_full`, `unavailable`, ...
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+    /// The client stops (a refused player token).
+    pub fatal: bool,
+    /// The client tries the request again by itself (`unavailable`,
+    /// `rate_limited` answers to a join or resume).
+    pub will_retry: bool,
+}
+
+/// Why a seat was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeatLostReason {
+    /// The relay refused the resume (grace period over, seat released).
+    InvalidResumeToken,
+    /// The connection dropped and the seat was not resumable.
+    Disconnected,
+}
+
+/// What the client tells the game, in order.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// Seated in a lobby (a join succeeded).
+    Joined {
+        /// This player's seat, from 1.
+        seat: u32,
+        /// Members now, this one included.
+        players: u32,
+        /// The lobby's capacity.
+        capacity: u32,
+        /// The relay gave a resume token: drops will be resumed.
+        resumable: bool,
+        /// Signed-in members.
+        users: Users,
+    },
+    /// The seat was taken back after a drop.
+    Resumed {
+        /// The seat (the same).
+        seat: u32,
+        /// Members now.
+        players: u32,
+        /// Deliveries missed, which follow now.
+        replayed: u64,
+        /// How many of this seat's game messages the relay had taken.
+        sent: u64,
+        /// How many of ours the client sent again (swallowed by the drop).
+        resent: usize,
+    },
+    /// The lobby is full: start the game.
+    Ready {
+        /// Members.
+        players: u32,
+        /// Signed-in members.
+        users: Users,
+    },
+    /// Another player joined (lobbies above capacity 2).
+    PlayerJoined {
+        /// Its seat.
+        seat: u32,
+        /// Members now.
+        players: u32,
+        /// Signed-in members.
+        users: Users,
+    },
+    /// Another player left (or its seat was released).
+    PlayerLeft {
+        /// Its seat.
+        seat: u32,
+        /// Members now.
+        players: u32,
+    },
+    /// Another player lost its connection; its seat is held for `grace`.
+    PlayerAway {
+        /// Its seat.
+        seat: u32,
+        /// How long the relay holds the seat.
+        grace: Duration,
+    },
+    /// That player resumed.
+    PlayerBack {
+        /// Its seat.
+        seat: u32,
+    },
+    /// A game message from another member.
+    Message(GameMessage),
+    /// The relay refused something, or the client could not do something.
+    Error(RelayError),
+    /// The player token was accepted (`--auth`).
+    Authenticated {
+        /// The token's user id.
+        user: String,
+    },
+    /// The connection dropped; the next attempt starts after `delay`.
+    Reconnecting {
+        /// Attempts since the last success (0: the first).
+        attempt: u32,
+        /// Before the next attempt.
+        delay: Duration,
+        /// The close code, if the relay sent one.
+        code: Option<u16>,
+        /// The close reason, or what failed.
+        reason: String,
+    },
+    /// The seat is gone; see `rejoining`.
+    SeatLost {
+        /// Why.
+        reason: SeatLostReason,
+        /// The seat that was lost.
+        seat: Option<u32>,
+        /// Queued game messages thrown away with it.
+        dropped: usize,
+        /// The client joins the same passphrase again
+        /// ([`Options::rejoin_on_seat_lost`]).
+        rejoining: bool,
+    },
+    /// The client stopped: [`Client::close`], a refused token, or a seat
+    /// taken over by another connection (4002). No event follows.
+    Closed {
+        /// The close code, if any.
+        code: Option<u16>,
+        /// The close reason.
+        reason: String,
+        /// [`Client::close`] (or dropping the client) ended it.
+        by_client: bool,
+    },
+}
+
+/// Where the client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum State {
+    /// Not connected, nothing to do.
+    #[default]
+    Idle,
+    /// Opening a connection.
+    Connecting,
+    /// Connected.
+    Open,
+    /// After a drop, until the seat is back.
+    Reconnecting,
+    /// Stopped for good.
+    Closed,
+}
+
+/// A seat's resume state, for a game that keeps it itself (e.g. across a
+/// restart of the app): give it to [`Client::join_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeState {
+    /// The lobby's passphrase.
+    pub passphrase: String,
+    /// The latest resume token.
+    pub token: String,
+    /// Deliveries received in the seat.
+    pub received: u64,
+}
+
+/// A request the client could not take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// Not in a lobby: join first.
+    #[error("not in a lobby: join first")]
+    NotInLobby,
+    /// Too many game messages already wait for the connection.
+    #[error("{0} messages already wait for the connection (queue_limit)")]
+    QueueFull(usize),
+    /// Not a game message the relay would relay.
+    #[error("not a game message: {0}")]
+    InvalidMessage(String),
+    /// No open connection (for a ping).
+    #[error("no open connection")]
+    NotConnected,
+    /// No pong within [`Options::ping_timeout`].
+    #[error("no pong in time")]
+    PingTimeout,
+    /// The client has stopped.
+    #[error("the client is closed")]
+    Closed,
+    /// A URL that is not `ws://` or `wss://`.
+    #[error("invalid URL: {0}")]
+    InvalidUrl(String),
+    /// No runtime to run on.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+enum Command {
+    Join {
+        passphrase: String,
+        resume: Option<bool>,
+        kept: Option<(String, u64)>,
+    },
+    Leave,
+    Close,
+    Ping(oneshot::Sender<Result<Duration, ClientError>>),
+}
+
+/// What the game's thread and the client's task share.
+struct Shared {
+    out: Mutex<Outgoing>,
+    wake: Notify,
+    status: Mutex<Status>,
+}
+
+/// Game messages on their way: sent while the seat is open, queued (at most
+/// `limit`) while it is not.
+struct Outgoing {
+    in_lobby: bool,
+    seat_open: bool,
+    queue: VecDeque<Frame>,
+    limit: usize,
+}
+
+#[derive(Default, Clone)]
+struct Status {
+    state: State,
+    seat: Option<u32>,
+    players: u32,
+    node: Option<String>,
+    resume: Option<ResumeState>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The game's connection to a relay: one WebSocket at a time, one lobby at
+/// a time, reconnected and resumed after a drop. Dropping it closes the
+/// connection.
+pub struct Client {
+    commands: mpsc::UnboundedSender<Command>,
+    events: mpsc::UnboundedReceiver<Event>,
+    shared: Arc<Shared>,
+    ping_timeout: Duration,
+}
+
+impl Client {
+    /// Starts a client of the relay at `url` (`ws://host:8765/`, the load
+    /// balancer's address in a cluster) on the current tokio runtime. It
+    /// connects when asked to join.
+    pub fn connect(url: &str, options: Options) -> Result<Self, ClientError> {
+        Self::connect_any(&[url], options)
+    }
+
+    /// Like [`Client::connect`], trying the URLs in turn, one per connection
+    /// attempt (for clusters without a load balancer).
+    pub fn connect_any(urls: &[&str], options: Options) -> Result<Self, ClientError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            ClientError::Runtime(
+                "Client::connect needs a tokio runtime; use Client::connect_in_background outside one"
+                    .into(),
+            )
+        })?;
+        let (client, task) = Self::build(urls, options)?;
+        runtime.spawn(task.run());
+        Ok(client)
+    }
+
+    /// Starts a client on a thread of its own (with its own single-threaded
+    /// tokio runtime), for a game loop that is not async: every method of
+    /// the client works from the game's thread, and
+    /// [`Client::try_next_event`] never blocks.
+    pub fn connect_in_background(url: &str, options: Options) -> Result<Self, ClientError> {
+        let (client, task) = Self::build(&[url], options)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Runtime(format!("cannot start a runtime: {e}")))?;
+        std::thread::Builder::new()
+            .name("lobby-relay-client".into())
+            .spawn(move || runtime.block_on(task.run()))
+            .map_err(|e| ClientError::Runtime(format!("cannot start a thread: {e}")))?;
+        Ok(client)
+    }
+
+    fn build(urls: &[&str], options: Options) -> Result<(Self, task::Task), ClientError> {
+        if urls.is_empty() {
+            return Err(ClientError::InvalidUrl("no URL".into()));
+        }
+        for url in urls {
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                return Err(ClientError::InvalidUrl(format!(
+                    "{url}: a relay's URL starts with ws:// or wss://"
+                )));
+            }
+        }
+        let shared = Arc::new(Shared {
+            out: Mutex::new(Outgoing {
+                in_lobby: false,
+                seat_open: false,
+                queue: VecDeque::new(),
+                limit: options.queue_limit,
+            }),
+            wake: Notify::new(),
+            status: Mutex::new(Status::default()),
+        });
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (event_tx, events) = mpsc::unbounded_channel();
+        let ping_timeout = options.ping_timeout;
+        let task = task::Task::new(
+            urls.iter().map(|u| u.to_string()).collect(),
+            options,
+            command_rx,
+            event_tx,
+            Arc::clone(&shared),
+        );
+        Ok((
+            Self {
+                commands,
+                events,
+                shared,
+                ping_timeout,
+            },
+            task,
+        ))
+    }
+
+    /// Joins (or creates) the lobby of `passphrase`; [`Event::Joined`] (or
+    /// an [`Event::Error`]) follows. Game messages may be sent right away:
+    /// they wait for the seat.
+    pub fn join(&self, passphrase: &str) {
+        self.request_join(passphrase, None, None);
+    }
+
+    /// Joins, overriding [`Options::resume`] for this lobby, or first trying
+    /// to take a kept seat back ([`ResumeState`]: [`Event::Resumed`] if it
+    /// is still held, else a new join).
+    pub fn join_with(&self, passphrase: &str, resume: bool, kept: Option<ResumeState>) {
+        self.request_join(
+            passphrase,
+            Some(resume),
+            kept.map(|state| (state.token, state.received)),
+        );
+    }
+
+    fn request_join(&self, passphrase: &str, resume: Option<bool>, kept: Option<(String, u64)>) {
+        lock(&self.shared.out).in_lobby = true;
+        let _ = self.commands.send(Command::Join {
+            passphrase: passphrase.to_owned(),
+            resume,
+            kept,
+        });
+    }
+
+    /// Sends a game message: any value that serialises to a JSON object with
+    /// a string `type` (not one of the protocol's own).
+    pub fn send_json<T: Serialize + ?Sized>(&self, message: &T) -> Result<(), ClientError> {
+        let value = serde_json::to_value(message)
+            .map_err(|e| ClientError::InvalidMessage(e.to_string()))?;
+        check_game_message(&value)?;
+        self.enqueue(Frame::Text(value.to_string()))
+    }
+
+    /// Sends a game message given as JSON text, byte for byte.
+    pub fn send_text(&self, text: impl Into<String>) -> Result<(), ClientError> {
+        let text = text.into();
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ClientError::InvalidMessage(format!("not JSON: {e}")))?;
+        check_game_message(&value)?;
+        self.enqueue(Frame::Text(text))
+    }
+
+    /// Sends a binary game message.
+    pub fn send_binary(&self, bytes: impl Into<Vec<u8>>) -> Result<(), ClientError> {
+        self.enqueue(Frame::Binary(bytes.into()))
+    }
+
+    fn enqueue(&self, frame: Frame) -> Result<(), ClientError> {
+        {
+            let mut out = lock(&self.shared.out);
+            if !out.in_lobby {
+                return Err(ClientError::NotInLobby);
+            }
+            if !out.seat_open && out.queue.len() >= out.limit {
+                return Err(ClientError::QueueFull(out.queue.len()));
+            }
+            out.queue.push_back(frame);
+        }
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Leaves the lobby: the others get `playerLeft`; the connection stays
+    /// for a next join. Game messages sent before go first.
+    pub fn leave(&self) {
+        lock(&self.shared.out).in_lobby = false;
+        let _ = self.commands.send(Command::Leave);
+    }
+
+    /// Leaves and closes; [`Event::Closed`] follows.
+    pub fn close(&self) {
+        lock(&self.shared.out).in_lobby = false;
+        let _ = self.commands.send(Command::Close);
+    }
+
+    /// The round trip of a `ping` to the node this connection is on.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Ping(tx))
+            .map_err(|_| ClientError::Closed)?;
+        match tokio::time::timeout(self.ping_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => Err(ClientError::PingTimeout),
+        }
+    }
+
+    /// The next event; `None` after [`Event::Closed`] once the client has
+    /// stopped.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// The next event if there is one (never blocks): for a game loop.
+    pub fn try_next_event(&mut self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+
+    /// Where the client is.
+    pub fn state(&self) -> State {
+        lock(&self.shared.status).state
+    }
+
+    /// This player's seat while seated.
+    pub fn seat(&self) -> Option<u32> {
+        lock(&self.shared.status).seat
+    }
+
+    /// Members of the lobby, as last told.
+    pub fn players(&self) -> u32 {
+        lock(&self.shared.status).players
+    }
+
+    /// The id of the node the connection is on, once a ping told it.
+    pub fn node(&self) -> Option<String> {
+        lock(&self.shared.status).node.clone()
+    }
+
+    /// The seat's resume state, while it has one: keep it to resume after
+    /// the app restarts ([`Client::join_with`]). Keep it out of logs.
+    pub fn resume_state(&self) -> Option<ResumeState> {
+        lock(&self.shared.status).resume.clone()
+    }
+
+    /// Game messages waiting for the connection.
+    pub fn queued(&self) -> usize {
+        let out = lock(&self.shared.out);
+        if out.seat_open { 0 } else { out.queue.len() }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Close);
+    }
+}
+
+/// What the relay would relay as a game message.
+fn check_game_message(value: &serde_json::Value) -> Result<(), ClientError> {
+    let kind = value
+        .as_object()
+        .and_then(|object| object.get("type"))
+        .and_then(|kind| kind.as_str())
+        .ok_or_else(|| ClientError::InvalidMessage("a JSON object with a string `type`".into()))?;
+    if RESERVED_TYPES.contains(&kind) {
+        return Err(ClientError::InvalidMessage(format!(
+            "`{kind}` is one of the protocol's own types"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_at_once_then_stays_under_a_growing_cap() {
+        let backoff = Backoff::default();
+        assert_eq!(backoff.delay(0), Duration::ZERO);
+        for _ in 0..200 {
+            assert!(backoff.delay(1) <= Duration::from_millis(250));
+            assert!(backoff.delay(2) <= Duration::from_millis(500));
+            assert!(backoff.delay(3) <= Duration::from_secs(1));
+            assert!(backoff.delay(30) <= Duration::from_secs(2));
+        }
+        // Jitter: not always the cap.
+        let delays: std::collections::HashSet<_> = (0..50).map(|_| backoff.delay(5)).collect();
+        assert!(delays.len() > 10, "{delays:?}");
+    }
+
+    #[test]
+    fn only_game_messages_are_sent() {
+        assert!(check_game_message(&serde_json::json!({"type": "playerMove"})).is_ok());
+        for bad in [
+            serde_json::json!({"type": "join"}),
+            serde_json::json!({"type": "ping"}),
+            serde_json::json!({"kind": "x"}),
+            serde_json::json!([1]),
+            serde_json::json!({"type": 3}),
+        ] {
+            assert!(
+                matches!(
+                    check_game_message(&bad),
+                    Err(ClientError::InvalidMessage(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_before_a_join_are_refused_and_the_queue_is_bounded() {
+        let options = Options {
+            queue_limit: 2,
+            ..Options::default()
+        };
+        // Nothing listens there: the client keeps reconnecting meanwhile.
+        let client = Client::connect("ws://127.0.0.1:9/", options).unwrap();
+        assert_eq!(
+            client.send_json(&serde_json::json!({"type": "a"})),
+            Err(ClientError::NotInLobby)
+        );
+        client.join("jump-rocket");
+        client.send_binary(vec![1]).unwrap();
+        client.send_binary(vec![2]).unwrap();
+        assert_eq!(client.send_binary(vec![3]), Err(ClientError::QueueFull(2)));
+        assert_eq!(client.queued(), 2);
+    }
+
+    #[test]
+    fn urls_must_be_websocket_urls() {
+        assert!(matches!(
+            Client::connect_in_background("http://127.0.0.1:8765/", Options::default()),
+            Err(ClientError::InvalidUrl(_))
+        ));
+    }
+}

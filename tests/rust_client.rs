@@ -1,0 +1,398 @@
+//! The Rust client (clients/rust, `lobby-relay-client`) against real relay
+//! nodes and a real Redis: what a game sees through it. Connections are cut
+//! from outside by a TCP proxy between the client and a node; Redis is
+//! killed and restarted.
+
+use crate::support;
+
+use std::time::Duration;
+
+use lobby_relay_client::{Client, ClientError, Event, GameMessage, Options, SeatLostReason, State};
+use serde_json::json;
+use support::{Node, RedisServer, Relays, TcpProxy, unique};
+
+const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn passphrase(what: &str) -> String {
+    format!("rust-client-{what}-{}", unique())
+}
+
+/// Waits for the first event `want` accepts, failing with every event seen
+/// on the way if none comes in time.
+async fn wait_for(client: &mut Client, what: &str, want: impl Fn(&Event) -> bool) -> Event {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, client.next_event()).await {
+            Ok(Some(event)) if want(&event) => return event,
+            Ok(Some(event)) => seen.push(event),
+            Ok(None) => panic!("{what}: the client stopped; events: {seen:#?}"),
+            Err(_) => panic!("{what}: not within {EVENT_TIMEOUT:?}; events: {seen:#?}"),
+        }
+    }
+}
+
+/// Connects and joins; waits for `joined`.
+async fn joined(url: &str, passphrase: &str, options: Options) -> Client {
+    let mut client = Client::connect(url, options).expect("client");
+    client.join(passphrase);
+    wait_for(&mut client, "joined", |e| matches!(e, Event::Joined { .. })).await;
+    client
+}
+
+/// The JSON game messages' `n` fields from `events`, and every other event.
+fn numbers(events: &[Event]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Message(GameMessage::Json { value, .. }) => value["n"].as_u64(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Collects events until `count` numbered game messages arrived.
+async fn collect_numbered(client: &mut Client, count: usize, what: &str) -> Vec<Event> {
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while numbers(&events).len() < count {
+        match tokio::time::timeout_at(deadline, client.next_event()).await {
+            Ok(Some(event)) => events.push(event),
+            other => panic!(
+                "{what}: {} of {count} messages, then {other:?}; numbers: {:?}; other events: {:?}",
+                numbers(&events).len(),
+                numbers(&events),
+                events
+                    .iter()
+                    .filter(|e| !matches!(e, Event::Message(_)))
+                    .collect::<Vec<_>>()
+            ),
+        }
+    }
+    events
+}
+
+// Two players meet, get `ready`, and relay JSON objects, raw JSON text and
+// binary both ways, exactly as sent; a ping measures the round trip and
+// names the node.
+both_flavours!(two_players_meet_and_relay_every_kind => two_players_meet_and_relay_every_kind_redis, two_players_meet_and_relay_every_kind_memory);
+async fn two_players_meet_and_relay_every_kind(relays: Relays) {
+    let lobby = passphrase("meet");
+    let mut a = joined(&relays.url_a(), &lobby, Options::default()).await;
+    let mut b = Client::connect(&relays.url_b(), Options::default()).unwrap();
+    b.join(&lobby);
+    let Event::Joined {
+        seat,
+        players,
+        capacity,
+        resumable,
+        ..
+    } = wait_for(&mut b, "b joined", |e| matches!(e, Event::Joined { .. })).await
+    else {
+        unreachable!()
+    };
+    assert_eq!((seat, players, capacity, resumable), (2, 2, 2, true));
+    for client in [&mut a, &mut b] {
+        let ready = wait_for(client, "ready", |e| matches!(e, Event::Ready { .. })).await;
+        assert!(
+            matches!(ready, Event::Ready { players: 2, .. }),
+            "{ready:?}"
+        );
+    }
+    assert_eq!((a.seat(), b.seat()), (Some(1), Some(2)));
+    assert_eq!(a.state(), State::Open);
+
+    a.send_json(&json!({"type": "playerMove", "x": 1.5, "y": [2, 3]}))
+        .unwrap();
+    a.send_text(r#"{"type":"chat",  "text":"spacing kept"}"#)
+        .unwrap();
+    a.send_binary(vec![0u8, 255, 7]).unwrap();
+    let first = wait_for(&mut b, "json", |e| matches!(e, Event::Message(_))).await;
+    let Event::Message(GameMessage::Json { kind, value, .. }) = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(kind, "playerMove");
+    assert_eq!(value, json!({"type": "playerMove", "x": 1.5, "y": [2, 3]}));
+    let second = wait_for(&mut b, "text", |e| matches!(e, Event::Message(_))).await;
+    let Event::Message(GameMessage::Json { text, .. }) = second else {
+        panic!("{second:?}")
+    };
+    assert_eq!(text, r#"{"type":"chat",  "text":"spacing kept"}"#);
+    let third = wait_for(&mut b, "binary", |e| matches!(e, Event::Message(_))).await;
+    assert_eq!(third, Event::Message(GameMessage::Binary(vec![0, 255, 7])));
+
+    b.send_binary(vec![42]).unwrap();
+    let back = wait_for(&mut a, "back", |e| matches!(e, Event::Message(_))).await;
+    assert_eq!(back, Event::Message(GameMessage::Binary(vec![42])));
+
+    let rtt = a.ping().await.expect("ping");
+    assert!(rtt < Duration::from_secs(5), "{rtt:?}");
+    assert_eq!(a.node().as_deref(), Some("a"));
+    // Three deliveries after `joined`: ready, then b's message... counted.
+    assert_eq!(a.resume_state().expect("resumable").received, 2);
+}
+
+// Errors reach the game with the protocol's code, and the client can go on:
+// a bad passphrase, a full lobby, a game message of a reserved type refused
+// before it is sent.
+both_flavours!(errors_reach_the_game_with_their_code => errors_reach_the_game_with_their_code_redis, errors_reach_the_game_with_their_code_memory);
+async fn errors_reach_the_game_with_their_code(relays: Relays) {
+    let mut bad = Client::connect(&relays.url_a(), Options::default()).unwrap();
+    bad.join("x");
+    let error = wait_for(&mut bad, "invalid", |e| matches!(e, Event::Error(_))).await;
+    let Event::Error(error) = error else {
+        unreachable!()
+    };
+    assert_eq!(error.code, "invalid_passphrase");
+    assert!(!error.fatal && !error.will_retry);
+    assert_eq!(
+        bad.send_binary(vec![1]),
+        Err(ClientError::NotInLobby),
+        "a refused join leaves no lobby"
+    );
+
+    let lobby = passphrase("full");
+    let a = joined(&relays.url_a(), &lobby, Options::default()).await;
+    let _b = joined(&relays.url_b(), &lobby, Options::default()).await;
+    // The same connection joins again after its refusal.
+    bad.join(&lobby);
+    let error = wait_for(&mut bad, "full", |e| matches!(e, Event::Error(_))).await;
+    assert!(
+        matches!(&error, Event::Error(e) if e.code == "lobby_full" && !e.will_retry),
+        "{error:?}"
+    );
+    assert!(matches!(
+        a.send_json(&json!({"type": "ready"})),
+        Err(ClientError::InvalidMessage(_))
+    ));
+    assert!(matches!(
+        a.send_text("not json"),
+        Err(ClientError::InvalidMessage(_))
+    ));
+}
+
+// `leave` gives the seat up: the other player gets `playerLeft` at once
+// (never `playerAway`), and the leaver's sends are refused.
+both_flavours!(leave_tells_the_other_player => leave_tells_the_other_player_redis, leave_tells_the_other_player_memory);
+async fn leave_tells_the_other_player(relays: Relays) {
+    let lobby = passphrase("leave");
+    let a = joined(&relays.url_a(), &lobby, Options::default()).await;
+    let mut b = joined(&relays.url_b(), &lobby, Options::default()).await;
+    a.send_json(&json!({"type": "bye", "n": 1})).unwrap();
+    a.leave();
+    assert_eq!(a.send_binary(vec![1]), Err(ClientError::NotInLobby));
+    let bye = wait_for(&mut b, "bye", |e| matches!(e, Event::Message(_))).await;
+    assert!(matches!(bye, Event::Message(GameMessage::Json { ref kind, .. }) if kind == "bye"));
+    let next = wait_for(&mut b, "left", |e| {
+        matches!(e, Event::PlayerLeft { .. } | Event::PlayerAway { .. })
+    })
+    .await;
+    assert_eq!(
+        next,
+        Event::PlayerLeft {
+            seat: 1,
+            players: 1
+        }
+    );
+}
+
+// A connection cut from outside (the proxy in front of node a closes it and
+// refuses new ones) in the middle of a stream both ways: the client
+// reconnects to node b, resumes, and every message of both players arrives
+// exactly once and in order; what the cut player sent while away waited
+// and went after the resume.
+// (Both players send faster than the default --message-rate allows, whose
+// excess the relay drops by design: the nodes allow more here.)
+redis_only!(a_cut_connection_resumes_on_another_node_with_nothing_lost => a_cut_connection_resumes_on_another_node_with_nothing_lost_redis, args: ["--message-rate", "2000", "--message-burst", "2000"]);
+async fn a_cut_connection_resumes_on_another_node_with_nothing_lost(relays: Relays) {
+    let proxy = TcpProxy::start(relays.addr_a()).await;
+    let via_proxy = format!("ws://127.0.0.1:{}/", proxy.port());
+    let lobby = passphrase("cut");
+    let mut a = Client::connect_any(&[&via_proxy, &relays.url_b()], Options::default()).unwrap();
+    a.join(&lobby);
+    wait_for(&mut a, "a joined", |e| matches!(e, Event::Joined { .. })).await;
+    let mut b = joined(&relays.url_b(), &lobby, Options::default()).await;
+
+    // Fewer than the client keeps to send again (resend_limit, 256): the
+    // cut is noticed only when the socket fails, and every message written
+    // into the dead connection before that goes again.
+    const EACH: u64 = 200;
+    for n in 1..=EACH / 2 {
+        a.send_json(&json!({"type": "move", "n": n})).unwrap();
+        b.send_json(&json!({"type": "move", "n": n})).unwrap();
+    }
+    proxy.cut();
+    for n in EACH / 2 + 1..=EACH {
+        a.send_json(&json!({"type": "move", "n": n})).unwrap();
+        b.send_json(&json!({"type": "move", "n": n})).unwrap();
+    }
+    let at_a = collect_numbered(&mut a, EACH as usize, "a").await;
+    let at_b = collect_numbered(&mut b, EACH as usize, "b").await;
+    let expected: Vec<u64> = (1..=EACH).collect();
+    assert_eq!(numbers(&at_a), expected, "what a received");
+    assert_eq!(numbers(&at_b), expected, "what b received");
+    assert!(
+        at_a.iter().any(|e| matches!(e, Event::Reconnecting { .. })),
+        "a reconnected: {at_a:#?}"
+    );
+    assert!(
+        at_a.iter()
+            .any(|e| matches!(e, Event::Resumed { seat: 1, .. })),
+        "a resumed: {at_a:#?}"
+    );
+    assert!(
+        !at_a.iter().any(|e| matches!(
+            e,
+            Event::SeatLost { .. } | Event::Joined { .. } | Event::Error(_)
+        )),
+        "no new seat, no error: {at_a:#?}"
+    );
+    a.ping().await.unwrap();
+    assert_eq!(a.node().as_deref(), Some("b"), "resumed on the other node");
+    // Nothing more arrives at either side: no duplicate after the last.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for client in [&mut a, &mut b] {
+        while let Some(event) = client.try_next_event() {
+            assert!(
+                !matches!(event, Event::Message(_)),
+                "a duplicate: {event:?}"
+            );
+        }
+    }
+}
+
+// The seat is gone when the player comes back after the grace period: the
+// client says so (SeatLost), the other player saw playerAway then
+// playerLeft; with `rejoin_on_seat_lost` it joins the same lobby again as a
+// new player.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seat_is_lost_after_the_grace_and_rejoined_when_asked() {
+    let node = Node::start("a", &["--resume-grace", "1s"]);
+    let proxy = TcpProxy::start(node.addr()).await;
+    let via_proxy = format!("ws://127.0.0.1:{}/", proxy.port());
+    for rejoin in [false, true] {
+        let lobby = passphrase("grace");
+        let options = Options {
+            rejoin_on_seat_lost: rejoin,
+            ..Options::default()
+        };
+        let mut a = joined(&via_proxy, &lobby, options).await;
+        let mut b = joined(&node.url(), &lobby, Options::default()).await;
+        proxy.cut();
+        let away = wait_for(&mut b, "away", |e| matches!(e, Event::PlayerAway { .. })).await;
+        assert_eq!(
+            away,
+            Event::PlayerAway {
+                seat: 1,
+                grace: Duration::from_secs(1)
+            }
+        );
+        wait_for(&mut b, "left", |e| matches!(e, Event::PlayerLeft { .. })).await;
+        proxy.restore();
+        let lost = wait_for(&mut a, "seat lost", |e| matches!(e, Event::SeatLost { .. })).await;
+        assert_eq!(
+            lost,
+            Event::SeatLost {
+                reason: SeatLostReason::InvalidResumeToken,
+                seat: Some(1),
+                dropped: 0,
+                rejoining: rejoin
+            }
+        );
+        if rejoin {
+            let again = wait_for(&mut a, "joined again", |e| {
+                matches!(e, Event::Joined { .. })
+            })
+            .await;
+            assert!(
+                matches!(
+                    again,
+                    Event::Joined {
+                        seat: 1,
+                        players: 2,
+                        ..
+                    }
+                ),
+                "{again:?}"
+            );
+            wait_for(&mut b, "ready again", |e| matches!(e, Event::Ready { .. })).await;
+        } else {
+            assert_eq!(a.send_binary(vec![1]), Err(ClientError::NotInLobby));
+            assert_eq!(a.seat(), None);
+        }
+    }
+}
+
+// `unavailable` while Redis is down is retried with backoff, not fatal: the
+// join succeeds once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_is_retried_until_redis_is_back() {
+    let mut redis = RedisServer::start();
+    let node = Node::start("a", &["--redis-url", &redis.url()]);
+    node.wait_until_ready(Duration::from_secs(10));
+    redis.kill();
+    let mut client = Client::connect(&node.url(), Options::default()).unwrap();
+    client.join(&passphrase("unavailable"));
+    let error = wait_for(&mut client, "unavailable", |e| matches!(e, Event::Error(_))).await;
+    assert!(
+        matches!(&error, Event::Error(e) if e.code == "unavailable" && e.will_retry && !e.fatal),
+        "{error:?}"
+    );
+    redis.restart();
+    let joined = wait_for(&mut client, "joined", |e| {
+        matches!(
+            e,
+            Event::Joined { .. }
+                | Event::Error(lobby_relay_client::RelayError {
+                    will_retry: false,
+                    ..
+                })
+        )
+    })
+    .await;
+    assert!(
+        matches!(joined, Event::Joined { seat: 1, .. }),
+        "{joined:?}"
+    );
+}
+
+// A game loop that is not async: the client on its own thread, polled each
+// "frame" without blocking.
+#[test]
+fn a_game_loop_polls_a_background_client() {
+    let node = Node::start("a", &[]);
+    let lobby = passphrase("loop");
+    let mut a = Client::connect_in_background(&node.url(), Options::default()).unwrap();
+    let mut b = Client::connect_in_background(&node.url(), Options::default()).unwrap();
+    a.join(&lobby);
+    b.join(&lobby);
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+    let mut sent = false;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "no message in time");
+        while let Some(event) = a.try_next_event() {
+            if matches!(event, Event::Ready { .. }) && !sent {
+                a.send_json(&json!({"type": "hello", "n": 1})).unwrap();
+                sent = true;
+            }
+        }
+        if let Some(Event::Message(GameMessage::Json { kind, .. })) =
+            std::iter::from_fn(|| b.try_next_event()).find(|e| matches!(e, Event::Message(_)))
+        {
+            assert_eq!(kind, "hello");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(16)); // a frame
+    }
+    a.close();
+    let deadline = std::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "no close in time");
+        if let Some(Event::Closed { by_client, .. }) = a.try_next_event() {
+            assert!(by_client);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(16));
+    }
+    assert_eq!(a.state(), State::Closed);
+}
