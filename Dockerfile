@@ -88,12 +88,15 @@ WORKDIR /build
 # Dependencies first, in a layer of their own: build the locked dependency
 # graph against empty targets, so that a change under src/ rebuilds only the
 # crate itself. (Both binaries' paths must exist for Cargo to read the
-# manifest; only lobby-relay is built.)
+# manifest; only lobby-relay is built. The workspace's other member, the
+# Rust client, needs its manifest and an empty library: it is not built.)
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src/bin/bench \
+COPY clients/rust/Cargo.toml ./clients/rust/Cargo.toml
+RUN mkdir -p src/bin/bench clients/rust/src \
     && echo 'fn main() {}' >src/main.rs \
     && echo 'fn main() {}' >src/bin/bench/main.rs \
     && : >src/lib.rs \
+    && : >clients/rust/src/lib.rs \
     && cargo build --release --locked --bin lobby-relay \
     && rm -rf src
 

@@ -3,7 +3,8 @@
 #
 #   scripts/test.sh            format check, clippy, docs, the layers check
 #                              (scripts/layers.py), the compose end-to-end test,
-#                              the whole test suite (unit tests and the one
+#                              the whole test suite (unit tests of the relay and
+#                              of clients/rust, the JS client's tests and the one
 #                              black-box binary, tests/integration.rs), then
 #                              tests/relay.rs again on a Redis Cluster
 #   scripts/test.sh -- ARGS    extra arguments for the test runner (a filter)
@@ -99,11 +100,11 @@ echo "kubernetes-validate $("$LOBBY_RELAY_KUBERNETES_VENV/bin/kubernetes-validat
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
-say "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --locked -- -D warnings
+say "cargo clippy --workspace --all-targets -- -D warnings (the relay and clients/rust)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "cargo doc (warnings denied)"
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 say "layers: no import circle in src/, no source file over 700 lines (scripts/layers.py)"
 python3 scripts/layers.py
@@ -122,10 +123,10 @@ say "tests"
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest does not run doctests: run them first, the whole suite last.
-  cargo test --doc --locked --quiet
-  cargo nextest run --locked --no-fail-fast "$@" || status=$?
+  cargo test --workspace --doc --locked --quiet
+  cargo nextest run --workspace --locked --no-fail-fast "$@" || status=$?
 else
-  cargo test --locked --no-fail-fast "$@" || status=$?
+  cargo test --workspace --locked --no-fail-fast "$@" || status=$?
 fi
 
 # The cross-node behavioural tests once more, each on a private Redis Cluster
