@@ -769,38 +769,45 @@ async def full():
     sent = await exchange(a, b, 20)
     say(f"game: 20 messages each way, a binary frame, ping/pong: all delivered in order")
 
-    # Where they sit: the third relay (holding neither) runs inspect.
-    seats = seats_in_redis(h)
-    check(sorted(seats) == [1, 2], f"seats in Redis: {seats}")
-    node_a, node_b = node_id(seats[1]), node_id(seats[2])
-    check(node_a in NODES and node_b in NODES, f"member ids not of relay-1..3: {seats}")
-    check(node_a != node_b, f"both players on {node_a}: HAProxy should spread them (leastconn)")
-    third = next(n for n in NODES if n not in (node_a, node_b))
-    where(passphrase, h, third)
-    say(f"A is on {node_a}, B on {node_b}: two relay containers")
-    readme_recipes(h, seats)
+    # Where they sit: the third relay (holding neither) runs inspect. These
+    # checks block (docker, compose): in a thread, so that the players keep
+    # answering the nodes' pings meanwhile (a loaded machine may take longer
+    # than the idle timeout, 30 s, over them).
+    def look():
+        seats = seats_in_redis(h)
+        check(sorted(seats) == [1, 2], f"seats in Redis: {seats}")
+        node_a, node_b = node_id(seats[1]), node_id(seats[2])
+        check(node_a in NODES and node_b in NODES, f"member ids not of relay-1..3: {seats}")
+        check(node_a != node_b, f"both players on {node_a}: HAProxy should spread them (leastconn)")
+        third = next(n for n in NODES if n not in (node_a, node_b))
+        where(passphrase, h, third)
+        say(f"A is on {node_a}, B on {node_b}: two relay containers")
+        readme_recipes(h, seats)
 
-    # Nodes trust HAProxy's address only: any other container on the network
-    # (here: another node, as a Prometheus scraper would) is a plain client.
-    out = compose("exec", "-T", third, "curl", "-fsS", "--max-time", "3", f"http://{node_a}:8765/readyz")
-    check(out.strip() == "ready", f"{third} -> {node_a}:8765/readyz answered {out!r}")
-    say(f"{third} reaches http://{node_a}:8765/readyz directly: {out.strip()!r}")
+        # Nodes trust HAProxy's address only: any other container on the network
+        # (here: another node, as a Prometheus scraper would) is a plain client.
+        out = compose("exec", "-T", third, "curl", "-fsS", "--max-time", "3", f"http://{node_a}:8765/readyz")
+        check(out.strip() == "ready", f"{third} -> {node_a}:8765/readyz answered {out!r}")
+        say(f"{third} reaches http://{node_a}:8765/readyz directly: {out.strip()!r}")
 
-    # Each player's node counted the game messages it relayed to its player
-    # (text and binary, not events) and those its player sent.
-    for node in (node_a, node_b):
-        code, body = metrics(node)
-        check(code == "200", f"{node}/metrics answered {code}")
-        relayed = (counter(body, 'lobby_relay_messages_out_total{kind="text"}')
-                   + counter(body, 'lobby_relay_messages_out_total{kind="binary"}'))
-        received = counter(body, 'lobby_relay_messages_in_total')
-        say(f"{node}/metrics: messages_in {received:.0f}, relayed out {relayed:.0f}, "
-            f"connections {counter(body, 'lobby_relay_connections'):.0f} "
-            f"(each player sent {sent} game messages besides join and ping)")
-        # A sent `sent` (text + one binary), B sent `sent - 1`: each node
-        # relayed at least `sent - 1` to its player and took as many in.
-        check(relayed >= sent - 1, f"{node} counted {relayed} relayed messages, its player got at least {sent - 1}")
-        check(received >= sent - 1, f"{node} counted {received} messages in, its player sent at least {sent - 1}")
+        # Each player's node counted the game messages it relayed to its player
+        # (text and binary, not events) and those its player sent.
+        for node in (node_a, node_b):
+            code, body = metrics(node)
+            check(code == "200", f"{node}/metrics answered {code}")
+            relayed = (counter(body, 'lobby_relay_messages_out_total{kind="text"}')
+                       + counter(body, 'lobby_relay_messages_out_total{kind="binary"}'))
+            received = counter(body, 'lobby_relay_messages_in_total')
+            say(f"{node}/metrics: messages_in {received:.0f}, relayed out {relayed:.0f}, "
+                f"connections {counter(body, 'lobby_relay_connections'):.0f} "
+                f"(each player sent {sent} game messages besides join and ping)")
+            # A sent `sent` (text + one binary), B sent `sent - 1`: each node
+            # relayed at least `sent - 1` to its player and took as many in.
+            check(relayed >= sent - 1, f"{node} counted {relayed} relayed messages, its player got at least {sent - 1}")
+            check(received >= sent - 1, f"{node} counted {received} messages in, its player sent at least {sent - 1}")
+        return seats, node_a, node_b
+
+    seats, node_a, node_b = await asyncio.to_thread(look)
 
     # Kill B's node: A hears playerLeft within the bound, B's connection ends.
     victim = node_b
@@ -837,10 +844,9 @@ async def full():
         await asyncio.sleep(0.2)
     say(f"HAProxy's view: {status}")
 
-    if code == "200":
-        _, body = metrics(node_a)
-        say(f"{node_a}/metrics after the game: messages_in {counter(body, 'lobby_relay_messages_in_total'):.0f}, "
-            f"messages_out {counter(body, 'lobby_relay_messages_out_total'):.0f}")
+    _, body = metrics(node_a)
+    say(f"{node_a}/metrics after the game: messages_in {counter(body, 'lobby_relay_messages_in_total'):.0f}, "
+        f"messages_out {counter(body, 'lobby_relay_messages_out_total'):.0f}")
 
     await c.close()
     await a.expect({"type": "playerLeft", "players": 1, "seat": 2})
