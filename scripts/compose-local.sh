@@ -14,8 +14,8 @@
 #           recreates what changed.
 #           --monitoring: also the compose file's `monitoring` profile:
 #           Prometheus scraping the three nodes with deploy/prometheus/, at
-#           http://127.0.0.1:9090/ (LOBBY_RELAY_PROMETHEUS_PORT). An `up`
-#           without it removes a Prometheus an earlier one started.
+#           http://127.0.0.1:9090/ (LOBBY_RELAY_PROMETHEUS_PORT). A later
+#           `up` without it leaves that Prometheus running; `down` stops it.
 #   down    `docker compose --profile monitoring down -v`: every container
 #           (Prometheus too), the network and Redis's anonymous volume go;
 #           the images stay for the next `up`.
@@ -177,9 +177,9 @@ compose up -d --no-build --remove-orphans >"$CL_TMP/up.log" 2>&1 || {
 }
 players=$(cl_published haproxy 8765) || fail "HAProxy publishes no port 8765"
 stats=$(cl_published haproxy 8404) || fail "HAProxy publishes no port 8404"
-monitoring="off (up --monitoring)" with=
+monitoring="off (up --monitoring)" services="Redis and HAProxy"
 if [ "$MONITORING" = monitoring ]; then
-  with=" and Prometheus"
+  services="Redis, HAProxy and Prometheus"
   prometheus=$(cl_published prometheus 9090) || fail "Prometheus publishes no port 9090"
   deadline=$((SECONDS + 60))
   until cl_http_get "http://$prometheus/-/ready" >/dev/null 2>&1; do
@@ -194,7 +194,7 @@ if [ "$MONITORING" = monitoring ]; then
 fi
 cat <<EOF
 
-Up: three relay nodes, Redis and HAProxy$with (project $(compose ps -q haproxy | xargs docker inspect -f '{{index .Config.Labels "com.docker.compose.project"}}')).
+Up: three relay nodes, $services (project $(compose ps -q haproxy | xargs docker inspect -f '{{index .Config.Labels "com.docker.compose.project"}}')).
   players:        ws://$players/          (and the playground: http://$players/)
   HAProxy stats:  http://$stats/          (its own metrics: http://$stats/metrics)
   admin view:     ${LOBBY_RELAY_ADMIN_TOKEN:+http://$players/admin#token=...}${LOBBY_RELAY_ADMIN_TOKEN:-off (set LOBBY_RELAY_ADMIN_TOKEN and run up again)}
