@@ -16,7 +16,7 @@
 #   RUST_IMAGE      the builder             [rust:1-bookworm]
 #   RUNTIME_IMAGE   the runtime base        [debian:bookworm-slim]; any Debian
 #                   12 (or compatible) image, e.g. one built offline with
-#                   mmdebstrap and `docker import` (scripts/compose-e2e.sh)
+#                   mmdebstrap and `docker import` (scripts/compose-local.sh)
 #
 # The stages are in this order so that the classic builder (no BuildKit),
 # which builds every stage up to the --target, never needs the Rust image

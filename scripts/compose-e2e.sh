@@ -5,21 +5,18 @@
 #
 # Without a Docker engine it prints "compose e2e skipped: no Docker engine"
 # and exits 0. Otherwise:
-#   1. builds local images (namespaced lobby-relay-test-*; nothing is pulled):
-#      - lobby-relay-test-base:SUITE, a Debian base with redis-server, haproxy,
-#        ca-certificates and curl: mmdebstrap (from the machine's apt
-#        sources) piped into `docker import`; built once, then reused;
-#      - lobby-relay-test-redis:e2e and lobby-relay-test-haproxy:e2e from it
-#        (deploy/test-images/), stand-ins for the public Redis and HAProxy
-#        images;
-#      - lobby-relay-test-relay:e2e from the project's Dockerfile with
-#        `--target runtime-prebuilt` and the base as RUNTIME_IMAGE, around a
-#        binary built on this machine (`cargo build --release --locked --bin
-#        lobby-relay`): the Rust builder image cannot exist without a registry;
-#   2. brings the unchanged docker-compose.yml up as project lre2e<pid>, with
-#      the image variables pointing at those images, HAProxy's ports on free
-#      127.0.0.1 ports and a free /24 network, and waits until every service
-#      is healthy and HAProxy sees the three nodes up;
+#   1-2. runs README's command for a machine without a registry,
+#      `scripts/compose-local.sh up` (its images and steps are in
+#      scripts/compose-lib.sh; nothing is pulled), as project lre2e<pid>,
+#      with images of this run alone: lobby-relay-test-redis:e2e-<pid>,
+#      lobby-relay-test-haproxy:e2e-<pid> (stand-ins for the public Redis and
+#      HAProxy images) and lobby-relay-test-relay:e2e-<pid> (the Dockerfile's
+#      `runtime-prebuilt` target around a binary built on this machine), all
+#      on lobby-relay-test-base:SUITE (Debian made by mmdebstrap; built once,
+#      then reused); HAProxy's ports on free 127.0.0.1 ports and a free /24
+#      network. compose-local.sh brings the unchanged docker-compose.yml up
+#      (`up -d --no-build`) and waits until every service is healthy and
+#      HAProxy sees the three nodes up;
 #   3. checks the browser pages through HAProxy's published port: GET / and
 #      /playground answer 200 with the playground page; with the admin token
 #      set for the stack (LOBBY_RELAY_ADMIN_TOKEN, a random one), /admin
@@ -29,18 +26,45 @@
 #      players join, get ready and exchange text, binary and ping messages;
 #      they sit on two different relay containers, as `redis-cli HGETALL`
 #      in the redis container shows, and `lobby-relay inspect` in a relay
-#      container agrees; a container on the network that is not HAProxy
-#      reaches a node directly (nodes trust HAProxy's address only); each
-#      node's /metrics is scraped; the relay container of one player is
-#      killed (SIGKILL): the other gets playerLeft within the bound, and a new
-#      player takes the seat through HAProxy and plays;
-#   4. `down -v`, and checks that no container, network or volume of the
-#      project remains; then a second up / healthy / short game / down, this
-#      time with LOBBY_RELAY_ADMIN_TOKEN unset: the nodes must have no such
-#      variable at all, the playground still answers and /admin and
-#      /admin/api/cluster answer 404.
-# On any failure, or Ctrl-C, it shows the services' state and last log lines
-# and takes the project down.
+#      container agrees; while both sit, README's recipes run as written
+#      (below) and must show that game; a container on the network that is
+#      not HAProxy reaches a node directly (nodes trust HAProxy's address
+#      only); each node's /metrics is scraped; the relay container of one
+#      player is killed (SIGKILL): the other gets playerLeft within the
+#      bound, and a new player takes the seat through HAProxy and plays;
+#   4. README's stop command (`docker compose down -v`, taken from README),
+#      and checks that no container, network or volume (Redis's anonymous
+#      one) of the project remains;
+#   5. a second `compose-local.sh up --monitoring`, this time with
+#      LOBBY_RELAY_ADMIN_TOKEN unset (the nodes must have no such variable
+#      at all, the playground still answers, /admin and /admin/api/cluster
+#      answer 404) and with the `monitoring` profile: its Prometheus
+#      (lobby-relay-test-prometheus:e2e-<pid>, on
+#      lobby-relay-test-monitoring-base:SUITE, Debian's prometheus) on a free
+#      127.0.0.1 port; a short game; then, through Prometheus's HTTP API:
+#      /api/v1/targets has the three nodes of job lobby-relay, all "up"
+#      (within 60 s: it scrapes every 15 s), /api/v1/rules has the group
+#      lobby-relay with every alert of deploy/prometheus/alerts.yml, and
+#      `lobby_relay_connections` has a series per node; then
+#      `compose-local.sh down`, with the same check as in 4 (Prometheus's
+#      container included);
+#   6. removes the images of this run (and with them the layers their builds
+#      made, unless another image shares them), and checks that none of
+#      those layers is left dangling.
+# On any failure, or Ctrl-C, it shows the services' state and last log lines,
+# takes the project down and removes the run's images.
+#
+# README's recipes: the commands are read from README.md itself, so that they
+# cannot drift apart: every line of the code block after "Watching it:" (six),
+# the "a node's metrics" row's first command and the "stop" row's first
+# command, in the "Docker compose" section. A different number of them fails
+# the test (each has its own check here). Each runs with `bash -o pipefail
+# -c` in the checkout, stdin not a terminal (</dev/null, as in a script),
+# with COMPOSE_PROJECT_NAME and COMPOSE_FILE set to the run's stack and three
+# substitutions: `docker compose` becomes the compose command in use (README
+# names Debian's docker-compose as its equivalent), 127.0.0.1:8404 the run's
+# stats port and jump-rocket the run's passphrase. Each must exit 0 and print
+# what the recipe promises, checked against the game being played.
 #
 # Environment:
 #   COMPOSE                  the compose command, e.g. "docker-compose" [docker
@@ -48,15 +72,21 @@
 #   LOBBY_RELAY_BIN          a lobby-relay binary to put in the image instead
 #                            of building one (must run on the base's glibc)
 #   LOBBY_RELAY_TEST_SUITE   the Debian release of the base image [this
-#                            machine's, if it is Debian; else bookworm]
+#                            machine's, if it is Debian; else bookworm];
+#                            LOBBY_RELAY_LOCAL_SUITE works too
 #   LOBBY_RELAY_SKIP_COMPOSE_E2E=1   skip, saying so
 #   CARGO_TARGET_DIR         as for cargo
 # Python 3 with `websockets` is used as it is, or installed from PyPI into a
 # virtualenv in a temporary folder. mmdebstrap is installed with apt-get if
 # the base image has to be built and it is missing.
 #
-# Images stay for the next run (the base image takes about a minute to make);
-# remove them with: docker rmi $(docker images -q 'lobby-relay-test-*')
+# The run's images are removed at its end; two runs on one engine never touch
+# each other's. The base images, lobby-relay-test-base:SUITE and
+# lobby-relay-test-monitoring-base:SUITE, stay for the next run (each takes
+# about a minute to make); remove them with:
+#   docker rmi lobby-relay-test-base:bookworm lobby-relay-test-monitoring-base:bookworm
+# (Runs before issue 19 tagged their images :e2e; remove those by hand:
+#  docker rmi lobby-relay-test-redis:e2e lobby-relay-test-haproxy:e2e lobby-relay-test-relay:e2e)
 #
 # Exit status: 0 passed or skipped; 1 failed; 130/143 interrupted (cleaned up).
 set -euo pipefail
@@ -64,62 +94,77 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 START=$SECONDS
 PROJECT=lre2e$$
-TAG=e2e
-BASE_PACKAGES=redis-server,haproxy,ca-certificates,curl
-BASE_LABEL=org.lobby-relay.test-base.packages
+# The images of this run: PREFIX-{redis,haproxy,relay,prometheus}:TAG
+# (scripts/compose-lib.sh).
+PREFIX=lobby-relay-test
+TAG=e2e-$$
+RUN_IMAGES=("$PREFIX-redis:$TAG" "$PREFIX-haproxy:$TAG" "$PREFIX-relay:$TAG" "$PREFIX-prometheus:$TAG")
 
-step() { printf '\n[compose-e2e %3ds] == %s\n' $((SECONDS - START)) "$*"; }
-say() { printf '[compose-e2e %3ds] %s\n' $((SECONDS - START)) "$*"; }
-fail() {
-  printf '[compose-e2e %3ds] FAILED: %s\n' $((SECONDS - START)) "$*" >&2
-  exit 1
-}
-# Runs a command quietly, its output kept in a log; shows the log if it fails.
-quietly() {
-  local log=$TMP/quiet.log
-  if ! "$@" >"$log" 2>&1; then
-    tail -n 40 "$log" | sed 's/^/    /' >&2
-    fail "command failed: $*"
-  fi
-}
+CL_NAME=compose-e2e
+CL_START=$START
+# shellcheck source=scripts/compose-lib.sh
+. "$ROOT/scripts/compose-lib.sh"
 
 # --- skip? ------------------------------------------------------------------------
 if [ "${LOBBY_RELAY_SKIP_COMPOSE_E2E:-0}" = 1 ]; then
   echo "compose e2e skipped: LOBBY_RELAY_SKIP_COMPOSE_E2E=1"
   exit 0
 fi
-if ! command -v docker >/dev/null 2>&1 || ! timeout 30 docker info >/dev/null 2>&1; then
+if ! cl_have_docker; then
   echo "compose e2e skipped: no Docker engine"
   exit 0
 fi
 
-if [ -n "${COMPOSE:-}" ]; then
-  read -r -a COMPOSE_CMD <<<"$COMPOSE"
-elif docker compose version >/dev/null 2>&1; then
-  COMPOSE_CMD=(docker compose)
-elif command -v docker-compose >/dev/null 2>&1; then
-  COMPOSE_CMD=(docker-compose)
-else
-  fail "a Docker engine answers but there is no compose: install the Compose plugin (docker compose) or Debian's docker-compose"
-fi
+cl_find_compose || exit 1
 command -v python3 >/dev/null 2>&1 || fail "python3 is needed (install it, e.g. apt-get install python3)"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/lobby-relay-compose-e2e.XXXXXX")
+CL_TMP=$TMP
 PROJECT_UP=0
 CONTAINERS_SEEN=()
 
+# With the monitoring profile, so that `down` and `ps` include Prometheus.
 compose() {
-  timeout 240 "${COMPOSE_CMD[@]}" -f "$ROOT/docker-compose.yml" -p "$PROJECT" "$@"
+  timeout 240 "${COMPOSE_CMD[@]}" -f "$ROOT/docker-compose.yml" -p "$PROJECT" --profile monitoring "$@"
 }
 
 show_state() {
   say "state of project $PROJECT:"
   compose ps 2>&1 | sed 's/^/    /' >&2 || true
   local service
-  for service in redis relay-1 relay-2 relay-3 haproxy; do
+  for service in redis relay-1 relay-2 relay-3 haproxy prometheus; do
     say "last log lines of $service:"
     compose logs --no-color --tail=25 "$service" 2>&1 | sed 's/^/    /' >&2 || true
   done
+}
+
+# Removes this run's images (never another's: the tag is the run's own) and
+# checks that the layers their builds made went with them: none may be left
+# dangling (one that another image still uses stays, as it must). Returns 1
+# if some are left.
+remove_run_images() {
+  local image id layers=() present=() dangling left=()
+  for image in "${RUN_IMAGES[@]}"; do
+    docker image inspect "$image" >/dev/null 2>&1 || continue
+    present+=("$image")
+    for id in $(docker history -q --no-trunc "$image" 2>/dev/null); do
+      [ "$id" = "<missing>" ] || layers+=("$id")
+    done
+  done
+  [ ${#present[@]} -gt 0 ] || return 0
+  docker rmi "${present[@]}" >/dev/null 2>&1 || true
+  dangling=" $(docker images -q --no-trunc --filter dangling=true | tr '\n' ' ') "
+  for id in ${layers[@]+"${layers[@]}"}; do
+    case $dangling in *" $id "*) left+=("$id") ;; esac
+  done
+  for image in "${present[@]}"; do
+    if docker image inspect "$image" >/dev/null 2>&1; then left+=("$image"); fi
+  done
+  if [ ${#left[@]} -gt 0 ]; then
+    say "FAILED: left after docker rmi ${present[*]}: ${left[*]}" >&2
+    return 1
+  fi
+  say "removed ${present[*]} (${#layers[@]} layers checked: none left dangling; $PREFIX-base:${SUITE:-SUITE} and $PREFIX-monitoring-base:${SUITE:-SUITE} stay)"
 }
 
 on_exit() {
@@ -130,6 +175,7 @@ on_exit() {
     say "cleaning up: $(printf '%s ' "${COMPOSE_CMD[@]}")-p $PROJECT down -v"
     compose down -v --remove-orphans -t 5 >/dev/null 2>&1 || true
   fi
+  if ! remove_run_images && [ "$rc" -eq 0 ]; then rc=1; fi
   rm -rf "$TMP"
   if [ "$rc" -eq 0 ]; then
     say "compose e2e passed in $((SECONDS - START)) s"
@@ -162,103 +208,19 @@ fi
 say "$("$PY" -c 'import sys, websockets; print("python", sys.version.split()[0], "websockets", websockets.__version__)')"
 
 # --- the relay binary ---------------------------------------------------------------------
+# Built once here and handed to every `compose-local.sh up` of the run.
 step "relay binary"
-if [ -n "${LOBBY_RELAY_BIN:-}" ]; then
-  [ -x "$LOBBY_RELAY_BIN" ] || fail "LOBBY_RELAY_BIN is not an executable file: $LOBBY_RELAY_BIN"
-  BIN=$LOBBY_RELAY_BIN
-  say "using LOBBY_RELAY_BIN=$BIN"
-else
-  command -v cargo >/dev/null 2>&1 || fail "cargo is not on PATH (or set LOBBY_RELAY_BIN)"
-  t=$SECONDS
-  say "cargo build --release --locked --bin lobby-relay"
-  (cd "$ROOT" && cargo build --release --locked --bin lobby-relay) || fail "cargo build failed"
-  target_dir=$(cd "$ROOT" && cargo metadata --no-deps --format-version 1 |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-  BIN=$target_dir/release/lobby-relay
-  [ -x "$BIN" ] || fail "no binary at $BIN after the build"
-  say "built $BIN in $((SECONDS - t)) s"
-fi
-
-# --- images -------------------------------------------------------------------------------
-step "local images (nothing is pulled)"
-if [ -n "${LOBBY_RELAY_TEST_SUITE:-}" ]; then
-  SUITE=$LOBBY_RELAY_TEST_SUITE
-else
-  SUITE=$( (
-    # shellcheck source=/dev/null
-    . /etc/os-release 2>/dev/null && [ "${ID:-}" = debian ] && [ -n "${VERSION_CODENAME:-}" ] && echo "$VERSION_CODENAME"
-  ) || echo bookworm)
-fi
-BASE_IMAGE=lobby-relay-test-base:$SUITE
-REDIS_TEST_IMAGE=lobby-relay-test-redis:$TAG
-HAPROXY_TEST_IMAGE=lobby-relay-test-haproxy:$TAG
-RELAY_TEST_IMAGE=lobby-relay-test-relay:$TAG
-
-image_id() { docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true; }
-# Removes an image that a rebuild left without a tag (not one still in use).
-drop_if_dangling() {
-  local old=$1 new
-  new=$(image_id "$2")
-  if [ -n "$old" ] && [ "$old" != "$new" ] &&
-    [ "$(docker image inspect -f '{{len .RepoTags}}' "$old" 2>/dev/null)" = 0 ]; then
-    docker rmi "$old" >/dev/null 2>&1 || true
-  fi
-}
-
-t=$SECONDS
-if [ "$(docker image inspect -f "{{index .Config.Labels \"$BASE_LABEL\"}}" "$BASE_IMAGE" 2>/dev/null)" = "$BASE_PACKAGES" ]; then
-  say "$BASE_IMAGE exists: reused"
-else
-  # A stale base: drop it with the images built on it (and so their layers).
-  if [ -n "$(image_id "$BASE_IMAGE")" ]; then
-    docker rmi "$REDIS_TEST_IMAGE" "$HAPROXY_TEST_IMAGE" "$RELAY_TEST_IMAGE" "$BASE_IMAGE" >/dev/null 2>&1 || true
-  fi
-  old=$(image_id "$BASE_IMAGE")
-  if ! command -v mmdebstrap >/dev/null 2>&1; then
-    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-      say "installing mmdebstrap (apt-get)"
-      quietly env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-      quietly env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap
-    else
-      fail "mmdebstrap is needed to build $BASE_IMAGE: sudo apt-get install mmdebstrap"
-    fi
-  fi
-  say "building $BASE_IMAGE: mmdebstrap --variant=apt --include=$BASE_PACKAGES $SUITE | docker import"
-  if ! timeout 600 mmdebstrap --quiet --variant=apt --include="$BASE_PACKAGES" "$SUITE" - 2>"$TMP/mmdebstrap.log" |
-    docker import --change "LABEL $BASE_LABEL=$BASE_PACKAGES" - "$BASE_IMAGE" >/dev/null; then
-    tail -n 30 "$TMP/mmdebstrap.log" >&2
-    fail "could not build $BASE_IMAGE"
-  fi
-  drop_if_dangling "$old" "$BASE_IMAGE"
-  say "built $BASE_IMAGE in $((SECONDS - t)) s"
-fi
-
-t=$SECONDS
-for name in redis haproxy; do
-  image=lobby-relay-test-$name:$TAG
-  old=$(image_id "$image")
-  quietly docker build --build-arg "BASE=$BASE_IMAGE" -t "$image" \
-    -f "$ROOT/deploy/test-images/$name.Dockerfile" "$ROOT/deploy/test-images"
-  drop_if_dangling "$old" "$image"
-done
-# The build context is a folder holding the binary alone.
-mkdir -p "$TMP/relay-context"
-cp "$BIN" "$TMP/relay-context/lobby-relay"
-old=$(image_id "$RELAY_TEST_IMAGE")
-quietly docker build --target runtime-prebuilt --build-arg "RUNTIME_IMAGE=$BASE_IMAGE" \
-  -t "$RELAY_TEST_IMAGE" -f "$ROOT/Dockerfile" "$TMP/relay-context"
-drop_if_dangling "$old" "$RELAY_TEST_IMAGE"
-rm -rf "$TMP/relay-context"
-version=$(docker run --rm "$RELAY_TEST_IMAGE" --version 2>&1) ||
-  fail "the relay image does not run its binary: $version (a binary built against a newer glibc than $SUITE's? set LOBBY_RELAY_TEST_SUITE)"
-say "built $REDIS_TEST_IMAGE, $HAPROXY_TEST_IMAGE, $RELAY_TEST_IMAGE ($version) in $((SECONDS - t)) s"
+cl_relay_binary
+if [ -n "${LOBBY_RELAY_TEST_SUITE:-}" ]; then export LOBBY_RELAY_LOCAL_SUITE=$LOBBY_RELAY_TEST_SUITE; fi
+cl_suite
 
 # --- the stack's variables ------------------------------------------------------------------
-# Two free ports on 127.0.0.1 for HAProxy, and a /24 that no Docker network
-# uses (so that a stack already running with the default one is no obstacle).
-read -r PLAYER_PORT STATS_PORT < <(python3 -c '
+# Three free ports on 127.0.0.1 (HAProxy's two, Prometheus's), and a /24 that
+# no Docker network uses (so that a stack already running with the default
+# one is no obstacle).
+read -r PLAYER_PORT STATS_PORT PROMETHEUS_PORT < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(2)]
+socks = [socket.socket() for _ in range(3)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
@@ -283,39 +245,83 @@ else:
 EOF
 ) || fail "no free network for the stack"
 
-export REDIS_IMAGE=$REDIS_TEST_IMAGE RELAY_IMAGE=$RELAY_TEST_IMAGE HAPROXY_IMAGE=$HAPROXY_TEST_IMAGE
+# What compose-local.sh exports for its compose (the same names), for ours.
+export REDIS_IMAGE=${RUN_IMAGES[0]} HAPROXY_IMAGE=${RUN_IMAGES[1]} RELAY_IMAGE=${RUN_IMAGES[2]}
+export PROMETHEUS_IMAGE=${RUN_IMAGES[3]}
 export LOBBY_RELAY_PORT=127.0.0.1:$PLAYER_PORT LOBBY_RELAY_STATS_PORT=127.0.0.1:$STATS_PORT LOBBY_RELAY_NET=$NET
-say "project $PROJECT: players ws://127.0.0.1:$PLAYER_PORT/, stats http://127.0.0.1:$STATS_PORT/, network $NET.0/24"
-say "REDIS_IMAGE=$REDIS_IMAGE RELAY_IMAGE=$RELAY_IMAGE HAPROXY_IMAGE=$HAPROXY_IMAGE"
+export LOBBY_RELAY_PROMETHEUS_PORT=127.0.0.1:$PROMETHEUS_PORT
+say "project $PROJECT: players ws://127.0.0.1:$PLAYER_PORT/, stats http://127.0.0.1:$STATS_PORT/, Prometheus (second run) http://127.0.0.1:$PROMETHEUS_PORT/, network $NET.0/24"
+say "REDIS_IMAGE=$REDIS_IMAGE RELAY_IMAGE=$RELAY_IMAGE HAPROXY_IMAGE=$HAPROXY_IMAGE PROMETHEUS_IMAGE=$PROMETHEUS_IMAGE"
 
-SERVICES=(redis relay-1 relay-2 relay-3 haproxy)
+# --- README's recipes ------------------------------------------------------------------
+# Read from README.md itself (see the header), with the substitutions made
+# here; the Python side runs and checks them ($TMP/recipes.json), the stop
+# command runs in down_and_check. A README without them fails here, at once.
+step "README's compose recipes"
+PASSPHRASE=lre2e-$$-jump-rocket
+python3 - "$ROOT/README.md" "${COMPOSE_CMD[*]}" "$STATS_PORT" "$PASSPHRASE" >"$TMP/recipes.json" <<'PYRECIPES' ||
+import json, re, sys
 
-# Waits until every service's container is healthy and HAProxy sees the three
-# nodes UP (its stats page as CSV).
-wait_healthy() {
-  local deadline=$((SECONDS + 90)) service cid status states all
-  while :; do
-    all=1
-    states=()
-    for service in "${SERVICES[@]}"; do
-      cid=$(compose ps -q "$service" 2>/dev/null || true)
-      status=$( [ -n "$cid" ] && docker inspect -f '{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{else}}no-healthcheck{{end}}' "$cid" 2>/dev/null || echo missing)
-      states+=("$service=$status")
-      [ "$status" = running/healthy ] || all=0
-    done
-    if [ $all = 1 ] && python3 - "$STATS_PORT" <<'EOF'; then
-import sys, urllib.request
-csv = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/;csv", timeout=2).read().decode()
-up = [r.split(",")[1] for r in csv.splitlines() if r.startswith("relays,relay-") and r.split(",")[17] == "UP"]
-sys.exit(0 if len(up) == 3 else 1)
-EOF
-      say "healthy: ${states[*]}; HAProxy: relay-1..3 UP"
-      return 0
-    fi
-    [ $SECONDS -lt $deadline ] || fail "not healthy after 90 s: ${states[*]}"
-    sleep 1
-  done
-}
+readme, compose, stats_port, passphrase = sys.argv[1:]
+
+
+def fail(msg):
+    sys.exit(f"README.md: {msg}")
+
+
+text = open(readme, encoding="utf-8").read()
+m = re.search(r"^## Docker compose\n(.*?)(?=^## )", text, re.M | re.S)
+if not m:
+    fail('no section "## Docker compose"')
+lines = m.group(1).splitlines()
+if "Watching it:" not in lines:
+    fail('no line "Watching it:" in the Docker compose section')
+i = lines.index("Watching it:")
+if lines[i + 1 : i + 2] != ["```sh"]:
+    fail('no ```sh block right after "Watching it:"')
+watch = []
+for line in lines[i + 2 :]:
+    if line.startswith("```"):
+        break
+    if line.strip():
+        watch.append(line)
+else:
+    fail('the block after "Watching it:" does not end')
+
+
+def row(name):
+    rows = [l for l in lines if l.startswith(f"| {name} |")]
+    if len(rows) != 1:
+        fail(f'{len(rows)} table rows "| {name} |" in the Docker compose section, not one')
+    code = re.search(r"`([^`]+)`", rows[0][len(f"| {name} |") :])
+    if not code:
+        fail(f'no command in the row "| {name} |"')
+    return code.group(1)
+
+
+def recipe(kind, line):
+    run = re.sub(r"\bdocker compose\b", compose, line)
+    run = run.replace("127.0.0.1:8404", f"127.0.0.1:{stats_port}").replace("jump-rocket", passphrase)
+    return {"kind": kind, "readme": line, "run": run}
+
+
+recipes = [recipe("watch", l) for l in watch]
+recipes.append(recipe("metrics", row("a node's metrics")))
+recipes.append(recipe("stop", row("stop")))
+# compose-e2e.sh has a check for each (e2e.py, readme_recipes): six lines
+# after "Watching it:", the metrics row, the stop row. Another number means
+# that README changed: change the checks with it.
+if len(watch) != 6:
+    fail(f'{len(watch)} commands after "Watching it:"; compose-e2e.sh has checks for 6: update them with README')
+if recipes[-1]["readme"] != "docker compose down -v":
+    fail(f"the stop command is `{recipes[-1]['readme']}`, not `docker compose down -v` (Redis's anonymous volume would stay)")
+json.dump(recipes, sys.stdout, indent=1)
+PYRECIPES
+  fail "README.md's compose recipes are not where this test reads them (see its header)"
+RECIPES_FOUND=$(python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1]))))' "$TMP/recipes.json")
+[ "$RECIPES_FOUND" -eq 8 ] || fail "$RECIPES_FOUND recipes read from README.md, not 8"
+STOP_RECIPE=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[-1]["run"])' "$TMP/recipes.json")
+say "$RECIPES_FOUND recipes read from README.md (the stop command runs as: $STOP_RECIPE)"
 
 # Records the project's containers and their volumes (an image's VOLUME makes
 # an anonymous one), for the leftover check after `down`.
@@ -329,19 +335,30 @@ remember_project() {
   done
 }
 
-# `down -v`, then checks that nothing of the project is left.
+# Takes the stack down, then checks that nothing of the project is left.
+# Usage: down_and_check readme   README's stop command ($STOP_RECIPE)
+#        down_and_check local    scripts/compose-local.sh down
 down_and_check() {
-  local t=$SECONDS volumes=() cid vol left
+  local how=$1 t=$SECONDS volumes=() cid vol left
   for cid in "${CONTAINERS_SEEN[@]}"; do
     for vol in $(docker inspect -f '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}' "$cid" 2>/dev/null); do
       volumes+=("$vol")
     done
   done
-  say "$(printf '%s ' "${COMPOSE_CMD[@]}")-p $PROJECT down -v"
-  compose down -v --remove-orphans >"$TMP/down.log" 2>&1 || {
-    cat "$TMP/down.log" >&2
-    fail "down failed"
-  }
+  if [ "$how" = readme ]; then
+    say "README's stop command: $STOP_RECIPE (COMPOSE_PROJECT_NAME=$PROJECT)"
+    (cd "$ROOT" && COMPOSE_PROJECT_NAME=$PROJECT COMPOSE_FILE=$ROOT/docker-compose.yml \
+      timeout 120 bash -o pipefail -c "$STOP_RECIPE" </dev/null >"$TMP/down.log" 2>&1) || {
+      sed 's/^/    /' "$TMP/down.log" >&2
+      fail "README's stop command failed: $STOP_RECIPE"
+    }
+  else
+    say "scripts/compose-local.sh down (COMPOSE_PROJECT_NAME=$PROJECT)"
+    compose_local down </dev/null >"$TMP/down.log" 2>&1 || {
+      sed 's/^/    /' "$TMP/down.log" >&2
+      fail "scripts/compose-local.sh down failed"
+    }
+  fi
   PROJECT_UP=0
   left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")
   [ -z "$left" ] || fail "containers left after down: $left"
@@ -360,16 +377,25 @@ down_and_check() {
   CONTAINERS_SEEN=()
 }
 
+# README's command for a machine without a registry, on this run's project,
+# images (tag e2e-<pid>), binary, ports and network.
+compose_local() {
+  COMPOSE_PROJECT_NAME=$PROJECT COMPOSE_FILE=$ROOT/docker-compose.yml \
+    LOBBY_RELAY_LOCAL_PREFIX=$PREFIX LOBBY_RELAY_LOCAL_TAG=$TAG LOBBY_RELAY_BIN=$BIN \
+    LOBBY_RELAY_LOCAL_SUITE=$SUITE COMPOSE="${COMPOSE_CMD[*]}" \
+    timeout 600 "$ROOT/scripts/compose-local.sh" "$@"
+}
+
+# Usage: up [--monitoring]
 up() {
   local t=$SECONDS
-  say "$(printf '%s ' "${COMPOSE_CMD[@]}")-p $PROJECT up -d --no-build"
+  say "scripts/compose-local.sh up${*:+ $*} (COMPOSE_PROJECT_NAME=$PROJECT LOBBY_RELAY_LOCAL_TAG=$TAG)"
   PROJECT_UP=1
-  compose up -d --no-build >"$TMP/up.log" 2>&1 || {
-    cat "$TMP/up.log" >&2
-    fail "up failed"
+  compose_local up "$@" </dev/null >"$TMP/up.log" 2>&1 || {
+    sed 's/^/    /' "$TMP/up.log" >&2
+    fail "scripts/compose-local.sh up $* failed"
   }
-  remember_project
-  wait_healthy
+  grep -E '\] (built|using|healthy|Prometheus ready|.* reused)|^  (players|HAProxy stats|Prometheus):' "$TMP/up.log" | sed 's/^/    /' || true
   remember_project
   say "up and healthy in $((SECONDS - t)) s"
 }
@@ -572,6 +598,123 @@ def check_pages():
         f"nodes alive {', '.join(alive)}")
 
 
+def readme_recipes(h, seats):
+    """README's compose recipes (read by compose-e2e.sh), run as a script would
+    while both players sit, each checked against the game."""
+    with open(os.environ["E2E_RECIPES"]) as f:
+        recipes = [r for r in json.load(f) if r["kind"] != "stop"]
+    env = dict(os.environ, COMPOSE_PROJECT_NAME=os.environ["E2E_PROJECT"],
+               COMPOSE_FILE=os.path.join(os.environ["E2E_ROOT"], "docker-compose.yml"))
+    nodes_of_seats = {node_id(m) for m in seats.values()}
+    lobby_key = f"lr:lobby:{{{h}}}"
+
+    def lines(out):
+        return [l.strip() for l in out.splitlines() if l.strip()]
+
+    def check_ps(out):
+        for service in ("redis",) + NODES + ("haproxy",):
+            row = [l for l in out.splitlines() if re.search(rf"[-_]{service}[-_]1\b", l)]
+            check(len(row) == 1 and "(healthy)" in row[0], f"no line of {service}, \"(healthy)\", in {out!r}")
+        return "every service (healthy)"
+
+    def check_csv(out):
+        rows = {f[1]: f for f in (l.split(",") for l in lines(out)) if len(f) == 4 and f[0] == "relays"}
+        for node in NODES:
+            check(node in rows and rows[node][3] == "UP", f"{node} not UP in {out!r}")
+            want = sum(node_id(m) == node for m in seats.values())
+            check(rows[node][2] == str(want), f"{node}: {rows[node][2]} open connections, its players: {want}; {out!r}")
+        return "relay-1..3 UP, " + ", ".join(f"{n} {rows[n][2]}" for n in NODES) + " connections"
+
+    def check_nodes(out):
+        keys = lines(out)
+        check(all(k.startswith("lr:{nodes}:node:") for k in keys), f"not node keys: {keys}")
+        check(sorted(node_id(k[len("lr:{nodes}:node:"):]) for k in keys) == list(NODES), f"live nodes {keys}")
+        for member in seats.values():
+            check("lr:{nodes}:node:" + node_key(member) in keys, f"{node_key(member)} (a seat's node) not among {keys}")
+        return f"{len(keys)} live nodes, the seats' among them"
+
+    def check_lobbies(out):
+        check(lobby_key in lines(out), f"{lobby_key} not in {out!r}")
+        return f"{lobby_key[:22]}...}} among {len(lines(out))}"
+
+    def check_inspect(out):
+        check(f"lobby:   {h}" in out, f"not the game's lobby: {out!r}")
+        got = {int(m.group(1)): m.group(2) for m in re.finditer(r"^seat (\d+): (\S+)$", out, re.M)}
+        check(got == seats, f"seats {got}, the game's: {seats}")
+        return f"the lobby's hash and its seats {sorted(got)}"
+
+    def check_hgetall(out):
+        ls = lines(out)
+        got = {int(ls[i]): ls[i + 1] for i in range(0, len(ls) - 1, 2)}
+        check(len(ls) % 2 == 0 and got == seats, f"HGETALL: {out!r}, the game's seats: {seats}")
+        return f"seats {sorted(got)}"
+
+    def check_metrics(out):
+        want = sum(node_id(m) == "relay-1" for m in seats.values())
+        check(re.search(r"^lobby_relay_connections \d", out, re.M), f"no lobby_relay_connections in {out[:300]!r}")
+        check(counter(out, "lobby_relay_members") == want, f"relay-1's lobby_relay_members is "
+              f"{counter(out, 'lobby_relay_members')}, its players: {want}")
+        return f"relay-1's metrics, lobby_relay_members {want}"
+
+    # One check per recipe, chosen by what it runs: a README recipe without a
+    # check (or two for one check) fails the test.
+    checks = [
+        (r"\bps\s*(#|$)", check_ps), (r";csv", check_csv), (r"lr:\{nodes\}:node:", check_nodes),
+        (r"'lr:lobby:\*'", check_lobbies), (r"lobby-relay inspect", check_inspect),
+        (r"HGETALL", check_hgetall), (r"/metrics", check_metrics),
+    ]
+    used = set()
+    for r in recipes:
+        matching = [(p, c) for p, c in checks if re.search(p, r["readme"])]
+        check(len(matching) == 1, f"README's recipe `{r['readme']}` matches {len(matching)} checks of compose-e2e.sh, not one")
+        pattern, checker = matching[0]
+        check(pattern not in used, f"two README recipes for one check ({pattern})")
+        used.add(pattern)
+        p = subprocess.run(["bash", "-o", "pipefail", "-c", r["run"]], stdin=subprocess.DEVNULL, env=env,
+                           cwd=os.environ["E2E_ROOT"], capture_output=True, text=True, timeout=60)
+        check(p.returncode == 0, f"README's recipe `{r['readme']}`, run as `{r['run']}` without a terminal, "
+              f"exited {p.returncode}: {(p.stderr or p.stdout).strip()[-600:]}")
+        say(f"README: {r['readme'].split('  #')[0].strip()[:70]} -> {checker(p.stdout)}")
+    check(len(used) == len(checks), f"README's recipes ran {len(used)} of the {len(checks)} checks")
+
+
+def check_prometheus():
+    """The monitoring profile's Prometheus, through its HTTP API."""
+    base = os.environ["E2E_PROMETHEUS_URL"]
+
+    def api(path):
+        with urllib.request.urlopen(base + path, timeout=5) as r:
+            answer = json.loads(r.read().decode())
+        check(answer.get("status") == "success", f"{path}: {answer}")
+        return answer["data"]
+
+    # The first scrape of each target comes within one scrape interval (15 s).
+    t = time.monotonic()
+    while True:
+        targets = [x for x in api("/api/v1/targets")["activeTargets"] if x["labels"].get("job") == "lobby-relay"]
+        health = sorted((x["labels"].get("instance"), x["health"], x.get("lastError", "")) for x in targets)
+        if len(targets) == 3 and all(x[1] == "up" for x in health):
+            break
+        check(time.monotonic() - t < 60, f"Prometheus's targets of job lobby-relay after 60 s: {health} (want 3, up)")
+        time.sleep(1)
+    say(f"Prometheus /api/v1/targets: {', '.join(x[0] for x in health)} up (job lobby-relay), "
+        f"{time.monotonic() - t:.0f} s after the game")
+    with open(os.path.join(os.environ["E2E_ROOT"], "deploy/prometheus/alerts.yml")) as f:
+        want = sorted(re.findall(r"^\s*- alert: (\S+)", f.read(), re.M))
+    groups = {g["name"]: g for g in api("/api/v1/rules")["groups"]}
+    check("lobby-relay" in groups, f"no rule group lobby-relay in {sorted(groups)}")
+    rules = groups["lobby-relay"]["rules"]
+    alerts = sorted(r["name"] for r in rules if r["type"] == "alerting")
+    check(want and alerts == want, f"group lobby-relay has the alerts {alerts}, alerts.yml {want}")
+    bad = [r["name"] for r in rules if r.get("health") == "err"]
+    check(not bad, f"rules that fail to evaluate: {bad}")
+    say(f"Prometheus /api/v1/rules: group lobby-relay with the {len(alerts)} alerts of alerts.yml")
+    series = api("/api/v1/query?query=lobby_relay_connections")["result"]
+    instances = sorted(s["metric"].get("instance", "") for s in series)
+    check(instances == [f"{n}:8765" for n in NODES], f"lobby_relay_connections: {series}")
+    say(f"Prometheus query lobby_relay_connections: {len(series)} series ({', '.join(instances)})")
+
+
 async def join_pair(passphrase):
     a = await Player("A").open()
     await a.send({"type": "join", "passphrase": passphrase})
@@ -626,37 +769,45 @@ async def full():
     sent = await exchange(a, b, 20)
     say(f"game: 20 messages each way, a binary frame, ping/pong: all delivered in order")
 
-    # Where they sit: the third relay (holding neither) runs inspect.
-    seats = seats_in_redis(h)
-    check(sorted(seats) == [1, 2], f"seats in Redis: {seats}")
-    node_a, node_b = node_id(seats[1]), node_id(seats[2])
-    check(node_a in NODES and node_b in NODES, f"member ids not of relay-1..3: {seats}")
-    check(node_a != node_b, f"both players on {node_a}: HAProxy should spread them (leastconn)")
-    third = next(n for n in NODES if n not in (node_a, node_b))
-    where(passphrase, h, third)
-    say(f"A is on {node_a}, B on {node_b}: two relay containers")
+    # Where they sit: the third relay (holding neither) runs inspect. These
+    # checks block (docker, compose): in a thread, so that the players keep
+    # answering the nodes' pings meanwhile (a loaded machine may take longer
+    # than the idle timeout, 30 s, over them).
+    def look():
+        seats = seats_in_redis(h)
+        check(sorted(seats) == [1, 2], f"seats in Redis: {seats}")
+        node_a, node_b = node_id(seats[1]), node_id(seats[2])
+        check(node_a in NODES and node_b in NODES, f"member ids not of relay-1..3: {seats}")
+        check(node_a != node_b, f"both players on {node_a}: HAProxy should spread them (leastconn)")
+        third = next(n for n in NODES if n not in (node_a, node_b))
+        where(passphrase, h, third)
+        say(f"A is on {node_a}, B on {node_b}: two relay containers")
+        readme_recipes(h, seats)
 
-    # Nodes trust HAProxy's address only: any other container on the network
-    # (here: another node, as a Prometheus scraper would) is a plain client.
-    out = compose("exec", "-T", third, "curl", "-fsS", "--max-time", "3", f"http://{node_a}:8765/readyz")
-    check(out.strip() == "ready", f"{third} -> {node_a}:8765/readyz answered {out!r}")
-    say(f"{third} reaches http://{node_a}:8765/readyz directly: {out.strip()!r}")
+        # Nodes trust HAProxy's address only: any other container on the network
+        # (here: another node, as a Prometheus scraper would) is a plain client.
+        out = compose("exec", "-T", third, "curl", "-fsS", "--max-time", "3", f"http://{node_a}:8765/readyz")
+        check(out.strip() == "ready", f"{third} -> {node_a}:8765/readyz answered {out!r}")
+        say(f"{third} reaches http://{node_a}:8765/readyz directly: {out.strip()!r}")
 
-    # Each player's node counted the game messages it relayed to its player
-    # (text and binary, not events) and those its player sent.
-    for node in (node_a, node_b):
-        code, body = metrics(node)
-        check(code == "200", f"{node}/metrics answered {code}")
-        relayed = (counter(body, 'lobby_relay_messages_out_total{kind="text"}')
-                   + counter(body, 'lobby_relay_messages_out_total{kind="binary"}'))
-        received = counter(body, 'lobby_relay_messages_in_total')
-        say(f"{node}/metrics: messages_in {received:.0f}, relayed out {relayed:.0f}, "
-            f"connections {counter(body, 'lobby_relay_connections'):.0f} "
-            f"(each player sent {sent} game messages besides join and ping)")
-        # A sent `sent` (text + one binary), B sent `sent - 1`: each node
-        # relayed at least `sent - 1` to its player and took as many in.
-        check(relayed >= sent - 1, f"{node} counted {relayed} relayed messages, its player got at least {sent - 1}")
-        check(received >= sent - 1, f"{node} counted {received} messages in, its player sent at least {sent - 1}")
+        # Each player's node counted the game messages it relayed to its player
+        # (text and binary, not events) and those its player sent.
+        for node in (node_a, node_b):
+            code, body = metrics(node)
+            check(code == "200", f"{node}/metrics answered {code}")
+            relayed = (counter(body, 'lobby_relay_messages_out_total{kind="text"}')
+                       + counter(body, 'lobby_relay_messages_out_total{kind="binary"}'))
+            received = counter(body, 'lobby_relay_messages_in_total')
+            say(f"{node}/metrics: messages_in {received:.0f}, relayed out {relayed:.0f}, "
+                f"connections {counter(body, 'lobby_relay_connections'):.0f} "
+                f"(each player sent {sent} game messages besides join and ping)")
+            # A sent `sent` (text + one binary), B sent `sent - 1`: each node
+            # relayed at least `sent - 1` to its player and took as many in.
+            check(relayed >= sent - 1, f"{node} counted {relayed} relayed messages, its player got at least {sent - 1}")
+            check(received >= sent - 1, f"{node} counted {received} messages in, its player sent at least {sent - 1}")
+        return seats, node_a, node_b
+
+    seats, node_a, node_b = await asyncio.to_thread(look)
 
     # Kill B's node: A hears playerLeft within the bound, B's connection ends.
     victim = node_b
@@ -693,10 +844,9 @@ async def full():
         await asyncio.sleep(0.2)
     say(f"HAProxy's view: {status}")
 
-    if code == "200":
-        _, body = metrics(node_a)
-        say(f"{node_a}/metrics after the game: messages_in {counter(body, 'lobby_relay_messages_in_total'):.0f}, "
-            f"messages_out {counter(body, 'lobby_relay_messages_out_total'):.0f}")
+    _, body = metrics(node_a)
+    say(f"{node_a}/metrics after the game: messages_in {counter(body, 'lobby_relay_messages_in_total'):.0f}, "
+        f"messages_out {counter(body, 'lobby_relay_messages_out_total'):.0f}")
 
     await c.close()
     await a.expect({"type": "playerLeft", "players": 1, "seat": 2})
@@ -720,6 +870,8 @@ async def smoke():
     await a.close()
     await b.close()
     say(f"two players joined through HAProxy ({node_id(seats[1])}, {node_id(seats[2])}), got ready and played")
+    if os.environ.get("E2E_PROMETHEUS_URL"):
+        check_prometheus()
 
 
 try:
@@ -734,6 +886,7 @@ python_scenario() {
     timeout 60 "${COMPOSE_CMD[@]}" -f "$ROOT/docker-compose.yml" -p "$PROJECT") \
     E2E_URL=ws://127.0.0.1:$PLAYER_PORT/ E2E_HTTP_URL=http://127.0.0.1:$PLAYER_PORT \
     E2E_STATS_URL=http://127.0.0.1:$STATS_PORT/ E2E_PASS=$2 E2E_ADMIN_TOKEN=${LOBBY_RELAY_ADMIN_TOKEN:-} \
+    E2E_RECIPES=$TMP/recipes.json E2E_ROOT=$ROOT E2E_PROJECT=$PROJECT E2E_PROMETHEUS_URL=${3:-} \
     timeout 180 "$PY" "$TMP/e2e.py" "$1" || fail "the $1 scenario failed"
 }
 
@@ -755,14 +908,16 @@ export LOBBY_RELAY_ADMIN_TOKEN
 up
 [ "$(admin_token_in_nodes)" = "1 1 1" ] || fail "LOBBY_RELAY_ADMIN_TOKEN is not set in every relay container"
 t=$SECONDS
-python_scenario full "lre2e-$$-jump-rocket"
+python_scenario full "$PASSPHRASE"
 say "scenario in $((SECONDS - t)) s"
-down_and_check
+down_and_check readme
 
 # --- second cycle ------------------------------------------------------------------------------
-step "second run: up without an admin token, the pages and a short game, down"
+step "second run: up --monitoring without an admin token, the pages, a short game, Prometheus, down"
 unset LOBBY_RELAY_ADMIN_TOKEN
-up
+up --monitoring
 [ "$(admin_token_in_nodes)" = "0 0 0" ] || fail "LOBBY_RELAY_ADMIN_TOKEN is set in a relay container although it is unset"
-python_scenario smoke "lre2e-$$-second-round"
-down_and_check
+t=$SECONDS
+python_scenario smoke "lre2e-$$-second-round" "http://127.0.0.1:$PROMETHEUS_PORT"
+say "scenario in $((SECONDS - t)) s"
+down_and_check local

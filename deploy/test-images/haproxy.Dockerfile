@@ -1,6 +1,7 @@
 # A stand-in for the public HAProxy image (haproxy:2.8), for machines that
-# cannot pull one: scripts/compose-e2e.sh builds it from a Debian base with
-# Debian's haproxy (2.6 in Debian 12) made offline by mmdebstrap. It behaves
+# cannot pull one: scripts/compose-local.sh (and so scripts/compose-e2e.sh)
+# builds it from a Debian base with Debian's haproxy (2.6 in Debian 12) made
+# offline by mmdebstrap. It behaves
 # like the public image as docker-compose.yml uses it: the configuration is
 # mounted at /usr/local/etc/haproxy/haproxy.cfg; the default command is what
 # the public image's entrypoint runs for its default command (master-worker,
