@@ -408,8 +408,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The game's connection to a relay: one WebSocket at a time, one lobby at
-/// a time, reconnected and resumed after a drop. Dropping it closes the
-/// connection.
+/// a time, reconnected and resumed after a drop. Dropping it leaves the
+/// lobby and closes the connection, as [`Client::close`] does.
 pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
     events: mpsc::UnboundedReceiver<Event>,
