@@ -96,3 +96,49 @@ async fn counts_match_what_clients_did_redis() {
 async fn counts_match_what_clients_did_memory() {
     support::run(Relays::memory(), counts_match_what_clients_did).await;
 }
+
+/// Text logs written to a pipe (a file, `docker logs`) carry no ANSI colour
+/// escapes: the node's first lines, read through a pipe, are plain text.
+/// (Whether a terminal gets colour, and NO_COLOR, is a unit test of
+/// src/main.rs.)
+#[test]
+fn text_logs_to_a_pipe_have_no_colour_escapes() {
+    use std::io::BufRead;
+    let mut child = support::nodes::serve_command()
+        .args(["--log-format", "text"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn lobby-relay");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let listening = line.contains("listening");
+            if tx.send(line).is_err() || listening {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !lines.iter().any(|l: &String| l.contains("listening")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("no `listening` line ({e}); got {lines:?}");
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.iter().all(|line| !line.contains('\u{1b}')),
+        "ANSI escapes in piped logs: {lines:?}"
+    );
+    assert!(lines.iter().any(|line| line.contains("INFO")), "{lines:?}");
+}
