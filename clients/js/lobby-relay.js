@@ -369,7 +369,12 @@ export class LobbyRelayClient {
     }
     this.#forgetLobby(new LobbyRelayError("left", "leave() was called before the join completed"));
     this.#clearTimer();
-    if (this.#ws === null && this.#state !== "closed") this.#state = "idle";
+    if (this.#ws === null) {
+      if (this.#state !== "closed") this.#state = "idle";
+    } else if (this.#state === "reconnecting") {
+      // A connection attempt is under way: it goes on, outside a lobby.
+      this.#state = this.#isOpen() ? "open" : "connecting";
+    }
   }
 
   /**

@@ -278,3 +278,18 @@ test("open() connects without joining: ping before a join, join on that connecti
   FakeSocket.last().drop(1006);
   await assert.rejects(again, (e) => e.code === "not_connected");
 });
+
+test("leave() while reconnecting: the attempt under way goes on outside the lobby", async () => {
+  const { client, socket } = await joined();
+  socket.drop();
+  assert.equal(client.state, "reconnecting");
+  await tick();
+  const attempt = FakeSocket.last();
+  assert.notEqual(attempt, socket);
+  client.leave();
+  assert.equal(client.state, "connecting");
+  attempt.open();
+  assert.equal(client.state, "open");
+  assert.deepEqual(attempt.sent, [], "no resume, no join");
+  client.close();
+});
