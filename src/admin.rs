@@ -2,18 +2,19 @@
 //! behind the second:
 //!
 //! - the **playground** (`GET /` without an upgrade, `/playground`): a
-//!   reference JavaScript client and a tiny tank game, on unless
-//!   `--playground off`;
+//!   tiny tank game on the JavaScript client (`/client/v1.js`), showing
+//!   every frame, on unless `--playground off`;
 //! - the **admin view** (`/admin`, data at `/admin/api/cluster`): the
 //!   cluster's live nodes, their figures and lobbies (by hash prefix), only
 //!   with `--admin-token`, and the API only for requests that present it.
 //!
-//! Each page is one static HTML file (inline CSS and JavaScript, no
-//! libraries) under `src/web/`, compiled into the binary.
+//! Each page is one static HTML file (inline CSS and JavaScript; the
+//! playground imports the client from its own origin) under `src/web/`,
+//! compiled into the binary.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use hyper::header::HeaderValue;
@@ -36,6 +37,48 @@ pub const ADMIN_HTML: &str = include_str!("web/admin.html");
 /// `_`, `-`: nothing to escape).
 pub fn playground_page(node_id: &str) -> String {
     PLAYGROUND_HTML.replace("__NODE_ID__", node_id)
+}
+
+/// The opening tag of the playground's one script: an inline module that
+/// imports the client.
+const PLAYGROUND_SCRIPT_TAG: &str = "<script type=\"module\">";
+
+/// The playground's `Content-Security-Policy`: scripts from this origin
+/// (the client, `/client/v1.js`) and the page's own inline module, allowed
+/// by its hash (no other inline script runs); inline style; connections to
+/// this origin only; never framed.
+pub static PLAYGROUND_CSP: LazyLock<String> = LazyLock::new(|| {
+    let script = playground_script(PLAYGROUND_HTML);
+    format!(
+        "default-src 'none'; script-src 'self' '{}'; style-src 'unsafe-inline'; \
+         connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'",
+        csp_hash(script)
+    )
+});
+
+/// The text of the page's inline module (between its tags, as the browser
+/// hashes it). The page has exactly one `<script>`, that one.
+fn playground_script(html: &str) -> &str {
+    let start = html
+        .find(PLAYGROUND_SCRIPT_TAG)
+        .expect("the playground has an inline module")
+        + PLAYGROUND_SCRIPT_TAG.len();
+    let end = start
+        + html[start..]
+            .find("</script>")
+            .expect("the playground's module ends");
+    &html[start..end]
+}
+
+/// A CSP source for an inline script: `sha256-` and its base64 digest.
+fn csp_hash(script: &str) -> String {
+    use base64::Engine;
+    let digest = Sha256::digest(script.as_bytes());
+    format!(
+        "sha256-{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
 }
 
 /// The view of a node without Redis: itself and its own lobbies.
@@ -220,6 +263,28 @@ mod tests {
         assert!(page.contains("relay-7"));
         assert!(!page.contains("__NODE_ID__"));
         assert!(ADMIN_HTML.contains("/admin/api/cluster"));
+    }
+
+    /// The CSP's hash is that of the served page's one script (the node id
+    /// is never inside it), and the page loads the client from its origin.
+    #[test]
+    fn the_playground_csp_allows_its_own_module_only() {
+        let page = playground_page("relay-7");
+        assert_eq!(page.matches("<script").count(), 1, "one script");
+        let script = playground_script(&page);
+        assert_eq!(script, playground_script(PLAYGROUND_HTML));
+        assert!(script.contains("from \"/client/v1.js\""));
+        assert!(PLAYGROUND_CSP.contains(&format!("script-src 'self' '{}';", csp_hash(script))));
+        let script_src = PLAYGROUND_CSP
+            .split(';')
+            .find(|d| d.trim().starts_with("script-src"))
+            .expect("a script-src");
+        assert!(!script_src.contains("unsafe"), "{script_src}");
+        // The digest of a known text (`echo -n 'alert(1)' | sha256sum`).
+        assert_eq!(
+            csp_hash("alert(1)"),
+            "sha256-bhHHL3z2vDgxUt0W3dWQOrprscmda2Y5pLsLg4GF+pI="
+        );
     }
 
     #[test]

@@ -141,7 +141,10 @@ impl<S: LobbyStore> Site<S> {
             }
             PLAYGROUND_PATH if self.node.config().http.playground => self.playground(),
             p if CLIENT_JS_PATHS.contains(&p) && self.node.config().http.playground => client_js(),
-            ADMIN_PATH if self.admin.is_some() => page(admin::ADMIN_HTML.to_owned()),
+            ADMIN_PATH if self.admin.is_some() => page(
+                admin::ADMIN_HTML.to_owned(),
+                HeaderValue::from_static(ADMIN_CSP),
+            ),
             p if WEBSOCKET_PATHS.contains(&p) => return Routed::WebSocket(request),
             _ => text(
                 StatusCode::NOT_FOUND,
@@ -153,7 +156,8 @@ impl<S: LobbyStore> Site<S> {
 
     /// The playground page, with this node's id in it.
     fn playground(&self) -> Response<Body> {
-        page(admin::playground_page(&self.node.config().node_id))
+        let csp = HeaderValue::from_str(&admin::PLAYGROUND_CSP).expect("an ASCII policy");
+        page(admin::playground_page(&self.node.config().node_id), csp)
     }
 
     /// `GET /admin/api/cluster`: 404 without `--admin-token`, 401 without the
@@ -216,23 +220,22 @@ impl<S: LobbyStore> Site<S> {
     }
 }
 
-/// An HTML page of ours: inline script and style only, talking to this
-/// origin only, never framed, never cached.
-pub(crate) fn page(html: String) -> Response<Body> {
+/// The admin page's `Content-Security-Policy`: inline script and style
+/// only, connections to this origin only, never framed. (The playground's
+/// is `admin::PLAYGROUND_CSP`.)
+const ADMIN_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+     connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
+/// An HTML page of ours, with its `Content-Security-Policy`: never cached.
+pub(crate) fn page(html: String, csp: HeaderValue) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(html)));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-             connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
-             frame-ancestors 'none'",
-        ),
-    );
+    headers.insert(header::CONTENT_SECURITY_POLICY, csp);
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
         header::REFERRER_POLICY,

@@ -12,6 +12,9 @@
 //!   different users join one passphrase and each shows the other's user
 //!   id; no token shows in the raw frames; a page without a token shows
 //!   `token_required` and stops.
+//! - The playground runs on the JavaScript client (it imports
+//!   `/client/v1.js`; its frames panel comes from the client's `frame`
+//!   event, its resume from the client's).
 //! - The playground's Join button is disabled while a join is on its way,
 //!   while joined and while resuming, and enabled again after Leave and
 //!   after a refused join.
@@ -1009,14 +1012,25 @@ async fn the_admin_view_refuses_a_missing_or_wrong_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_playground_is_served_and_can_be_turned_off() {
     // On (the default): GET / and /playground serve the page, with the node id.
+    // The page is built on the JS client, which its CSP lets it load from its
+    // own origin; its one inline script runs by hash, no other would.
     let on = Relays::memory();
     for path in ["/", "/playground"] {
         let (status, head, body) = http_get(on.addr_a(), path, &[]);
         assert_eq!(status, 200, "GET {path}");
         assert!(head.contains("content-type: text/html"), "{head}");
-        assert!(head.contains("content-security-policy:"), "{head}");
+        let csp = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-security-policy: "))
+            .unwrap_or_else(|| panic!("no CSP in {head}"));
+        assert!(csp.contains("script-src 'self' 'sha256-"), "{csp}");
+        assert!(csp.contains("connect-src 'self'"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        let script_src = csp.split(';').find(|d| d.contains("script-src")).unwrap();
+        assert!(!script_src.contains("unsafe"), "{csp}");
         assert!(body.contains("lobby-relay playground"));
         assert!(body.contains(r#"<meta name="lobby-relay-node" content="a">"#));
+        assert!(body.contains(r#"import { LobbyRelayClient } from "/client/v1.js";"#));
     }
     // Without an upgrade, /ws stays a WebSocket endpoint only.
     assert_eq!(http_get(on.addr_a(), "/ws", &[]).0, 426);

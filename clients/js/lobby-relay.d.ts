@@ -155,6 +155,20 @@ export interface ClosedEvent {
   byClient: boolean;
 }
 
+/** A WebSocket frame as it went on the wire, for debugging tools (the
+ * playground's raw frames panel): every frame the client sends or
+ * receives, protocol messages included, in order. It carries secrets as
+ * they are (the player token in `auth`, resume tokens in `join` answers,
+ * `resume` and `resumed`): mask them before showing or logging. */
+export interface FrameEvent {
+  direction: "in" | "out";
+  /** The frame's text, or its bytes (a binary frame; do not modify them). */
+  data: string | Uint8Array;
+  /** For a received frame that counts for resume (a delivery): its number
+   * in this seat, 1, 2, ... (`received` after it); otherwise null. */
+  delivery: number | null;
+}
+
 export interface LobbyRelayEvents {
   joined: JoinedMessage;
   ready: ReadyEvent;
@@ -169,6 +183,7 @@ export interface LobbyRelayEvents {
   seatLost: SeatLostEvent;
   closed: ClosedEvent;
   authenticated: { type: "authenticated"; user: string };
+  frame: FrameEvent;
 }
 
 /** What send() takes: an object with a string `type`, its JSON text, or bytes. */
@@ -215,5 +230,9 @@ export class LobbyRelayClient {
   send(message: Sendable): void;
   leave(): void;
   close(): void;
+  /** Opens a connection without joining (to ping() before a join);
+   * resolves once open. Outside a lobby a dropped connection is not
+   * reconnected: `closed` follows. */
+  open(): Promise<void>;
   ping(): Promise<number>;
 }

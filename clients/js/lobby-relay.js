@@ -142,6 +142,9 @@ export class LobbyRelayClient {
   /** @type {"join" | "resume" | "auth" | null} */ #pending = null;
   /** @type {Array<{ resolve: (m: JoinedMessage | ResumedMessage) => void, reject: (e: Error) => void }>} */
   #waiters = [];
+  /** open() calls waiting for the connection. */
+  /** @type {Array<{ resolve: () => void, reject: (e: Error) => void }>} */
+  #openWaiters = [];
 
   // The seat: held from `joined` until left or lost; `#inSeat` while this
   // socket is in it.
@@ -366,7 +369,12 @@ export class LobbyRelayClient {
     }
     this.#forgetLobby(new LobbyRelayError("left", "leave() was called before the join completed"));
     this.#clearTimer();
-    if (this.#ws === null && this.#state !== "closed") this.#state = "idle";
+    if (this.#ws === null) {
+      if (this.#state !== "closed") this.#state = "idle";
+    } else if (this.#state === "reconnecting") {
+      // A connection attempt is under way: it goes on, outside a lobby.
+      this.#state = this.#isOpen() ? "open" : "connecting";
+    }
   }
 
   /**
@@ -384,6 +392,27 @@ export class LobbyRelayClient {
       this.#ws = null;
       this.#stopped(1000, "client closed", true);
     }
+  }
+
+  /**
+   * Opens a connection now, without joining: to ping() before a join (the
+   * round trip, the node), or to learn early that the relay answers.
+   * Resolves once the connection is open (at once if it is); rejects with
+   * `not_connected` if it ends first. A later join() goes on it. Outside a
+   * lobby a connection is not reconnected: if it drops, the client emits
+   * `closed`, and the next open() or join() connects again.
+   * @returns {Promise<void>}
+   */
+  open() {
+    if (this.#isOpen()) return Promise.resolve();
+    /** @type {Promise<void>} */
+    const opened = new Promise((resolve, reject) => this.#openWaiters.push({ resolve, reject }));
+    if (this.#ws === null && this.#timer === null) {
+      this.#closing = false;
+      this.#fatal = false;
+      this.#open();
+    }
+    return opened;
   }
 
   /**
@@ -469,6 +498,7 @@ export class LobbyRelayClient {
       if (socket !== this.#ws) return;
       this.#clearConnectTimer();
       if (this.#state !== "reconnecting") this.#state = "open";
+      this.#settleOpen(null);
       this.#request();
     };
     socket.onmessage = (event) => {
@@ -502,6 +532,7 @@ export class LobbyRelayClient {
   #dropped(code, reason) {
     this.#authed = false;
     this.#rejectPings(new LobbyRelayError("not_connected", `the connection closed (${code})`));
+    this.#settleOpen(new LobbyRelayError("not_connected", `the connection closed (${code})`));
     if (this.#closing || this.#fatal) {
       this.#stopped(code, reason, this.#closing);
       return;
@@ -567,6 +598,7 @@ export class LobbyRelayClient {
    */
   #stopped(code, reason, byClient) {
     this.#clearTimer();
+    this.#settleOpen(new LobbyRelayError("closed", `the client stopped (${code})`));
     const wasClosed = this.#state === "closed";
     this.#state = "closed";
     if (!wasClosed) this.#emit("closed", { code, reason, byClient });
@@ -595,11 +627,16 @@ export class LobbyRelayClient {
     try {
       m = JSON.parse(text);
     } catch (_) {
-      return;   // the relay sends JSON only; game messages are JSON objects too
+      m = null;   // the relay sends JSON only; game messages are JSON objects too
     }
-    if (m === null || typeof m !== "object") return;
+    if (m === null || typeof m !== "object") {
+      this.#emit("frame", { direction: "in", data: text, delivery: null });
+      return;
+    }
     const type = typeof m.type === "string" ? m.type : "";
-    if (this.#inSeat && !NOT_DELIVERIES.has(type)) this.#count();
+    const counted = this.#inSeat && !NOT_DELIVERIES.has(type);
+    if (counted) this.#count();
+    this.#emit("frame", { direction: "in", data: text, delivery: counted ? this.#received : null });
     switch (type) {
       case "joined": return this.#onJoined(m);
       case "resumed": return this.#onResumed(m);
@@ -621,10 +658,12 @@ export class LobbyRelayClient {
 
   /** @param {ArrayBuffer | ArrayBufferView} data */
   #onBinary(data) {
-    if (this.#inSeat) this.#count();
+    const counted = this.#inSeat;
+    if (counted) this.#count();
     const bytes = data instanceof ArrayBuffer
       ? new Uint8Array(data)
       : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    this.#emit("frame", { direction: "in", data: bytes, delivery: counted ? this.#received : null });
     this.#emit("message", { kind: "binary", data: bytes });
   }
 
@@ -635,6 +674,9 @@ export class LobbyRelayClient {
 
   /** @param {JoinedMessage} m */
   #onJoined(m) {
+    // A join called off by leave() (sent after it: the relay gives the
+    // seat up again).
+    if (this.#lobby === null) return;
     this.#pending = null;
     this.#attempt = 0;
     this.#inSeat = true;
@@ -655,6 +697,7 @@ export class LobbyRelayClient {
 
   /** @param {ResumedMessage} m */
   #onResumed(m) {
+    if (this.#lobby === null) return;   // called off by leave(), as a join
     this.#pending = null;
     this.#attempt = 0;
     this.#inSeat = true;
@@ -781,12 +824,16 @@ export class LobbyRelayClient {
 
   /** @param {Record<string, unknown>} message */
   #sendControl(message) {
-    this.#ws?.send(JSON.stringify(message));
+    if (this.#ws === null) return;
+    const text = JSON.stringify(message);
+    this.#ws.send(text);
+    this.#emit("frame", { direction: "out", data: text, delivery: null });
   }
 
   /** @param {Frame} frame */
   #write(frame) {
     /** @type {WebSocket} */ (this.#ws).send(frame);
+    this.#emit("frame", { direction: "out", data: frame, delivery: null });
     this.#sent += 1;
     if (this.#token !== null) {
       this.#unacked.push(frame);
@@ -833,6 +880,19 @@ export class LobbyRelayClient {
     this.#queue = [];
     this.#forgetKept();
     for (const w of waiters) w.reject(error);
+  }
+
+  /**
+   * Settles the open() calls: resolved (null) or rejected.
+   * @param {Error | null} error
+   */
+  #settleOpen(error) {
+    const waiters = this.#openWaiters;
+    this.#openWaiters = [];
+    for (const w of waiters) {
+      if (error === null) w.resolve();
+      else w.reject(error);
+    }
   }
 
   /** @param {Error} error */

@@ -6,6 +6,12 @@ import {
 
 export async function game(url: string): Promise<void> {
   const relay = new LobbyRelayClient([url, url], { resume: true, backoff: { maxDelay: 1000 } });
+  relay.on("frame", (f) => {
+    const size: number = typeof f.data === "string" ? f.data.length : f.data.byteLength;
+    console.log(f.direction === "in" ? "<-" : "->", f.delivery ?? "", size);
+  });
+  await relay.open();
+  console.log(await relay.ping(), relay.node);
   relay.on("ready", (e) => console.log(e.players));
   relay.on("message", (m: GameMessage) => {
     if (m.kind === "json") console.log(m.type, m.data.type, m.text.length);

@@ -215,3 +215,81 @@ test("what the relay would refuse is refused before sending", () => {
     assert.throws(() => new LobbyRelayClient("ws://one/"), /experimental-websocket/);
   }
 });
+
+test("frame events: every frame in order, deliveries numbered", async () => {
+  FakeSocket.all = [];
+  const client = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket });
+  const frames = [];
+  client.on("frame", (f) => frames.push([f.direction, typeof f.data === "string" ? f.data : [...f.data], f.delivery]));
+  const join = client.join("p");
+  const socket = FakeSocket.last();
+  socket.open();
+  socket.receive({ type: "joined", players: 1, capacity: 2, seat: 1, resumeToken: "t" });
+  await join;
+  socket.receive({ type: "ready", players: 2 });
+  client.send({ type: "move" });
+  socket.onmessage({ data: new Uint8Array([7, 8]).buffer });
+  socket.receive("not json");
+  assert.deepEqual(frames, [
+    ["out", '{"type":"join","passphrase":"p","resume":true}', null],
+    ["in", '{"type":"joined","players":1,"capacity":2,"seat":1,"resumeToken":"t"}', null],
+    ["in", '{"type":"ready","players":2}', 1],
+    ["out", '{"type":"move"}', null],
+    ["in", [7, 8], 2],
+    ["in", "not json", null],
+  ]);
+  assert.equal(client.received, 2);
+  client.close();
+});
+
+test("open() connects without joining: ping before a join, join on that connection", async () => {
+  FakeSocket.all = [];
+  const client = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket });
+  const opened = client.open();
+  assert.equal(client.state, "connecting");
+  const socket = FakeSocket.last();
+  socket.open();
+  await opened;
+  assert.equal(client.state, "open");
+  const ping = client.ping();
+  assert.equal(socket.sent[0].type, "ping");
+  socket.receive({ type: "pong", t: socket.sent[0].t, node: "b" });
+  assert.equal(typeof (await ping), "number");
+  assert.equal(client.node, "b");
+  const join = client.join("p");
+  assert.equal(FakeSocket.all.length, 1, "the same connection");
+  assert.deepEqual(socket.sent[1], { type: "join", passphrase: "p", resume: true });
+  // leave() before the answer calls the join off: a late `joined` is ignored.
+  client.leave();
+  await assert.rejects(join, (e) => e.code === "left");
+  assert.deepEqual(socket.sent[2], { type: "leave" });
+  socket.receive({ type: "joined", players: 1, capacity: 2, seat: 1 });
+  assert.equal(client.seat, null);
+  assert.equal(client.inLobby, false);
+  // Outside a lobby a drop is not reconnected.
+  const closed = client.once("closed");
+  socket.drop(1006);
+  assert.equal((await closed).code, 1006);
+  assert.equal(client.state, "closed");
+  await tick(10);
+  assert.equal(FakeSocket.all.length, 1, "no new connection");
+  // open() again: a new connection; one that fails rejects.
+  const again = client.open();
+  FakeSocket.last().drop(1006);
+  await assert.rejects(again, (e) => e.code === "not_connected");
+});
+
+test("leave() while reconnecting: the attempt under way goes on outside the lobby", async () => {
+  const { client, socket } = await joined();
+  socket.drop();
+  assert.equal(client.state, "reconnecting");
+  await tick();
+  const attempt = FakeSocket.last();
+  assert.notEqual(attempt, socket);
+  client.leave();
+  assert.equal(client.state, "connecting");
+  attempt.open();
+  assert.equal(client.state, "open");
+  assert.deepEqual(attempt.sent, [], "no resume, no join");
+  client.close();
+});
