@@ -396,3 +396,100 @@ fn a_game_loop_polls_a_background_client() {
     }
     assert_eq!(a.state(), State::Closed);
 }
+
+// With `--auth required`: a client without a token gets `token_required`
+// as a fatal error, then `Closed`, and does not reconnect; one with a token
+// is signed in before it joins, and the lobby names its user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn player_tokens_are_presented_and_a_refusal_stops_the_client() {
+    const SECRET: &str = "rust-client-test-hs256-secret-32b";
+    let relays = Relays::memory_with(&["--auth", "required", "--auth-hs256-secret", SECRET]);
+    let lobby = passphrase("auth");
+    let mut anonymous = Client::connect(&relays.url_a(), Options::default()).unwrap();
+    anonymous.join(&lobby);
+    let error = wait_for(&mut anonymous, "refused", |e| matches!(e, Event::Error(_))).await;
+    assert!(
+        matches!(&error, Event::Error(e) if e.code == "token_required" && e.fatal),
+        "{error:?}"
+    );
+    let closed = wait_for(&mut anonymous, "closed", |e| {
+        matches!(e, Event::Closed { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            closed,
+            Event::Closed {
+                by_client: false,
+                ..
+            }
+        ),
+        "{closed:?}"
+    );
+    assert_eq!(anonymous.state(), State::Closed);
+    assert_eq!(anonymous.next_event().await, None, "nothing after Closed");
+
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "eve", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).expect("key"),
+    )
+    .expect("token");
+    let options = Options {
+        auth_token: Some(token),
+        ..Options::default()
+    };
+    let mut eve = Client::connect(&relays.url_a(), options).unwrap();
+    eve.join(&lobby);
+    let first = wait_for(&mut eve, "authenticated", |e| {
+        matches!(e, Event::Authenticated { .. } | Event::Joined { .. })
+    })
+    .await;
+    assert_eq!(first, Event::Authenticated { user: "eve".into() });
+    let joined = wait_for(&mut eve, "joined", |e| matches!(e, Event::Joined { .. })).await;
+    let Event::Joined { users, .. } = joined else {
+        unreachable!()
+    };
+    assert_eq!(users, [(1, "eve".to_owned())].into());
+}
+
+// kill -9 of the node the client is on, with node b behind the same Redis:
+// the client's next attempt goes to node b (its URL list), where it
+// resumes; every message arrives once and in order, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_left_for_the_other_with_nothing_lost_or_twice() {
+    let mut relays = Relays::redis_with(&["--message-rate", "2000", "--message-burst", "2000"]);
+    let lobby = passphrase("kill");
+    let mut a =
+        Client::connect_any(&[&relays.url_a(), &relays.url_b()], Options::default()).unwrap();
+    a.join(&lobby);
+    wait_for(&mut a, "a joined", |e| matches!(e, Event::Joined { .. })).await;
+    let mut b = joined(&relays.url_b(), &lobby, Options::default()).await;
+    const EACH: u64 = 200;
+    for n in 1..=EACH / 2 {
+        a.send_json(&json!({"type": "move", "n": n})).unwrap();
+        b.send_json(&json!({"type": "move", "n": n})).unwrap();
+    }
+    relays.node_a().kill9();
+    for n in EACH / 2 + 1..=EACH {
+        a.send_json(&json!({"type": "move", "n": n})).unwrap();
+        b.send_json(&json!({"type": "move", "n": n})).unwrap();
+    }
+    let at_a = collect_numbered(&mut a, EACH as usize, "a").await;
+    let at_b = collect_numbered(&mut b, EACH as usize, "b").await;
+    let expected: Vec<u64> = (1..=EACH).collect();
+    assert_eq!(numbers(&at_a), expected, "what a received");
+    assert_eq!(numbers(&at_b), expected, "what b received");
+    assert!(
+        at_a.iter()
+            .any(|e| matches!(e, Event::Resumed { seat: 1, .. })),
+        "a resumed: {at_a:#?}"
+    );
+    a.ping().await.unwrap();
+    assert_eq!(a.node().as_deref(), Some("b"), "resumed on the other node");
+}
