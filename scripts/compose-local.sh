@@ -3,7 +3,7 @@
 # the same file, with local images made from Debian's packages and a relay
 # binary built on this machine.
 #
-# Usage: scripts/compose-local.sh up [--monitoring] | down | ps | logs [ARGS...] | --help
+# Usage: scripts/compose-local.sh up [--monitoring] | build | down | ps | logs [ARGS...] | --help
 #
 #   up      builds the images below (nothing is pulled), then runs
 #           `docker compose up -d --no-build` on the unchanged
@@ -16,6 +16,9 @@
 #           Prometheus scraping the three nodes with deploy/prometheus/, at
 #           http://127.0.0.1:9090/ (LOBBY_RELAY_PROMETHEUS_PORT). A later
 #           `up` without it leaves that Prometheus running; `down` stops it.
+#   build   builds the images as `up` does and prints the variables that
+#           name them, without touching the stack: for a rolling restart
+#           (docs/operations.md), one node at a time, after a change.
 #   down    `docker compose --profile monitoring down -v`: every container
 #           (Prometheus too), the network and Redis's anonymous volume go;
 #           the images stay for the next `up`.
@@ -83,7 +86,7 @@ die() {
   exit "$code"
 }
 
-[ $# -ge 1 ] || die 2 "a command is needed: up [--monitoring] | down | ps | logs [ARGS...] (see --help)"
+[ $# -ge 1 ] || die 2 "a command is needed: up [--monitoring] | build | down | ps | logs [ARGS...] (see --help)"
 CMD=$1
 shift
 MONITORING=
@@ -100,9 +103,9 @@ case $CMD in
       esac
     done
     ;;
-  down | ps) [ $# -eq 0 ] || die 2 "$CMD takes no arguments (see --help)" ;;
+  build | down | ps) [ $# -eq 0 ] || die 2 "$CMD takes no arguments (see --help)" ;;
   logs) ;;
-  *) die 2 "unknown command '$CMD' (up, down, ps, logs; see --help)" ;;
+  *) die 2 "unknown command '$CMD' (up, build, down, ps, logs; see --help)" ;;
 esac
 
 CL_NAME=compose-local
@@ -163,6 +166,15 @@ step "relay binary"
 cl_relay_binary
 step "local images (nothing is pulled)"
 cl_build_images "$PREFIX" "$TAG" "$MONITORING"
+if [ "$CMD" = build ]; then
+  cat <<EOF
+
+Built. To use these images in compose commands that create containers (a
+rolling restart, docs/operations.md), first:
+  export RELAY_IMAGE=$RELAY_IMAGE REDIS_IMAGE=$REDIS_IMAGE HAPROXY_IMAGE=$HAPROXY_IMAGE
+EOF
+  exit 0
+fi
 
 step "up"
 say "REDIS_IMAGE=$REDIS_IMAGE HAPROXY_IMAGE=$HAPROXY_IMAGE RELAY_IMAGE=$RELAY_IMAGE${MONITORING:+ PROMETHEUS_IMAGE=$PROMETHEUS_IMAGE} $(printf '%s ' "${COMPOSE_CMD[@]}" ${PROFILE[@]+"${PROFILE[@]}"})up -d --no-build"
