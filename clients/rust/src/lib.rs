@@ -26,6 +26,8 @@
 //! # }
 //! ```
 //!
+//! The client is also a [`futures_util::Stream`] of its events.
+//!
 //! **In a game loop** (Bevy, macroquad: a frame function that must not
 //! block), start the client with [`Client::connect_in_background`], which
 //! runs it on a thread of its own, and each frame drain
@@ -633,6 +635,19 @@ impl Client {
     }
 }
 
+/// The events as an async stream (`futures::StreamExt::next` and friends),
+/// the same as [`Client::next_event`].
+impl futures_util::Stream for Client {
+    type Item = Event;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Event>> {
+        self.get_mut().events.poll_recv(cx)
+    }
+}
+
 impl Drop for Client {
     fn drop(&mut self) {
         let _ = self.commands.send(Command::Close);
@@ -710,6 +725,25 @@ mod tests {
         client.send_binary(vec![2]).unwrap();
         assert_eq!(client.send_binary(vec![3]), Err(ClientError::QueueFull(2)));
         assert_eq!(client.queued(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_events_are_a_stream_too() {
+        use futures_util::StreamExt;
+        let mut client = Client::connect("ws://127.0.0.1:9/", Options::default()).unwrap();
+        client.close();
+        let closed = client.next().await;
+        assert!(
+            matches!(
+                closed,
+                Some(Event::Closed {
+                    by_client: true,
+                    ..
+                })
+            ),
+            "{closed:?}"
+        );
+        assert_eq!(client.next().await, None);
     }
 
     #[test]
