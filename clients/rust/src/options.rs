@@ -1,0 +1,82 @@
+//! How the client behaves: [`Options`], and the reconnection delays,
+//! [`Backoff`].
+
+use std::time::Duration;
+
+/// Exponential backoff with full jitter: the first attempt after a drop goes
+/// at once; attempt `n` (n >= 2) waits a random time between 0 and
+/// `min(max_delay, initial_delay * multiplier^(n-2))`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backoff {
+    /// Default 250 ms.
+    pub initial_delay: Duration,
+    /// The cap. Default 2 s.
+    pub max_delay: Duration,
+    /// Default 2.
+    pub multiplier: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(2),
+            multiplier: 2.0,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before attempt `attempt` (0: the first after a drop).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        if attempt == 0 {
+            return Duration::ZERO;
+        }
+        let exp = self
+            .multiplier
+            .powi(attempt.saturating_sub(1).min(64) as i32);
+        let cap = (self.initial_delay.as_secs_f64() * exp).min(self.max_delay.as_secs_f64());
+        Duration::from_secs_f64(rand::random::<f64>() * cap.max(0.0))
+    }
+}
+
+/// How the client behaves; [`Options::default`](crate::Options::default) suits a game.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Join with `"resume":true` (default true): a dropped connection then
+    /// takes its seat back, with every delivery it missed.
+    pub resume: bool,
+    /// After the seat is lost (grace period over, or a drop without resume),
+    /// join the same passphrase again, as a new player. Default false.
+    pub rejoin_on_seat_lost: bool,
+    /// Most game messages waiting for the seat while reconnecting; past it
+    /// the send methods return [`ClientError::QueueFull`](crate::ClientError::QueueFull). Default 256.
+    pub queue_limit: usize,
+    /// Most sent game messages kept to send again after a resume (those the
+    /// relay says it never took). Default 256.
+    pub resend_limit: usize,
+    /// A connection attempt that has not opened by then fails. Default 10 s.
+    pub connect_timeout: Duration,
+    /// [`Client::ping`](crate::Client::ping)(crate::Client::ping) fails after this. Default 10 s.
+    pub ping_timeout: Duration,
+    /// A player token (JWT) for a relay with `--auth`: presented in an
+    /// `auth` message on each new connection, before join or resume.
+    pub auth_token: Option<String>,
+    /// The reconnection delays.
+    pub backoff: Backoff,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            resume: true,
+            rejoin_on_seat_lost: false,
+            queue_limit: 256,
+            resend_limit: 256,
+            connect_timeout: Duration::from_secs(10),
+            ping_timeout: Duration::from_secs(10),
+            auth_token: None,
+            backoff: Backoff::default(),
+        }
+    }
+}
