@@ -124,7 +124,8 @@ pub enum Event {
     },
     /// The connection dropped; the next attempt starts after `delay`.
     Reconnecting {
-        /// Attempts since the last success (0: the first).
+        /// Which attempt this is since the connection was last good (1: the
+        /// first, at once), as in the JavaScript client.
         attempt: u32,
         /// Before the next attempt.
         delay: Duration,

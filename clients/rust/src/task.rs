@@ -360,7 +360,7 @@ impl Task {
         self.set_state(State::Reconnecting);
         self.retry_at = Some(Instant::now() + delay);
         self.emit(Event::Reconnecting {
-            attempt: self.attempt.saturating_sub(1),
+            attempt: self.attempt,
             delay,
             code,
             reason,
