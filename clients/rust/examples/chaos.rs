@@ -250,8 +250,8 @@ struct PlayerReport {
     /// Drops (Reconnecting with attempt 0) and their times (epoch ms).
     drop_times: Vec<u64>,
     reconnect_attempts: u64,
-    /// From a drop to the seat back, ms.
-    resume_ms: Vec<u64>,
+    /// From a drop (its time, epoch ms) to the seat back, ms.
+    resume_ms: Vec<(u64, u64)>,
     seat_losses: u64,
     errors: BTreeMap<String, u64>,
     player_away: u64,
@@ -301,7 +301,7 @@ async fn player(
     let first = Instant::now() + period.mul_f64(rand::random::<f64>());
     let mut tick = tokio::time::interval_at(first, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut dropped_at: Option<Instant> = None;
+    let mut dropped_at: Option<(Instant, u64)> = None;
     let mut closing_deadline: Option<Instant> = None;
     loop {
         let sending = phase == Phase::Playing;
@@ -321,15 +321,15 @@ async fn player(
                         report.resumes += 1;
                         report.replayed += replayed;
                         report.resent += resent as u64;
-                        if let Some(at) = dropped_at.take() {
-                            report.resume_ms.push(at.elapsed().as_millis() as u64);
+                        if let Some((at, epoch)) = dropped_at.take() {
+                            report.resume_ms.push((epoch, at.elapsed().as_millis() as u64));
                         }
                     }
                     Event::Reconnecting { attempt, .. } => {
                         report.reconnect_attempts += 1;
                         if attempt == 0 {
                             report.drop_times.push(epoch_ms());
-                            dropped_at.get_or_insert_with(Instant::now);
+                            dropped_at.get_or_insert_with(|| (Instant::now(), epoch_ms()));
                         }
                     }
                     Event::SeatLost { .. } => report.seat_losses += 1,
@@ -712,10 +712,10 @@ async fn run(args: Args) -> Result<u8, String> {
     // Drops that no cut of ours explains (within 1 s before): the node kill.
     let mut other_drops = 0u64;
     let mut other_drops_in_kill_window = 0u64;
+    let explained = |id: usize, t: u64| cut_times[id].iter().any(|&c| c <= t + 50 && t <= c + 1000);
     for (id, report) in reports.iter().enumerate() {
         for &t in &report.drop_times {
-            let explained = cut_times[id].iter().any(|&c| c <= t + 50 && t <= c + 1000);
-            if !explained {
+            if !explained(id, t) {
                 other_drops += 1;
                 if window(t) {
                     other_drops_in_kill_window += 1;
@@ -723,11 +723,26 @@ async fn run(args: Args) -> Result<u8, String> {
             }
         }
     }
+    // Time to resume after the drops the kill caused.
+    let mut kill_resume_ms: Vec<u64> = reports
+        .iter()
+        .enumerate()
+        .flat_map(|(id, r)| {
+            r.resume_ms
+                .iter()
+                .filter(move |(t, _)| !explained(id, *t) && window(*t))
+                .map(|(_, ms)| *ms)
+        })
+        .collect();
+    kill_resume_ms.sort_unstable();
 
     let sum = |f: fn(&PlayerReport) -> u64| reports.iter().map(f).sum::<u64>();
     let sent = sum(|r| r.sent);
     let received = sum(|r| r.received.len() as u64);
-    let mut resume_ms: Vec<u64> = reports.iter().flat_map(|r| r.resume_ms.clone()).collect();
+    let mut resume_ms: Vec<u64> = reports
+        .iter()
+        .flat_map(|r| r.resume_ms.iter().map(|(_, ms)| *ms))
+        .collect();
     resume_ms.sort_unstable();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for report in &reports {
@@ -859,6 +874,11 @@ async fn run(args: Args) -> Result<u8, String> {
             "p99": percentile(&resume_ms, 99.0),
             "max": resume_ms.last().copied().unwrap_or(0),
         },
+        "kill_resume_ms": {
+            "count": kill_resume_ms.len(),
+            "p50": percentile(&kill_resume_ms, 50.0),
+            "max": kill_resume_ms.last().copied().unwrap_or(0),
+        },
         "errors": errors,
         "kills": kills_json,
         "first_missing": first_missing,
@@ -916,6 +936,10 @@ fn print_table(f: &serde_json::Value) {
     println!(
         "| time to resume, p50 / p99 / max | {} / {} / {} ms |",
         f["resume_ms"]["p50"], f["resume_ms"]["p99"], f["resume_ms"]["max"]
+    );
+    println!(
+        "| time to resume after the kill's drops, p50 / max | {} / {} ms ({} players) |",
+        f["kill_resume_ms"]["p50"], f["kill_resume_ms"]["max"], f["kill_resume_ms"]["count"]
     );
     println!("| errors seen by clients | {} |", f["errors"]);
     let kills: Vec<String> = f["kills"]
