@@ -237,7 +237,8 @@ struct PlayerReport {
     sent: u64,
     /// When message n was sent (epoch ms), at index n-1.
     send_times: Vec<u64>,
-    /// Sends the client refused (queue full): not numbered.
+    /// Sends the client refused (queue full, or no lobby any more after a
+    /// seat loss): not numbered.
     refused_sends: u64,
     /// The n of each game message from the peer, in arrival order.
     received: Vec<u64>,
@@ -801,7 +802,7 @@ async fn run(args: Args) -> Result<u8, String> {
     }
     if refused_sends > 0 {
         invalid.push(format!(
-            "{refused_sends} sends refused by the client (queue full): a player was away too long"
+            "{refused_sends} sends refused by the client (its queue full, or its seat lost): a player was away too long"
         ));
     }
     let verdict = if !broken.is_empty() {
@@ -922,7 +923,7 @@ fn print_table(f: &serde_json::Value) {
         ("messages resent after a resume", "resent"),
         ("deliveries replayed on resume", "replayed"),
         ("playerAway / playerBack seen", "away_back"),
-        ("sends refused (queue full)", "refused_sends"),
+        ("sends refused by the client", "refused_sends"),
     ];
     println!("| figure | value |");
     println!("| --- | --- |");
