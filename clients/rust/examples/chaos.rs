@@ -251,6 +251,9 @@ struct PlayerReport {
     /// Drops (Reconnecting with attempt 0) and their times (epoch ms).
     drop_times: Vec<u64>,
     reconnect_attempts: u64,
+    /// The close code of each drop (the connection's end as the client saw
+    /// it: 1006 without a close frame).
+    drop_codes: BTreeMap<String, u64>,
     /// From a drop (its time, epoch ms) to the seat back, ms.
     resume_ms: Vec<(u64, u64)>,
     seat_losses: u64,
@@ -326,9 +329,11 @@ async fn player(
                             report.resume_ms.push((epoch, at.elapsed().as_millis() as u64));
                         }
                     }
-                    Event::Reconnecting { attempt, .. } => {
+                    Event::Reconnecting { attempt, code, .. } => {
                         report.reconnect_attempts += 1;
                         if attempt == 0 {
+                            let code = code.map_or_else(|| "none".to_owned(), |c| c.to_string());
+                            *report.drop_codes.entry(code).or_default() += 1;
                             report.drop_times.push(epoch_ms());
                             dropped_at.get_or_insert_with(|| (Instant::now(), epoch_ms()));
                         }
@@ -751,6 +756,12 @@ async fn run(args: Args) -> Result<u8, String> {
             *errors.entry(code.clone()).or_default() += count;
         }
     }
+    let mut drop_codes: BTreeMap<String, u64> = BTreeMap::new();
+    for report in &reports {
+        for (code, count) in &report.drop_codes {
+            *drop_codes.entry(code.clone()).or_default() += count;
+        }
+    }
     let unexpected_closes: Vec<String> = reports
         .iter()
         .enumerate()
@@ -881,6 +892,7 @@ async fn run(args: Args) -> Result<u8, String> {
             "max": kill_resume_ms.last().copied().unwrap_or(0),
         },
         "errors": errors,
+        "drop_codes": drop_codes,
         "kills": kills_json,
         "first_missing": first_missing,
     });
@@ -942,6 +954,7 @@ fn print_table(f: &serde_json::Value) {
         "| time to resume after the kill's drops, p50 / max | {} / {} ms ({} players) |",
         f["kill_resume_ms"]["p50"], f["kill_resume_ms"]["max"], f["kill_resume_ms"]["count"]
     );
+    println!("| close codes of the drops | {} |", f["drop_codes"]);
     println!("| errors seen by clients | {} |", f["errors"]);
     let kills: Vec<String> = f["kills"]
         .as_array()
