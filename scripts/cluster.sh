@@ -4,6 +4,7 @@
 # (deploy/haproxy.cfg), all on the loopback interface.
 #
 # Usage: scripts/cluster.sh up|down|status|--help
+#        scripts/cluster.sh restart relay-N
 #
 #   up      install redis-server and haproxy if missing (apt-get, as root or
 #           with passwordless sudo), build the release binary, start
@@ -14,6 +15,12 @@
 #           The logs stay.
 #   status  each process (running or not), each node's /readyz answer, the
 #           live nodes and the lobby count in Redis.
+#   restart relay-N
+#           stops that node if it runs (SIGTERM, as `down` does), starts it
+#           again exactly as `up` did (the same binary, options and
+#           LOBBY_RELAY_* environment, recorded by `up`; the caller's
+#           LOBBY_RELAY_* are ignored), and waits until its /readyz answers
+#           200. E.g. after it was killed (`kill -9 $(cat CLUSTER_DIR/relay-2.pid)`).
 #
 # Environment (defaults in brackets):
 #   CLUSTER_DIR          state: pid files, logs [.cluster in the repository]
@@ -29,8 +36,9 @@
 #                        address, node id, Redis URL and log format are set
 #                        by the script.
 #
-# `status` and `down` use the ports recorded by `up` (CLUSTER_DIR/cluster.env),
-# so only CLUSTER_DIR matters for them.
+# `status`, `down` and `restart` use the ports recorded by `up`
+# (CLUSTER_DIR/cluster.env; `restart` also the binary there and the nodes'
+# environment in CLUSTER_DIR/relay.env), so only CLUSTER_DIR matters for them.
 #
 # Files in CLUSTER_DIR: NAME.pid and NAME.log for redis, relay-1..3 (JSON log
 # lines) and haproxy (a line per connection, and node state changes).
@@ -45,9 +53,11 @@
 # Exit status: 0 success (`status`: every process runs and every node is
 # ready); 1 failure (`up`: something did not start, and whatever did was
 # stopped again; `status`: something recorded is not running or a node is not
-# ready); 2 usage error; 3 redis-server, redis-cli or haproxy is missing and
-# cannot be installed, or the build failed; 4 `up`: a cluster is already up in
-# CLUSTER_DIR, or a port is taken; 5 `status`: no cluster in CLUSTER_DIR.
+# ready; `restart`: the node did not come back ready within 20 s); 2 usage
+# error; 3 redis-server, redis-cli or haproxy is missing and cannot be
+# installed, or the build failed; 4 `up`: a cluster is already up in
+# CLUSTER_DIR, or a port is taken; 5 `status`, `restart`: no cluster in
+# CLUSTER_DIR.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -118,13 +128,26 @@ load_ports_from_state() {
   read -r -a NODE_PORTS <<<"$CLUSTER_NODE_PORTS"
 }
 
-save_state() {
+save_state() { # BIN: the relay binary the nodes run
   {
     printf 'CLUSTER_PORT=%q\n' "$CLUSTER_PORT"
     printf 'CLUSTER_NODE_PORTS=%q\n' "${NODE_PORTS[*]}"
     printf 'CLUSTER_REDIS_PORT=%q\n' "$CLUSTER_REDIS_PORT"
     printf 'CLUSTER_STATS_PORT=%q\n' "$CLUSTER_STATS_PORT"
+    printf 'CLUSTER_RELAY_BIN=%q\n' "$1"
   } >"$CLUSTER_DIR/cluster.env"
+  # The nodes' LOBBY_RELAY_* environment, for `restart`.
+  local var
+  {
+    printf 'LOBBY_RELAY_DRAIN_DELAY=%q\n' "${LOBBY_RELAY_DRAIN_DELAY:-2s}"
+    for var in $(compgen -e); do
+      case $var in
+        LOBBY_RELAY_BIN | LOBBY_RELAY_DRAIN_DELAY) ;;
+        LOBBY_RELAY_*) printf '%s=%q\n' "$var" "${!var}" ;;
+      esac
+    done
+  } >"$CLUSTER_DIR/relay.env"
+  chmod 600 "$CLUSTER_DIR/relay.env" # it may hold secrets (LOBBY_RELAY_LOBBY_SECRET)
 }
 
 node_port() { # relay-N -> its port
@@ -402,7 +425,7 @@ on_up_exit() {
   if [ "$UP_DONE" -eq 0 ]; then
     warn "startup failed: stopping what was started (logs stay in $CLUSTER_DIR)"
     stop "${NAMES[@]}" >&2
-    rm -f "$CLUSTER_DIR/cluster.env"
+    rm -f "$CLUSTER_DIR/cluster.env" "$CLUSTER_DIR/relay.env"
   fi
   exit "$rc"
 }
@@ -434,7 +457,7 @@ cmd_up() {
   trap on_up_exit EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
-  save_state
+  save_state "$bin"
 
   say "starting redis-server on 127.0.0.1:$CLUSTER_REDIS_PORT"
   : >"$CLUSTER_DIR/redis.log"
@@ -443,21 +466,10 @@ cmd_up() {
     --dir "$CLUSTER_DIR" --daemonize no --logfile ""
   wait_for redis 10 redis_pings
 
-  local redis_url="redis://127.0.0.1:$CLUSTER_REDIS_PORT/"
   local n
   for n in 1 2 3; do
-    name=relay-$n
-    port=$(node_port "$name")
-    say "starting $name on 127.0.0.1:$port"
-    : >"$CLUSTER_DIR/$name.log"
-    # HAProxy connects from PROXY_SOURCE with a PROXY protocol header (the
-    # player's address); anything else from the loopback, like the
-    # readiness checks here, is an ordinary client.
-    LOBBY_RELAY_DRAIN_DELAY=${LOBBY_RELAY_DRAIN_DELAY:-2s} \
-      spawn "$name" "$CLUSTER_DIR/$name.log" \
-      "$bin" serve --listen "127.0.0.1:$port" --node-id "$name" \
-      --redis-url "$redis_url" --log-format json \
-      --trusted-proxies "$PROXY_SOURCE" --proxy-protocol
+    : >"$CLUSTER_DIR/relay-$n.log"
+    start_node "relay-$n" "$bin"
   done
   for n in 1 2 3; do
     wait_for "relay-$n" 10 port_open "$(node_port "relay-$n")"
@@ -516,6 +528,60 @@ cmd_up() {
   say "  status:   $0 status      stop: $0 down"
 }
 
+# Starts relay-N with BIN (the environment as it is: `up`'s, or relay.env's
+# for `restart`); its log is appended to.
+start_node() {
+  local name=$1 bin=$2 port
+  port=$(node_port "$name")
+  say "starting $name on 127.0.0.1:$port"
+  # HAProxy connects from PROXY_SOURCE with a PROXY protocol header (the
+  # player's address); anything else from the loopback, like the
+  # readiness checks here, is an ordinary client.
+  LOBBY_RELAY_DRAIN_DELAY=${LOBBY_RELAY_DRAIN_DELAY:-2s} \
+    spawn "$name" "$CLUSTER_DIR/$name.log" \
+    "$bin" serve --listen "127.0.0.1:$port" --node-id "$name" \
+    --redis-url "redis://127.0.0.1:$CLUSTER_REDIS_PORT/" --log-format json \
+    --trusted-proxies "$PROXY_SOURCE" --proxy-protocol
+}
+
+cmd_restart() {
+  local name=$1
+  case $name in
+    relay-1 | relay-2 | relay-3) ;;
+    *) die 2 "restart: expected relay-1, relay-2 or relay-3, got '$name'" ;;
+  esac
+  load_ports_from_state || die 5 "no cluster in $CLUSTER_DIR (no cluster.env: run '$0 up' first)"
+  local bin=${CLUSTER_RELAY_BIN:-}
+  [ -n "$bin" ] && [ -x "$bin" ] ||
+    die 5 "$CLUSTER_DIR/cluster.env names no relay binary (a cluster started by an older $PROG?): run '$0 down' and '$0 up'"
+  [ -f "$CLUSTER_DIR/relay.env" ] || die 5 "no $CLUSTER_DIR/relay.env: run '$0 down' and '$0 up'"
+  stop "$name"
+  # The nodes' environment as `up` recorded it, not the caller's.
+  local var
+  for var in $(compgen -e); do
+    case $var in LOBBY_RELAY_*) unset "$var" ;; esac
+  done
+  set -a
+  # shellcheck source=/dev/null
+  . "$CLUSTER_DIR/relay.env"
+  set +a
+  start_node "$name" "$bin"
+  local deadline=$((SECONDS + 20))
+  until node_ready "$name"; do
+    if ! running_pid "$name" >/dev/null; then
+      show_log "$CLUSTER_DIR/$name.log"
+      die 1 "$name exited during startup"
+    fi
+    if [ $SECONDS -ge $deadline ]; then
+      warn "$name /readyz: $(readyz "$(node_port "$name")")"
+      show_log "$CLUSTER_DIR/$name.log"
+      die 1 "$name: not ready after 20 s"
+    fi
+    sleep 0.1
+  done
+  say "$name ready (pid $(recorded_pid "$name")): ws://127.0.0.1:$(node_port "$name")/"
+}
+
 # --- down, status ------------------------------------------------------------------
 
 cmd_down() {
@@ -527,7 +593,7 @@ cmd_down() {
   # goodbye in Redis as they go.
   stop haproxy relay-1 relay-2 relay-3
   stop redis
-  rm -f "$CLUSTER_DIR/cluster.env"
+  rm -f "$CLUSTER_DIR/cluster.env" "$CLUSTER_DIR/relay.env"
   local name pid
   for name in "${NAMES[@]}"; do
     if pid=$(running_pid "$name"); then die 1 "$name (pid $pid) is still running"; fi
@@ -596,6 +662,14 @@ case ${1:-} in
   up) cmd=cmd_up ;;
   down) cmd=cmd_down ;;
   status) cmd=cmd_status ;;
+  restart)
+    if [ $# -ne 2 ]; then
+      warn "restart takes one argument, the node: relay-1, relay-2 or relay-3 (see --help)"
+      exit 2
+    fi
+    cmd_restart "$2"
+    exit
+    ;;
   -h | --help | help)
     usage
     exit 0
@@ -605,7 +679,7 @@ case ${1:-} in
     exit 2
     ;;
   *)
-    warn "unknown command: $1 (expected up, down or status; see --help)"
+    warn "unknown command: $1 (expected up, down, status or restart; see --help)"
     exit 2
     ;;
 esac

@@ -184,19 +184,21 @@ impl ScriptCluster {
         );
     }
 
-    /// Runs `scripts/cluster.sh SUBCOMMAND` with this cluster's settings,
-    /// killing it after `timeout`.
+    /// Runs `scripts/cluster.sh SUBCOMMAND` (its words: `restart relay-2`)
+    /// with this cluster's settings, killing it after `timeout`.
     fn run(&mut self, subcommand: &str, timeout: Duration) -> ScriptRun {
         self.runs += 1;
-        let out_path = self
-            .base
-            .join(format!("script-{}-{subcommand}.out", self.runs));
+        let out_path = self.base.join(format!(
+            "script-{}-{}.out",
+            self.runs,
+            subcommand.replace(' ', "-")
+        ));
         let out = std::fs::File::create(&out_path).expect("create the script's output file");
         let err = out.try_clone().expect("clone the output file");
         let mut command = Command::new("bash");
         command
             .arg(script())
-            .arg(subcommand)
+            .args(subcommand.split_whitespace())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -737,6 +739,22 @@ async fn survive_node_death(cluster: &mut ScriptCluster) {
     d.close().await;
     drop(a2);
     drop(b);
+
+    // `restart` brings the dead node back as `up` started it.
+    let run = cluster.run(&format!("restart {victim}"), UP_TIMEOUT);
+    assert_eq!(
+        run.code(),
+        Some(0),
+        "`cluster.sh restart {victim}` should exit 0:\n{}",
+        run.output
+    );
+    let run = cluster.run("status", STATUS_TIMEOUT);
+    assert_eq!(
+        run.code(),
+        Some(0),
+        "`cluster.sh status` after `restart {victim}` should exit 0:\n{}",
+        run.output
+    );
 }
 
 /// Brings the cluster up with the real script, kills the node under one of
@@ -770,9 +788,14 @@ async fn cluster_survives_a_killed_node() {
     {
         panic!("the test did not finish within {TEST_TIMEOUT:?}");
     }
+    // The restarted node's pid among them.
+    let restarted: Vec<(&str, u32)> = PROCESSES
+        .iter()
+        .map(|&name| (name, cluster.pid(name)))
+        .collect();
 
     cluster.down();
-    for (name, pid) in pids {
+    for (name, pid) in pids.into_iter().chain(restarted) {
         assert!(
             !process_running(pid, &signature(name)),
             "{name} (pid {pid}) still runs after `cluster.sh down`"
