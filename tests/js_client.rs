@@ -457,17 +457,7 @@ async fn player_tokens_are_presented_and_refusals_stop_the_client() {
     assert_eq!(state["state"], "closed");
     assert!(!anonymous.names().iter().any(|n| n == "reconnecting"));
 
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-        + 600;
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": "eve", "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).expect("key"),
-    )
-    .expect("token");
+    let token = support::hs256_token(SECRET, "eve");
     let mut eve = JsClient::start("E", &[url], json!({"authToken": token})).await;
     let joined = eve.join(&pass).await;
     assert_eq!(joined["users"], json!({"1": "eve"}));

@@ -3,21 +3,7 @@
 
 use crate::support;
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
-
 use support::{Relays, pair};
-
-fn scrape(addr: SocketAddr) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-}
 
 /// The value of one sample line (`name{labels} value`), 0 if absent.
 fn sample(metrics: &str, series: &str) -> f64 {
@@ -50,7 +36,10 @@ async fn counts_match_what_clients_did(c: Relays) {
     } else {
         vec![c.addr_a()]
     };
-    let scrapes: Vec<String> = nodes.iter().map(|addr| scrape(*addr)).collect();
+    let scrapes: Vec<String> = nodes
+        .iter()
+        .map(|addr| support::scrape_metrics(*addr))
+        .collect();
     let total = |series: &str| scrapes.iter().map(|m| sample(m, series)).sum::<f64>();
     assert_eq!(total(r#"lobby_relay_joins_total{result="joined"}"#), 2.0);
     assert_eq!(total(r#"lobby_relay_messages_out_total{kind="text"}"#), 8.0);

@@ -15,11 +15,8 @@
 use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::Value;
 use support::{Node, RedisServer};
@@ -322,22 +319,6 @@ fn dashboard_exprs(dashboard: &Value) -> Vec<(String, String)> {
     exprs
 }
 
-/// `GET /metrics` of a node: the body.
-fn scrape(addr: SocketAddr) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let (_, body) = response.split_once("\r\n\r\n").expect("a response head");
-    body.to_owned()
-}
-
 /// The metric names `src/metrics.rs` registers: its string literals
 /// `"lobby_relay_..."`.
 fn registered_names() -> BTreeSet<String> {
@@ -405,7 +386,7 @@ fn a_fresh_node_exports_every_series_the_alerts_and_the_dashboard_use() {
     let on_redis = Node::start("fresh-redis", &["--redis-url", &url]);
     for (mode, node) in [("memory", &memory), ("redis", &on_redis)] {
         // Before any client: nothing has been counted yet.
-        let text = scrape(node.addr());
+        let text = support::scrape_metrics(node.addr());
         let exported = parse_exposition(&text);
         let gaps = gaps_of(&exported);
         assert!(

@@ -72,6 +72,35 @@ async fn collect_numbered(client: &mut Client, count: usize, what: &str) -> Vec<
     events
 }
 
+/// How many numbered messages each side sends across a fault: fewer than
+/// the client keeps to send again (resend_limit, 256), since a cut is
+/// noticed only when the socket fails and every message written into the
+/// dead connection before that goes again.
+const STREAM: u64 = 200;
+
+/// `a` and `b` each send `STREAM` numbered messages, `fault` striking
+/// half-way; then each must have received all of the other's, once and in
+/// order. Returns what `a` saw.
+async fn stream_across(a: &mut Client, b: &mut Client, fault: impl FnOnce()) -> Vec<Event> {
+    let send = |a: &Client, b: &Client, n: u64| {
+        a.send_json(&json!({"type": "move", "n": n})).unwrap();
+        b.send_json(&json!({"type": "move", "n": n})).unwrap();
+    };
+    for n in 1..=STREAM / 2 {
+        send(a, b, n);
+    }
+    fault();
+    for n in STREAM / 2 + 1..=STREAM {
+        send(a, b, n);
+    }
+    let at_a = collect_numbered(a, STREAM as usize, "a").await;
+    let at_b = collect_numbered(b, STREAM as usize, "b").await;
+    let expected: Vec<u64> = (1..=STREAM).collect();
+    assert_eq!(numbers(&at_a), expected, "what a received");
+    assert_eq!(numbers(&at_b), expected, "what b received");
+    at_a
+}
+
 // Two players meet, get `ready`, and relay JSON objects, raw JSON text and
 // binary both ways, exactly as sent; a ping measures the round trip and
 // names the node.
@@ -213,24 +242,7 @@ async fn a_cut_connection_resumes_on_another_node_with_nothing_lost(relays: Rela
     wait_for(&mut a, "a joined", |e| matches!(e, Event::Joined { .. })).await;
     let mut b = joined(&relays.url_b(), &lobby, Options::default()).await;
 
-    // Fewer than the client keeps to send again (resend_limit, 256): the
-    // cut is noticed only when the socket fails, and every message written
-    // into the dead connection before that goes again.
-    const EACH: u64 = 200;
-    for n in 1..=EACH / 2 {
-        a.send_json(&json!({"type": "move", "n": n})).unwrap();
-        b.send_json(&json!({"type": "move", "n": n})).unwrap();
-    }
-    proxy.cut();
-    for n in EACH / 2 + 1..=EACH {
-        a.send_json(&json!({"type": "move", "n": n})).unwrap();
-        b.send_json(&json!({"type": "move", "n": n})).unwrap();
-    }
-    let at_a = collect_numbered(&mut a, EACH as usize, "a").await;
-    let at_b = collect_numbered(&mut b, EACH as usize, "b").await;
-    let expected: Vec<u64> = (1..=EACH).collect();
-    assert_eq!(numbers(&at_a), expected, "what a received");
-    assert_eq!(numbers(&at_b), expected, "what b received");
+    let at_a = stream_across(&mut a, &mut b, || proxy.cut()).await;
     assert!(
         at_a.iter().any(|e| matches!(e, Event::Reconnecting { .. })),
         "a reconnected: {at_a:#?}"
@@ -429,17 +441,7 @@ async fn player_tokens_are_presented_and_a_refusal_stops_the_client() {
     assert_eq!(anonymous.state(), State::Closed);
     assert_eq!(anonymous.next_event().await, None, "nothing after Closed");
 
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-        + 600;
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"sub": "eve", "exp": exp}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).expect("key"),
-    )
-    .expect("token");
+    let token = support::hs256_token(SECRET, "eve");
     let options = Options {
         auth_token: Some(token),
         ..Options::default()
@@ -470,21 +472,8 @@ async fn a_killed_node_is_left_for_the_other_with_nothing_lost_or_twice() {
     a.join(&lobby);
     wait_for(&mut a, "a joined", |e| matches!(e, Event::Joined { .. })).await;
     let mut b = joined(&relays.url_b(), &lobby, Options::default()).await;
-    const EACH: u64 = 200;
-    for n in 1..=EACH / 2 {
-        a.send_json(&json!({"type": "move", "n": n})).unwrap();
-        b.send_json(&json!({"type": "move", "n": n})).unwrap();
-    }
-    relays.node_a().kill9();
-    for n in EACH / 2 + 1..=EACH {
-        a.send_json(&json!({"type": "move", "n": n})).unwrap();
-        b.send_json(&json!({"type": "move", "n": n})).unwrap();
-    }
-    let at_a = collect_numbered(&mut a, EACH as usize, "a").await;
-    let at_b = collect_numbered(&mut b, EACH as usize, "b").await;
-    let expected: Vec<u64> = (1..=EACH).collect();
-    assert_eq!(numbers(&at_a), expected, "what a received");
-    assert_eq!(numbers(&at_b), expected, "what b received");
+    let node_a = relays.node_a();
+    let at_a = stream_across(&mut a, &mut b, || node_a.kill9()).await;
     assert!(
         at_a.iter()
             .any(|e| matches!(e, Event::Resumed { seat: 1, .. })),

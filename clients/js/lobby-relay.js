@@ -672,11 +672,12 @@ export class LobbyRelayClient {
     this.#keep();
   }
 
-  /** @param {JoinedMessage} m */
-  #onJoined(m) {
-    // A join called off by leave() (sent after it: the relay gives the
-    // seat up again).
-    if (this.#lobby === null) return;
+  /**
+   * The seat is this socket's now (a `joined` or a `resumed`).
+   * @param {JoinedMessage | ResumedMessage} m
+   * @param {string | null} token
+   */
+  #takeSeat(m, token) {
     this.#pending = null;
     this.#attempt = 0;
     this.#inSeat = true;
@@ -684,7 +685,15 @@ export class LobbyRelayClient {
     this.#seat = m.seat;
     this.#players = m.players;
     this.#capacity = m.capacity;
-    this.#token = typeof m.resumeToken === "string" ? m.resumeToken : null;
+    this.#token = token;
+  }
+
+  /** @param {JoinedMessage} m */
+  #onJoined(m) {
+    // A join called off by leave() (sent after it: the relay gives the
+    // seat up again).
+    if (this.#lobby === null) return;
+    this.#takeSeat(m, typeof m.resumeToken === "string" ? m.resumeToken : null);
     this.#received = 0;
     this.#sent = 0;
     this.#unacked = [];
@@ -698,14 +707,7 @@ export class LobbyRelayClient {
   /** @param {ResumedMessage} m */
   #onResumed(m) {
     if (this.#lobby === null) return;   // called off by leave(), as a join
-    this.#pending = null;
-    this.#attempt = 0;
-    this.#inSeat = true;
-    this.#state = "open";
-    this.#seat = m.seat;
-    this.#players = m.players;
-    this.#capacity = m.capacity;
-    this.#token = m.resumeToken;
+    this.#takeSeat(m, m.resumeToken);
     this.#keep();
     // What we sent that the relay never took (swallowed by the dropped
     // connection) goes again first, then what waited meanwhile.

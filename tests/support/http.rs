@@ -1,6 +1,7 @@
-//! Plain HTTP/1.1 requests to a node (health endpoints, status codes).
+//! Plain HTTP/1.1 requests to a node (health endpoints, status codes,
+//! metrics).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -87,4 +88,21 @@ pub async fn wait_for_status(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `GET /metrics` of a node (blocking, 5 s at most): the body, after
+/// checking the answer is 200.
+pub fn scrape_metrics(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let (_, body) = response.split_once("\r\n\r\n").expect("a response head");
+    body.to_owned()
 }

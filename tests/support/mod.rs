@@ -45,6 +45,23 @@ pub fn unique() -> u64 {
 
 /// The lobby id of a passphrase: lowercase hex SHA-256 of the normalised
 /// passphrase (trimmed, ASCII lower-cased).
+/// An HS256 player token for `sub`, valid for ten minutes, signed with
+/// `secret` (a relay with `--auth-hs256-secret SECRET`).
+#[allow(dead_code)]
+pub fn hs256_token(secret: &str, sub: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": sub, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("key"),
+    )
+    .expect("token")
+}
+
 pub fn lobby_id(passphrase: &str) -> String {
     let normalised = passphrase.trim().to_ascii_lowercase();
     format!("{:x}", sha2::Sha256::digest(normalised.as_bytes()))
@@ -113,7 +130,7 @@ pub use clients::{
     pair_named, try_connect,
 };
 #[allow(unused_imports)]
-pub use http::{http_status, wait_for_status};
+pub use http::{http_status, scrape_metrics, wait_for_status};
 #[allow(unused_imports)]
 pub use network::TcpProxy;
 #[allow(unused_imports)]

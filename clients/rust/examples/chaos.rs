@@ -248,7 +248,8 @@ struct PlayerReport {
     resumes: u64,
     resent: u64,
     replayed: u64,
-    /// Drops (Reconnecting with attempt 0) and their times (epoch ms).
+    /// Drops (Reconnecting with attempt 1: the first after a drop) and their
+    /// times (epoch ms).
     drop_times: Vec<u64>,
     reconnect_attempts: u64,
     /// The close code of each drop (the connection's end as the client saw
@@ -331,7 +332,7 @@ async fn player(
                     }
                     Event::Reconnecting { attempt, code, .. } => {
                         report.reconnect_attempts += 1;
-                        if attempt == 0 {
+                        if attempt == 1 {
                             let code = code.map_or_else(|| "none".to_owned(), |c| c.to_string());
                             *report.drop_codes.entry(code).or_default() += 1;
                             report.drop_times.push(epoch_ms());

@@ -132,7 +132,8 @@ impl Task {
         self.publish_resume_state();
     }
 
-    async fn joined(&mut self, message: &serde_json::Map<String, Value>) {
+    /// The seat is this connection's now (a `joined` or a `resumed`).
+    fn take_seat(&mut self, message: &serde_json::Map<String, Value>) {
         let number = |field: &str| message.get(field).and_then(Value::as_u64).unwrap_or(0) as u32;
         self.pending = None;
         self.attempt = 0;
@@ -143,13 +144,18 @@ impl Task {
             .get("resumeToken")
             .and_then(Value::as_str)
             .map(str::to_owned);
+        if let Some(lobby) = &mut self.lobby {
+            lobby.joining = false;
+        }
+    }
+
+    async fn joined(&mut self, message: &serde_json::Map<String, Value>) {
+        let number = |field: &str| message.get(field).and_then(Value::as_u64).unwrap_or(0) as u32;
+        self.take_seat(message);
         self.received = 0;
         self.sent = 0;
         self.unacked.clear();
         self.resendable = true;
-        if let Some(lobby) = &mut self.lobby {
-            lobby.joining = false;
-        }
         self.set_state(State::Open);
         self.publish_seat();
         // Open before the game hears of it: what it sends next is not held
@@ -167,18 +173,7 @@ impl Task {
 
     async fn resumed(&mut self, message: &serde_json::Map<String, Value>) {
         let number = |field: &str| message.get(field).and_then(Value::as_u64).unwrap_or(0);
-        self.pending = None;
-        self.attempt = 0;
-        self.in_seat = true;
-        self.seat = Some(number("seat") as u32);
-        self.players = number("players") as u32;
-        self.token = message
-            .get("resumeToken")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        if let Some(lobby) = &mut self.lobby {
-            lobby.joining = false;
-        }
+        self.take_seat(message);
         // What we sent that the relay never took (swallowed by the dropped
         // connection) goes again first. Unless the relay dropped some of the
         // seat's messages since the join: then which ones it took is
