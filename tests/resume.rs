@@ -350,8 +350,9 @@ async fn a_killed_node_loses_nothing() {
 
 /// The grace period runs out: the others get `playerLeft`, the seat is free
 /// for somebody else, and the token is refused. A forged token and a token
-/// already used are refused with `invalid_resume_token`, changing nothing.
-/// Nothing held remains in Redis once the seat is gone.
+/// spent (by a later resume than the one that presented it) are refused
+/// with `invalid_resume_token`, changing nothing. Nothing held remains in
+/// Redis once the seat is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grace_expiry_and_refused_tokens() {
     for relays in [
@@ -361,14 +362,17 @@ async fn grace_expiry_and_refused_tokens() {
         let flavour = relays.flavour();
         let pass = format!("grace-{}", unique());
         let (mut pa, mut pb) = join_pair(&relays.url_a(), &relays.url_b(), &pass).await;
-        // A resumes once (its old token is then spent).
+        // A resumes twice: the token of its join is spent once the token
+        // of the first resume was used.
         let old = pa.token.clone();
-        pa.disconnect();
-        pb.expect_json(json!({"type": "playerAway", "seat": 1, "grace": 1000}))
-            .await;
-        pa.resume(&relays.url_b()).await;
-        pb.expect_json(json!({"type": "playerBack", "seat": 1}))
-            .await;
+        for _ in 0..2 {
+            pa.disconnect();
+            pb.expect_json(json!({"type": "playerAway", "seat": 1, "grace": 1000}))
+                .await;
+            pa.resume(&relays.url_b()).await;
+            pb.expect_json(json!({"type": "playerBack", "seat": 1}))
+                .await;
+        }
         let mut reuse = Client::connect(&relays.url_a(), "reuse").await;
         reuse
             .send_json(json!({"type": "resume", "token": old, "received": 0}))
@@ -674,5 +678,68 @@ async fn held_seats_go_when_the_grace_ends_even_many_at_once() {
                 })
                 .await;
         }
+    }
+}
+
+/// The connection of a successful resume dies before its `resumed` answer
+/// (with the new token) reaches the player (found by the chaos run,
+/// docs/chaos.md): the player still holds only the token it presented, and
+/// that token takes the seat back once more, with the same count and every
+/// delivery after it; nothing is lost or doubled. The token whose answer
+/// never arrived is refused; once the latest token is used, the presented
+/// one is spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_whose_answer_was_lost_can_be_presented_again() {
+    for relays in [Relays::memory(), Relays::redis()] {
+        let flavour = relays.flavour();
+        let pass = format!("lost-answer-{}", unique());
+        let (mut pa, mut pb) = join_pair(&relays.url_a(), &relays.url_b(), &pass).await;
+        pa.disconnect();
+        pb.expect_json(json!({"type": "playerAway", "seat": 1, "grace": 15000}))
+            .await;
+        pb.send_json(json!({"type": "move", "n": 1})).await;
+        // The resume goes through, but its connection dies before the
+        // player reads the answer.
+        let presented = pa.token.clone();
+        let received = pa.received;
+        let mut lost = Client::connect(&relays.url_b(), "A-lost").await;
+        lost.send_json(json!({"type": "resume", "token": presented, "received": received}))
+            .await;
+        pb.expect_json(json!({"type": "playerBack", "seat": 1}))
+            .await;
+        let unseen = lost.recv_json().await;
+        assert_eq!(unseen["type"], "resumed", "{flavour}: {unseen}");
+        let unseen_token = unseen["resumeToken"].as_str().unwrap().to_owned();
+        drop(lost);
+        pb.expect_json(json!({"type": "playerAway", "seat": 1, "grace": 15000}))
+            .await;
+        pb.send_json(json!({"type": "move", "n": 2})).await;
+        // Presented again, with the same count: the seat, and both moves.
+        let resumed = pa.resume(&relays.url_a()).await;
+        assert_eq!(resumed["seat"], 1, "{flavour}: {resumed}");
+        pb.expect_json(json!({"type": "playerBack", "seat": 1}))
+            .await;
+        let numbers = pa.numbers_until(2).await;
+        assert_eq!(numbers, [1, 2], "{flavour}: every move once, in order");
+        pb.send_json(json!({"type": "move", "n": 3})).await;
+        assert_eq!(pa.numbers_until(3).await, [3], "{flavour}: live again");
+        // The token of the lost answer is refused.
+        let mut probe = Client::connect(&relays.url_a(), "probe").await;
+        probe
+            .send_json(json!({"type": "resume", "token": unseen_token, "received": 0}))
+            .await;
+        probe.expect_error("invalid_resume_token").await;
+        // Once the latest token is used, the presented one is spent.
+        pa.disconnect();
+        pb.expect_json(json!({"type": "playerAway", "seat": 1, "grace": 15000}))
+            .await;
+        pa.resume(&relays.url_b()).await;
+        pb.expect_json(json!({"type": "playerBack", "seat": 1}))
+            .await;
+        probe
+            .send_json(json!({"type": "resume", "token": presented, "received": received}))
+            .await;
+        probe.expect_error("invalid_resume_token").await;
+        pb.expect_silence(Duration::from_millis(300)).await;
     }
 }

@@ -71,6 +71,9 @@ struct MemLobby {
 #[derive(Debug)]
 struct Held {
     secret_hash: String,
+    /// The token the last resume presented: still good until the new one
+    /// is used (that resume's answer may have died with its connection).
+    presented_hash: Option<String>,
     max_messages: usize,
     max_bytes: usize,
     grace: Duration,
@@ -348,6 +351,7 @@ impl LobbyMembership for MemoryStore {
                 seat,
                 Held {
                     secret_hash: setup.secret_hash.clone(),
+                    presented_hash: None,
                     max_messages: setup.max_messages as usize,
                     max_bytes: setup.max_bytes as usize,
                     grace: setup.grace,
@@ -462,7 +466,9 @@ impl LobbyMembership for MemoryStore {
         let expired = held
             .due
             .is_some_and(|due| tokio::time::Instant::now() >= due);
-        if held.secret_hash != secret_hash || expired {
+        let known =
+            held.secret_hash == secret_hash || held.presented_hash.as_deref() == Some(secret_hash);
+        if !known || expired {
             return Ok(ResumeOutcome::Refused(ResumeRefusal::WrongToken));
         }
         if held.overflowed {
@@ -479,6 +485,7 @@ impl LobbyMembership for MemoryStore {
             .map(|(event, _)| event.clone())
             .collect();
         held.secret_hash = new_secret_hash.to_owned();
+        held.presented_hash = Some(secret_hash.to_owned());
         held.away = None;
         held.due = None;
         let sent = held.sent;

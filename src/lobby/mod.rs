@@ -132,7 +132,9 @@ pub trait LobbyMembership: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Resume: gives `seat` to `member` if `secret_hash` is the seat's
-    /// token, replaces the token by `new_secret_hash`, emits
+    /// token (or the one its last resume presented, whose answer may have
+    /// died with its connection), replaces the token by `new_secret_hash`
+    /// (keeping the presented one good until the new one is used), emits
     /// [`LobbyEvent::Back`], and returns what the player missed after its
     /// first `received` deliveries.
     fn resume(

@@ -161,17 +161,27 @@ async fn a_held_seat_is_resumed_through_a_fresh_attach() {
     let c = node.resume(&token, 1, None, &oc).await.unwrap();
     assert_eq!(c.seat, 1);
     assert!(Arc::ptr_eq(&c.lobby, &b.lobby));
-    assert_eq!(frames(&oc)[0]["type"], "resumed");
+    let resumed = frames(&oc);
+    assert_eq!(resumed[0]["type"], "resumed");
     assert_eq!(frames(&ob)[0]["type"], "playerBack");
-    // A used token is refused, and the refused member is detached.
+    // The token stays good until the new one (in `resumed`) is used: then
+    // it is spent, and the refused member is detached.
+    let new_token = resumed[0]["resumeToken"]
+        .as_str()
+        .expect("a new token in resumed")
+        .to_owned();
     let (od, _id) = connection();
-    match node.resume(&token, 1, None, &od).await {
+    let d = node.resume(&new_token, 1, None, &od).await.unwrap();
+    assert_eq!(frames(&od)[0]["type"], "resumed");
+    drop(c); // its seat went on with d
+    let (oe, _ie) = connection();
+    match node.resume(&token, 1, None, &oe).await {
         Err(ResumeError::Refused(_)) => {}
         other => panic!("{other:?}"),
     }
-    assert_eq!(c.lobby.seated().len(), 2);
+    assert_eq!(d.lobby.seated().len(), 2);
     node.leave(b).await.unwrap();
-    node.leave(c).await.unwrap();
+    node.leave(d).await.unwrap();
     assert!(node.hub.is_empty());
     assert_eq!(node.store.subscriptions(), (1, 1));
 }

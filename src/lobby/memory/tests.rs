@@ -141,9 +141,14 @@ impl Fixture {
     }
 
     async fn resume(&self, seat: u8, secret: &str, received: u64) -> ResumeOutcome {
+        self.resume_to(seat, secret, "next-secret", received).await
+    }
+
+    /// A resume presenting `secret` that replaces the token by `next`.
+    async fn resume_to(&self, seat: u8, secret: &str, next: &str, received: u64) -> ResumeOutcome {
         let member = self.identity.new_member(None);
         self.store
-            .resume(&self.id, seat, secret, "next-secret", received, &member)
+            .resume(&self.id, seat, secret, next, received, &member)
             .await
             .unwrap()
     }
@@ -364,25 +369,45 @@ async fn an_away_seat_is_held_and_resumed_with_what_it_missed() {
     f.refused(1, "secret-a", 99, "a count beyond the deliveries resumed")
         .await;
     // It had received `joined` (the answer, not a delivery) and `ready`.
-    match f.resume(1, "secret-a", 1).await {
+    let missed_of = |outcome: ResumeOutcome| match outcome {
         ResumeOutcome::Resumed {
             players, missed, ..
         } => {
             assert_eq!(players, 2);
-            let missed: Vec<String> = missed
+            missed
                 .iter()
                 .map(|e| match e {
                     crate::lobby::LobbyEvent::Relay { message, .. } => message.to_string(),
                     other => format!("{other:?}"),
                 })
-                .collect();
-            assert_eq!(missed, [r#"{"n":1}"#, r#"{"n":2}"#]);
+                .collect::<Vec<String>>()
         }
         other => panic!("not resumed: {other:?}"),
-    }
+    };
+    let missed = missed_of(f.resume_to(1, "secret-a", "secret-b", 1).await);
+    assert_eq!(missed, [r#"{"n":1}"#, r#"{"n":2}"#]);
     assert_eq!(pb.frames(), [json!({"type": "playerBack", "seat": 1})]);
-    f.refused(1, "secret-a", 1, "a used token resumed again")
+    // That resume's answer (with secret-b) may have died with its
+    // connection: the token it presented is still good, with the same
+    // count, and the same deliveries come again.
+    let missed = missed_of(f.resume_to(1, "secret-a", "secret-c", 1).await);
+    assert_eq!(missed, [r#"{"n":1}"#, r#"{"n":2}"#]);
+    // The token of an answer that never arrived (secret-b) is not good any
+    // more; the latest (secret-c) is, and once it is used, secret-a is
+    // spent.
+    f.refused(1, "secret-b", 3, "a token never received resumed")
         .await;
+    assert!(matches!(
+        f.resume_to(1, "secret-c", "secret-d", 3).await,
+        ResumeOutcome::Resumed { .. }
+    ));
+    f.refused(
+        1,
+        "secret-a",
+        1,
+        "a token spent by a later resume resumed again",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -6,6 +6,8 @@
 --                            'cap_n', 'cap_b', 'grace' (the caps and grace in
 --                            ms of the node that created it), and per seat S:
 --                            'S:tok' SHA-256 of its resume token's secret,
+--                            'S:prev' that of the token its last resume
+--                            presented (still good until 'S:tok' is used),
 --                            'S:n' lobby deliveries to S so far, 'S:b' bytes
 --                            in its buffer, 'S:sent' game messages accepted
 --                            from S, 'S:away' (while away) the value of S:n
@@ -106,7 +108,7 @@ local function forget_seat(res, seat)
   end
   drop_seat(res, 'away', seat)
   local kept = drop_seat(res, 'seats', seat)
-  redis.call('HDEL', res, seat .. ':tok', seat .. ':n', seat .. ':b', seat .. ':sent', seat .. ':away',
+  redis.call('HDEL', res, seat .. ':tok', seat .. ':prev', seat .. ':n', seat .. ':b', seat .. ':sent', seat .. ':away',
     seat .. ':over', seat .. ':due')
   redis.call('DEL', res .. ':' .. seat)
   AWAY_DEL[#AWAY_DEL + 1] = hex_of(res) .. ':' .. seat

@@ -15,13 +15,17 @@
 -- ARGV[8]  now, in ms since the epoch: a seat past the end of its grace
 --          period is refused, released or not yet
 -- The event: 'K', seat, then the new member id.
--- Returns {1, players, sent, member record, delivery...} on success; {-1} for a wrong or
--- used token or a released seat, {-2} when the buffer overflowed, {-3, n,
+-- Returns {1, players, sent, member record, delivery...} on success; {-1} for a wrong
+-- token (neither the seat's nor the one its last resume presented) or a
+-- released seat, {-2} when the buffer overflowed, {-3, n,
 -- first} when `received` is outside what is held (first..n).
 local res = res_of(KEYS[1], 9)
 local seat = ARGV[1]
+-- The seat's token, or the one its last resume presented: that resume's
+-- answer (with the new token) may have died with its connection.
 local token = redis.call('HGET', res, seat .. ':tok')
-if not token or token ~= ARGV[2] or not redis.call('HGET', KEYS[1], seat) then
+local presented = redis.call('HGET', res, seat .. ':prev')
+if not token or (token ~= ARGV[2] and presented ~= ARGV[2]) or not redis.call('HGET', KEYS[1], seat) then
   return {-1}
 end
 if redis.call('HEXISTS', res, seat .. ':over') == 1 then
@@ -46,7 +50,7 @@ if bar and not string.find(record, '|', 1, true) then
   record = record .. string.sub(old, bar)
 end
 redis.call('HSET', KEYS[1], seat, record)
-redis.call('HSET', res, seat .. ':tok', ARGV[3])
+redis.call('HSET', res, seat .. ':tok', ARGV[3], seat .. ':prev', ARGV[2])
 redis.call('HDEL', res, seat .. ':away', seat .. ':due')
 drop_seat(res, 'away', seat)
 AWAY_DEL[#AWAY_DEL + 1] = ARGV[7] .. ':' .. seat
