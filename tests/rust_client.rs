@@ -157,7 +157,8 @@ async fn two_players_meet_and_relay_every_kind(relays: Relays) {
     let rtt = a.ping().await.expect("ping");
     assert!(rtt < Duration::from_secs(5), "{rtt:?}");
     assert_eq!(a.node().as_deref(), Some("a"));
-    // Three deliveries after `joined`: ready, then b's message... counted.
+    // Two deliveries after `joined`, counted for resume: `ready` and b's
+    // message (a's own messages and the pong are not).
     assert_eq!(a.resume_state().expect("resumable").received, 2);
 }
 

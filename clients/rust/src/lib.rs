@@ -63,7 +63,7 @@ pub use events::{
     ClientError, Event, GameMessage, RelayError, ResumeState, SeatLostReason, State, Users,
 };
 pub use options::{Backoff, Options};
-pub use task::Frame;
+use task::Frame;
 
 /// The wire protocol version this client speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -251,7 +251,7 @@ impl Client {
         let value = serde_json::to_value(message)
             .map_err(|e| ClientError::InvalidMessage(e.to_string()))?;
         check_game_message(&value)?;
-        self.enqueue(Frame::Text(value.to_string()))
+        self.enqueue(Frame::text(value.to_string()))
     }
 
     /// Sends a game message given as JSON text, byte for byte.
@@ -260,12 +260,12 @@ impl Client {
         let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| ClientError::InvalidMessage(format!("not JSON: {e}")))?;
         check_game_message(&value)?;
-        self.enqueue(Frame::Text(text))
+        self.enqueue(Frame::text(text))
     }
 
     /// Sends a binary game message.
     pub fn send_binary(&self, bytes: impl Into<Vec<u8>>) -> Result<(), ClientError> {
-        self.enqueue(Frame::Binary(bytes.into()))
+        self.enqueue(Frame::binary(bytes.into()))
     }
 
     fn enqueue(&self, frame: Frame) -> Result<(), ClientError> {

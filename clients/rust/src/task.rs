@@ -27,23 +27,9 @@ use crate::{
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Connecting = Pin<Box<dyn Future<Output = Result<Ws, String>> + Send>>;
 
-/// A game message on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
-    /// A JSON object's text.
-    Text(String),
-    /// Bytes.
-    Binary(Vec<u8>),
-}
-
-impl Frame {
-    fn message(&self) -> Message {
-        match self {
-            Frame::Text(text) => Message::text(text.clone()),
-            Frame::Binary(bytes) => Message::binary(bytes.clone()),
-        }
-    }
-}
+/// A game message on the wire: a tungstenite message, whose payload is
+/// shared, not copied, when it is both sent and kept for a resend.
+pub(crate) type Frame = Message;
 
 /// What the relay sends that is not a delivery (not counted for resume).
 const NOT_DELIVERIES: &[&str] = &["joined", "resumed", "pong", "error", "authenticated"];
@@ -148,8 +134,8 @@ impl Task {
     }
 
     pub(crate) async fn run(mut self) {
+        let shared = Arc::clone(&self.shared);
         while !self.stopped {
-            let shared = Arc::clone(&self.shared);
             let seat_open = self.in_seat && self.ws.is_some();
             tokio::select! {
                 command = self.commands.recv() => match command {
@@ -423,7 +409,7 @@ impl Task {
 
     async fn write(&mut self, frame: Frame) {
         self.sent += 1;
-        let message = frame.message();
+        let message = frame.clone();
         if self.token.is_some() {
             self.unacked.push_back(frame);
             if self.unacked.len() > self.options.resend_limit {
