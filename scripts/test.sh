@@ -6,7 +6,7 @@
 #                              the whole test suite (unit tests of the relay and
 #                              of clients/rust, the JS client's tests and the one
 #                              black-box binary, tests/integration.rs), then
-#                              tests/relay.rs again on a Redis Cluster
+#                              tests/relay.rs and tests/game_sessions.rs again on a Redis Cluster
 #   scripts/test.sh -- ARGS    extra arguments for the test runner (a filter)
 #
 # The tests start their own redis-server (and, for tests/redis_cluster.rs and
@@ -134,11 +134,12 @@ fi
 # Run even when the suite above failed, so that one run reports both.
 # (The black-box tests are one binary, `integration`; tests/relay.rs is its
 # module `relay`.)
-say "tests/relay.rs again on a Redis Cluster (LOBBY_RELAY_TEST_REDIS=cluster)"
+say "tests/relay.rs and tests/game_sessions.rs again on a Redis Cluster (LOBBY_RELAY_TEST_REDIS=cluster)"
 if cargo nextest --version >/dev/null 2>&1; then
   LOBBY_RELAY_TEST_REDIS=cluster cargo nextest run --locked --no-fail-fast --test integration \
-    -E 'test(/^relay::/)' "$@" || status=$?
+    -E 'test(/^relay::/) | test(/^game_sessions::/)' "$@" || status=$?
 else
   LOBBY_RELAY_TEST_REDIS=cluster cargo test --locked --no-fail-fast --test integration relay:: "$@" || status=$?
+  LOBBY_RELAY_TEST_REDIS=cluster cargo test --locked --no-fail-fast --test integration game_sessions:: "$@" || status=$?
 fi
 exit "$status"

@@ -45,6 +45,15 @@ pub struct Node<S> {
     draining: AtomicBool,
 }
 
+/// What a join asks for besides its lobby (additions to protocol v1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JoinOptions {
+    /// `"resume":true`: the seat is held when the connection drops.
+    pub resume: bool,
+    /// `"host":true`: the member is told who is host.
+    pub host: bool,
+}
+
 /// A connection's seat in a lobby.
 #[derive(Debug)]
 pub struct Membership {
@@ -191,14 +200,15 @@ impl<S: LobbyMembership> Node<S> {
         &self,
         id: LobbyId,
         user: Option<&str>,
-        resumable: bool,
+        options: JoinOptions,
         outbox: &Outbox,
     ) -> Result<Membership, JoinError> {
+        let resumable = options.resume;
         let member = self.identity.new_member(user);
         let secret = resumable.then(new_secret);
         let setup = secret.as_ref().map(|secret| self.resume_setup(secret));
         let (lobby, activated) = self
-            .attach(id, &member, outbox, secret.map(Into::into))
+            .attach(id, &member, outbox, secret.map(Into::into), options.host)
             .await?;
         let seat = match self
             .store
@@ -253,13 +263,17 @@ impl<S: LobbyMembership> Node<S> {
         member: &MemberId,
         outbox: &Outbox,
         resume_secret: Option<Box<str>>,
+        hosted: bool,
     ) -> Result<(Arc<LocalLobby>, tokio::sync::oneshot::Receiver<u8>), StoreError> {
         loop {
             let lobby = self.hub.lobby(id);
             let mut subscribed = lobby.subscription.lock().await;
-            let Some(activated) =
-                lobby.add_pending(member.clone(), outbox.clone(), resume_secret.clone())
-            else {
+            let Some(activated) = lobby.add_pending(
+                member.clone(),
+                outbox.clone(),
+                resume_secret.clone(),
+                hosted,
+            ) else {
                 continue; // torn down meanwhile: take the fresh one
             };
             if !*subscribed {
@@ -288,11 +302,13 @@ impl<S: LobbyMembership> Node<S> {
     /// Takes a held seat back with its resume token (`<lobby hex>.<seat>.
     /// <secret>`), on this node. On success the member has been sent
     /// `resumed`, then every delivery it missed after its first `received`,
-    /// and receives everything that follows.
+    /// and receives everything that follows. `hosted`: the member asked to
+    /// be told who is host.
     pub async fn resume(
         &self,
         token: &str,
         received: u64,
+        hosted: bool,
         user: Option<&str>,
         outbox: &Outbox,
     ) -> Result<Membership, ResumeError> {
@@ -300,7 +316,7 @@ impl<S: LobbyMembership> Node<S> {
             parse_resume_token(token).ok_or(ResumeError::Refused("this is not a resume token"))?;
         let member = self.identity.new_member(user);
         let new_secret = new_secret();
-        let (lobby, activated) = self.attach(id, &member, outbox, None).await?;
+        let (lobby, activated) = self.attach(id, &member, outbox, None, hosted).await?;
         let outcome = self
             .store
             .resume(
@@ -312,13 +328,14 @@ impl<S: LobbyMembership> Node<S> {
                 &member,
             )
             .await;
-        let (players, sent, record, missed) = match outcome {
+        let (players, host, sent, record, missed) = match outcome {
             Ok(ResumeOutcome::Resumed {
                 players,
+                host,
                 sent,
                 member,
                 missed,
-            }) => (players, sent, member, missed),
+            }) => (players, host, sent, member, missed),
             Ok(ResumeOutcome::Refused(why)) => {
                 self.detach(&lobby, &member).await;
                 return Err(ResumeError::Refused(why.text()));
@@ -345,7 +362,7 @@ impl<S: LobbyMembership> Node<S> {
             )
             .into());
         }
-        let replay = frames_for_seat(missed, seat);
+        let replay = frames_for_seat(missed, seat, hosted);
         let token = format!("{}.{seat}.{new_secret}", membership.lobby.hex);
         outbox.send(Message::text(protocol::resumed(
             seat,
@@ -353,6 +370,7 @@ impl<S: LobbyMembership> Node<S> {
             self.config.lobby_capacity,
             replay.len(),
             sent,
+            host.filter(|_| hosted),
             &token,
         )));
         membership.lobby.finish_resume(&membership.member, replay);

@@ -12,10 +12,12 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::lobby::event::Host;
+
 /// Message types of the protocol's two tables, and those added by resume
 /// (so that no member can forge them to a resuming peer). A game message may
 /// not use them.
-pub const RESERVED_TYPES: [&str; 13] = [
+pub const RESERVED_TYPES: [&str; 14] = [
     "join",
     "leave",
     "ping",
@@ -29,6 +31,7 @@ pub const RESERVED_TYPES: [&str; 13] = [
     "resumed",
     "playerAway",
     "playerBack",
+    "hostChanged",
 ];
 
 /// Message types added with player authentication; reserved only where it
@@ -41,13 +44,20 @@ pub enum ClientMessage<'a> {
     /// `{"type":"join","passphrase":P}` or the short form `{"join":P}`.
     /// The passphrase is as sent: not yet normalised.
     /// `resume` (an addition): `"resume":true` opts in to resume tokens.
+    /// `host` (an addition): `"host":true` asks to be told who is host.
     Join {
         passphrase: Cow<'a, str>,
         resume: bool,
+        host: bool,
     },
     /// `{"type":"resume","token":T,"received":N}` (an addition): take a held
-    /// seat back; `received` counts the deliveries the client got.
-    Resume { token: Cow<'a, str>, received: u64 },
+    /// seat back; `received` counts the deliveries the client got. `host`:
+    /// as in `join`.
+    Resume {
+        token: Cow<'a, str>,
+        received: u64,
+        host: bool,
+    },
     /// `{"type":"leave"}`.
     Leave,
     /// `{"type":"ping","t":T}`; `t` is any JSON value, echoed verbatim.
@@ -225,7 +235,8 @@ pub fn parse_text_with(text: &str, auth: bool) -> Result<ClientMessage<'_>, Refu
                 "join" => match head.passphrase.map(as_str) {
                     Some(Some(passphrase)) => Ok(ClientMessage::Join {
                         passphrase,
-                        resume: wants_resume(head.resume),
+                        resume: is_true(head.resume),
+                        host: asks_for(text, Ask::Host),
                     }),
                     _ => Err(Refusal::new(
                         ErrorCode::InvalidMessage,
@@ -237,9 +248,11 @@ pub fn parse_text_with(text: &str, auth: bool) -> Result<ClientMessage<'_>, Refu
                     head.token.map(as_str),
                     head.received.map(|r| r.get().parse::<u64>()),
                 ) {
-                    (Some(Some(token)), Some(Ok(received))) => {
-                        Ok(ClientMessage::Resume { token, received })
-                    }
+                    (Some(Some(token)), Some(Ok(received))) => Ok(ClientMessage::Resume {
+                        token,
+                        received,
+                        host: asks_for(text, Ask::Host),
+                    }),
                     _ => Err(Refusal::new(
                         ErrorCode::InvalidMessage,
                         "resume needs a string field \"token\" and a whole number \"received\"",
@@ -254,7 +267,7 @@ pub fn parse_text_with(text: &str, auth: bool) -> Result<ClientMessage<'_>, Refu
                 },
                 "ping" => Ok(ClientMessage::Ping {
                     t: head.t.map(RawValue::get),
-                    node: asks_for_node(text),
+                    node: asks_for(text, Ask::Node),
                 }),
                 reserved
                     if RESERVED_TYPES.contains(&reserved)
@@ -271,7 +284,8 @@ pub fn parse_text_with(text: &str, auth: bool) -> Result<ClientMessage<'_>, Refu
         None => match head.join.map(as_str) {
             Some(Some(passphrase)) => Ok(ClientMessage::Join {
                 passphrase,
-                resume: wants_resume(head.resume),
+                resume: is_true(head.resume),
+                host: asks_for(text, Ask::Host),
             }),
             Some(None) => Err(Refusal::new(
                 ErrorCode::InvalidMessage,
@@ -285,23 +299,38 @@ pub fn parse_text_with(text: &str, auth: bool) -> Result<ClientMessage<'_>, Refu
     }
 }
 
-/// Whether a ping carries `"node":true` (read apart from [`Head`], so that
-/// the fields of game messages stay unlooked at).
-fn asks_for_node(text: &str) -> bool {
-    #[derive(Deserialize)]
-    struct PingHead<'a> {
-        #[serde(borrow, default)]
-        node: Option<&'a RawValue>,
-    }
-    serde_json::from_str::<PingHead<'_>>(text)
-        .ok()
-        .and_then(|head| head.node)
-        .is_some_and(|node| node.get() == "true")
+/// A flag of a control message that [`Head`] does not read.
+#[derive(Clone, Copy)]
+enum Ask {
+    /// `"node":true` in a ping.
+    Node,
+    /// `"host":true` in a join or resume.
+    Host,
 }
 
-/// `"resume":true` in a join.
-fn wants_resume(resume: Option<&RawValue>) -> bool {
-    resume.is_some_and(|r| r.get() == "true")
+/// Whether a control message carries `"node":true` or `"host":true` (read
+/// apart from [`Head`], so that the fields of game messages stay unlooked
+/// at: a game message may have a `host` field of any shape, twice even).
+fn asks_for(text: &str, ask: Ask) -> bool {
+    #[derive(Deserialize)]
+    struct Flags<'a> {
+        #[serde(borrow, default)]
+        node: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        host: Option<&'a RawValue>,
+    }
+    let Ok(flags) = serde_json::from_str::<Flags<'_>>(text) else {
+        return false;
+    };
+    is_true(match ask {
+        Ask::Node => flags.node,
+        Ask::Host => flags.host,
+    })
+}
+
+/// Exactly the JSON `true`.
+fn is_true(value: Option<&RawValue>) -> bool {
+    value.is_some_and(|r| r.get() == "true")
 }
 
 fn not_an_object() -> Refusal {
@@ -327,21 +356,41 @@ fn users_field(users: &Users) -> String {
     format!(r#","users":{}"#, serde_json::Value::Object(map))
 }
 
-/// `{"type":"joined",...}`: to the joiner; with its resume token if it
-/// opted in.
+/// `,"host":H,"epoch":E` for a member that asked for the host; nothing
+/// otherwise.
+fn host_fields(host: Option<Host>) -> String {
+    match host {
+        Some(Host { seat, epoch }) => format!(r#","host":{seat},"epoch":{epoch}"#),
+        None => String::new(),
+    }
+}
+
+/// `{"type":"joined",...}`: to the joiner; with the host if it asked, and
+/// its resume token if it opted in.
 pub fn joined(
     players: u8,
     capacity: u8,
     seat: u8,
     users: &Users,
+    host: Option<Host>,
     resume_token: Option<&str>,
 ) -> String {
     let token = resume_token
         .map(|t| format!(r#","resumeToken":{}"#, serde_json::Value::from(t)))
         .unwrap_or_default();
     format!(
-        r#"{{"type":"joined","players":{players},"capacity":{capacity},"seat":{seat}{}{token}}}"#,
-        users_field(users)
+        r#"{{"type":"joined","players":{players},"capacity":{capacity},"seat":{seat}{}{}{token}}}"#,
+        users_field(users),
+        host_fields(host)
+    )
+}
+
+/// `{"type":"hostChanged","host":H,"epoch":E}`: the lobby's host from now
+/// on (to the members that asked).
+pub fn host_changed(host: Host) -> String {
+    format!(
+        r#"{{"type":"hostChanged","host":{},"epoch":{}}}"#,
+        host.seat, host.epoch
     )
 }
 
@@ -363,19 +412,23 @@ pub fn resumed(
     capacity: u8,
     replayed: usize,
     sent: u64,
+    host: Option<Host>,
     resume_token: &str,
 ) -> String {
     format!(
-        r#"{{"type":"resumed","seat":{seat},"players":{players},"capacity":{capacity},"replayed":{replayed},"sent":{sent},"resumeToken":{}}}"#,
+        r#"{{"type":"resumed","seat":{seat},"players":{players},"capacity":{capacity},"replayed":{replayed},"sent":{sent}{},"resumeToken":{}}}"#,
+        host_fields(host),
         serde_json::Value::from(resume_token)
     )
 }
 
-/// `{"type":"ready",...}`: to every member when a join fills the lobby.
-pub fn ready(players: u8, users: &Users) -> String {
+/// `{"type":"ready",...}`: to every member when a join fills the lobby;
+/// naming the host to those that asked.
+pub fn ready(players: u8, users: &Users, host: Option<Host>) -> String {
     format!(
-        r#"{{"type":"ready","players":{players}{}}}"#,
-        users_field(users)
+        r#"{{"type":"ready","players":{players}{}{}}}"#,
+        users_field(users),
+        host_fields(host)
     )
 }
 
@@ -429,256 +482,4 @@ pub fn error(code: ErrorCode, message: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn refused(text: &str) -> ErrorCode {
-        parse_text(text).expect_err(text).code
-    }
-
-    #[test]
-    fn join_in_both_forms() {
-        let long = parse_text(r#"{"type":"join","passphrase":"jump-rocket"}"#).unwrap();
-        let short = parse_text(r#"{"join":"jump-rocket"}"#).unwrap();
-        let want = ClientMessage::Join {
-            passphrase: "jump-rocket".into(),
-            resume: false,
-        };
-        assert_eq!(long, want);
-        assert_eq!(short, want);
-        // Escapes are decoded; extra fields are ignored.
-        assert_eq!(
-            parse_text(r#"{"type":"join","passphrase":"jump\u002drocket","v":2}"#).unwrap(),
-            want
-        );
-    }
-
-    #[test]
-    fn join_with_missing_or_wrong_fields_is_invalid_message() {
-        for text in [
-            r#"{"type":"join"}"#,
-            r#"{"type":"join","passphrase":5}"#,
-            r#"{"type":"join","passphrase":null}"#,
-            r#"{"type":"join","join":"jump-rocket"}"#,
-            r#"{"join":5}"#,
-            r#"{"join":["jump-rocket"]}"#,
-        ] {
-            assert_eq!(refused(text), ErrorCode::InvalidMessage, "{text}");
-        }
-    }
-
-    #[test]
-    fn type_wins_over_the_short_join_form() {
-        assert_eq!(
-            parse_text(r#"{"type":"playerMove","join":"jump-rocket"}"#).unwrap(),
-            ClientMessage::Game
-        );
-    }
-
-    #[test]
-    fn leave_and_ping() {
-        assert_eq!(
-            parse_text(r#"{"type":"leave"}"#).unwrap(),
-            ClientMessage::Leave
-        );
-        assert_eq!(
-            parse_text(r#"{"type":"ping","t":123}"#).unwrap(),
-            ClientMessage::Ping {
-                t: Some("123"),
-                node: false
-            }
-        );
-        assert_eq!(
-            parse_text(r#"{"type":"ping"}"#).unwrap(),
-            ClientMessage::Ping {
-                t: None,
-                node: false
-            }
-        );
-        assert_eq!(
-            parse_text(r#"{"type":"ping","t":{"a":[1, 2]}}"#).unwrap(),
-            ClientMessage::Ping {
-                t: Some(r#"{"a":[1, 2]}"#),
-                node: false
-            }
-        );
-    }
-
-    #[test]
-    fn a_ping_may_ask_for_the_node() {
-        assert_eq!(
-            parse_text(r#"{"type":"ping","t":5,"node":true}"#).unwrap(),
-            ClientMessage::Ping {
-                t: Some("5"),
-                node: true
-            }
-        );
-        for text in [
-            r#"{"type":"ping","node":false}"#,
-            r#"{"type":"ping","node":"yes"}"#,
-            r#"{"type":"ping","node":true,"node":true}"#,
-        ] {
-            assert!(
-                matches!(
-                    parse_text(text),
-                    Ok(ClientMessage::Ping { node: false, .. })
-                ),
-                "{text}"
-            );
-        }
-        assert_eq!(
-            pong_with_node(Some("5"), "relay-1"),
-            r#"{"type":"pong","t":5,"node":"relay-1"}"#
-        );
-        assert_eq!(pong_with_node(None, "a"), r#"{"type":"pong","node":"a"}"#);
-    }
-
-    #[test]
-    fn game_messages() {
-        for text in [
-            r#"{"type":"playerMove","x":1,"y":2}"#,
-            r#"  {"type":"playerShoot"}  "#,
-            r#"{"type":"Join"}"#,
-            r#"{"type":""}"#,
-            r#"{"type":"chat","text":"h\u00e9llo"}"#,
-        ] {
-            assert_eq!(parse_text(text).unwrap(), ClientMessage::Game, "{text}");
-        }
-    }
-
-    #[test]
-    fn not_json_is_invalid_json() {
-        for text in [
-            "",
-            "not json",
-            "{",
-            r#"{"type":"playerMove""#,
-            "{'type':'x'}",
-            r#"{"type":"a"} x"#,
-        ] {
-            assert_eq!(refused(text), ErrorCode::InvalidJson, "{text:?}");
-        }
-    }
-
-    #[test]
-    fn a_shape_error_early_in_invalid_json_is_still_invalid_json() {
-        // Regression, found by fuzzing: a string first, then garbage.
-        assert_eq!(
-            refused(r#"""ju":"{""ju":"j"b:ket"}"#),
-            ErrorCode::InvalidJson
-        );
-        assert_eq!(refused(r#"{"type":5, nonsense"#), ErrorCode::InvalidJson);
-        assert_eq!(
-            refused(r#"{"type":"a","type":"b",}"#),
-            ErrorCode::InvalidJson
-        );
-    }
-
-    #[test]
-    fn numbers_beyond_f64_are_still_json() {
-        // Found by fuzzing: JSON allows any number syntax; such frames are
-        // judged by their shape and relayed byte for byte.
-        assert_eq!(refused("[\n80e7777777777777\n]"), ErrorCode::InvalidMessage);
-        assert_eq!(refused("777e777777"), ErrorCode::InvalidMessage);
-        assert_eq!(
-            parse_text(r#"{"type":"big","n":1e999}"#).unwrap(),
-            ClientMessage::Game
-        );
-    }
-
-    #[test]
-    fn json_of_the_wrong_shape_is_invalid_message() {
-        for text in [
-            "[1,2]",
-            r#"["playerMove"]"#,
-            r#""playerMove""#,
-            "5",
-            "null",
-            "{}",
-            r#"{"x":1}"#,
-            r#"{"type":5}"#,
-            r#"{"type":null}"#,
-            r#"{"type":{"a":1}}"#,
-            r#"{"type":"a","type":"b"}"#,
-        ] {
-            assert_eq!(refused(text), ErrorCode::InvalidMessage, "{text}");
-        }
-    }
-
-    #[test]
-    fn relay_types_are_reserved() {
-        for kind in [
-            "joined",
-            "ready",
-            "playerJoined",
-            "playerLeft",
-            "pong",
-            "error",
-        ] {
-            let text = format!(r#"{{"type":"{kind}"}}"#);
-            assert_eq!(refused(&text), ErrorCode::ReservedType, "{text}");
-        }
-    }
-
-    #[test]
-    fn auth_is_a_control_message_only_where_authentication_is_on() {
-        let text = r#"{"type":"auth","token":"a.b.c"}"#;
-        assert_eq!(parse_text(text), Ok(ClientMessage::Game));
-        assert_eq!(
-            parse_text_with(text, true),
-            Ok(ClientMessage::Auth {
-                token: "a.b.c".into()
-            })
-        );
-        assert_eq!(
-            parse_text_with(r#"{"type":"auth"}"#, true)
-                .unwrap_err()
-                .code,
-            ErrorCode::InvalidMessage
-        );
-        assert_eq!(
-            parse_text_with(r#"{"type":"authenticated"}"#, true)
-                .unwrap_err()
-                .code,
-            ErrorCode::ReservedType
-        );
-        assert_eq!(
-            parse_text(r#"{"type":"authenticated"}"#),
-            Ok(ClientMessage::Game)
-        );
-    }
-
-    #[test]
-    fn events_have_the_documented_shape() {
-        assert_eq!(
-            joined(1, 2, 1, &[], None),
-            r#"{"type":"joined","players":1,"capacity":2,"seat":1}"#
-        );
-        assert_eq!(ready(2, &[]), r#"{"type":"ready","players":2}"#);
-        assert_eq!(
-            player_joined(2, 2, &[]),
-            r#"{"type":"playerJoined","players":2,"seat":2}"#
-        );
-        // With authenticated members: their user ids by seat, escaped.
-        let users = [(1, "alice".into()), (2, "b\"ob".into())];
-        assert_eq!(
-            ready(2, &users),
-            r#"{"type":"ready","players":2,"users":{"1":"alice","2":"b\"ob"}}"#
-        );
-        assert_eq!(
-            authenticated("alice"),
-            r#"{"type":"authenticated","user":"alice"}"#
-        );
-        assert_eq!(
-            player_left(1, 2),
-            r#"{"type":"playerLeft","players":1,"seat":2}"#
-        );
-        assert_eq!(pong(Some("123")), r#"{"type":"pong","t":123}"#);
-        assert_eq!(pong(None), r#"{"type":"pong"}"#);
-        let e: serde_json::Value =
-            serde_json::from_str(&error(ErrorCode::LobbyFull, "the \"lobby\" is full")).unwrap();
-        assert_eq!(e["type"], "error");
-        assert_eq!(e["code"], "lobby_full");
-        assert_eq!(e["message"], "the \"lobby\" is full");
-    }
-}
+mod tests;

@@ -28,7 +28,7 @@ use crate::closing::Violation;
 use crate::limits::{MessageLimiter, Verdict};
 use crate::lobby::{LobbyStore, RateKey};
 use crate::metrics;
-use crate::node::{JoinError, Membership, Node, ResumeError};
+use crate::node::{JoinError, JoinOptions, Membership, Node, ResumeError};
 use crate::outbox::Outbox;
 use crate::passphrase::{LobbyId, PassphraseError};
 use crate::protocol::{self, ClientMessage};
@@ -71,8 +71,8 @@ pub struct Session<S> {
 
 /// What a text frame asks for, once parsed (owning nothing of the frame).
 enum Request {
-    Join(Result<LobbyId, PassphraseError>, bool),
-    Resume(String, u64),
+    Join(Result<LobbyId, PassphraseError>, JoinOptions),
+    Resume(String, u64, bool),
     Leave,
     Auth(Result<User, AuthError>),
     Reply(String),
@@ -221,13 +221,22 @@ impl<S: LobbyStore> Session<S> {
 
     async fn on_text(&mut self, text: Utf8Bytes) {
         let request = match protocol::parse_text_with(&text, self.node.auth().enabled()) {
-            Ok(ClientMessage::Join { passphrase, resume }) => {
+            Ok(ClientMessage::Join {
+                passphrase,
+                resume,
+                host,
+            }) => {
                 let secret = self.node.config().lobby_secret.as_ref().map(|s| s.bytes());
-                Request::Join(LobbyId::from_passphrase_keyed(&passphrase, secret), resume)
+                Request::Join(
+                    LobbyId::from_passphrase_keyed(&passphrase, secret),
+                    JoinOptions { resume, host },
+                )
             }
-            Ok(ClientMessage::Resume { token, received }) => {
-                Request::Resume(token.into_owned(), received)
-            }
+            Ok(ClientMessage::Resume {
+                token,
+                received,
+                host,
+            }) => Request::Resume(token.into_owned(), received, host),
             Ok(ClientMessage::Leave) => Request::Leave,
             Ok(ClientMessage::Auth { .. }) if self.membership.is_some() => {
                 Request::Refuse(Refusal::AuthWhileJoined)
@@ -241,8 +250,10 @@ impl<S: LobbyStore> Session<S> {
             Err(refusal) => Request::Refuse(Refusal::Malformed(refusal)),
         };
         match request {
-            Request::Join(Ok(lobby), resume) => Box::pin(self.join(lobby, resume)).await,
-            Request::Resume(token, received) => Box::pin(self.resume(&token, received)).await,
+            Request::Join(Ok(lobby), options) => Box::pin(self.join(lobby, options)).await,
+            Request::Resume(token, received, host) => {
+                Box::pin(self.resume(&token, received, host)).await
+            }
             Request::Join(Err(e), _) => self.refuse(Refusal::InvalidPassphrase(e)),
             Request::Leave => self.leave().await,
             Request::Auth(Ok(user)) => self.authenticated(user, true),
@@ -262,7 +273,7 @@ impl<S: LobbyStore> Session<S> {
         true
     }
 
-    async fn join(&mut self, lobby: LobbyId, resume: bool) {
+    async fn join(&mut self, lobby: LobbyId, options: JoinOptions) {
         if self.refuse_if_joined() {
             return;
         }
@@ -305,7 +316,7 @@ impl<S: LobbyStore> Session<S> {
         let user = self.user.as_ref().map(|u| u.id.clone());
         match self
             .node
-            .join(lobby, user.as_deref(), resume, &self.outbox)
+            .join(lobby, user.as_deref(), options, &self.outbox)
             .await
         {
             Ok(membership) => {
@@ -335,7 +346,7 @@ impl<S: LobbyStore> Session<S> {
     }
 
     /// Takes a held seat back (resume), on this connection.
-    async fn resume(&mut self, token: &str, received: u64) {
+    async fn resume(&mut self, token: &str, received: u64, host: bool) {
         if self.refuse_if_joined() {
             return;
         }
@@ -351,7 +362,7 @@ impl<S: LobbyStore> Session<S> {
         let user = self.user.as_ref().map(|u| u.id.clone());
         match self
             .node
-            .resume(token, received, user.as_deref(), &self.outbox)
+            .resume(token, received, host, user.as_deref(), &self.outbox)
             .await
         {
             Ok(membership) => {

@@ -11,6 +11,7 @@ mod auth;
 mod browser;
 mod cluster_lb;
 mod faults;
+mod game_sessions;
 mod inspect;
 mod js_client;
 mod kubernetes;

@@ -16,14 +16,49 @@ pub enum Recipients {
     /// Every seated member but the one in this seat: the sender of a game
     /// message, the subject of a lobby event.
     AllBut(u8),
+    /// The seated members that asked to be told who is host.
+    Hosted,
 }
 
 impl Recipients {
-    /// Whether the member in `seat` is one of them.
-    pub fn include(self, seat: u8) -> bool {
+    /// Whether the member in `seat` (that asked for the host, or not) is
+    /// one of them.
+    pub fn include(self, seat: u8, hosted: bool) -> bool {
         match self {
             Self::All => true,
             Self::AllBut(skip) => seat != skip,
+            Self::Hosted => hosted,
+        }
+    }
+}
+
+/// One event's delivery: to whom, and the frame they get.
+#[derive(Debug)]
+pub struct Delivery {
+    pub to: Recipients,
+    pub frame: Message,
+    /// The frame for the members that asked to be told who is host, where
+    /// it differs (`ready` names the host for them).
+    pub hosted_frame: Option<Message>,
+}
+
+impl Delivery {
+    fn to(to: Recipients, frame: Message) -> Self {
+        Self {
+            to,
+            frame,
+            hosted_frame: None,
+        }
+    }
+
+    /// The frame the member in `seat` gets, if any.
+    pub fn frame_for(&self, seat: u8, hosted: bool) -> Option<&Message> {
+        if !self.to.include(seat, hosted) {
+            return None;
+        }
+        match (&self.hosted_frame, hosted) {
+            (Some(frame), true) => Some(frame),
+            _ => Some(&self.frame),
         }
     }
 }
@@ -38,45 +73,58 @@ impl Recipients {
 /// A member in the seat a leave or away event names is taken out of the
 /// lobby before delivery (its seat is gone), so that it gets nothing either
 /// way. The joiner's own `joined` is the answer to its join, not a delivery.
-pub fn delivery(event: LobbyEvent) -> (Recipients, Message) {
-    use Recipients::{All, AllBut};
+///
+/// A member that asked to be told who is host (`"host":true`) gets `ready`
+/// with the host named, and `hostChanged`; the others get protocol v1
+/// exactly.
+pub fn delivery(event: LobbyEvent) -> Delivery {
+    use Recipients::{All, AllBut, Hosted};
     match event {
-        LobbyEvent::Relay { from_seat, message } => (AllBut(from_seat), message),
+        LobbyEvent::Relay { from_seat, message } => Delivery::to(AllBut(from_seat), message),
         LobbyEvent::Joined {
             seat,
             players,
             capacity,
             users,
+            host,
             ..
         } => {
             if players >= capacity {
-                (All, Message::text(protocol::ready(players, &users)))
+                Delivery {
+                    to: All,
+                    frame: Message::text(protocol::ready(players, &users, None)),
+                    hosted_frame: host
+                        .map(|host| Message::text(protocol::ready(players, &users, Some(host)))),
+                }
             } else {
                 let note = protocol::player_joined(players, seat, &users);
-                (AllBut(seat), Message::text(note))
+                Delivery::to(AllBut(seat), Message::text(note))
             }
         }
-        LobbyEvent::Left { seat, players, .. } => (
+        LobbyEvent::Left { seat, players, .. } => Delivery::to(
             AllBut(seat),
             Message::text(protocol::player_left(players, seat)),
         ),
-        LobbyEvent::Away { seat, grace_ms } => (
+        LobbyEvent::Away { seat, grace_ms } => Delivery::to(
             AllBut(seat),
             Message::text(protocol::player_away(seat, grace_ms)),
         ),
-        LobbyEvent::Back { seat, .. } => (AllBut(seat), Message::text(protocol::player_back(seat))),
+        LobbyEvent::Back { seat, .. } => {
+            Delivery::to(AllBut(seat), Message::text(protocol::player_back(seat)))
+        }
+        LobbyEvent::HostChanged(host) => {
+            Delivery::to(Hosted, Message::text(protocol::host_changed(host)))
+        }
     }
 }
 
-/// What the member in `seat` receives of `events` (its missed deliveries,
-/// replayed on resume): by `delivery`, as live.
-pub fn frames_for_seat(events: Vec<LobbyEvent>, seat: u8) -> Vec<Message> {
+/// What the member in `seat` (that asked for the host, or not) receives of
+/// `events` (its missed deliveries, replayed on resume): by `delivery`, as
+/// live.
+pub fn frames_for_seat(events: Vec<LobbyEvent>, seat: u8, hosted: bool) -> Vec<Message> {
     events
         .into_iter()
-        .filter_map(|event| {
-            let (to, frame) = delivery(event);
-            to.include(seat).then_some(frame)
-        })
+        .filter_map(|event| delivery(event).frame_for(seat, hosted).cloned())
         .collect()
 }
 
@@ -89,6 +137,7 @@ mod tests {
     use super::*;
     use crate::hub::{Hub, LocalLobby, RESUMED_ELSEWHERE_CLOSE};
     use crate::lobby::MemberId;
+    use crate::lobby::event::Host;
     use crate::outbox::{self, Inbox, Outbox};
     use crate::passphrase::LobbyId;
 
@@ -100,6 +149,8 @@ mod tests {
         _inbox: Inbox,
         /// The seat it holds before the event, or takes by it.
         seat: u8,
+        /// It asked to be told who is host (the members of even seats do).
+        hosted: bool,
     }
 
     fn member(n: u8) -> MemberId {
@@ -117,6 +168,7 @@ mod tests {
             outbox,
             _inbox: inbox,
             seat,
+            hosted: seat % 2 == 0,
         }
     }
 
@@ -129,7 +181,7 @@ mod tests {
         for &seat in seats {
             let m = local(member(seat), seat);
             lobby
-                .add_pending(m.id.clone(), m.outbox.clone(), None)
+                .add_pending(m.id.clone(), m.outbox.clone(), None, m.hosted)
                 .unwrap();
             occupied.push(seat);
             lobby.dispatch(LobbyEvent::Joined {
@@ -139,6 +191,10 @@ mod tests {
                 occupied: occupied.clone(),
                 member: m.id.clone(),
                 users: Vec::new(),
+                host: Some(Host {
+                    seat: seats[0],
+                    epoch: 1,
+                }),
             });
             locals.push(m);
         }
@@ -178,6 +234,7 @@ mod tests {
             occupied: (1..=players).collect(),
             member,
             users,
+            host: Some(Host { seat: 1, epoch: 1 }),
         };
         let full = |users| joined(4, 4, 4, users, member(4));
         let not_full = |users| joined(4, 4, 5, users, member(4));
@@ -250,6 +307,26 @@ mod tests {
                 seats: &[1, 2, 3],
                 pending: Some((member(4), 4)),
                 event: full(users()),
+            },
+            Case {
+                name: "join from a node that does not say who is host",
+                seats: &[1, 2, 3],
+                pending: None,
+                event: LobbyEvent::Joined {
+                    seat: 4,
+                    players: 4,
+                    capacity: 4,
+                    occupied: vec![1, 2, 3, 4],
+                    member: member(4),
+                    users: Vec::new(),
+                    host: None,
+                },
+            },
+            Case {
+                name: "the host changed",
+                seats: &[1, 2, 3],
+                pending: None,
+                event: LobbyEvent::HostChanged(Host { seat: 2, epoch: 5 }),
             },
             Case {
                 name: "remote member left",
@@ -329,7 +406,7 @@ mod tests {
             if let Some((id, seat)) = case.pending.clone() {
                 let m = local(id, seat);
                 lobby
-                    .add_pending(m.id.clone(), m.outbox.clone(), None)
+                    .add_pending(m.id.clone(), m.outbox.clone(), None, m.hosted)
                     .unwrap();
                 locals.push(m);
             }
@@ -354,7 +431,7 @@ mod tests {
                         case.name
                     );
                 }
-                let replayed = frames_for_seat(vec![case.event.clone()], m.seat);
+                let replayed = frames_for_seat(vec![case.event.clone()], m.seat, m.hosted);
                 assert_eq!(
                     live, replayed,
                     "{}: seat {} (live, then replayed)",
@@ -386,7 +463,7 @@ mod tests {
         lobby.lose(&locals[2].id);
         let resumed = local(member(9), 4);
         lobby
-            .add_pending(resumed.id.clone(), resumed.outbox.clone(), None)
+            .add_pending(resumed.id.clone(), resumed.outbox.clone(), None, false)
             .unwrap();
         lobby.dispatch(LobbyEvent::Back {
             seat: 4,
@@ -405,6 +482,67 @@ mod tests {
         );
         // The last member going retires the lobby.
         assert!(lobby.remove(&resumed.id));
+    }
+
+    /// A member that asked for the host (`"host":true`) is named the host
+    /// in `joined` and `ready` and gets `hostChanged`; one that did not gets
+    /// protocol v1 exactly.
+    #[test]
+    fn only_members_that_asked_are_told_the_host() {
+        let (lobby, locals) = seated_lobby(&[1, 2]);
+        let joiner = local(member(3), 3); // seat 3: did not ask
+        let asker = local(member(4), 4); // seat 4: asked
+        for (m, players) in [(&joiner, 3), (&asker, 4)] {
+            lobby
+                .add_pending(m.id.clone(), m.outbox.clone(), None, m.hosted)
+                .unwrap();
+            lobby.dispatch(LobbyEvent::Joined {
+                seat: m.seat,
+                players,
+                capacity: 4,
+                occupied: (1..=players).collect(),
+                member: m.id.clone(),
+                users: Vec::new(),
+                host: Some(Host { seat: 1, epoch: 1 }),
+            });
+        }
+        lobby.dispatch(LobbyEvent::HostChanged(Host { seat: 2, epoch: 2 }));
+        let text = |m: &Local| -> Vec<String> {
+            delivered(m)
+                .iter()
+                .map(|f| f.to_text().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            text(&joiner),
+            [
+                r#"{"type":"joined","players":3,"capacity":4,"seat":3}"#,
+                r#"{"type":"ready","players":4}"#,
+            ]
+        );
+        assert_eq!(
+            text(&asker),
+            [
+                r#"{"type":"joined","players":4,"capacity":4,"seat":4,"host":1,"epoch":1}"#,
+                r#"{"type":"ready","players":4,"host":1,"epoch":1}"#,
+                r#"{"type":"hostChanged","host":2,"epoch":2}"#,
+            ]
+        );
+        assert_eq!(
+            text(&locals[0]),
+            [
+                r#"{"type":"playerJoined","players":3,"seat":3}"#,
+                r#"{"type":"ready","players":4}"#,
+            ]
+        );
+        assert_eq!(
+            text(&locals[1])[1..],
+            [
+                r#"{"type":"ready","players":4,"host":1,"epoch":1}"#,
+                r#"{"type":"hostChanged","host":2,"epoch":2}"#,
+            ]
+        );
+        assert_eq!(lobby.host(), Some(Host { seat: 2, epoch: 2 }));
     }
 
     /// Replay of several events is the replay of each in turn, in order, as
@@ -432,11 +570,18 @@ mod tests {
             let live = delivered(m);
             assert_eq!(
                 live,
-                frames_for_seat(events.clone(), m.seat),
+                frames_for_seat(events.clone(), m.seat, m.hosted),
                 "seat {}",
                 m.seat
             );
-            assert!(live.len() >= events.len() - 1, "seat {}: {live:?}", m.seat);
+            // Each member misses at most its own message, and `hostChanged`
+            // if it did not ask for the host.
+            let missed = 1 + usize::from(!m.hosted);
+            assert!(
+                live.len() >= events.len() - missed,
+                "seat {}: {live:?}",
+                m.seat
+            );
         }
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::lobby::event::Host;
 use crate::lobby::{EventSink, LobbyEvent, LobbySink, MemberId};
 use crate::metrics;
 use crate::outbox::Outbox;
@@ -51,6 +52,9 @@ struct LocalState {
     /// The occupied seats (of every node) as of the last event seen, to
     /// notice what was missed while the lobby store was out of reach.
     occupied: Vec<u8>,
+    /// The lobby's host as of the last event that said (joins and host
+    /// changes), for the members that asked to be told.
+    host: Option<Host>,
     /// Set when the last local member left: this object is being torn down
     /// and a new joiner must start over with a fresh one.
     retired: bool,
@@ -87,6 +91,9 @@ struct LocalMember {
     /// Resume (opt-in): the secret of the member's resume token, sent in
     /// `joined` as `<lobby hex>.<seat>.<secret>`.
     resume_secret: Option<Box<str>>,
+    /// The member asked to be told who is host (`"host":true`): `joined`
+    /// and `ready` name the host, and it gets `hostChanged`.
+    hosted: bool,
     /// While a resuming member waits for its missed deliveries to be queued
     /// first: what arrived after its resume event, in order.
     backlog: Option<Vec<Message>>,
@@ -192,6 +199,10 @@ impl EventSink for Hub {
         self.get(lobby).map(|l| l.occupied()).unwrap_or_default()
     }
 
+    fn host(&self, lobby: &LobbyId) -> Option<Host> {
+        self.get(lobby).and_then(|l| l.host())
+    }
+
     fn lose(&self, lobby: &LobbyId, member: &MemberId) {
         if let Some(lobby) = self.get(lobby) {
             lobby.lose(member);
@@ -216,6 +227,7 @@ impl LocalLobby {
         id: MemberId,
         outbox: Outbox,
         resume_secret: Option<Box<str>>,
+        hosted: bool,
     ) -> Option<oneshot::Receiver<u8>> {
         let mut state = self.lock();
         if state.retired {
@@ -233,6 +245,7 @@ impl LocalLobby {
             outbox,
             activated: Some(tx),
             resume_secret,
+            hosted,
             backlog: None,
         });
         Some(rx)
@@ -276,6 +289,7 @@ impl LocalLobby {
         let mut state = self.lock();
         match &mut event {
             LobbyEvent::Relay { .. } => {}
+            LobbyEvent::HostChanged(host) => state.host = Some(*host),
             LobbyEvent::Joined {
                 seat,
                 players,
@@ -283,9 +297,14 @@ impl LocalLobby {
                 occupied,
                 member,
                 users,
+                host,
             } => {
                 // Taken, not cloned: `delivery` has no use for it.
                 state.occupied = std::mem::take(occupied);
+                if host.is_some() {
+                    state.host = *host;
+                }
+                let host = state.host;
                 if let Some(m) = state
                     .members
                     .iter_mut()
@@ -301,6 +320,7 @@ impl LocalLobby {
                         *capacity,
                         *seat,
                         users,
+                        host.filter(|_| m.hosted),
                         token.as_deref(),
                     ))) {
                         metrics::get().messages_out_event.increment(1);
@@ -379,15 +399,23 @@ impl LocalLobby {
         };
         // The frame is built once (a relayed message is moved, not copied);
         // each receiver gets a clone, which shares its bytes.
-        let (to, frame) = delivery(event);
+        let delivery = delivery(event);
         for m in &mut state.members {
-            if m.seat.is_some_and(|s| to.include(s)) && m.give(frame.clone()) {
+            let Some(frame) = m.seat.and_then(|s| delivery.frame_for(s, m.hosted)) else {
+                continue;
+            };
+            if m.give(frame.clone()) {
                 counter.increment(1);
                 if let Some(bytes) = bytes {
                     metrics.bytes_out.increment(bytes);
                 }
             }
         }
+    }
+
+    /// The lobby's host as of the last event this node saw.
+    pub fn host(&self) -> Option<Host> {
+        self.lock().host
     }
 
     /// The occupied seats as of the last event this node saw.

@@ -22,6 +22,9 @@ pub enum LobbyEvent {
         occupied: Vec<u8>,
         member: MemberId,
         users: Vec<(u8, Arc<str>)>,
+        /// The lobby's host after the join (`None` from a node of an older
+        /// version, whose join events do not say).
+        host: Option<Host>,
     },
     /// The member in `seat` left; `players` remain, in the seats `occupied`.
     Left {
@@ -36,6 +39,24 @@ pub enum LobbyEvent {
     Away { seat: u8, grace_ms: u32 },
     /// Resume: `member` took `seat` back with its resume token.
     Back { seat: u8, member: MemberId },
+    /// The host left (or its grace ran out): `host` is the lobby's host
+    /// from now on. Follows the leave, in the same atomic step. Not a
+    /// delivery that resume counts: `resumed` says who is host instead.
+    HostChanged(Host),
+}
+
+/// A lobby's host: the member whose simulation is authoritative.
+///
+/// The first joiner of a lobby is its host; when the host's seat is freed
+/// (a leave, a node reaped, a held seat's grace over), the lowest occupied
+/// seat becomes host and `epoch` grows by one. A later joiner never takes
+/// the host over, whatever its seat; a held seat stays host while it is
+/// held. `epoch` only grows while the lobby exists, so that a game can
+/// discard what an earlier host claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Host {
+    pub seat: u8,
+    pub epoch: u64,
 }
 
 /// Resume (opt-in) settings of a seat, given at join.
@@ -61,6 +82,9 @@ pub enum ResumeOutcome {
     /// user id of the old one if it had one).
     Resumed {
         players: u8,
+        /// The lobby's host now (`None` where the store does not know it:
+        /// Redis lost its data, or an older node made the lobby).
+        host: Option<Host>,
         sent: u64,
         member: MemberId,
         missed: Vec<LobbyEvent>,

@@ -20,6 +20,7 @@ use governor::DefaultKeyedRateLimiter;
 
 use tokio_tungstenite::tungstenite::Message;
 
+use super::event::Host;
 use super::{
     EventSink, Goodbye, JoinLimiter, JoinOutcome, LobbyEvent, LobbyMembership, LobbySink, MemberId,
     RateKey, ResumeOutcome, ResumeRefusal, ResumeSetup, StoreError, StoreHealth,
@@ -65,6 +66,8 @@ struct MemLobby {
     seats: Vec<Option<MemberId>>,
     /// Resumable seats.
     held: HashMap<u8, Held>,
+    /// The host (set by the first join).
+    host: Option<Host>,
 }
 
 /// What is kept for one resumable seat.
@@ -144,8 +147,9 @@ impl MemLobby {
         overflowed
     }
 
-    /// Frees `seat`; returns the leave event.
-    fn free(&mut self, seat: u8) -> LobbyEvent {
+    /// Frees `seat`; returns the leave event, and the new host if the
+    /// seat was the host's and others remain.
+    fn free(&mut self, seat: u8) -> (LobbyEvent, Option<Host>) {
         let index = usize::from(seat) - 1;
         self.seats[index] = None;
         self.held.remove(&seat);
@@ -153,11 +157,23 @@ impl MemLobby {
             self.seats.pop();
         }
         let occupied = self.occupied();
-        LobbyEvent::Left {
+        let new_host = match (self.host, occupied.first()) {
+            (Some(host), Some(&lowest)) if host.seat == seat => {
+                let host = Host {
+                    seat: lowest,
+                    epoch: host.epoch + 1,
+                };
+                self.host = Some(host);
+                Some(host)
+            }
+            _ => None,
+        };
+        let left = LobbyEvent::Left {
             seat,
             players: occupied.len() as u8,
             occupied,
-        }
+        };
+        (left, new_host)
     }
 }
 
@@ -244,7 +260,7 @@ impl Shared {
             return;
         }
         let had_held = !lobby.held.is_empty();
-        let event = lobby.free(seat);
+        let (event, new_host) = lobby.free(seat);
         self.forget_if_empty(lobbies, id, had_held);
         metrics::get().held_seats_released.increment(1);
         tracing::info!(
@@ -254,6 +270,15 @@ impl Shared {
             "a held seat was released: its player did not come back in time"
         );
         self.emit(lobbies, id, seat, event);
+        self.announce_host(id, new_host);
+    }
+
+    /// Tells the lobby its new host, right after the leave that made it
+    /// (under the same lock). Not held for resume: `resumed` names the host.
+    fn announce_host(&self, id: &LobbyId, host: Option<Host>) {
+        if let Some(host) = host {
+            self.hub.deliver(id, LobbyEvent::HostChanged(host));
+        }
     }
 
     /// Drops an empty lobby; keeps the count of lobbies with held seats.
@@ -343,6 +368,7 @@ impl LobbyMembership for MemoryStore {
         // Seats and players are at most `capacity`, which fits in a u8.
         let seat = (index + 1) as u8;
         let players = players + 1;
+        let host = *entry.host.get_or_insert(Host { seat, epoch: 1 });
         if let Some(setup) = resume {
             if entry.held.is_empty() {
                 shared.held_lobbies.fetch_add(1, Ordering::Relaxed);
@@ -372,6 +398,7 @@ impl LobbyMembership for MemoryStore {
             occupied: entry.occupied(),
             member: member.clone(),
             users: users(&entry.seats),
+            host: Some(host),
         };
         // Everybody but the joiner is told; the joiner too when it fills the
         // lobby (ready).
@@ -398,10 +425,11 @@ impl LobbyMembership for MemoryStore {
             return Ok(());
         }
         let had_held = !entry.held.is_empty();
-        let event = entry.free(seat);
+        let (event, new_host) = entry.free(seat);
         shared.forget_if_empty(&mut lobbies, lobby, had_held);
         if lobbies.contains_key(lobby) {
             shared.emit(&mut lobbies, lobby, seat, event);
+            shared.announce_host(lobby, new_host);
         } else {
             shared.hub.deliver(lobby, event);
         }
@@ -492,6 +520,7 @@ impl LobbyMembership for MemoryStore {
         let record = member.with_user_of(&old);
         entry.seats[usize::from(seat) - 1] = Some(record.clone());
         let players = entry.players();
+        let host = entry.host;
         let event = LobbyEvent::Back {
             seat,
             member: record.clone(),
@@ -499,6 +528,7 @@ impl LobbyMembership for MemoryStore {
         shared.emit(&mut lobbies, lobby, seat, event);
         Ok(ResumeOutcome::Resumed {
             players,
+            host,
             sent,
             member: record,
             missed,

@@ -55,6 +55,9 @@ pub trait EventSink: Send + Sync + 'static {
     /// The occupied seats of `lobby` as of the last event this node saw.
     fn occupied(&self, lobby: &LobbyId) -> Vec<u8>;
 
+    /// The host of `lobby` as of the last event this node saw that said.
+    fn host(&self, lobby: &LobbyId) -> Option<event::Host>;
+
     /// Takes `member` out of `lobby`: its seat is no longer its own in the
     /// store (it is told, and disconnected).
     fn lose(&self, lobby: &LobbyId, member: &MemberId);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{JoinError, Membership, Node, ResumeError};
+use super::{JoinError, JoinOptions, Membership, Node, ResumeError};
 use crate::auth::AuthConfig;
 use crate::auth::verify::Verifier;
 use crate::config::Config;
@@ -39,7 +39,9 @@ fn connection() -> (Outbox, Inbox) {
 }
 
 async fn join(node: &Node<MemoryStore>, user: Option<&str>, outbox: &Outbox) -> Membership {
-    node.join(lobby(), user, false, outbox).await.unwrap()
+    node.join(lobby(), user, JoinOptions::default(), outbox)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -79,7 +81,7 @@ async fn a_failed_subscribe_leaves_nothing_attached() {
     let node = node(4);
     node.store.fail_next_subscribe();
     let (oa, _ia) = connection();
-    match node.join(lobby(), None, false, &oa).await {
+    match node.join(lobby(), None, JoinOptions::default(), &oa).await {
         Err(JoinError::Unavailable(_)) => {}
         other => panic!("expected unavailable, got {other:?}"),
     }
@@ -96,7 +98,7 @@ async fn a_refused_join_detaches_and_the_last_one_retires() {
     let (oa, _ia) = connection();
     let a = join(&node, Some("alice"), &oa).await;
     let (ob, _ib) = connection();
-    match node.join(lobby(), None, false, &ob).await {
+    match node.join(lobby(), None, JoinOptions::default(), &ob).await {
         Err(JoinError::Full) => {}
         other => panic!("expected full, got {other:?}"),
     }
@@ -115,7 +117,10 @@ async fn a_refused_join_detaches_and_the_last_one_retires() {
         .await
         .unwrap();
     let (ob, _ib) = connection();
-    match node.join(lobby(), Some("alice"), false, &ob).await {
+    match node
+        .join(lobby(), Some("alice"), JoinOptions::default(), &ob)
+        .await
+    {
         Err(JoinError::DuplicateUser) => {}
         other => panic!("expected duplicate user, got {other:?}"),
     }
@@ -139,7 +144,18 @@ fn frames(outbox: &Outbox) -> Vec<Value> {
 async fn a_held_seat_is_resumed_through_a_fresh_attach() {
     let node = node(2);
     let (oa, _ia) = connection();
-    let a = node.join(lobby(), None, true, &oa).await.unwrap();
+    let a = node
+        .join(
+            lobby(),
+            None,
+            JoinOptions {
+                resume: true,
+                host: true,
+            },
+            &oa,
+        )
+        .await
+        .unwrap();
     let (ob, _ib) = connection();
     let b = join(&node, None, &ob).await;
     let token = frames(&oa)
@@ -154,11 +170,11 @@ async fn a_held_seat_is_resumed_through_a_fresh_attach() {
     assert_eq!(node.store.subscriptions(), (1, 0), "b is still here");
 
     let (oc, _ic) = connection();
-    match node.resume("not a token", 0, None, &oc).await {
+    match node.resume("not a token", 0, false, None, &oc).await {
         Err(ResumeError::Refused(_)) => {}
         other => panic!("{other:?}"),
     }
-    let c = node.resume(&token, 1, None, &oc).await.unwrap();
+    let c = node.resume(&token, 1, false, None, &oc).await.unwrap();
     assert_eq!(c.seat, 1);
     assert!(Arc::ptr_eq(&c.lobby, &b.lobby));
     let resumed = frames(&oc);
@@ -171,11 +187,11 @@ async fn a_held_seat_is_resumed_through_a_fresh_attach() {
         .expect("a new token in resumed")
         .to_owned();
     let (od, _id) = connection();
-    let d = node.resume(&new_token, 1, None, &od).await.unwrap();
+    let d = node.resume(&new_token, 1, false, None, &od).await.unwrap();
     assert_eq!(frames(&od)[0]["type"], "resumed");
     drop(c); // its seat went on with d
     let (oe, _ie) = connection();
-    match node.resume(&token, 1, None, &oe).await {
+    match node.resume(&token, 1, false, None, &oe).await {
         Err(ResumeError::Refused(_)) => {}
         other => panic!("{other:?}"),
     }

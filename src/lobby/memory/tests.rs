@@ -87,7 +87,7 @@ impl Fixture {
         let member = self.identity.new_member(user);
         let (outbox, inbox) = outbox::channel(1 << 20);
         self.local()
-            .add_pending(member.clone(), outbox.clone(), None)
+            .add_pending(member.clone(), outbox.clone(), None, false)
             .expect("lobby not retired");
         let outcome = self
             .store

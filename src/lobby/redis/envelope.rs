@@ -4,9 +4,13 @@
 //!
 //! - `T` from_seat payload: a text game message, payload as sent
 //! - `B` from_seat payload: a binary game message, payload as sent
-//! - `J` seat players capacity occupied\[players\] member: a join; when some
-//!   member is authenticated, then for each occupied seat (same order) a NUL
-//!   and its user id (empty for an anonymous one)
+//! - `J` seat players capacity occupied\[players\] member: a join; then
+//!   for each occupied seat (same order) a NUL and its user id (empty for an
+//!   anonymous one), then a NUL, `h`, the host's seat and the epoch
+//!   (decimal). Older nodes wrote the users only when some member was
+//!   authenticated, and no host: such a join has no host.
+//! - `H` seat epoch: the host's seat was freed and `seat` is host now
+//!   (epoch in decimal)
 //! - `L` seat players occupied\[players\]: a leave
 //! - `A` seat grace: a resumable member's connection is gone (grace in ms,
 //!   decimal)
@@ -16,6 +20,7 @@ use bytes::Bytes;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::lobby::LobbyEvent;
+use crate::lobby::event::Host;
 
 pub const TEXT: u8 = b'T';
 pub const BINARY: u8 = b'B';
@@ -23,6 +28,7 @@ pub const JOINED: u8 = b'J';
 pub const LEFT: u8 = b'L';
 pub const AWAY: u8 = b'A';
 pub const BACK: u8 = b'K';
+pub const HOST: u8 = b'H';
 
 /// The envelope of a game message from `from_seat`; `None` for frames that
 /// are not relayed (control frames).
@@ -62,20 +68,20 @@ pub fn decode(payload: &[u8]) -> Option<LobbyEvent> {
             [seat, players, capacity, more @ ..] if more.len() >= usize::from(*players) => {
                 let (occupied, rest) = more.split_at(usize::from(*players));
                 let rest = std::str::from_utf8(rest).ok()?;
-                let (member, users) = match rest.split_once('\0') {
-                    None => (rest, Vec::new()),
-                    Some((member, users)) => (
-                        member,
-                        occupied
-                            .iter()
-                            .zip(users.split('\0'))
-                            .filter(|(_, user)| !user.is_empty())
-                            .map(|(&seat, user)| (seat, user.into()))
-                            .collect(),
-                    ),
-                };
-                let mut users: Vec<(u8, std::sync::Arc<str>)> = users;
+                let mut parts = rest.split('\0');
+                let member = parts.next()?;
+                let mut users: Vec<(u8, std::sync::Arc<str>)> = occupied
+                    .iter()
+                    .zip(parts.by_ref())
+                    .filter(|(_, user)| !user.is_empty())
+                    .map(|(&seat, user)| (seat, user.into()))
+                    .collect();
                 users.sort_unstable_by_key(|(seat, _)| *seat);
+                let host = parts.next().and_then(|part| {
+                    let (&seat, epoch) = part.as_bytes().strip_prefix(b"h")?.split_first()?;
+                    let epoch = std::str::from_utf8(epoch).ok()?.parse().ok()?;
+                    Some(Host { seat, epoch })
+                });
                 Some(LobbyEvent::Joined {
                     seat: *seat,
                     players: *players,
@@ -83,6 +89,7 @@ pub fn decode(payload: &[u8]) -> Option<LobbyEvent> {
                     occupied: sorted(occupied),
                     member: member.into(),
                     users,
+                    host,
                 })
             }
             _ => None,
@@ -103,6 +110,13 @@ pub fn decode(payload: &[u8]) -> Option<LobbyEvent> {
                 seat,
                 grace_ms: std::str::from_utf8(grace).ok()?.parse().ok()?,
             })
+        }
+        HOST => {
+            let (&seat, epoch) = rest.split_first()?;
+            Some(LobbyEvent::HostChanged(Host {
+                seat,
+                epoch: std::str::from_utf8(epoch).ok()?.parse().ok()?,
+            }))
         }
         BACK => {
             let (&seat, member) = rest.split_first()?;
@@ -141,6 +155,7 @@ mod tests {
 
     #[test]
     fn decodes_script_events() {
+        // As an older node's join.lua wrote it: no users, no host.
         match decode(b"J\x02\x02\x02\x02\x01node-a/7.1") {
             Some(LobbyEvent::Joined {
                 seat: 2,
@@ -149,11 +164,30 @@ mod tests {
                 occupied,
                 member,
                 users,
+                host: None,
             }) => {
                 assert_eq!(occupied, [1, 2]);
                 assert_eq!(member.as_str(), "node-a/7.1");
                 assert!(users.is_empty());
             }
+            other => panic!("{other:?}"),
+        }
+        // As join.lua writes it now: every seat's user (none here), then
+        // the host (seat 1, epoch 12).
+        match decode(b"J\x02\x02\x02\x02\x01node-a/7.1\0\0\0h\x0112") {
+            Some(LobbyEvent::Joined {
+                member,
+                users,
+                host: Some(Host { seat: 1, epoch: 12 }),
+                ..
+            }) => {
+                assert_eq!(member.as_str(), "node-a/7.1");
+                assert!(users.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        match decode(b"H\x037") {
+            Some(LobbyEvent::HostChanged(Host { seat: 3, epoch: 7 })) => {}
             other => panic!("{other:?}"),
         }
         // With users: seat 2 (bob) joined seat 1 (anonymous) and seat 3
@@ -208,6 +242,9 @@ mod tests {
             b"L\x01",
             b"L\x01\x02\x01",
             b"X\x01\x01",
+            b"H",
+            b"H\x01",
+            b"H\x01x",
         ] {
             assert!(decode(bad).is_none(), "{bad:?}");
         }

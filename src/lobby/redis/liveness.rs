@@ -250,6 +250,7 @@ async fn resync(live: &Liveness) -> Result<(), StoreError> {
     live.index_lobbies(&hexes).await?;
     let (mut kept, mut reclaimed, mut lost) = (0, 0, 0);
     for (lobby, hex) in &lobbies {
+        let host = live.hub.host(lobby);
         for (member, seat) in live.hub.seated(lobby) {
             if !member.is_member_of(&key) {
                 live.hub.lose(lobby, &member);
@@ -264,6 +265,8 @@ async fn resync(live: &Liveness) -> Result<(), StoreError> {
                     .arg(seat)
                     .arg(member.as_str())
                     .arg(live.lobby_capacity)
+                    .arg(host.map_or(0, |h| h.seat))
+                    .arg(host.map_or(0, |h| h.epoch))
                     .invoke_async(&mut conn),
             )
             .await?;
@@ -322,6 +325,7 @@ async fn reconcile(live: &Liveness) -> Result<(), StoreError> {
                     occupied: actual.clone(),
                     member: "".into(),
                     users: users.clone(),
+                    host: None,
                 },
             );
         }

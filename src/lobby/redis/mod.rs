@@ -76,6 +76,7 @@ use super::{
 use crate::cluster_view::ClusterView;
 use crate::identity::Identity;
 use crate::limits::JoinLimit;
+use crate::lobby::event::Host;
 use crate::metrics;
 use crate::outbox::Outbox;
 use crate::passphrase::LobbyId;
@@ -384,13 +385,22 @@ impl LobbyMembership for RedisStore {
             Some(v) => redis::from_redis_value(v.clone()).map_err(|_| bad())?,
             None => return Err(bad()),
         };
-        let mut missed = Vec::with_capacity(reply.len().saturating_sub(4));
-        for entry in &reply[4..] {
+        let host = match (int(reply.get(4)), int(reply.get(5))) {
+            (Some(seat @ 1..=255), Some(epoch @ 1..)) => Some(Host {
+                seat: seat as u8,
+                epoch: epoch as u64,
+            }),
+            (Some(_), Some(_)) => None,
+            _ => return Err(bad()),
+        };
+        let mut missed = Vec::with_capacity(reply.len().saturating_sub(6));
+        for entry in &reply[6..] {
             let bytes: Vec<u8> = redis::from_redis_value(entry.clone()).map_err(|_| bad())?;
             missed.push(envelope::decode(&bytes).ok_or_else(bad)?);
         }
         Ok(ResumeOutcome::Resumed {
             players,
+            host,
             sent,
             member: record.into(),
             missed,

@@ -23,4 +23,5 @@ if due > tonumber(ARGV[3]) then
   return 0
 end
 free_seat(KEYS[1], res, seat, ARGV[2])
+settle_host(KEYS[1], ARGV[2])
 return 1

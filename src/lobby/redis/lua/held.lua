@@ -29,6 +29,11 @@
 -- it die in between, the index heals: a reaper re-adds the held seats of a
 -- dead node, and expire.lua drops entries of seats no longer held.
 --
+-- The host (every lobby has one):
+--   lr:meta:{HASH}           hash: 'host' the host's seat, 'epoch' a number
+--                            that grows by one whenever the host changes;
+--                            deleted with the lobby
+--
 -- PUBLISH is 'PUBLISH' with one Redis and 'SPUBLISH' (sharded pub/sub) in a
 -- Redis Cluster; it is defined in front of this text.
 
@@ -41,6 +46,43 @@ end
 
 local function hex_of(res)
   return string.sub(res, 12, -2)
+end
+
+-- The host record of the lobby whose membership hash is `lobby`.
+local function meta_of(lobby)
+  return 'lr:meta:' .. string.sub(lobby, 10)
+end
+
+-- The lowest occupied seat of `lobby`, or nil.
+local function lowest_seat(lobby)
+  local lowest
+  for _, taken in ipairs(redis.call('HKEYS', lobby)) do
+    local s = tonumber(taken)
+    if not lowest or s < lowest then
+      lowest = s
+    end
+  end
+  return lowest
+end
+
+-- After seats were freed: if the host's seat is no longer occupied (or the
+-- lobby has no host record: made by an older node, or Redis lost it), the
+-- lowest occupied seat becomes host, the epoch grows, and the lobby is told
+-- ('H', seat, epoch in decimal) right after the leave events. Not held for
+-- resume: a resumed player is told the host in `resumed`.
+local function settle_host(lobby, channel)
+  local lowest = lowest_seat(lobby)
+  if not lowest then
+    return
+  end
+  local meta = meta_of(lobby)
+  local host = redis.call('HGET', meta, 'host')
+  if host and redis.call('HEXISTS', lobby, host) == 1 then
+    return
+  end
+  local epoch = redis.call('HINCRBY', meta, 'epoch', 1)
+  redis.call('HSET', meta, 'host', lowest)
+  redis.call(PUBLISH, channel, 'H' .. string.char(lowest) .. epoch)
 end
 
 -- Appends `entry` to the buffer of every resumable seat but `skip`. `meta`
@@ -158,13 +200,14 @@ end
 -- Frees `seat` of `lobby` (whose holder the caller checked), forgets what
 -- was held for it and tells the others (playerLeft, kept for the resumable
 -- ones). Returns the players left; an empty lobby leaves nothing behind.
+-- The caller then calls settle_host (once, after all the seats it frees).
 local function free_seat(lobby, res, seat, channel)
   redis.call('HDEL', lobby, seat)
   forget_seat(res, seat)
   local event, players = left_event(lobby, seat)
   redis.call(PUBLISH, channel, event)
   if players == 0 then
-    redis.call('DEL', res)
+    redis.call('DEL', res, meta_of(lobby))
   else
     hold(res, tonumber(seat), event)
   end

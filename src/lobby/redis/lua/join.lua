@@ -19,9 +19,13 @@
 -- ARGV[8]  resume: the most bytes held for a seat
 -- ARGV[9]  resume: the grace period, in ms
 -- The event: 'J', seat, players, capacity, then one byte per occupied seat
--- (players bytes), then the member id; then, if any member is authenticated,
--- for each occupied seat in the same order a NUL byte and its user id (empty
--- for an anonymous member).
+-- (players bytes), then the member id; then for each occupied seat in the
+-- same order a NUL byte and its user id (empty for an anonymous member);
+-- then a NUL byte, 'h', the host's seat (one byte) and the epoch (decimal).
+-- (A node of an older version reads the member id and the users, and never
+-- gets as far as the host.) The first joiner of a lobby is its host (epoch
+-- 1); a lobby without a host record (made by an older node, or Redis lost
+-- it) gets the lowest occupied seat.
 -- Returns {seat, players}; seat 0 means the lobby was full and nothing
 -- changed, seat -1 that the user already holds a seat and nothing changed.
 local players = redis.call('HLEN', KEYS[1])
@@ -59,20 +63,23 @@ if ARGV[6] ~= '' then
 end
 local seats = {}
 local users = {}
-local any_user = false
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
   seats[#seats + 1] = string.char(tonumber(fields[i]))
-  local u = user_of(fields[i + 1])
-  users[#users + 1] = u
-  if u ~= '' then
-    any_user = true
-  end
+  users[#users + 1] = user_of(fields[i + 1])
 end
-local event = 'J' .. string.char(seat, players, capacity) .. table.concat(seats) .. ARGV[1]
-if any_user then
-  event = event .. '\0' .. table.concat(users, '\0')
+local meta = meta_of(KEYS[1])
+local host = redis.call('HGET', meta, 'host')
+local epoch
+if host and redis.call('HEXISTS', KEYS[1], host) == 1 then
+  epoch = redis.call('HGET', meta, 'epoch')
+else
+  host = lowest_seat(KEYS[1])
+  epoch = redis.call('HINCRBY', meta, 'epoch', 1)
+  redis.call('HSET', meta, 'host', host)
 end
+local event = 'J' .. string.char(seat, players, capacity) .. table.concat(seats) .. ARGV[1] ..
+  '\0' .. table.concat(users, '\0') .. '\0h' .. string.char(tonumber(host)) .. epoch
 redis.call(PUBLISH, ARGV[3], event)
 -- Everybody but the joiner is told; the joiner too when it fills the lobby
 -- (ready).

@@ -8,7 +8,8 @@
 --          whose answer was lost)
 -- ARGV[2]  the member id expected in that seat
 -- ARGV[3]  the lobby's pub/sub channel
--- The event: 'L', seat, players, then one byte per occupied seat.
+-- The event: 'L', seat, players, then one byte per occupied seat; then, if
+-- the seat was the host's, 'H' (held.lua's settle_host).
 -- Returns the number of members left, or -1 if the seat was not the member's.
 local seat = ARGV[1]
 if seat == '0' then
@@ -22,4 +23,6 @@ end
 if redis.call('HGET', KEYS[1], seat) ~= ARGV[2] then
   return -1
 end
-return free_seat(KEYS[1], res_of(KEYS[1], 9), seat, ARGV[3])
+local players = free_seat(KEYS[1], res_of(KEYS[1], 9), seat, ARGV[3])
+settle_host(KEYS[1], ARGV[3])
+return players

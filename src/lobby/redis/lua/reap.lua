@@ -25,4 +25,5 @@ for i = 1, #fields, 2 do
     end
   end
 end
+settle_host(KEYS[1], ARGV[2])
 return removed

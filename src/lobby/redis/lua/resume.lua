@@ -15,7 +15,8 @@
 -- ARGV[8]  now, in ms since the epoch: a seat past the end of its grace
 --          period is refused, released or not yet
 -- The event: 'K', seat, then the new member id.
--- Returns {1, players, sent, member record, delivery...} on success; {-1} for a wrong
+-- Returns {1, players, sent, member record, host seat, epoch, delivery...}
+-- on success (host and epoch 0 when the lobby has no host record); {-1} for a wrong
 -- token (neither the seat's nor the one its last resume presented) or a
 -- released seat, {-2} when the buffer overflowed, {-3, n,
 -- first} when `received` is outside what is held (first..n).
@@ -57,7 +58,9 @@ AWAY_DEL[#AWAY_DEL + 1] = ARGV[7] .. ':' .. seat
 local event = 'K' .. string.char(tonumber(seat)) .. record
 redis.call(PUBLISH, ARGV[6], event)
 hold(res, tonumber(seat), event)
-local reply = {1, redis.call('HLEN', KEYS[1]), tonumber(redis.call('HGET', res, seat .. ':sent')), record}
+local host = redis.call('HMGET', meta_of(KEYS[1]), 'host', 'epoch')
+local reply = {1, redis.call('HLEN', KEYS[1]), tonumber(redis.call('HGET', res, seat .. ':sent')), record,
+  tonumber(host[1]) or 0, tonumber(host[2]) or 0}
 for _, entry in ipairs(missed) do
   reply[#reply + 1] = entry
 end
