@@ -79,7 +79,8 @@ def main():
     for mod, file in modules.items():
         text = strip(open(file, encoding="utf-8").read())
         # expand `use crate::{a, b::c}` groups one level
-        for m in re.finditer(r"\b(crate|super)((?:::\w+)*)(::\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\})?", text):
+        # (`pub(crate)`, `pub(super)`: visibility, not a path)
+        for m in re.finditer(r"(?<!\()\b(crate|super)((?:::\w+)*)(::\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\})?", text):
             head = m.group(1)
             path = m.group(2).strip(":").split("::")
             if head == "crate":

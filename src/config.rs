@@ -77,6 +77,18 @@ pub struct ServeArgs {
     )]
     pub lobby_capacity: u8,
 
+    /// Quick match: the most lobbies one queue may have at once (1 to
+    /// 10000000; a queue has at most one lobby still waiting for players,
+    /// the others are full). A join past it gets `queue_full`. All nodes of
+    /// a cluster should agree.
+    #[arg(
+        long,
+        env = "LOBBY_RELAY_MAX_QUEUE_LOBBIES",
+        default_value_t = 100_000,
+        value_parser = clap::value_parser!(u32).range(1..=10_000_000)
+    )]
+    pub max_queue_lobbies: u32,
+
     /// Largest WebSocket message accepted from a client, in bytes (256 to
     /// 16777216). A larger one gets `message_too_large` and close 1009.
     #[arg(
@@ -361,6 +373,8 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_address: u32,
+    /// Quick match: the most lobbies one queue may have.
+    pub max_queue_lobbies: u32,
     pub message_rate: NonZeroU32,
     pub message_burst: NonZeroU32,
     pub join_limit: JoinLimit,
@@ -425,6 +439,7 @@ impl ServeArgs {
                 handshake_timeout: self.handshake_timeout,
                 max_connections: self.max_connections as usize,
                 max_connections_per_address: self.max_connections_per_address,
+                max_queue_lobbies: self.max_queue_lobbies,
                 message_rate: self.message_rate,
                 message_burst: self.message_burst,
                 join_limit: JoinLimit {

@@ -56,6 +56,7 @@ pub mod node;
 pub mod outbox;
 pub mod passphrase;
 pub mod protocol;
+pub mod queue;
 pub mod read_ahead;
 pub mod refusal;
 pub mod secret;

@@ -16,16 +16,17 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::admin::{self, ClusterView};
 use crate::auth::verify::Verifier;
 use crate::config::Config;
-use crate::hub::{Hub, LocalLobby, frames_for_seat};
+use crate::hub::{Hub, JoinAnswer, LocalLobby, frames_for_seat};
 use crate::identity::Identity;
 use crate::lobby::{
-    Goodbye, JoinLimiter, JoinOutcome, LobbyMembership, MemberId, RateKey, ResumeOutcome,
-    ResumeSetup, StoreError, StoreHealth,
+    Goodbye, JoinLimiter, JoinOutcome, LobbyMembership, MemberId, RateKey, Reservation,
+    ResumeOutcome, ResumeSetup, StoreError, StoreHealth,
 };
 use crate::metrics;
 use crate::outbox::Outbox;
 use crate::passphrase::LobbyId;
 use crate::protocol;
+use crate::queue::QueueName;
 
 /// How long a joiner waits for its own join event to come back from the
 /// store before the join is undone and answered `unavailable`.
@@ -79,6 +80,8 @@ pub enum ResumeError {
 pub enum JoinError {
     #[error("the lobby is full")]
     Full,
+    #[error("the queue has as many lobbies as it may have")]
+    QueueFull,
     #[error("the user already holds a seat in the lobby")]
     DuplicateUser,
     #[error("the lobby store is unavailable: {0}")]
@@ -203,16 +206,78 @@ impl<S: LobbyMembership> Node<S> {
         options: JoinOptions,
         outbox: &Outbox,
     ) -> Result<Membership, JoinError> {
-        let resumable = options.resume;
         let member = self.identity.new_member(user);
+        self.join_as(id, member, None, options, outbox).await
+    }
+
+    /// Quick match: seats a new member in the oldest lobby of `queue` with
+    /// a free seat, or a new one, as [`Node::join`] does otherwise. The seat
+    /// is reserved first (atomically, with the queue's open lobby), then
+    /// this node subscribes to the lobby and the member takes the seat.
+    pub async fn join_queue(
+        &self,
+        queue: &QueueName,
+        user: Option<&str>,
+        options: JoinOptions,
+        outbox: &Outbox,
+    ) -> Result<Membership, JoinError> {
+        let capacity = self.config.lobby_capacity;
+        let max_lobbies = self.config.limits.max_queue_lobbies;
+        // A reservation that lapsed while this node was slow (its lobby
+        // filled meanwhile) is answered `Full`: reserve again.
+        for _ in 0..3 {
+            let member = self.identity.new_member(user);
+            let id = match self
+                .store
+                .reserve(queue, &member, capacity, max_lobbies)
+                .await?
+            {
+                Reservation::Reserved(id) => id,
+                Reservation::QueueFull => return Err(JoinError::QueueFull),
+            };
+            match self.join_as(id, member, Some(queue), options, outbox).await {
+                Err(JoinError::Full) => continue,
+                other => return other,
+            }
+        }
+        Err(StoreError::Unreachable("no seat of the queue could be taken in three tries").into())
+    }
+
+    /// Seats `member` in lobby `id` (`queue`: by its reservation there).
+    async fn join_as(
+        &self,
+        id: LobbyId,
+        member: MemberId,
+        queue: Option<&QueueName>,
+        options: JoinOptions,
+        outbox: &Outbox,
+    ) -> Result<Membership, JoinError> {
+        let resumable = options.resume;
         let secret = resumable.then(new_secret);
         let setup = secret.as_ref().map(|secret| self.resume_setup(secret));
-        let (lobby, activated) = self
-            .attach(id, &member, outbox, secret.map(Into::into), options.host)
-            .await?;
+        let answer = JoinAnswer {
+            resume_secret: secret.map(Into::into),
+            queue: queue.map(QueueName::shared),
+        };
+        let (lobby, activated) = match self
+            .attach(id, &member, outbox, answer.boxed(), options.host)
+            .await
+        {
+            Ok(attached) => attached,
+            Err(e) => {
+                self.unreserve(queue, &id, &member).await;
+                return Err(e.into());
+            }
+        };
         let seat = match self
             .store
-            .join(&id, &member, self.config.lobby_capacity, setup.as_ref())
+            .join(
+                &id,
+                &member,
+                self.config.lobby_capacity,
+                setup.as_ref(),
+                queue,
+            )
             .await
         {
             Ok(JoinOutcome::Seated { seat, .. }) => seat,
@@ -222,6 +287,7 @@ impl<S: LobbyMembership> Node<S> {
             }
             Ok(JoinOutcome::DuplicateUser) => {
                 self.detach(&lobby, &member).await;
+                self.unreserve(queue, &id, &member).await;
                 return Err(JoinError::DuplicateUser);
             }
             Err(e) => {
@@ -231,6 +297,7 @@ impl<S: LobbyMembership> Node<S> {
                 if let Err(cleanup) = self.store.leave(&id, &member, 0).await {
                     tracing::debug!(error = %cleanup, "cleaning up after a failed join");
                 }
+                self.unreserve(queue, &id, &member).await;
                 return Err(e.into());
             }
         };
@@ -254,6 +321,19 @@ impl<S: LobbyMembership> Node<S> {
         }
     }
 
+    /// Gives up a quick-match reservation that no join took (best effort: it
+    /// lapses by itself).
+    async fn unreserve(&self, queue: Option<&QueueName>, id: &LobbyId, member: &MemberId) {
+        if let Some(queue) = queue
+            && let Err(e) = self
+                .store
+                .unreserve(queue, id, member, self.config.lobby_capacity)
+                .await
+        {
+            tracing::debug!(error = %e, "giving a reservation up failed: it lapses by itself");
+        }
+    }
+
     /// Makes `member` a pending receiver of lobby `id` (subscribing this node
     /// if it is the first), before its join or resume becomes visible, so
     /// that nothing sent right after it is missed.
@@ -262,18 +342,15 @@ impl<S: LobbyMembership> Node<S> {
         id: LobbyId,
         member: &MemberId,
         outbox: &Outbox,
-        resume_secret: Option<Box<str>>,
+        mut answer: Option<Box<JoinAnswer>>,
         hosted: bool,
     ) -> Result<(Arc<LocalLobby>, tokio::sync::oneshot::Receiver<u8>), StoreError> {
         loop {
             let lobby = self.hub.lobby(id);
             let mut subscribed = lobby.subscription.lock().await;
-            let Some(activated) = lobby.add_pending(
-                member.clone(),
-                outbox.clone(),
-                resume_secret.clone(),
-                hosted,
-            ) else {
+            let Some(activated) =
+                lobby.add_pending(member.clone(), outbox.clone(), &mut answer, hosted)
+            else {
                 continue; // torn down meanwhile: take the fresh one
             };
             if !*subscribed {

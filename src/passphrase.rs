@@ -89,6 +89,11 @@ impl LobbyId {
         }))
     }
 
+    /// A lobby id of 32 given bytes (a queue's lobbies: random ones).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
     /// Parses the 64-character hex form (as found in a Redis key or channel).
     pub fn from_hex(hex: &str) -> Option<Self> {
         let hex = hex.as_bytes();

@@ -50,6 +50,13 @@ pub enum ClientMessage<'a> {
         resume: bool,
         host: bool,
     },
+    /// `{"type":"join","queue":Q}` (an addition): quick match in queue `Q`
+    /// (as sent: not yet normalised); `resume` and `host` as for `Join`.
+    JoinQueue {
+        queue: Cow<'a, str>,
+        resume: bool,
+        host: bool,
+    },
     /// `{"type":"resume","token":T,"received":N}` (an addition): take a held
     /// seat back; `received` counts the deliveries the client got. `host`:
     /// as in `join`.
@@ -104,6 +111,10 @@ pub enum ErrorCode {
     /// Added: a resume token that is wrong, used or expired, or whose seat
     /// is gone.
     InvalidResumeToken,
+    /// Added (quick match): a queue name that is not valid.
+    InvalidQueue,
+    /// Added (quick match): the queue has `--max-queue-lobbies` lobbies.
+    QueueFull,
 }
 
 impl ErrorCode {
@@ -128,11 +139,13 @@ impl ErrorCode {
             Self::LobbyNotAllowed => "lobby_not_allowed",
             Self::DuplicateUser => "duplicate_user",
             Self::InvalidResumeToken => "invalid_resume_token",
+            Self::InvalidQueue => "invalid_queue",
+            Self::QueueFull => "queue_full",
         }
     }
 
     /// Every code, for metrics.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 20] = [
         Self::InvalidJson,
         Self::InvalidMessage,
         Self::InvalidPassphrase,
@@ -151,6 +164,8 @@ impl ErrorCode {
         Self::LobbyNotAllowed,
         Self::DuplicateUser,
         Self::InvalidResumeToken,
+        Self::InvalidQueue,
+        Self::QueueFull,
     ];
 }
 
@@ -232,15 +247,24 @@ pub fn parse_text_with(text: &str, auth: bool) -> Result<ClientMessage<'_>, Refu
                 ));
             };
             match &*kind {
-                "join" => match head.passphrase.map(as_str) {
-                    Some(Some(passphrase)) => Ok(ClientMessage::Join {
+                "join" => match (head.passphrase.map(as_str), queue_of(text)) {
+                    (Some(Some(passphrase)), None) => Ok(ClientMessage::Join {
                         passphrase,
                         resume: is_true(head.resume),
                         host: asks_for(text, Ask::Host),
                     }),
+                    (None, Some(Some(queue))) => Ok(ClientMessage::JoinQueue {
+                        queue,
+                        resume: is_true(head.resume),
+                        host: asks_for(text, Ask::Host),
+                    }),
+                    (Some(_), Some(_)) => Err(Refusal::new(
+                        ErrorCode::InvalidMessage,
+                        "a join names a \"passphrase\" or a \"queue\", not both",
+                    )),
                     _ => Err(Refusal::new(
                         ErrorCode::InvalidMessage,
-                        "join needs a string field \"passphrase\"",
+                        "join needs a string field \"passphrase\" (or \"queue\", for quick match)",
                     )),
                 },
                 "leave" => Ok(ClientMessage::Leave),
@@ -328,6 +352,18 @@ fn asks_for(text: &str, ask: Ask) -> bool {
     })
 }
 
+/// The `queue` field of a join: `None` without one, `Some(None)` if it is
+/// not a string (read apart from [`Head`], like [`asks_for`]).
+fn queue_of(text: &str) -> Option<Option<Cow<'_, str>>> {
+    #[derive(Deserialize)]
+    struct QueueHead<'a> {
+        #[serde(borrow, default)]
+        queue: Option<&'a RawValue>,
+    }
+    let head = serde_json::from_str::<QueueHead<'_>>(text).ok()?;
+    head.queue.map(as_str)
+}
+
 /// Exactly the JSON `true`.
 fn is_true(value: Option<&RawValue>) -> bool {
     value.is_some_and(|r| r.get() == "true")
@@ -365,12 +401,13 @@ fn host_fields(host: Option<Host>) -> String {
     }
 }
 
-/// `{"type":"joined",...}`: to the joiner; with the host if it asked, and
-/// its resume token if it opted in.
+/// `{"type":"joined",...}`: to the joiner; with its queue for a quick
+/// match, the host if it asked, and its resume token if it opted in.
 pub fn joined(
     players: u8,
     capacity: u8,
     seat: u8,
+    queue: Option<&str>,
     users: &Users,
     host: Option<Host>,
     resume_token: Option<&str>,
@@ -378,8 +415,11 @@ pub fn joined(
     let token = resume_token
         .map(|t| format!(r#","resumeToken":{}"#, serde_json::Value::from(t)))
         .unwrap_or_default();
+    let queue = queue
+        .map(|q| format!(r#","queue":{}"#, serde_json::Value::from(q)))
+        .unwrap_or_default();
     format!(
-        r#"{{"type":"joined","players":{players},"capacity":{capacity},"seat":{seat}{}{}{token}}}"#,
+        r#"{{"type":"joined","players":{players},"capacity":{capacity},"seat":{seat}{queue}{}{}{token}}}"#,
         users_field(users),
         host_fields(host)
     )

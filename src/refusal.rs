@@ -22,6 +22,32 @@ use crate::lobby::StoreError;
 use crate::metrics;
 use crate::passphrase::{LobbyId, PassphraseError};
 use crate::protocol::{self, ErrorCode};
+use crate::queue::{QueueName, QueueNameError};
+
+/// What a refused join was for: a passphrase's lobby, or a quick-match
+/// queue (whose name is not secret: logs show it).
+#[derive(Debug, Clone)]
+pub enum Joining {
+    Lobby(LobbyId),
+    Queue(QueueName),
+}
+
+impl Joining {
+    /// As log lines name it: the lobby's first 8 hex digits, or
+    /// `queue:<name>`.
+    pub fn short(&self) -> String {
+        match self {
+            Self::Lobby(id) => id.short(),
+            Self::Queue(name) => format!("queue:{name}"),
+        }
+    }
+}
+
+impl From<LobbyId> for Joining {
+    fn from(id: LobbyId) -> Self {
+        Self::Lobby(id)
+    }
+}
 
 /// The target of the log lines of refusals: they are a session's lines, and
 /// name it as they did before this module existed (so that
@@ -61,29 +87,33 @@ pub enum Refusal<'a> {
     AlreadyJoined,
     /// A passphrase that is not one.
     InvalidPassphrase(PassphraseError),
+    /// A queue name that is not one.
+    InvalidQueue(QueueNameError),
+    /// The queue has `--max-queue-lobbies` lobbies already.
+    QueueFull { queue: QueueName, max: u32 },
     /// The player's token does not list this lobby (`user`: the user as log
     /// lines may show it).
     LobbyNotAllowed {
-        lobby: LobbyId,
+        lobby: Joining,
         user: Option<String>,
     },
     /// A join over `--join-rate`.
     TooManyJoins {
-        lobby: LobbyId,
+        lobby: Joining,
         per_minute: NonZeroU32,
     },
     /// A resume over `--join-rate`.
     TooManyResumes { per_minute: NonZeroU32 },
     /// The lobby has `capacity` players already.
-    LobbyFull { lobby: LobbyId, capacity: u8 },
+    LobbyFull { lobby: Joining, capacity: u8 },
     /// The player's user holds a seat in the lobby already.
     DuplicateUser {
-        lobby: LobbyId,
+        lobby: Joining,
         user: Option<String>,
     },
     /// The lobby store could not serve a join.
     JoinUnavailable {
-        lobby: LobbyId,
+        lobby: Joining,
         error: &'a StoreError,
     },
     /// A resume token that gives no seat back, and why.
@@ -112,6 +142,8 @@ impl Refusal<'_> {
             Self::Malformed(refusal) => refusal.code,
             Self::AuthWhileJoined | Self::AlreadyJoined => ErrorCode::AlreadyJoined,
             Self::InvalidPassphrase(_) => ErrorCode::InvalidPassphrase,
+            Self::InvalidQueue(_) => ErrorCode::InvalidQueue,
+            Self::QueueFull { .. } => ErrorCode::QueueFull,
             Self::LobbyNotAllowed { .. } => ErrorCode::LobbyNotAllowed,
             Self::LobbyFull { .. } => ErrorCode::LobbyFull,
             Self::DuplicateUser { .. } => ErrorCode::DuplicateUser,
@@ -141,6 +173,11 @@ impl Refusal<'_> {
             Self::AuthWhileJoined => "authenticate before joining, or leave the lobby first".into(),
             Self::AlreadyJoined => "this connection is already in a lobby; leave it first".into(),
             Self::InvalidPassphrase(e) => e.to_string().into(),
+            Self::InvalidQueue(e) => e.to_string().into(),
+            Self::QueueFull { max, .. } => format!(
+                "this queue already has {max} games; try again in a while, or another queue"
+            )
+            .into(),
             Self::LobbyNotAllowed { .. } => "your token does not allow this lobby".into(),
             Self::TooManyJoins { per_minute, .. } => format!(
                 "too many joins from your address or account (at most {per_minute} a minute); wait a little"
@@ -212,6 +249,9 @@ impl Refusal<'_> {
                 user,
                 "the user already holds a seat in this lobby"
             ),
+            Self::QueueFull { queue, .. } => {
+                tracing::warn!(target: TARGET, event = "join_refused", queue = queue.as_str(), reason = "queue_full", "the queue has --max-queue-lobbies lobbies");
+            }
             Self::JoinUnavailable { lobby, error } => {
                 metrics.joins_unavailable.increment(1);
                 tracing::warn!(target: TARGET, event = "join_refused", lobby = lobby.short(), error = %error, "lobby store unavailable");
@@ -236,6 +276,7 @@ impl Refusal<'_> {
             | Self::AuthWhileJoined
             | Self::AlreadyJoined
             | Self::InvalidPassphrase(_)
+            | Self::InvalidQueue(_)
             | Self::NotInLobby
             | Self::GameBeforeJoin
             | Self::Auth(_) => {}
@@ -398,13 +439,16 @@ mod tests {
                 "this connection is already in a lobby; leave it first",
             ),
             (
-                Refusal::LobbyNotAllowed { lobby, user: None },
+                Refusal::LobbyNotAllowed {
+                    lobby: lobby.into(),
+                    user: None,
+                },
                 "lobby_not_allowed",
                 "your token does not allow this lobby",
             ),
             (
                 Refusal::TooManyJoins {
-                    lobby,
+                    lobby: lobby.into(),
                     per_minute: per,
                 },
                 "rate_limited",
@@ -416,18 +460,32 @@ mod tests {
                 "too many joins or resumes from your address (at most 30 a minute); wait a little",
             ),
             (
-                Refusal::LobbyFull { lobby, capacity: 2 },
+                Refusal::QueueFull {
+                    queue: QueueName::parse("duel").unwrap(),
+                    max: 10,
+                },
+                "queue_full",
+                "this queue already has 10 games; try again in a while, or another queue",
+            ),
+            (
+                Refusal::LobbyFull {
+                    lobby: lobby.into(),
+                    capacity: 2,
+                },
                 "lobby_full",
                 "this lobby already has 2 players",
             ),
             (
-                Refusal::DuplicateUser { lobby, user: None },
+                Refusal::DuplicateUser {
+                    lobby: lobby.into(),
+                    user: None,
+                },
                 "duplicate_user",
                 "your account already holds a seat in this lobby (on another connection); leave it there first",
             ),
             (
                 Refusal::JoinUnavailable {
-                    lobby,
+                    lobby: lobby.into(),
                     error: &closed,
                 },
                 "unavailable",

@@ -30,9 +30,10 @@ use crate::lobby::{LobbyStore, RateKey};
 use crate::metrics;
 use crate::node::{JoinError, JoinOptions, Membership, Node, ResumeError};
 use crate::outbox::Outbox;
-use crate::passphrase::{LobbyId, PassphraseError};
+use crate::passphrase::LobbyId;
 use crate::protocol::{self, ClientMessage};
-use crate::refusal::{Refusal, Tally};
+use crate::queue::QueueName;
+use crate::refusal::{Joining, Refusal, Tally};
 
 /// Why a session ended (for the disconnect log line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +72,7 @@ pub struct Session<S> {
 
 /// What a text frame asks for, once parsed (owning nothing of the frame).
 enum Request {
-    Join(Result<LobbyId, PassphraseError>, JoinOptions),
+    Join(Result<Joining, Refusal<'static>>, JoinOptions),
     Resume(String, u64, bool),
     Leave,
     Auth(Result<User, AuthError>),
@@ -228,10 +229,22 @@ impl<S: LobbyStore> Session<S> {
             }) => {
                 let secret = self.node.config().lobby_secret.as_ref().map(|s| s.bytes());
                 Request::Join(
-                    LobbyId::from_passphrase_keyed(&passphrase, secret),
+                    LobbyId::from_passphrase_keyed(&passphrase, secret)
+                        .map(Joining::Lobby)
+                        .map_err(Refusal::InvalidPassphrase),
                     JoinOptions { resume, host },
                 )
             }
+            Ok(ClientMessage::JoinQueue {
+                queue,
+                resume,
+                host,
+            }) => Request::Join(
+                QueueName::parse(&queue)
+                    .map(Joining::Queue)
+                    .map_err(Refusal::InvalidQueue),
+                JoinOptions { resume, host },
+            ),
             Ok(ClientMessage::Resume {
                 token,
                 received,
@@ -250,11 +263,11 @@ impl<S: LobbyStore> Session<S> {
             Err(refusal) => Request::Refuse(Refusal::Malformed(refusal)),
         };
         match request {
-            Request::Join(Ok(lobby), options) => Box::pin(self.join(lobby, options)).await,
+            Request::Join(Ok(target), options) => Box::pin(self.join(target, options)).await,
             Request::Resume(token, received, host) => {
                 Box::pin(self.resume(&token, received, host)).await
             }
-            Request::Join(Err(e), _) => self.refuse(Refusal::InvalidPassphrase(e)),
+            Request::Join(Err(refusal), _) => self.refuse(refusal),
             Request::Leave => self.leave().await,
             Request::Auth(Ok(user)) => self.authenticated(user, true),
             Request::Auth(Err(e)) => self.auth_failed(e),
@@ -273,7 +286,8 @@ impl<S: LobbyStore> Session<S> {
         true
     }
 
-    async fn join(&mut self, lobby: LobbyId, options: JoinOptions) {
+    /// Joins a passphrase's lobby, or a queue's (quick match).
+    async fn join(&mut self, lobby: Joining, options: JoinOptions) {
         if self.refuse_if_joined() {
             return;
         }
@@ -287,7 +301,11 @@ impl<S: LobbyStore> Session<S> {
                     if let Err(e) = self.node.auth().check_expiry(user) {
                         return self.auth_failed(e);
                     }
-                    if !user.may_join(&lobby) {
+                    let allowed = match &lobby {
+                        Joining::Lobby(id) => user.may_join(id),
+                        Joining::Queue(_) => user.may_join_queues(),
+                    };
+                    if !allowed {
                         let user = self.node.auth().log_user(Some(user));
                         return self.refuse(Refusal::LobbyNotAllowed { lobby, user });
                     }
@@ -302,33 +320,54 @@ impl<S: LobbyStore> Session<S> {
             Ok(true) => {}
             Ok(false) => {
                 return self.refuse(Refusal::TooManyJoins {
-                    lobby,
+                    lobby: lobby.clone(),
                     per_minute: self.node.config().limits.join_limit.per_minute,
                 });
             }
             Err(error) => {
                 return self.refuse(Refusal::JoinUnavailable {
-                    lobby,
+                    lobby: lobby.clone(),
                     error: &error,
                 });
             }
         }
         let user = self.user.as_ref().map(|u| u.id.clone());
-        match self
-            .node
-            .join(lobby, user.as_deref(), options, &self.outbox)
-            .await
-        {
+        let joined = match &lobby {
+            Joining::Lobby(id) => {
+                self.node
+                    .join(*id, user.as_deref(), options, &self.outbox)
+                    .await
+            }
+            Joining::Queue(queue) => {
+                self.node
+                    .join_queue(queue, user.as_deref(), options, &self.outbox)
+                    .await
+            }
+        };
+        match joined {
             Ok(membership) => {
                 metrics::get().joins_joined.increment(1);
+                let queue = match &lobby {
+                    Joining::Queue(queue) => Some(queue.as_str()),
+                    Joining::Lobby(_) => None,
+                };
                 tracing::info!(
                     event = "join",
-                    lobby = lobby.short(),
+                    lobby = membership.lobby.id.short(),
+                    queue,
                     seat = membership.seat,
                     user = self.node.auth().log_user(self.user.as_ref()),
                     "joined lobby"
                 );
                 self.membership = Some(membership);
+            }
+            Err(JoinError::QueueFull) => {
+                if let Joining::Queue(queue) = lobby {
+                    self.refuse(Refusal::QueueFull {
+                        queue,
+                        max: self.node.config().limits.max_queue_lobbies,
+                    });
+                }
             }
             Err(JoinError::Full) => self.refuse(Refusal::LobbyFull {
                 lobby,

@@ -226,3 +226,289 @@ async fn the_hosts_node_killed_every_node_announces_the_same_new_host() {
     assert_eq!(meta.get("epoch").map(String::as_str), Some("2"), "{meta:?}");
     assert_quiet_pair(&mut b, &mut cc).await;
 }
+
+// ---------------------------------------------------------------------------
+// Quick match
+// ---------------------------------------------------------------------------
+
+/// Queues with `{"type":"join","queue":queue,"resume":true}` (the token
+/// names the lobby); returns `joined`.
+async fn queue_up(client: &mut Client, queue: &str) -> Value {
+    client
+        .send_json(json!({"type": "join", "queue": queue, "resume": true}))
+        .await;
+    let joined = client.recv_json().await;
+    assert_eq!(joined["type"], "joined", "{}: {joined}", client.name());
+    joined
+}
+
+/// The lobby hash a `joined` with a resume token names.
+fn lobby_of(joined: &Value) -> String {
+    let token = joined["resumeToken"].as_str().expect("a resume token");
+    token.split('.').next().unwrap().to_owned()
+}
+
+/// A `joined` without its token (which is random).
+fn without_token(joined: &Value) -> Value {
+    let mut joined = joined.clone();
+    joined.as_object_mut().unwrap().remove("resumeToken");
+    joined
+}
+
+/// A ping answered: every request this client sent before was handled
+/// (answers come in the order of the requests).
+async fn round_trip(client: &mut Client) {
+    client.send_json(json!({"type": "ping", "t": "sync"})).await;
+    client
+        .expect_json(json!({"type": "pong", "t": "sync"}))
+        .await;
+}
+
+/// The Redis hash of a queue.
+fn queue_key(queue: &str) -> String {
+    format!("lr:queue:{{q:{queue}}}")
+}
+
+both_flavours!(quick_match_pairs_strangers_in_lobbies_no_passphrase_reaches
+    => quick_match_pairs_strangers_in_lobbies_no_passphrase_reaches_redis,
+       quick_match_pairs_strangers_in_lobbies_no_passphrase_reaches_memory);
+/// Two players who queue (on two nodes) are seated together: `joined` says
+/// the seat and the queue, both get `ready`, and their messages are
+/// relayed. A third opens a new lobby. The lobbies' ids are random: a
+/// passphrase join of the queue's name lands elsewhere. Redis holds the
+/// queue's open lobby and its count of lobbies, with every key of a queue's
+/// lobby in the queue's slot; once everybody has left, nothing of the queue
+/// remains.
+async fn quick_match_pairs_strangers_in_lobbies_no_passphrase_reaches(c: Relays) {
+    let redis = c.redis_probe().await;
+    let queue = format!("duel-{}", unique());
+    let mut a = Client::connect(&c.url_a(), "A").await;
+    let mut b = Client::connect(&c.url_b(), "B").await;
+    let joined_a = queue_up(&mut a, &queue).await;
+    assert_eq!(
+        without_token(&joined_a),
+        json!({"type": "joined", "players": 1, "capacity": 2, "seat": 1, "queue": queue})
+    );
+    if let Some(redis) = &redis {
+        let state = redis.hgetall(&queue_key(&queue)).await;
+        assert_eq!(state.get("open"), Some(&lobby_of(&joined_a)), "{state:?}");
+        assert_eq!(
+            state.get("lobbies").map(String::as_str),
+            Some("1"),
+            "{state:?}"
+        );
+    }
+    let joined_b = queue_up(&mut b, &queue).await;
+    assert_eq!(
+        without_token(&joined_b),
+        json!({"type": "joined", "players": 2, "capacity": 2, "seat": 2, "queue": queue})
+    );
+    assert_eq!(lobby_of(&joined_a), lobby_of(&joined_b));
+    a.expect_json(json!({"type": "ready", "players": 2})).await;
+    b.expect_json(json!({"type": "ready", "players": 2})).await;
+    assert_quiet_pair(&mut a, &mut b).await;
+
+    // A third player opens a new lobby; a passphrase join of the queue's
+    // name is a lobby of its own.
+    let mut cc = Client::connect(&c.url_a(), "C").await;
+    let joined_c = queue_up(&mut cc, &queue).await;
+    assert_eq!(joined_c["seat"], 1);
+    assert_ne!(lobby_of(&joined_c), lobby_of(&joined_a));
+    let mut d = Client::connect(&c.url_b(), "D").await;
+    assert_eq!(
+        d.join(&queue).await,
+        json!({"type": "joined", "players": 1, "capacity": 2, "seat": 1})
+    );
+    assert_ne!(lobby_id(&queue), lobby_of(&joined_c));
+    cc.expect_silence(Duration::from_millis(200)).await;
+    if let Some(redis) = &redis {
+        let state = redis.hgetall(&queue_key(&queue)).await;
+        assert_eq!(state.get("open"), Some(&lobby_of(&joined_c)), "{state:?}");
+        assert_eq!(
+            state.get("lobbies").map(String::as_str),
+            Some("2"),
+            "{state:?}"
+        );
+        if redis.is_cluster() {
+            let slot = |key: String| {
+                let redis = redis.clone();
+                async move {
+                    redis
+                        .query::<i64>(redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
+                        .await
+                }
+            };
+            let queue_slot = slot(queue_key(&queue)).await;
+            for hex in [lobby_of(&joined_a), lobby_of(&joined_c)] {
+                for key in [format!("lr:lobby:{{{hex}}}"), format!("lr:meta:{{{hex}}}")] {
+                    assert_eq!(slot(key.clone()).await, queue_slot, "{key}");
+                }
+            }
+        }
+    }
+
+    // C leaves its waiting lobby: the lobby goes, out of the queue. Then A
+    // and B leave theirs: nothing of the queue remains.
+    cc.leave().await;
+    round_trip(&mut cc).await;
+    a.leave().await;
+    b.expect_json(json!({"type": "playerLeft", "players": 1, "seat": 1}))
+        .await;
+    b.leave().await;
+    if let Some(redis) = &redis {
+        let pattern = format!("*q:{queue}*");
+        let lobbies = [lobby_of(&joined_a), lobby_of(&joined_c)];
+        redis
+            .wait_until(Duration::from_secs(5), |redis| {
+                let (pattern, lobbies) = (pattern.clone(), lobbies.clone());
+                async move {
+                    let mut left = redis.keys(&pattern).await;
+                    for hex in &lobbies {
+                        left.extend(redis.keys(&format!("*{hex}*")).await);
+                    }
+                    if left.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(format!("left behind: {left:?}"))
+                    }
+                }
+            })
+            .await;
+    }
+}
+
+both_flavours!(four_hundred_players_queue_at_once_into_two_hundred_full_lobbies
+    => four_hundred_players_queue_at_once_into_two_hundred_full_lobbies_redis,
+       four_hundred_players_queue_at_once_into_two_hundred_full_lobbies_memory);
+/// 400 players join one queue at the same moment, half on each node:
+/// exactly 200 lobbies, each with seats 1 and 2 and `ready` for both, none
+/// overfilled, nobody left waiting; Redis knows 200 lobbies of the queue
+/// and no open one.
+async fn four_hundred_players_queue_at_once_into_two_hundred_full_lobbies(c: Relays) {
+    const PLAYERS: usize = 400;
+    let redis = c.redis_probe().await;
+    let queue = format!("rush-{}", unique());
+    let mut clients = Vec::with_capacity(PLAYERS);
+    for i in 0..PLAYERS {
+        clients.push(Client::connect(&c.url(i), &format!("P{i}")).await);
+    }
+    // Every join is sent before any answer is read.
+    for client in &mut clients {
+        client
+            .send_json(json!({"type": "join", "queue": queue, "resume": true}))
+            .await;
+    }
+    let answers = futures_util::future::join_all(clients.iter_mut().map(|client| async move {
+        let joined = client.recv_json_within(Duration::from_secs(20)).await;
+        let ready = client.recv_json_within(Duration::from_secs(20)).await;
+        (joined, ready)
+    }))
+    .await;
+    let mut lobbies: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for (i, (joined, ready)) in answers.iter().enumerate() {
+        assert_eq!(joined["type"], "joined", "P{i}: {joined}");
+        assert_eq!(joined["queue"], json!(queue), "P{i}: {joined}");
+        assert_eq!(ready, &json!({"type": "ready", "players": 2}), "P{i}");
+        lobbies
+            .entry(lobby_of(joined))
+            .or_default()
+            .push(joined["seat"].as_u64().unwrap());
+    }
+    assert_eq!(lobbies.len(), PLAYERS / 2, "exactly 200 lobbies");
+    for (lobby, seats) in &mut lobbies {
+        seats.sort_unstable();
+        assert_eq!(seats, &[1, 2], "lobby {lobby}");
+    }
+    if let Some(redis) = &redis {
+        let state = redis.hgetall(&queue_key(&queue)).await;
+        assert_eq!(
+            state.get("lobbies").map(String::as_str),
+            Some("200"),
+            "{state:?}"
+        );
+        assert_eq!(state.get("open"), None, "no lobby waits: {state:?}");
+    }
+    // Nothing was sent twice: one more player opens lobby 201, alone.
+    let mut last = Client::connect(&c.url_a(), "last").await;
+    let joined = queue_up(&mut last, &queue).await;
+    assert_eq!(joined["seat"], 1);
+    assert!(!lobbies.contains_key(&lobby_of(&joined)));
+}
+
+both_flavours!(a_leaver_takes_its_waiting_lobby_out_of_the_queue_a_held_seat_keeps_it
+    => a_leaver_takes_its_waiting_lobby_out_of_the_queue_a_held_seat_keeps_it_redis,
+       a_leaver_takes_its_waiting_lobby_out_of_the_queue_a_held_seat_keeps_it_memory);
+/// A player who leaves while waiting takes its lobby out of the queue: the
+/// next player gets a new lobby. A player whose connection drops while
+/// waiting (resume: its seat is held) keeps its lobby in the queue: the
+/// next player is seated with it (and `ready` comes; the held player is
+/// away).
+async fn a_leaver_takes_its_waiting_lobby_out_of_the_queue_a_held_seat_keeps_it(c: Relays) {
+    let queue = format!("wait-{}", unique());
+    let mut a = Client::connect(&c.url_a(), "A").await;
+    let first = queue_up(&mut a, &queue).await;
+    a.leave().await;
+    round_trip(&mut a).await; // the leave is done
+    let mut b = Client::connect(&c.url_b(), "B").await;
+    let second = queue_up(&mut b, &queue).await;
+    assert_eq!(second["seat"], 1, "{second}");
+    assert_ne!(lobby_of(&first), lobby_of(&second));
+
+    drop(b); // B's connection drops: its seat is held
+    let held = |text: &str| {
+        text.lines()
+            .any(|l| l.starts_with("lobby_relay_seats_held_total ") && !l.ends_with(" 0"))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !held(&support::scrape_metrics(c.addr_b())) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B's seat was never held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut cc = Client::connect(&c.url_a(), "C").await;
+    let third = queue_up(&mut cc, &queue).await;
+    assert_eq!(lobby_of(&third), lobby_of(&second));
+    assert_eq!(third["seat"], 2, "{third}");
+    cc.expect_json(json!({"type": "ready", "players": 2})).await;
+}
+
+both_flavours!(queue_refusals_say_why_and_change_nothing
+    => queue_refusals_say_why_and_change_nothing_redis,
+       queue_refusals_say_why_and_change_nothing_memory,
+    args: ["--max-queue-lobbies", "1"]);
+/// A queue name that is not one gets `invalid_queue`; a join naming a
+/// passphrase and a queue gets `invalid_message`; a queue with
+/// `--max-queue-lobbies` lobbies gets `queue_full`. The connection stays
+/// open and can join otherwise.
+async fn queue_refusals_say_why_and_change_nothing(c: Relays) {
+    let queue = format!("full-{}", unique());
+    let mut x = Client::connect(&c.url_a(), "X").await;
+    x.send_json(json!({"type": "join", "queue": "no way"}))
+        .await;
+    x.expect_error("invalid_queue").await;
+    x.send_json(json!({"type": "join", "queue": 7})).await;
+    x.expect_error("invalid_message").await;
+    x.send_json(json!({"type": "join", "queue": queue, "passphrase": "jump-rocket"}))
+        .await;
+    x.expect_error("invalid_message").await;
+
+    let mut a = Client::connect(&c.url_a(), "A").await;
+    let mut b = Client::connect(&c.url_b(), "B").await;
+    queue_up(&mut a, &queue).await;
+    queue_up(&mut b, &queue).await;
+    x.send_json(json!({"type": "join", "queue": queue})).await;
+    let refused = x.expect_error("queue_full").await;
+    assert!(
+        refused["message"].as_str().unwrap().contains("1 games"),
+        "{refused}"
+    );
+    x.assert_open().await;
+    let pass = format!("after-{}", unique());
+    assert_eq!(x.join(&pass).await["seat"], 1);
+    // A and B are undisturbed.
+    a.expect_json(json!({"type": "ready", "players": 2})).await;
+    b.expect_json(json!({"type": "ready", "players": 2})).await;
+    assert_quiet_pair(&mut a, &mut b).await;
+}

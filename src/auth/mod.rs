@@ -132,6 +132,13 @@ impl User {
     pub fn may_join(&self, lobby: &LobbyId) -> bool {
         self.lobbies.as_ref().is_none_or(|l| l.contains(lobby))
     }
+
+    /// Whether the token lets its holder use quick match: only a token
+    /// without a `lobbies` claim does (a queue's lobbies are not known
+    /// beforehand, so no claim can list them).
+    pub fn may_join_queues(&self) -> bool {
+        self.lobbies.is_none()
+    }
 }
 
 /// Why a token was refused. Every refusal is answered with its error code

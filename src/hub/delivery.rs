@@ -181,7 +181,7 @@ mod tests {
         for &seat in seats {
             let m = local(member(seat), seat);
             lobby
-                .add_pending(m.id.clone(), m.outbox.clone(), None, m.hosted)
+                .add_pending(m.id.clone(), m.outbox.clone(), &mut None, m.hosted)
                 .unwrap();
             occupied.push(seat);
             lobby.dispatch(LobbyEvent::Joined {
@@ -406,7 +406,7 @@ mod tests {
             if let Some((id, seat)) = case.pending.clone() {
                 let m = local(id, seat);
                 lobby
-                    .add_pending(m.id.clone(), m.outbox.clone(), None, m.hosted)
+                    .add_pending(m.id.clone(), m.outbox.clone(), &mut None, m.hosted)
                     .unwrap();
                 locals.push(m);
             }
@@ -463,7 +463,7 @@ mod tests {
         lobby.lose(&locals[2].id);
         let resumed = local(member(9), 4);
         lobby
-            .add_pending(resumed.id.clone(), resumed.outbox.clone(), None, false)
+            .add_pending(resumed.id.clone(), resumed.outbox.clone(), &mut None, false)
             .unwrap();
         lobby.dispatch(LobbyEvent::Back {
             seat: 4,
@@ -494,7 +494,7 @@ mod tests {
         let asker = local(member(4), 4); // seat 4: asked
         for (m, players) in [(&joiner, 3), (&asker, 4)] {
             lobby
-                .add_pending(m.id.clone(), m.outbox.clone(), None, m.hosted)
+                .add_pending(m.id.clone(), m.outbox.clone(), &mut None, m.hosted)
                 .unwrap();
             lobby.dispatch(LobbyEvent::Joined {
                 seat: m.seat,

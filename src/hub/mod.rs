@@ -88,15 +88,32 @@ struct LocalMember {
     outbox: Outbox,
     /// Fired when the member's join (or resume) event arrives.
     activated: Option<oneshot::Sender<u8>>,
-    /// Resume (opt-in): the secret of the member's resume token, sent in
-    /// `joined` as `<lobby hex>.<seat>.<secret>`.
-    resume_secret: Option<Box<str>>,
+    /// What `joined` says beyond protocol v1 (one pointer while there is
+    /// nothing to say; dropped once `joined` is sent).
+    answer: Option<Box<JoinAnswer>>,
     /// The member asked to be told who is host (`"host":true`): `joined`
     /// and `ready` name the host, and it gets `hostChanged`.
     hosted: bool,
     /// While a resuming member waits for its missed deliveries to be queued
     /// first: what arrived after its resume event, in order.
     backlog: Option<Vec<Message>>,
+}
+
+/// What a joiner's `joined` carries beyond protocol v1.
+#[derive(Debug, Default)]
+pub struct JoinAnswer {
+    /// Resume (opt-in): the secret of the member's resume token, sent as
+    /// `<lobby hex>.<seat>.<secret>`.
+    pub resume_secret: Option<Box<str>>,
+    /// Quick match: the queue the lobby came from.
+    pub queue: Option<Arc<str>>,
+}
+
+impl JoinAnswer {
+    /// `None` when there is nothing beyond protocol v1 to say.
+    pub fn boxed(self) -> Option<Box<Self>> {
+        (self.resume_secret.is_some() || self.queue.is_some()).then(|| Box::new(self))
+    }
 }
 
 impl LocalMember {
@@ -226,7 +243,7 @@ impl LocalLobby {
         &self,
         id: MemberId,
         outbox: Outbox,
-        resume_secret: Option<Box<str>>,
+        answer: &mut Option<Box<JoinAnswer>>,
         hosted: bool,
     ) -> Option<oneshot::Receiver<u8>> {
         let mut state = self.lock();
@@ -244,7 +261,7 @@ impl LocalLobby {
             seat: None,
             outbox,
             activated: Some(tx),
-            resume_secret,
+            answer: answer.take(),
             hosted,
             backlog: None,
         });
@@ -311,14 +328,15 @@ impl LocalLobby {
                     .find(|m| m.id == *member && m.seat.is_none())
                 {
                     m.seat = Some(*seat);
-                    let token = m
+                    let answer = m.answer.take().unwrap_or_default();
+                    let token = answer
                         .resume_secret
-                        .take()
                         .map(|secret| format!("{}.{seat}.{secret}", self.hex));
                     if m.outbox.deliver(Message::text(protocol::joined(
                         *players,
                         *capacity,
                         *seat,
+                        answer.queue.as_deref(),
                         users,
                         host.filter(|_| m.hosted),
                         token.as_deref(),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::identity::MemberId;
+use crate::passphrase::LobbyId;
 
 /// Something that happened in a lobby, in the lobby's order.
 #[derive(Debug, Clone)]
@@ -128,6 +129,16 @@ pub enum JoinOutcome {
     Full,
     /// The member's user already holds a seat in the lobby; nothing changed.
     DuplicateUser,
+}
+
+/// The answer to a quick-match reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// A seat of this lobby is the member's to take (by a join naming the
+    /// queue) for the next few seconds.
+    Reserved(LobbyId),
+    /// The queue has as many lobbies as it may have; nothing changed.
+    QueueFull,
 }
 
 /// Whom a join limit counts: a client address, or an authenticated user

@@ -23,12 +23,15 @@ use tokio_tungstenite::tungstenite::Message;
 use super::event::Host;
 use super::{
     EventSink, Goodbye, JoinLimiter, JoinOutcome, LobbyEvent, LobbyMembership, LobbySink, MemberId,
-    RateKey, ResumeOutcome, ResumeRefusal, ResumeSetup, StoreError, StoreHealth,
+    RateKey, Reservation, ResumeOutcome, ResumeRefusal, ResumeSetup, StoreError, StoreHealth,
 };
 use crate::limits::JoinLimit;
 use crate::metrics;
 use crate::outbox::Outbox;
 use crate::passphrase::LobbyId;
+use crate::queue::QueueName;
+use lobby::{Held, MemLobby};
+use queue::Queues;
 
 /// Lobbies held in this process.
 #[derive(Debug)]
@@ -56,125 +59,10 @@ struct Shared {
     /// This node's local lobbies (the hub).
     hub: Arc<dyn EventSink>,
     lobbies: Mutex<HashMap<LobbyId, MemLobby>>,
+    /// Quick-match queues: locked after `lobbies`, never before.
+    queues: Queues,
     /// How many lobbies have resumable seats (relays take the mutex then).
     held_lobbies: AtomicUsize,
-}
-
-#[derive(Debug, Default)]
-struct MemLobby {
-    /// Seat `i` is `seats[i - 1]`; a lobby with no member is removed.
-    seats: Vec<Option<MemberId>>,
-    /// Resumable seats.
-    held: HashMap<u8, Held>,
-    /// The host (set by the first join).
-    host: Option<Host>,
-}
-
-/// What is kept for one resumable seat.
-#[derive(Debug)]
-struct Held {
-    secret_hash: String,
-    /// The token the last resume presented: still good until the new one
-    /// is used (that resume's answer may have died with its connection).
-    presented_hash: Option<String>,
-    max_messages: usize,
-    max_bytes: usize,
-    grace: Duration,
-    /// Deliveries to the seat so far.
-    delivered: u64,
-    /// The last deliveries, with their sizes.
-    buffer: VecDeque<(LobbyEvent, usize)>,
-    bytes: usize,
-    /// Game messages accepted from the seat.
-    sent: u64,
-    /// While away: `delivered` when it went away, and which absence it is
-    /// (a timer of an earlier one does nothing).
-    away: Option<(u64, u64)>,
-    /// While away: when its grace period ends. A resume from then on is
-    /// refused, even before the timer has released the seat.
-    due: Option<tokio::time::Instant>,
-    overflowed: bool,
-}
-
-impl Held {
-    fn push(&mut self, event: &LobbyEvent) {
-        let size = match event {
-            LobbyEvent::Relay { message, .. } => message.len() + 2,
-            _ => 16,
-        };
-        self.delivered += 1;
-        self.buffer.push_back((event.clone(), size));
-        self.bytes += size;
-        while self.buffer.len() > self.max_messages || self.bytes > self.max_bytes {
-            if let Some((_, size)) = self.buffer.pop_front() {
-                self.bytes -= size;
-            }
-        }
-        if let Some((away_at, _)) = self.away {
-            let first = self.delivered - self.buffer.len() as u64;
-            if first > away_at {
-                self.overflowed = true;
-            }
-        }
-    }
-}
-
-impl MemLobby {
-    fn occupied(&self) -> Vec<u8> {
-        (1..)
-            .zip(&self.seats)
-            .filter_map(|(seat, member)| member.as_ref().map(|_| seat))
-            .collect()
-    }
-
-    fn players(&self) -> u8 {
-        self.seats.iter().flatten().count() as u8
-    }
-
-    /// Keeps `event` for every resumable seat but `skip`; returns the seats
-    /// whose buffer overflowed while away.
-    fn hold(&mut self, skip: u8, event: &LobbyEvent) -> Vec<u8> {
-        let mut overflowed = Vec::new();
-        for (&seat, held) in &mut self.held {
-            if seat != skip {
-                let before = held.overflowed;
-                held.push(event);
-                if held.overflowed && !before {
-                    overflowed.push(seat);
-                }
-            }
-        }
-        overflowed
-    }
-
-    /// Frees `seat`; returns the leave event, and the new host if the
-    /// seat was the host's and others remain.
-    fn free(&mut self, seat: u8) -> (LobbyEvent, Option<Host>) {
-        let index = usize::from(seat) - 1;
-        self.seats[index] = None;
-        self.held.remove(&seat);
-        while self.seats.last().is_some_and(Option::is_none) {
-            self.seats.pop();
-        }
-        let occupied = self.occupied();
-        let new_host = match (self.host, occupied.first()) {
-            (Some(host), Some(&lowest)) if host.seat == seat => {
-                let host = Host {
-                    seat: lowest,
-                    epoch: host.epoch + 1,
-                };
-                self.host = Some(host);
-                Some(host)
-            }
-            _ => None,
-        };
-        let left = LobbyEvent::Left {
-            seat,
-            players: occupied.len() as u8,
-            occupied,
-        };
-        (left, new_host)
-    }
 }
 
 impl MemoryStore {
@@ -183,6 +71,7 @@ impl MemoryStore {
             shared: Arc::new(Shared {
                 hub,
                 lobbies: Mutex::default(),
+                queues: Queues::default(),
                 held_lobbies: AtomicUsize::new(0),
             }),
             joins: OnceLock::new(),
@@ -281,22 +170,26 @@ impl Shared {
         }
     }
 
-    /// Drops an empty lobby; keeps the count of lobbies with held seats.
+    /// Drops an empty lobby (not while a seat of it is reserved); keeps the
+    /// count of lobbies with held seats, and the queue of a quick-match one.
     fn forget_if_empty(
         &self,
         lobbies: &mut HashMap<LobbyId, MemLobby>,
         id: &LobbyId,
         had_held: bool,
     ) {
-        let Some(lobby) = lobbies.get(id) else {
+        let Some(lobby) = lobbies.get_mut(id) else {
             return;
         };
         let has_held = !lobby.held.is_empty();
         if had_held && !has_held {
             self.held_lobbies.fetch_sub(1, Ordering::Relaxed);
         }
-        if lobby.players() == 0 {
-            lobbies.remove(id);
+        if lobby.taken() == 0 {
+            lobby.host = None;
+            if let Some(queue) = lobbies.remove(id).and_then(|l| l.queue) {
+                self.queues.forget_lobby(&queue, id);
+            }
         }
     }
 
@@ -344,12 +237,23 @@ impl LobbyMembership for MemoryStore {
         member: &MemberId,
         capacity: u8,
         resume: Option<&ResumeSetup>,
+        queue: Option<&QueueName>,
     ) -> Result<JoinOutcome, StoreError> {
         let shared = &self.shared;
         let mut lobbies = shared.lock();
-        let entry = lobbies.entry(*lobby).or_default();
+        let entry = match queue {
+            // A queue's lobby exists from its first reservation on.
+            Some(queue) => match lobbies.get_mut(lobby) {
+                Some(entry) if entry.queue.as_ref() == Some(queue) => entry,
+                _ => return Ok(JoinOutcome::Full),
+            },
+            None => lobbies.entry(*lobby).or_default(),
+        };
+        if queue.is_some() {
+            entry.reserved.retain(|(m, _)| m != member);
+        }
         let players = entry.players();
-        if players >= capacity {
+        if entry.taken() >= usize::from(capacity) {
             return Ok(JoinOutcome::Full);
         }
         if let Some(user) = member.user()
@@ -405,6 +309,41 @@ impl LobbyMembership for MemoryStore {
         let skip = if players >= capacity { 0 } else { seat };
         shared.emit(&mut lobbies, lobby, skip, event);
         Ok(JoinOutcome::Seated { seat, players })
+    }
+
+    async fn reserve(
+        &self,
+        queue: &QueueName,
+        member: &MemberId,
+        capacity: u8,
+        max_lobbies: u32,
+    ) -> Result<Reservation, StoreError> {
+        let shared = &self.shared;
+        let mut lobbies = shared.lock();
+        Ok(shared
+            .queues
+            .reserve(&mut lobbies, queue, member, capacity, max_lobbies))
+    }
+
+    async fn unreserve(
+        &self,
+        queue: &QueueName,
+        lobby: &LobbyId,
+        member: &MemberId,
+        capacity: u8,
+    ) -> Result<(), StoreError> {
+        let shared = &self.shared;
+        let mut lobbies = shared.lock();
+        let Some(entry) = lobbies.get_mut(lobby) else {
+            return Ok(());
+        };
+        entry.reserved.retain(|(m, _)| m != member);
+        if entry.taken() == 0 {
+            shared.forget_if_empty(&mut lobbies, lobby, false);
+        } else if entry.taken() < usize::from(capacity) {
+            shared.queues.reopen(queue, *lobby);
+        }
+        Ok(())
     }
 
     async fn leave(&self, lobby: &LobbyId, member: &MemberId, seat: u8) -> Result<(), StoreError> {
@@ -598,5 +537,7 @@ fn users(seats: &[Option<MemberId>]) -> Vec<(u8, Arc<str>)> {
         .collect()
 }
 
+mod lobby;
+mod queue;
 #[cfg(test)]
 mod tests;

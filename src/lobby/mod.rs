@@ -32,7 +32,10 @@ pub use crate::identity::MemberId;
 use crate::limits::JoinLimit;
 use crate::outbox::Outbox;
 use crate::passphrase::LobbyId;
-pub use event::{JoinOutcome, LobbyEvent, RateKey, ResumeOutcome, ResumeRefusal, ResumeSetup};
+use crate::queue::QueueName;
+pub use event::{
+    JoinOutcome, LobbyEvent, RateKey, Reservation, ResumeOutcome, ResumeRefusal, ResumeSetup,
+};
 
 /// Where a store hands the events of the lobbies this node has members in
 /// (the node's hub), and what it may ask of those local members (to
@@ -116,13 +119,42 @@ pub trait LobbyMembership: Send + Sync + 'static {
     /// Atomically seats `member` in the lowest free seat unless the lobby is
     /// full (or, for an authenticated member, its user already holds a seat
     /// there), and emits [`LobbyEvent::Joined`] to every subscribed node.
+    /// `queue`: the member reserved its seat in this queue's lobby
+    /// ([`LobbyMembership::reserve`]); the join takes the reservation (and
+    /// the others' count as taken seats).
     fn join(
         &self,
         lobby: &LobbyId,
         member: &MemberId,
         capacity: u8,
         resume: Option<&ResumeSetup>,
+        queue: Option<&QueueName>,
     ) -> impl Future<Output = Result<JoinOutcome, StoreError>> + Send;
+
+    /// Quick match, first step: atomically reserves a seat for `member` in
+    /// the oldest lobby of `queue` with a free seat, or in a new lobby of
+    /// the queue (at most `max_lobbies` of them), and keeps the queue's open
+    /// lobby (at most one) up to date in the same step. The member then
+    /// subscribes to that lobby and joins it naming the queue. A reservation
+    /// lapses by itself after a few seconds.
+    fn reserve(
+        &self,
+        queue: &QueueName,
+        member: &MemberId,
+        capacity: u8,
+        max_lobbies: u32,
+    ) -> impl Future<Output = Result<Reservation, StoreError>> + Send;
+
+    /// Gives a reservation up (the join did not happen): an unused new lobby
+    /// goes, a lobby left with room is the queue's open one again if it has
+    /// none.
+    fn unreserve(
+        &self,
+        queue: &QueueName,
+        lobby: &LobbyId,
+        member: &MemberId,
+        capacity: u8,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Resume: the connection of `member` (in `seat`) ended without leave.
     /// Holds the seat and emits [`LobbyEvent::Away`] if the seat is

@@ -113,7 +113,7 @@ async fn a_refused_join_detaches_and_the_last_one_retires() {
     let node = self::node(2);
     let elsewhere: MemberId = Identity::new("n2").new_member(Some("alice"));
     node.store
-        .join(&lobby(), &elsewhere, 2, None)
+        .join(&lobby(), &elsewhere, 2, None, None)
         .await
         .unwrap();
     let (ob, _ib) = connection();

@@ -263,15 +263,15 @@ fn auth_is_a_control_message_only_where_authentication_is_on() {
 #[test]
 fn events_have_the_documented_shape() {
     assert_eq!(
-        joined(1, 2, 1, &[], None, None),
+        joined(1, 2, 1, None, &[], None, None),
         r#"{"type":"joined","players":1,"capacity":2,"seat":1}"#
     );
     assert_eq!(ready(2, &[], None), r#"{"type":"ready","players":2}"#);
     // For a member that asked for the host.
     let host = Some(Host { seat: 2, epoch: 7 });
     assert_eq!(
-        joined(3, 4, 1, &[], host, Some("t")),
-        r#"{"type":"joined","players":3,"capacity":4,"seat":1,"host":2,"epoch":7,"resumeToken":"t"}"#
+        joined(3, 4, 1, Some("duel"), &[], host, Some("t")),
+        r#"{"type":"joined","players":3,"capacity":4,"seat":1,"queue":"duel","host":2,"epoch":7,"resumeToken":"t"}"#
     );
     assert_eq!(
         ready(2, &[], host),

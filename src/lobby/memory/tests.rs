@@ -87,11 +87,11 @@ impl Fixture {
         let member = self.identity.new_member(user);
         let (outbox, inbox) = outbox::channel(1 << 20);
         self.local()
-            .add_pending(member.clone(), outbox.clone(), None, false)
+            .add_pending(member.clone(), outbox.clone(), &mut None, false)
             .expect("lobby not retired");
         let outcome = self
             .store
-            .join(&self.id, &member, capacity, resume)
+            .join(&self.id, &member, capacity, resume, None)
             .await
             .unwrap();
         if !matches!(outcome, JoinOutcome::Seated { .. }) {

@@ -93,6 +93,19 @@ pub fn lobby_key_of_channel(channel: &str) -> String {
     )
 }
 
+/// A quick-match queue's hash (its open lobby, its count of lobbies). The
+/// hash tag is `q:<name>`: the queue's lobbies are given ids whose keys hash
+/// to the same slot.
+pub fn queue_key(name: &str) -> String {
+    format!("lr:queue:{{q:{name}}}")
+}
+
+/// What is known of a lobby besides its seats: its host, and for a queue's
+/// lobby its queue and reservations.
+pub fn meta_key(hex: &str) -> String {
+    format!("lr:meta:{{{hex}}}")
+}
+
 /// The sorted set of held seats by the end of their grace period.
 pub const AWAY_KEY: &str = "lr:away";
 

@@ -59,8 +59,8 @@ use connections::{CONNECT_TIMEOUT, Link, timed};
 pub use connections::{open_client, open_cluster_client};
 use held::HeldSeats;
 pub use keys::{
-    AWAY_KEY, NODE_KEY_PREFIX, NODES_KEY, PREFIX, channel, join_rate_key, lobby_key, node_key,
-    node_lobbies_key, reaped_key, resume_key, user_join_rate_key,
+    AWAY_KEY, NODE_KEY_PREFIX, NODES_KEY, PREFIX, channel, join_rate_key, lobby_key, meta_key,
+    node_key, node_lobbies_key, queue_key, reaped_key, resume_key, user_join_rate_key,
 };
 use liveness::Liveness;
 use publisher::Publisher;
@@ -69,9 +69,13 @@ use scripts::{Scripts, now_ms};
 use target::Target;
 pub use waiting::MAX_WAIT;
 
+/// How long a quick-match reservation keeps its seat (the reserving node
+/// subscribes and joins within it).
+const RESERVATION: Duration = Duration::from_secs(10);
+
 use super::{
     EventSink, Goodbye, JoinLimiter, JoinOutcome, LobbyMembership, LobbySink, MemberId, RateKey,
-    ResumeOutcome, ResumeRefusal, ResumeSetup, StoreError, StoreHealth,
+    Reservation, ResumeOutcome, ResumeRefusal, ResumeSetup, StoreError, StoreHealth,
 };
 use crate::cluster_view::ClusterView;
 use crate::identity::Identity;
@@ -80,6 +84,7 @@ use crate::lobby::event::Host;
 use crate::metrics;
 use crate::outbox::Outbox;
 use crate::passphrase::LobbyId;
+use crate::queue::QueueName;
 
 /// Settings of the Redis store.
 #[derive(Debug, Clone)]
@@ -269,8 +274,10 @@ impl LobbyMembership for RedisStore {
         member: &MemberId,
         capacity: u8,
         resume: Option<&ResumeSetup>,
+        queue: Option<&QueueName>,
     ) -> Result<JoinOutcome, StoreError> {
         let hex = lobby.to_string();
+        let queue = queue.map(|q| queue_key(q.as_str())).unwrap_or_default();
         let started = Instant::now();
         let joined = async {
             self.liveness.index_lobbies(&[&hex]).await?;
@@ -288,7 +295,9 @@ impl LobbyMembership for RedisStore {
                         .arg(resume.map_or("", |r| r.secret_hash.as_str()))
                         .arg(resume.map_or(0, |r| r.max_messages))
                         .arg(resume.map_or(0, |r| r.max_bytes))
-                        .arg(resume.map_or(0, |r| r.grace.as_millis() as u64)),
+                        .arg(resume.map_or(0, |r| r.grace.as_millis() as u64))
+                        .arg(&queue)
+                        .arg(now_ms()),
                 )
                 .await
         };
@@ -307,6 +316,80 @@ impl LobbyMembership for RedisStore {
                 "join.lua returned seat {seat}, players {players}"
             ))),
         }
+    }
+
+    async fn reserve(
+        &self,
+        queue: &QueueName,
+        member: &MemberId,
+        capacity: u8,
+        max_lobbies: u32,
+    ) -> Result<Reservation, StoreError> {
+        let key = queue_key(queue.as_str());
+        // First without a new lobby's id (usually the open one has room);
+        // asked for one, with an id in the queue's slot.
+        let mut candidate = String::new();
+        for _ in 0..3 {
+            let reply: Vec<redis::Value> = self
+                .held
+                .invoke(
+                    self.held
+                        .scripts
+                        .reserve
+                        .key(&key)
+                        .arg(member.as_str())
+                        .arg(capacity)
+                        .arg(&candidate)
+                        .arg(max_lobbies)
+                        .arg(now_ms())
+                        .arg(RESERVATION.as_millis() as u64),
+                )
+                .await?;
+            match reply.first() {
+                Some(redis::Value::Int(1)) => {
+                    let hex: String = reply
+                        .get(1)
+                        .and_then(|v| redis::from_redis_value(v.clone()).ok())
+                        .unwrap_or_default();
+                    return LobbyId::from_hex(&hex)
+                        .map(Reservation::Reserved)
+                        .ok_or_else(|| {
+                            StoreError::Protocol(format!("reserve.lua answered lobby {hex:?}"))
+                        });
+                }
+                Some(redis::Value::Int(-1)) => return Ok(Reservation::QueueFull),
+                _ => {
+                    candidate =
+                        crate::queue::random_lobby_in_slot(topology::slot_number(&key)).to_string();
+                }
+            }
+        }
+        Err(StoreError::Protocol(
+            "reserve.lua asked for a new lobby three times".into(),
+        ))
+    }
+
+    async fn unreserve(
+        &self,
+        queue: &QueueName,
+        lobby: &LobbyId,
+        member: &MemberId,
+        capacity: u8,
+    ) -> Result<(), StoreError> {
+        let _: i64 = self
+            .held
+            .invoke(
+                self.held
+                    .scripts
+                    .unreserve
+                    .key(queue_key(queue.as_str()))
+                    .arg(member.as_str())
+                    .arg(lobby.to_string())
+                    .arg(capacity)
+                    .arg(now_ms()),
+            )
+            .await?;
+        Ok(())
     }
 
     async fn leave(&self, lobby: &LobbyId, member: &MemberId, seat: u8) -> Result<(), StoreError> {

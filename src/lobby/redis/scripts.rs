@@ -26,6 +26,10 @@ pub struct Scripts {
     pub expire: redis::Script,
     /// Leases the held seats that are due to the node releasing them.
     pub due: redis::Script,
+    /// Quick match: reserves a seat in a queue's lobby.
+    pub reserve: redis::Script,
+    /// Quick match: gives a reservation up.
+    pub unreserve: redis::Script,
 }
 
 impl Scripts {
@@ -44,6 +48,8 @@ impl Scripts {
             resume: held_script(include_str!("lua/resume.lua"), publish),
             expire: held_script(include_str!("lua/expire.lua"), publish),
             due: redis::Script::new(include_str!("lua/due.lua")),
+            reserve: held_script(include_str!("lua/reserve.lua"), publish),
+            unreserve: held_script(include_str!("lua/unreserve.lua"), publish),
         }
     }
 }

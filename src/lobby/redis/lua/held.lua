@@ -34,6 +34,19 @@
 --                            that grows by one whenever the host changes;
 --                            deleted with the lobby
 --
+-- Quick match (a join naming a queue):
+--   lr:queue:{q:NAME}        hash: 'open' the hash of the queue's lobby with
+--                            free seats (at most one), 'lobbies' how many
+--                            lobbies the queue has; deleted with its last
+--                            lobby
+--   lr:meta:{HASH}           of a queue's lobby, also: 'queue' the key of its
+--                            queue, and per reserved seat 'r:<member id>'
+--                            until when (ms since the epoch); it expires by
+--                            itself while no member has taken a seat
+-- A queue's lobby ids are random but chosen so that their keys hash to the
+-- queue's slot: in a Redis Cluster a queue and its lobbies are on one shard,
+-- and one script changes both.
+--
 -- PUBLISH is 'PUBLISH' with one Redis and 'SPUBLISH' (sharded pub/sub) in a
 -- Redis Cluster; it is defined in front of this text.
 
@@ -51,6 +64,40 @@ end
 -- The host record of the lobby whose membership hash is `lobby`.
 local function meta_of(lobby)
   return 'lr:meta:' .. string.sub(lobby, 10)
+end
+
+-- Redis's clock, in ms since the epoch.
+local function now_ms()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+
+-- The reservations of a queue's lobby (its `meta`) still running at `now`;
+-- the lapsed ones are dropped.
+local function live_reservations(meta, now)
+  local n = 0
+  local fields = redis.call('HGETALL', meta)
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 2) == 'r:' then
+      if tonumber(fields[i + 1]) <= now then
+        redis.call('HDEL', meta, fields[i])
+      else
+        n = n + 1
+      end
+    end
+  end
+  return n
+end
+
+-- A queue's lobby `hex` is gone: out of its queue, whose last lobby it may
+-- have been.
+local function forget_queue_lobby(queue, hex)
+  if redis.call('HGET', queue, 'open') == hex then
+    redis.call('HDEL', queue, 'open')
+  end
+  if redis.call('HINCRBY', queue, 'lobbies', -1) <= 0 then
+    redis.call('DEL', queue)
+  end
 end
 
 -- The lowest occupied seat of `lobby`, or nil.
@@ -207,7 +254,19 @@ local function free_seat(lobby, res, seat, channel)
   local event, players = left_event(lobby, seat)
   redis.call(PUBLISH, channel, event)
   if players == 0 then
-    redis.call('DEL', res, meta_of(lobby))
+    redis.call('DEL', res)
+    local meta = meta_of(lobby)
+    local queue = redis.call('HGET', meta, 'queue')
+    if queue and live_reservations(meta, now_ms()) > 0 then
+      -- A player is about to take a reserved seat: the lobby stays, hostless.
+      redis.call('HDEL', meta, 'host')
+      redis.call('PEXPIRE', meta, 10000)
+    else
+      redis.call('DEL', meta)
+      if queue then
+        forget_queue_lobby(queue, string.sub(lobby, 11, -2))
+      end
+    end
   else
     hold(res, tonumber(seat), event)
   end

@@ -18,6 +18,9 @@
 -- ARGV[7]  resume: the most deliveries held for a seat
 -- ARGV[8]  resume: the most bytes held for a seat
 -- ARGV[9]  resume: the grace period, in ms
+-- ARGV[10] quick match: the key of the queue the member reserved its seat
+--          in (the seat is the reservation's), or '' for a passphrase lobby
+-- ARGV[11] quick match: now, in ms since the epoch
 -- The event: 'J', seat, players, capacity, then one byte per occupied seat
 -- (players bytes), then the member id; then for each occupied seat in the
 -- same order a NUL byte and its user id (empty for an anonymous member);
@@ -30,7 +33,19 @@
 -- changed, seat -1 that the user already holds a seat and nothing changed.
 local players = redis.call('HLEN', KEYS[1])
 local capacity = tonumber(ARGV[2])
-if players >= capacity then
+local meta = meta_of(KEYS[1])
+local queue = ARGV[10]
+local taken = players
+if queue ~= '' then
+  -- The queue's lobby must still be (its reservation may have lapsed and
+  -- the lobby gone); the others' reservations count as taken seats.
+  if redis.call('HGET', meta, 'queue') ~= queue then
+    return {0, players}
+  end
+  redis.call('HDEL', meta, 'r:' .. ARGV[1])
+  taken = players + live_reservations(meta, tonumber(ARGV[11]))
+end
+if taken >= capacity then
   return {0, players}
 end
 local function user_of(member)
@@ -54,6 +69,9 @@ while redis.call('HEXISTS', KEYS[1], seat) == 1 do
 end
 redis.call('HSET', KEYS[1], seat, ARGV[1])
 players = players + 1
+if queue ~= '' then
+  redis.call('PERSIST', meta)
+end
 local res = res_of(KEYS[1], 9)
 if ARGV[6] ~= '' then
   forget_seat(res, seat)
@@ -68,7 +86,6 @@ for i = 1, #fields, 2 do
   seats[#seats + 1] = string.char(tonumber(fields[i]))
   users[#users + 1] = user_of(fields[i + 1])
 end
-local meta = meta_of(KEYS[1])
 local host = redis.call('HGET', meta, 'host')
 local epoch
 if host and redis.call('HEXISTS', KEYS[1], host) == 1 then
