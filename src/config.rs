@@ -89,6 +89,29 @@ pub struct ServeArgs {
     )]
     pub max_queue_lobbies: u32,
 
+    /// Spectators: the most spectators one lobby may have (0 to 100000; 0
+    /// turns watching off). A watch past it gets `spectators_full`. All
+    /// nodes of a cluster should agree.
+    #[arg(
+        long,
+        env = "LOBBY_RELAY_MAX_SPECTATORS",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(0..=100_000)
+    )]
+    pub max_spectators: u32,
+
+    /// Spectators: the longest delay a spectator may ask for, in seconds (0
+    /// to 600), so that a competitive game cannot be ghosted live. A delayed
+    /// spectator holds back at most four times --outbound-queue-bytes (4
+    /// MiB by default); past that it is closed (1008).
+    #[arg(
+        long,
+        env = "LOBBY_RELAY_MAX_SPECTATOR_DELAY",
+        default_value_t = 120,
+        value_parser = clap::value_parser!(u32).range(0..=600)
+    )]
+    pub max_spectator_delay: u32,
+
     /// Largest WebSocket message accepted from a client, in bytes (256 to
     /// 16777216). A larger one gets `message_too_large` and close 1009.
     #[arg(
@@ -375,6 +398,10 @@ pub struct Limits {
     pub max_connections_per_address: u32,
     /// Quick match: the most lobbies one queue may have.
     pub max_queue_lobbies: u32,
+    /// Spectators: the most per lobby (0: watching is off).
+    pub max_spectators: u32,
+    /// Spectators: the longest delay, in seconds.
+    pub max_spectator_delay: u32,
     pub message_rate: NonZeroU32,
     pub message_burst: NonZeroU32,
     pub join_limit: JoinLimit,
@@ -440,6 +467,8 @@ impl ServeArgs {
                 max_connections: self.max_connections as usize,
                 max_connections_per_address: self.max_connections_per_address,
                 max_queue_lobbies: self.max_queue_lobbies,
+                max_spectators: self.max_spectators,
+                max_spectator_delay: self.max_spectator_delay,
                 message_rate: self.message_rate,
                 message_burst: self.message_burst,
                 join_limit: JoinLimit {

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub connections: LiveGauge,
     pub lobbies: LiveGauge,
     pub members: LiveGauge,
+    /// Spectators watching lobbies from this node.
+    pub spectators: LiveGauge,
     pub joins_joined: Counter,
     pub joins_full: Counter,
     pub joins_rate_limited: Counter,
@@ -174,6 +176,7 @@ impl Metrics {
             connections: LiveGauge::new(gauge!("lobby_relay_connections")),
             lobbies: LiveGauge::new(gauge!("lobby_relay_lobbies")),
             members: LiveGauge::new(gauge!("lobby_relay_members")),
+            spectators: LiveGauge::new(gauge!("lobby_relay_spectators")),
             joins_joined: counter!("lobby_relay_joins_total", "result" => "joined"),
             joins_full: counter!("lobby_relay_joins_total", "result" => "lobby_full"),
             joins_rate_limited: counter!("lobby_relay_joins_total", "result" => "rate_limited"),

@@ -16,11 +16,11 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::admin::{self, ClusterView};
 use crate::auth::verify::Verifier;
 use crate::config::Config;
-use crate::hub::{Hub, JoinAnswer, LocalLobby, frames_for_seat};
+use crate::hub::{Asks, Hub, JoinAnswer, LocalLobby, frames_for_seat};
 use crate::identity::Identity;
 use crate::lobby::{
     Goodbye, JoinLimiter, JoinOutcome, LobbyMembership, MemberId, RateKey, Reservation,
-    ResumeOutcome, ResumeSetup, StoreError, StoreHealth,
+    ResumeOutcome, ResumeSetup, StoreError, StoreHealth, WatchOutcome,
 };
 use crate::metrics;
 use crate::outbox::Outbox;
@@ -53,6 +53,17 @@ pub struct JoinOptions {
     pub resume: bool,
     /// `"host":true`: the member is told who is host.
     pub host: bool,
+    /// `"spectators":true`: the member is told how many watch.
+    pub spectators: bool,
+}
+
+impl JoinOptions {
+    fn asks(self) -> Asks {
+        Asks {
+            host: self.host,
+            spectators: self.spectators,
+        }
+    }
 }
 
 /// A connection's seat in a lobby.
@@ -64,6 +75,8 @@ pub struct Membership {
     /// The member opted in to resume: when its connection ends without
     /// `leave`, its seat is held rather than given up.
     pub resumable: bool,
+    /// A spectator: no seat (`seat` is 0), sends nothing.
+    pub spectator: bool,
 }
 
 /// Why a resume failed: nothing changed.
@@ -84,6 +97,10 @@ pub enum JoinError {
     QueueFull,
     #[error("the user already holds a seat in the lobby")]
     DuplicateUser,
+    #[error("nobody plays there")]
+    NothingToWatch,
+    #[error("the lobby has as many spectators as it may have")]
+    SpectatorsFull,
     #[error("the lobby store is unavailable: {0}")]
     Unavailable(#[from] StoreError),
 }
@@ -243,6 +260,80 @@ impl<S: LobbyMembership> Node<S> {
         Err(StoreError::Unreachable("no seat of the queue could be taken in three tries").into())
     }
 
+    /// Spectators: `user` watches lobby `id` (of `queue`, for a quick-match
+    /// lobby) without a seat, `delay` seconds behind. On success it has
+    /// been sent `watching`, and receives every delivery of the lobby from
+    /// then on.
+    pub async fn watch(
+        &self,
+        id: LobbyId,
+        queue: Option<&QueueName>,
+        user: Option<&str>,
+        options: JoinOptions,
+        delay: u32,
+        outbox: &Outbox,
+    ) -> Result<Membership, JoinError> {
+        let max = self.config.limits.max_spectators;
+        if max == 0 {
+            return Err(JoinError::SpectatorsFull);
+        }
+        let member = self.identity.new_member(user);
+        let answer = JoinAnswer {
+            queue: queue.map(QueueName::shared),
+            delay: Some((delay, self.config.limits.outbound_queue_bytes * 4)),
+            ..JoinAnswer::default()
+        };
+        let (lobby, activated) = self
+            .attach(id, &member, outbox, answer.boxed(), options.asks())
+            .await?;
+        let refusal = match self.store.watch(&id, &member, max).await {
+            Ok(WatchOutcome::Watching) => None,
+            Ok(WatchOutcome::NothingToWatch) => Some(JoinError::NothingToWatch),
+            Ok(WatchOutcome::Full) => Some(JoinError::SpectatorsFull),
+            Err(e) => Some(e.into()),
+        };
+        if let Some(refusal) = refusal {
+            self.detach(&lobby, &member).await;
+            return Err(refusal);
+        }
+        let membership = Membership {
+            lobby,
+            member,
+            seat: 0,
+            resumable: false,
+            spectator: true,
+        };
+        metrics::get().spectators.increment(1.0);
+        match tokio::time::timeout(JOIN_EVENT_TIMEOUT, activated).await {
+            Ok(Ok(_)) => Ok(membership),
+            _ => {
+                let _ = self.give_up(membership, false).await;
+                Err(StoreError::Unreachable(
+                    "the watch event did not come back from the lobby store",
+                )
+                .into())
+            }
+        }
+    }
+
+    /// Spectators: watches the game of `queue` that filled last.
+    pub async fn watch_queue(
+        &self,
+        queue: &QueueName,
+        user: Option<&str>,
+        options: JoinOptions,
+        delay: u32,
+        outbox: &Outbox,
+    ) -> Result<Membership, JoinError> {
+        match self.store.latest_game(queue).await? {
+            Some(id) => {
+                self.watch(id, Some(queue), user, options, delay, outbox)
+                    .await
+            }
+            None => Err(JoinError::NothingToWatch),
+        }
+    }
+
     /// Seats `member` in lobby `id` (`queue`: by its reservation there).
     async fn join_as(
         &self,
@@ -258,9 +349,10 @@ impl<S: LobbyMembership> Node<S> {
         let answer = JoinAnswer {
             resume_secret: secret.map(Into::into),
             queue: queue.map(QueueName::shared),
+            delay: None,
         };
         let (lobby, activated) = match self
-            .attach(id, &member, outbox, answer.boxed(), options.host)
+            .attach(id, &member, outbox, answer.boxed(), options.asks())
             .await
         {
             Ok(attached) => attached,
@@ -306,6 +398,7 @@ impl<S: LobbyMembership> Node<S> {
             member,
             seat,
             resumable,
+            spectator: false,
         };
         match tokio::time::timeout(JOIN_EVENT_TIMEOUT, activated).await {
             Ok(Ok(_)) => Ok(membership),
@@ -343,13 +436,13 @@ impl<S: LobbyMembership> Node<S> {
         member: &MemberId,
         outbox: &Outbox,
         mut answer: Option<Box<JoinAnswer>>,
-        hosted: bool,
+        asks: Asks,
     ) -> Result<(Arc<LocalLobby>, tokio::sync::oneshot::Receiver<u8>), StoreError> {
         loop {
             let lobby = self.hub.lobby(id);
             let mut subscribed = lobby.subscription.lock().await;
             let Some(activated) =
-                lobby.add_pending(member.clone(), outbox.clone(), &mut answer, hosted)
+                lobby.add_pending(member.clone(), outbox.clone(), &mut answer, asks)
             else {
                 continue; // torn down meanwhile: take the fresh one
             };
@@ -393,7 +486,11 @@ impl<S: LobbyMembership> Node<S> {
             parse_resume_token(token).ok_or(ResumeError::Refused("this is not a resume token"))?;
         let member = self.identity.new_member(user);
         let new_secret = new_secret();
-        let (lobby, activated) = self.attach(id, &member, outbox, None, hosted).await?;
+        let asks = Asks {
+            host: hosted,
+            spectators: false,
+        };
+        let (lobby, activated) = self.attach(id, &member, outbox, None, asks).await?;
         let outcome = self
             .store
             .resume(
@@ -427,6 +524,7 @@ impl<S: LobbyMembership> Node<S> {
             member: record,
             seat,
             resumable: true,
+            spectator: false,
         };
         if !matches!(
             tokio::time::timeout(JOIN_EVENT_TIMEOUT, activated).await,
@@ -475,9 +573,18 @@ impl<S: LobbyMembership> Node<S> {
             member,
             seat,
             resumable,
+            spectator,
         } = membership;
         let mut subscribed = lobby.subscription.lock().await;
         let last = lobby.remove(&member);
+        if spectator {
+            metrics::get().spectators.decrement(1.0);
+            let result = self.store.unwatch(&lobby.id, &member).await;
+            if last {
+                self.retire(&lobby, &mut subscribed).await;
+            }
+            return result;
+        }
         // A seat that turns out not to be resumable, or a store that cannot
         // be reached, gives the seat up (a leave is retried until it goes
         // through).

@@ -17,7 +17,7 @@ use crate::lobby::event::Host;
 /// Message types of the protocol's two tables, and those added by resume
 /// (so that no member can forge them to a resuming peer). A game message may
 /// not use them.
-pub const RESERVED_TYPES: [&str; 14] = [
+pub const RESERVED_TYPES: [&str; 16] = [
     "join",
     "leave",
     "ping",
@@ -32,6 +32,8 @@ pub const RESERVED_TYPES: [&str; 14] = [
     "playerAway",
     "playerBack",
     "hostChanged",
+    "watching",
+    "spectators",
 ];
 
 /// Message types added with player authentication; reserved only where it
@@ -43,20 +45,14 @@ pub const AUTH_TYPES: [&str; 2] = ["auth", "authenticated"];
 pub enum ClientMessage<'a> {
     /// `{"type":"join","passphrase":P}` or the short form `{"join":P}`.
     /// The passphrase is as sent: not yet normalised.
-    /// `resume` (an addition): `"resume":true` opts in to resume tokens.
-    /// `host` (an addition): `"host":true` asks to be told who is host.
+    /// What it asks for beyond protocol v1: see [`Asks`].
     Join {
         passphrase: Cow<'a, str>,
-        resume: bool,
-        host: bool,
+        asks: Asks,
     },
     /// `{"type":"join","queue":Q}` (an addition): quick match in queue `Q`
-    /// (as sent: not yet normalised); `resume` and `host` as for `Join`.
-    JoinQueue {
-        queue: Cow<'a, str>,
-        resume: bool,
-        host: bool,
-    },
+    /// (as sent: not yet normalised); `asks` as for `Join`.
+    JoinQueue { queue: Cow<'a, str>, asks: Asks },
     /// `{"type":"resume","token":T,"received":N}` (an addition): take a held
     /// seat back; `received` counts the deliveries the client got. `host`:
     /// as in `join`.
@@ -115,6 +111,12 @@ pub enum ErrorCode {
     InvalidQueue,
     /// Added (quick match): the queue has `--max-queue-lobbies` lobbies.
     QueueFull,
+    /// Added (spectators): nobody plays in the lobby to watch.
+    NothingToWatch,
+    /// Added (spectators): the lobby has `--max-spectators` spectators.
+    SpectatorsFull,
+    /// Added (spectators): a game message from a spectator.
+    Spectating,
 }
 
 impl ErrorCode {
@@ -141,11 +143,14 @@ impl ErrorCode {
             Self::InvalidResumeToken => "invalid_resume_token",
             Self::InvalidQueue => "invalid_queue",
             Self::QueueFull => "queue_full",
+            Self::NothingToWatch => "nothing_to_watch",
+            Self::SpectatorsFull => "spectators_full",
+            Self::Spectating => "spectating",
         }
     }
 
     /// Every code, for metrics.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 23] = [
         Self::InvalidJson,
         Self::InvalidMessage,
         Self::InvalidPassphrase,
@@ -166,6 +171,9 @@ impl ErrorCode {
         Self::InvalidResumeToken,
         Self::InvalidQueue,
         Self::QueueFull,
+        Self::NothingToWatch,
+        Self::SpectatorsFull,
+        Self::Spectating,
     ];
 }
 
@@ -250,13 +258,11 @@ pub fn parse_text_with(text: &str, auth: bool) -> Result<ClientMessage<'_>, Refu
                 "join" => match (head.passphrase.map(as_str), queue_of(text)) {
                     (Some(Some(passphrase)), None) => Ok(ClientMessage::Join {
                         passphrase,
-                        resume: is_true(head.resume),
-                        host: asks_for(text, Ask::Host),
+                        asks: Asks::read(text, head.resume),
                     }),
                     (None, Some(Some(queue))) => Ok(ClientMessage::JoinQueue {
                         queue,
-                        resume: is_true(head.resume),
-                        host: asks_for(text, Ask::Host),
+                        asks: Asks::read(text, head.resume),
                     }),
                     (Some(_), Some(_)) => Err(Refusal::new(
                         ErrorCode::InvalidMessage,
@@ -308,8 +314,7 @@ pub fn parse_text_with(text: &str, auth: bool) -> Result<ClientMessage<'_>, Refu
         None => match head.join.map(as_str) {
             Some(Some(passphrase)) => Ok(ClientMessage::Join {
                 passphrase,
-                resume: is_true(head.resume),
-                host: asks_for(text, Ask::Host),
+                asks: Asks::read(text, head.resume),
             }),
             Some(None) => Err(Refusal::new(
                 ErrorCode::InvalidMessage,
@@ -320,6 +325,51 @@ pub fn parse_text_with(text: &str, auth: bool) -> Result<ClientMessage<'_>, Refu
                 "a message needs a string field \"type\"",
             )),
         },
+    }
+}
+
+/// What a join asks for beyond protocol v1 (each flag exactly the JSON
+/// `true`; anything else asks for nothing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Asks {
+    /// `"resume":true`: a resume token, the seat held after a drop.
+    pub resume: bool,
+    /// `"host":true`: to be told who is host.
+    pub host: bool,
+    /// `"spectators":true`: to be told how many watch.
+    pub spectators: bool,
+    /// `"spectate":true`: to watch, without a seat.
+    pub spectate: bool,
+    /// `"delay":N` (with `spectate`): seconds to watch behind; `Err` if it
+    /// is not a whole number.
+    pub delay: Option<Result<u32, ()>>,
+}
+
+impl Asks {
+    /// The flags of a join (read apart from [`Head`], like [`asks_for`]).
+    fn read(text: &str, resume: Option<&RawValue>) -> Asks {
+        #[derive(Deserialize)]
+        struct Flags<'a> {
+            #[serde(borrow, default)]
+            host: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            spectators: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            spectate: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            delay: Option<&'a RawValue>,
+        }
+        let flags = serde_json::from_str::<Flags<'_>>(text).ok();
+        let flags = flags.as_ref();
+        Asks {
+            resume: is_true(resume),
+            host: is_true(flags.and_then(|f| f.host)),
+            spectators: is_true(flags.and_then(|f| f.spectators)),
+            spectate: is_true(flags.and_then(|f| f.spectate)),
+            delay: flags
+                .and_then(|f| f.delay)
+                .map(|d| d.get().parse::<u32>().map_err(|_| ())),
+        }
     }
 }
 
@@ -401,28 +451,69 @@ fn host_fields(host: Option<Host>) -> String {
     }
 }
 
+/// What `joined` (to a joiner) or `watching` (to a spectator) says.
+#[derive(Debug, Default)]
+pub struct Arrival<'a> {
+    pub players: u8,
+    pub capacity: u8,
+    /// The joiner's seat (`joined`), or none (`watching`).
+    pub seat: Option<u8>,
+    /// Quick match: the queue the lobby came from.
+    pub queue: Option<&'a str>,
+    pub users: &'a Users,
+    /// For a member that asked for the host.
+    pub host: Option<Host>,
+    /// For a member that asked for the spectators, and always in
+    /// `watching`.
+    pub spectators: Option<u32>,
+    /// A spectator's delay, in seconds.
+    pub delay: Option<u32>,
+    /// Resume (opt-in): the joiner's token.
+    pub resume_token: Option<&'a str>,
+}
+
 /// `{"type":"joined",...}`: to the joiner; with its queue for a quick
-/// match, the host if it asked, and its resume token if it opted in.
-pub fn joined(
-    players: u8,
-    capacity: u8,
-    seat: u8,
-    queue: Option<&str>,
-    users: &Users,
-    host: Option<Host>,
-    resume_token: Option<&str>,
-) -> String {
+/// match, the host and the spectators if it asked, and its resume token if
+/// it opted in. Or `{"type":"watching",...}` to a spectator (no seat).
+pub fn joined(arrival: &Arrival<'_>) -> String {
+    let Arrival {
+        players,
+        capacity,
+        seat,
+        queue,
+        users,
+        host,
+        spectators,
+        delay,
+        resume_token,
+    } = arrival;
+    let (kind, seat) = match seat {
+        Some(seat) => ("joined", format!(r#","seat":{seat}"#)),
+        None => ("watching", String::new()),
+    };
     let token = resume_token
         .map(|t| format!(r#","resumeToken":{}"#, serde_json::Value::from(t)))
         .unwrap_or_default();
     let queue = queue
         .map(|q| format!(r#","queue":{}"#, serde_json::Value::from(q)))
         .unwrap_or_default();
+    let spectators = spectators
+        .map(|n| format!(r#","spectators":{n}"#))
+        .unwrap_or_default();
+    let delay = delay
+        .map(|d| format!(r#","delay":{d}"#))
+        .unwrap_or_default();
     format!(
-        r#"{{"type":"joined","players":{players},"capacity":{capacity},"seat":{seat}{queue}{}{}{token}}}"#,
+        r#"{{"type":"{kind}","players":{players},"capacity":{capacity}{seat}{queue}{}{}{spectators}{delay}{token}}}"#,
         users_field(users),
-        host_fields(host)
+        host_fields(*host)
     )
+}
+
+/// `{"type":"spectators","count":N}`: to the members that asked, when the
+/// lobby's spectators change (at most once a second).
+pub fn spectators(count: u32) -> String {
+    format!(r#"{{"type":"spectators","count":{count}}}"#)
 }
 
 /// `{"type":"hostChanged","host":H,"epoch":E}`: the lobby's host from now

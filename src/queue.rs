@@ -54,34 +54,61 @@ pub fn random_lobby() -> LobbyId {
 /// A fresh random lobby id whose hex form hashes to Redis Cluster slot
 /// `slot` (CRC16/XMODEM of the 64 hex digits, modulo 16,384), so that a
 /// queue's lobbies live on the queue's own shard and one Lua step can change
-/// both. Random but for 14 bits: the last two bytes are searched (about
-/// 16,000 CRC steps of 4 bytes on average, a fraction of a millisecond).
+/// both. Random but for its last two bytes, which are solved for.
+///
+/// CRC16/XMODEM (initial value 0, no final XOR) is linear over GF(2): for
+/// messages of one length, CRC(a ^ b) = CRC(a) ^ CRC(b), and leading zero
+/// bytes leave it 0. So CRC(prefix ‖ suffix) = CRC(prefix ‖ 0000) ^
+/// CRC(suffix), and the suffix (four hex digits) whose CRC makes the sum
+/// land in the slot is looked up in a table of the 65,536 suffixes, built
+/// once. (Not every CRC value has a suffix of hex digits; a slot has four
+/// CRC values, and a prefix whose four all miss, about one in fifty, is
+/// drawn again.)
 pub fn random_lobby_in_slot(slot: u16) -> LobbyId {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    let by_crc = suffixes_by_crc();
     loop {
         let mut bytes: [u8; 32] = rand::random();
-        let mut prefix = crc16::State::<crc16::XMODEM>::new();
-        for &b in &bytes[..30] {
-            prefix.update(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        let mut text = [0u8; 64];
+        for (i, &b) in bytes[..30].iter().enumerate() {
+            text[2 * i] = HEX[usize::from(b >> 4)];
+            text[2 * i + 1] = HEX[usize::from(b & 0xf)];
         }
+        // text[60..64] stays zero: CRC(prefix ‖ 0000).
+        let base = crc16::State::<crc16::XMODEM>::calculate(&text);
         let start: u16 = rand::random();
-        for step in 0..=u16::MAX {
-            let tail = start.wrapping_add(step);
-            let [hi, lo] = tail.to_be_bytes();
-            let mut state = prefix;
-            state.update(&[
-                HEX[usize::from(hi >> 4)],
-                HEX[usize::from(hi & 0xf)],
-                HEX[usize::from(lo >> 4)],
-                HEX[usize::from(lo & 0xf)],
-            ]);
-            if state.get() % 16384 == slot {
+        for k in 0..4u16 {
+            let target = (slot & 0x3fff) | (((start.wrapping_add(k)) & 3) << 14);
+            if let Some(suffix) = by_crc[usize::from(base ^ target)] {
+                let [hi, lo] = suffix.to_be_bytes();
                 bytes[30] = hi;
                 bytes[31] = lo;
                 return LobbyId::from_bytes(bytes);
             }
         }
     }
+}
+
+/// For each CRC16/XMODEM value, a two-byte value whose four hex digits
+/// have that CRC, if any.
+fn suffixes_by_crc() -> &'static [Option<u16>] {
+    static TABLE: std::sync::OnceLock<Vec<Option<u16>>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut table = vec![None; 1 << 16];
+        for value in 0..=u16::MAX {
+            let [hi, lo] = value.to_be_bytes();
+            let digits = [
+                HEX[usize::from(hi >> 4)],
+                HEX[usize::from(hi & 0xf)],
+                HEX[usize::from(lo >> 4)],
+                HEX[usize::from(lo & 0xf)],
+            ];
+            let crc = crc16::State::<crc16::XMODEM>::calculate(&digits);
+            table[usize::from(crc)].get_or_insert(value);
+        }
+        table
+    })
 }
 
 #[cfg(test)]
@@ -111,5 +138,10 @@ mod tests {
             }
         }
         assert_ne!(random_lobby(), random_lobby());
+        // Every slot can be had (a sample of them, and the edges).
+        for slot in (0..16384).step_by(97).chain([16383]) {
+            let id = random_lobby_in_slot(slot);
+            assert_eq!(slot_number(&format!("lr:lobby:{{{id}}}")), slot);
+        }
     }
 }

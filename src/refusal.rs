@@ -91,6 +91,15 @@ pub enum Refusal<'a> {
     InvalidQueue(QueueNameError),
     /// The queue has `--max-queue-lobbies` lobbies already.
     QueueFull { queue: QueueName, max: u32 },
+    /// A spectator's `delay` that is not a whole number of seconds up to
+    /// `--max-spectator-delay`.
+    BadDelay { max: u32 },
+    /// Nobody plays in the lobby (or no game of the queue is under way).
+    NothingToWatch { lobby: Joining },
+    /// The lobby has `--max-spectators` spectators (0: watching is off).
+    SpectatorsFull { lobby: Joining, max: u32 },
+    /// A game message from a spectator.
+    Spectating,
     /// The player's token does not list this lobby (`user`: the user as log
     /// lines may show it).
     LobbyNotAllowed {
@@ -144,6 +153,10 @@ impl Refusal<'_> {
             Self::InvalidPassphrase(_) => ErrorCode::InvalidPassphrase,
             Self::InvalidQueue(_) => ErrorCode::InvalidQueue,
             Self::QueueFull { .. } => ErrorCode::QueueFull,
+            Self::BadDelay { .. } => ErrorCode::InvalidMessage,
+            Self::NothingToWatch { .. } => ErrorCode::NothingToWatch,
+            Self::SpectatorsFull { .. } => ErrorCode::SpectatorsFull,
+            Self::Spectating => ErrorCode::Spectating,
             Self::LobbyNotAllowed { .. } => ErrorCode::LobbyNotAllowed,
             Self::LobbyFull { .. } => ErrorCode::LobbyFull,
             Self::DuplicateUser { .. } => ErrorCode::DuplicateUser,
@@ -174,6 +187,21 @@ impl Refusal<'_> {
             Self::AlreadyJoined => "this connection is already in a lobby; leave it first".into(),
             Self::InvalidPassphrase(e) => e.to_string().into(),
             Self::InvalidQueue(e) => e.to_string().into(),
+            Self::BadDelay { max } => format!(
+                "\"delay\" must be a whole number of seconds, at most {max}"
+            )
+            .into(),
+            Self::NothingToWatch { lobby: Joining::Lobby(_) } => {
+                "nobody plays in this lobby right now: nothing to watch".into()
+            }
+            Self::NothingToWatch { lobby: Joining::Queue(_) } => {
+                "no game of this queue is under way: nothing to watch".into()
+            }
+            Self::SpectatorsFull { max: 0, .. } => "this relay does not allow spectators".into(),
+            Self::SpectatorsFull { max, .. } => {
+                format!("this lobby already has {max} spectators").into()
+            }
+            Self::Spectating => "spectators cannot send game messages".into(),
             Self::QueueFull { max, .. } => format!(
                 "this queue already has {max} games; try again in a while, or another queue"
             )
@@ -249,6 +277,12 @@ impl Refusal<'_> {
                 user,
                 "the user already holds a seat in this lobby"
             ),
+            Self::NothingToWatch { lobby } => {
+                join_refused!(lobby, "nothing_to_watch", "nobody plays there")
+            }
+            Self::SpectatorsFull { lobby, .. } => {
+                join_refused!(lobby, "spectators_full", "too many spectators")
+            }
             Self::QueueFull { queue, .. } => {
                 tracing::warn!(target: TARGET, event = "join_refused", queue = queue.as_str(), reason = "queue_full", "the queue has --max-queue-lobbies lobbies");
             }
@@ -277,6 +311,8 @@ impl Refusal<'_> {
             | Self::AlreadyJoined
             | Self::InvalidPassphrase(_)
             | Self::InvalidQueue(_)
+            | Self::BadDelay { .. }
+            | Self::Spectating
             | Self::NotInLobby
             | Self::GameBeforeJoin
             | Self::Auth(_) => {}

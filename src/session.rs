@@ -31,7 +31,7 @@ use crate::metrics;
 use crate::node::{JoinError, JoinOptions, Membership, Node, ResumeError};
 use crate::outbox::Outbox;
 use crate::passphrase::LobbyId;
-use crate::protocol::{self, ClientMessage};
+use crate::protocol::{self, Asks, ClientMessage};
 use crate::queue::QueueName;
 use crate::refusal::{Joining, Refusal, Tally};
 
@@ -72,7 +72,7 @@ pub struct Session<S> {
 
 /// What a text frame asks for, once parsed (owning nothing of the frame).
 enum Request {
-    Join(Result<Joining, Refusal<'static>>, JoinOptions),
+    Join(Result<Joining, Refusal<'static>>, Asks),
     Resume(String, u64, bool),
     Leave,
     Auth(Result<User, AuthError>),
@@ -222,28 +222,20 @@ impl<S: LobbyStore> Session<S> {
 
     async fn on_text(&mut self, text: Utf8Bytes) {
         let request = match protocol::parse_text_with(&text, self.node.auth().enabled()) {
-            Ok(ClientMessage::Join {
-                passphrase,
-                resume,
-                host,
-            }) => {
+            Ok(ClientMessage::Join { passphrase, asks }) => {
                 let secret = self.node.config().lobby_secret.as_ref().map(|s| s.bytes());
                 Request::Join(
                     LobbyId::from_passphrase_keyed(&passphrase, secret)
                         .map(Joining::Lobby)
                         .map_err(Refusal::InvalidPassphrase),
-                    JoinOptions { resume, host },
+                    asks,
                 )
             }
-            Ok(ClientMessage::JoinQueue {
-                queue,
-                resume,
-                host,
-            }) => Request::Join(
+            Ok(ClientMessage::JoinQueue { queue, asks }) => Request::Join(
                 QueueName::parse(&queue)
                     .map(Joining::Queue)
                     .map_err(Refusal::InvalidQueue),
-                JoinOptions { resume, host },
+                asks,
             ),
             Ok(ClientMessage::Resume {
                 token,
@@ -263,7 +255,7 @@ impl<S: LobbyStore> Session<S> {
             Err(refusal) => Request::Refuse(Refusal::Malformed(refusal)),
         };
         match request {
-            Request::Join(Ok(target), options) => Box::pin(self.join(target, options)).await,
+            Request::Join(Ok(target), asks) => Box::pin(self.join(target, asks)).await,
             Request::Resume(token, received, host) => {
                 Box::pin(self.resume(&token, received, host)).await
             }
@@ -286,11 +278,26 @@ impl<S: LobbyStore> Session<S> {
         true
     }
 
-    /// Joins a passphrase's lobby, or a queue's (quick match).
-    async fn join(&mut self, lobby: Joining, options: JoinOptions) {
+    /// Joins a passphrase's lobby, or a queue's (quick match); or watches
+    /// one (`"spectate":true`).
+    async fn join(&mut self, lobby: Joining, asks: Asks) {
         if self.refuse_if_joined() {
             return;
         }
+        let options = JoinOptions {
+            resume: asks.resume && !asks.spectate,
+            host: asks.host,
+            spectators: asks.spectators,
+        };
+        let max_delay = self.node.config().limits.max_spectator_delay;
+        let delay = match asks.delay {
+            _ if !asks.spectate => 0, // unused: ignored
+            None => 0,
+            Some(Ok(delay)) if delay <= max_delay => delay,
+            Some(_) => {
+                return self.refuse(Refusal::BadDelay { max: max_delay });
+            }
+        };
         if self.node.auth().enabled() {
             match &self.user {
                 None if self.node.auth().mode() == AuthMode::Required => {
@@ -332,16 +339,14 @@ impl<S: LobbyStore> Session<S> {
             }
         }
         let user = self.user.as_ref().map(|u| u.id.clone());
-        let joined = match &lobby {
-            Joining::Lobby(id) => {
-                self.node
-                    .join(*id, user.as_deref(), options, &self.outbox)
-                    .await
-            }
-            Joining::Queue(queue) => {
-                self.node
-                    .join_queue(queue, user.as_deref(), options, &self.outbox)
-                    .await
+        let (user, outbox) = (user.as_deref(), &self.outbox);
+        let node = &self.node;
+        let joined = match (&lobby, asks.spectate) {
+            (Joining::Lobby(id), false) => node.join(*id, user, options, outbox).await,
+            (Joining::Queue(queue), false) => node.join_queue(queue, user, options, outbox).await,
+            (Joining::Lobby(id), true) => node.watch(*id, None, user, options, delay, outbox).await,
+            (Joining::Queue(queue), true) => {
+                node.watch_queue(queue, user, options, delay, outbox).await
             }
         };
         match joined {
@@ -352,15 +357,29 @@ impl<S: LobbyStore> Session<S> {
                     Joining::Lobby(_) => None,
                 };
                 tracing::info!(
-                    event = "join",
+                    event = if membership.spectator {
+                        "watch"
+                    } else {
+                        "join"
+                    },
                     lobby = membership.lobby.id.short(),
                     queue,
                     seat = membership.seat,
                     user = self.node.auth().log_user(self.user.as_ref()),
-                    "joined lobby"
+                    "{}",
+                    if membership.spectator {
+                        "watching lobby"
+                    } else {
+                        "joined lobby"
+                    }
                 );
                 self.membership = Some(membership);
             }
+            Err(JoinError::NothingToWatch) => self.refuse(Refusal::NothingToWatch { lobby }),
+            Err(JoinError::SpectatorsFull) => self.refuse(Refusal::SpectatorsFull {
+                lobby,
+                max: self.node.config().limits.max_spectators,
+            }),
             Err(JoinError::QueueFull) => {
                 if let Joining::Queue(queue) = lobby {
                     self.refuse(Refusal::QueueFull {
@@ -480,6 +499,9 @@ impl<S: LobbyStore> Session<S> {
         let Some(membership) = &self.membership else {
             return self.refuse(Refusal::GameBeforeJoin);
         };
+        if membership.spectator {
+            return self.refuse(Refusal::Spectating);
+        }
         if let Err(error) = self.node.relay(membership, message, &self.outbox).await {
             self.refuse(Refusal::RelayFailed(&error));
         }

@@ -512,3 +512,240 @@ async fn queue_refusals_say_why_and_change_nothing(c: Relays) {
     b.expect_json(json!({"type": "ready", "players": 2})).await;
     assert_quiet_pair(&mut a, &mut b).await;
 }
+
+// ---------------------------------------------------------------------------
+// Spectators
+// ---------------------------------------------------------------------------
+
+/// Sends a watch request for `passphrase` (with `extra` fields).
+async fn send_watch(client: &mut Client, passphrase: &str, extra: Value) {
+    let mut watch = json!({"type": "join", "passphrase": passphrase, "spectate": true});
+    if let (Some(watch), Some(extra)) = (watch.as_object_mut(), extra.as_object()) {
+        watch.extend(extra.clone());
+    }
+    client.send_json(watch).await;
+}
+
+both_flavours!(a_spectator_sees_everything_in_order_and_cannot_play
+    => a_spectator_sees_everything_in_order_and_cannot_play_redis,
+       a_spectator_sees_everything_in_order_and_cannot_play_memory);
+/// A spectator (on a node where no player of the lobby is, with Redis)
+/// gets `watching`, then every game message and lobby event of the lobby in
+/// the players' order; a game message of its own gets `spectating` and
+/// changes nothing. A player that asked (`"spectators":true`) is told the
+/// count; one that did not sees protocol v1 exactly. Redis counts the
+/// spectator under its node; when it leaves, the count goes back to 0.
+async fn a_spectator_sees_everything_in_order_and_cannot_play(c: Relays) {
+    let redis = c.redis_probe().await;
+    let pass = format!("watched-{}", unique());
+    let mut a = Client::connect(&c.url_a(), "A").await;
+    let mut b = Client::connect(&c.url_a(), "B (v1)").await;
+    a.send_json(json!({"type": "join", "passphrase": pass, "spectators": true}))
+        .await;
+    assert_eq!(
+        a.recv_json().await,
+        json!({"type": "joined", "players": 1, "capacity": 2, "seat": 1, "spectators": 0})
+    );
+    b.join(&pass).await;
+    a.expect_json(json!({"type": "ready", "players": 2})).await;
+    b.expect_json(json!({"type": "ready", "players": 2})).await;
+
+    let mut s = Client::connect(&c.url_b(), "S").await;
+    send_watch(&mut s, &pass, json!({})).await;
+    s.expect_json(json!({"type": "watching", "players": 2, "capacity": 2, "spectators": 1}))
+        .await;
+    a.expect_json(json!({"type": "spectators", "count": 1}))
+        .await;
+    if let Some(redis) = &redis {
+        let meta = redis.hgetall(&meta_key(&pass)).await;
+        let counted: Vec<(&String, &String)> =
+            meta.iter().filter(|(k, _)| k.starts_with("sp:")).collect();
+        assert_eq!(counted.len(), 1, "{meta:?}");
+        assert_eq!(counted[0].1, "1", "{meta:?}");
+    }
+
+    // The game: both players send; the spectator sees all, in order.
+    for i in 0..20 {
+        a.send_json(json!({"type": "move", "from": 1, "i": i}))
+            .await;
+        b.send_binary(vec![2, i]).await;
+    }
+    let (mut from_a, mut from_b) = (Vec::new(), Vec::new());
+    for _ in 0..40 {
+        match s.recv().await {
+            tokio_tungstenite::tungstenite::Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                from_a.push(v["i"].as_u64().unwrap());
+            }
+            tokio_tungstenite::tungstenite::Message::Binary(b) => from_b.push(u64::from(b[1])),
+            other => panic!("S got {other:?}"),
+        }
+    }
+    assert_eq!(from_a, (0..20).collect::<Vec<_>>());
+    assert_eq!(from_b, (0..20).collect::<Vec<_>>());
+    for _ in 0..20 {
+        assert_eq!(a.recv_binary().await[0], 2);
+        assert_eq!(b.recv_json().await["from"], 1);
+    }
+
+    // A spectator may not play; nothing reaches the players.
+    s.send_json(json!({"type": "move", "from": 0})).await;
+    s.expect_error("spectating").await;
+    s.assert_open().await;
+    let after = json!({"type": "after", "from": 1});
+    a.send_json(after.clone()).await;
+    b.expect_json(after.clone()).await; // and not the spectator's move
+    s.expect_json(after).await;
+    a.expect_silence(Duration::from_millis(100)).await;
+
+    // Lobby events reach the spectator too; then it leaves.
+    b.leave().await;
+    s.expect_json(json!({"type": "playerLeft", "players": 1, "seat": 2}))
+        .await;
+    a.expect_json(json!({"type": "playerLeft", "players": 1, "seat": 2}))
+        .await;
+    s.leave().await;
+    let count = a.recv_json_within(Duration::from_secs(3)).await;
+    assert_eq!(count, json!({"type": "spectators", "count": 0}));
+    if let Some(redis) = &redis {
+        let meta = redis.hgetall(&meta_key(&pass)).await;
+        assert!(!meta.keys().any(|k| k.starts_with("sp:")), "{meta:?}");
+    }
+}
+
+both_flavours!(players_are_told_the_count_at_most_once_a_second
+    => players_are_told_the_count_at_most_once_a_second_redis,
+       players_are_told_the_count_at_most_once_a_second_memory);
+/// Ten spectators come at once: a player that asked is told at most one
+/// count a second, the last one being 10; when they all go, 0. Spectators
+/// do not count towards capacity or `ready`.
+async fn players_are_told_the_count_at_most_once_a_second(c: Relays) {
+    let pass = format!("crowd-{}", unique());
+    let mut a = Client::connect(&c.url_a(), "A").await;
+    a.send_json(json!({"type": "join", "passphrase": pass, "spectators": true}))
+        .await;
+    assert_eq!(a.recv_json().await["type"], "joined");
+    let started = tokio::time::Instant::now();
+    let mut watchers = Vec::new();
+    for i in 0..10 {
+        let mut s = Client::connect(&c.url(i), &format!("S{i}")).await;
+        send_watch(&mut s, &pass, json!({})).await;
+        assert_eq!(s.recv_json().await["type"], "watching");
+        watchers.push(s);
+    }
+    let mut counts = Vec::new();
+    while counts.last() != Some(&10) {
+        let notice = a.recv_json_within(Duration::from_secs(3)).await;
+        assert_eq!(notice["type"], "spectators", "{notice}");
+        counts.push(notice["count"].as_u64().unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(
+        (counts.len() as f64) <= elapsed.ceil() + 1.0,
+        "{} notices in {elapsed:.2} s: {counts:?}",
+        counts.len()
+    );
+    // Still one player of two: a third connection joins as a player.
+    let mut b = Client::connect(&c.url_b(), "B").await;
+    assert_eq!(b.join(&pass).await["seat"], 2);
+    for s in &mut watchers {
+        s.leave().await;
+    }
+    loop {
+        let notice = a.recv_json_within(Duration::from_secs(3)).await;
+        if notice["type"] == "spectators" && notice["count"] == 0 {
+            break;
+        }
+    }
+}
+
+both_flavours!(watching_is_refused_where_it_should_be
+    => watching_is_refused_where_it_should_be_redis,
+       watching_is_refused_where_it_should_be_memory,
+    args: ["--max-spectators", "1", "--max-spectator-delay", "5"]);
+/// Nothing to watch in an empty lobby (`nothing_to_watch`); a lobby with
+/// `--max-spectators` spectators refuses one more (`spectators_full`); a
+/// delay over `--max-spectator-delay` or not a whole number is
+/// `invalid_message`; a queue with no game under way has nothing to watch.
+/// The connection stays open each time.
+async fn watching_is_refused_where_it_should_be(c: Relays) {
+    let pass = format!("refused-{}", unique());
+    let mut x = Client::connect(&c.url_a(), "X").await;
+    send_watch(&mut x, &pass, json!({})).await;
+    x.expect_error("nothing_to_watch").await;
+    x.send_json(json!({"type": "join", "queue": format!("q-{}", unique()), "spectate": true}))
+        .await;
+    x.expect_error("nothing_to_watch").await;
+    let mut a = Client::connect(&c.url_a(), "A").await;
+    a.join(&pass).await;
+    for bad in [json!(6), json!(1.5), json!("2"), json!(-1)] {
+        send_watch(&mut x, &pass, json!({ "delay": bad })).await;
+        x.expect_error("invalid_message").await;
+    }
+    let mut s = Client::connect(&c.url_b(), "S").await;
+    send_watch(&mut s, &pass, json!({})).await;
+    assert_eq!(s.recv_json().await["type"], "watching");
+    send_watch(&mut x, &pass, json!({})).await;
+    x.expect_error("spectators_full").await;
+    x.assert_open().await;
+    // Still a player may join.
+    assert_eq!(x.join(&pass).await["seat"], 2);
+}
+
+both_flavours!(a_delayed_spectator_sees_the_game_that_much_later
+    => a_delayed_spectator_sees_the_game_that_much_later_redis,
+       a_delayed_spectator_sees_the_game_that_much_later_memory,
+    args: ["--max-spectator-delay", "5"]);
+/// A spectator that asks for a delay of 1 s gets `watching` at once (with
+/// the delay), and every delivery one second after the players do, in
+/// order.
+async fn a_delayed_spectator_sees_the_game_that_much_later(c: Relays) {
+    let pass = format!("delayed-{}", unique());
+    let (mut a, mut b) = support::pair(&c, &pass).await;
+    let mut s = Client::connect(&c.url_b(), "S").await;
+    send_watch(&mut s, &pass, json!({"delay": 1})).await;
+    assert_eq!(
+        s.recv_json_within(Duration::from_millis(500)).await,
+        json!({"type": "watching", "players": 2, "capacity": 2, "spectators": 1, "delay": 1})
+    );
+    let sent = tokio::time::Instant::now();
+    for i in 0..5 {
+        a.send_json(json!({"type": "move", "i": i})).await;
+    }
+    for i in 0..5 {
+        assert_eq!(b.recv_json().await["i"], i);
+    }
+    for i in 0..5 {
+        assert_eq!(s.recv_json_within(Duration::from_secs(3)).await["i"], i);
+        let late = sent.elapsed();
+        assert!(
+            late >= Duration::from_millis(950),
+            "message {i} after {late:?}"
+        );
+    }
+}
+
+both_flavours!(a_queue_can_be_watched
+    => a_queue_can_be_watched_redis, a_queue_can_be_watched_memory);
+/// A spectator of a queue watches the queue's game that filled last: its
+/// `watching` names the queue, and it sees the players' messages.
+async fn a_queue_can_be_watched(c: Relays) {
+    let queue = format!("arena-{}", unique());
+    let mut a = Client::connect(&c.url_a(), "A").await;
+    let mut b = Client::connect(&c.url_b(), "B").await;
+    queue_up(&mut a, &queue).await;
+    queue_up(&mut b, &queue).await;
+    a.expect_json(json!({"type": "ready", "players": 2})).await;
+    b.expect_json(json!({"type": "ready", "players": 2})).await;
+    let mut s = Client::connect(&c.url_b(), "S").await;
+    s.send_json(json!({"type": "join", "queue": queue, "spectate": true, "host": true}))
+        .await;
+    assert_eq!(
+        s.recv_json().await,
+        json!({"type": "watching", "players": 2, "capacity": 2, "queue": queue,
+               "host": 1, "epoch": 1, "spectators": 1})
+    );
+    a.send_json(json!({"type": "move", "x": 1})).await;
+    assert_eq!(s.recv_json().await["x"], 1);
+    assert_eq!(b.recv_json().await["x"], 1);
+}

@@ -18,6 +18,9 @@ pub enum Recipients {
     AllBut(u8),
     /// The seated members that asked to be told who is host.
     Hosted,
+    /// Nobody: an event that is no delivery (the hub answers a spectator's
+    /// watch and tells the count of spectators itself).
+    Nobody,
 }
 
 impl Recipients {
@@ -28,6 +31,7 @@ impl Recipients {
             Self::All => true,
             Self::AllBut(skip) => seat != skip,
             Self::Hosted => hosted,
+            Self::Nobody => false,
         }
     }
 }
@@ -115,6 +119,9 @@ pub fn delivery(event: LobbyEvent) -> Delivery {
         LobbyEvent::HostChanged(host) => {
             Delivery::to(Hosted, Message::text(protocol::host_changed(host)))
         }
+        LobbyEvent::Watching { .. } | LobbyEvent::Spectators(_) => {
+            Delivery::to(Recipients::Nobody, Message::text(""))
+        }
     }
 }
 
@@ -135,6 +142,7 @@ mod tests {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
     use super::*;
+    use crate::hub::Asks;
     use crate::hub::{Hub, LocalLobby, RESUMED_ELSEWHERE_CLOSE};
     use crate::lobby::MemberId;
     use crate::lobby::event::Host;
@@ -151,6 +159,13 @@ mod tests {
         seat: u8,
         /// It asked to be told who is host (the members of even seats do).
         hosted: bool,
+    }
+
+    fn asks(host: bool) -> Asks {
+        Asks {
+            host,
+            spectators: false,
+        }
     }
 
     fn member(n: u8) -> MemberId {
@@ -181,7 +196,7 @@ mod tests {
         for &seat in seats {
             let m = local(member(seat), seat);
             lobby
-                .add_pending(m.id.clone(), m.outbox.clone(), &mut None, m.hosted)
+                .add_pending(m.id.clone(), m.outbox.clone(), &mut None, asks(m.hosted))
                 .unwrap();
             occupied.push(seat);
             lobby.dispatch(LobbyEvent::Joined {
@@ -195,6 +210,7 @@ mod tests {
                     seat: seats[0],
                     epoch: 1,
                 }),
+                spectators: None,
             });
             locals.push(m);
         }
@@ -235,6 +251,7 @@ mod tests {
             member,
             users,
             host: Some(Host { seat: 1, epoch: 1 }),
+            spectators: None,
         };
         let full = |users| joined(4, 4, 4, users, member(4));
         let not_full = |users| joined(4, 4, 5, users, member(4));
@@ -320,6 +337,7 @@ mod tests {
                     member: member(4),
                     users: Vec::new(),
                     host: None,
+                    spectators: None,
                 },
             },
             Case {
@@ -406,7 +424,7 @@ mod tests {
             if let Some((id, seat)) = case.pending.clone() {
                 let m = local(id, seat);
                 lobby
-                    .add_pending(m.id.clone(), m.outbox.clone(), &mut None, m.hosted)
+                    .add_pending(m.id.clone(), m.outbox.clone(), &mut None, asks(m.hosted))
                     .unwrap();
                 locals.push(m);
             }
@@ -463,7 +481,12 @@ mod tests {
         lobby.lose(&locals[2].id);
         let resumed = local(member(9), 4);
         lobby
-            .add_pending(resumed.id.clone(), resumed.outbox.clone(), &mut None, false)
+            .add_pending(
+                resumed.id.clone(),
+                resumed.outbox.clone(),
+                &mut None,
+                Asks::default(),
+            )
             .unwrap();
         lobby.dispatch(LobbyEvent::Back {
             seat: 4,
@@ -494,7 +517,7 @@ mod tests {
         let asker = local(member(4), 4); // seat 4: asked
         for (m, players) in [(&joiner, 3), (&asker, 4)] {
             lobby
-                .add_pending(m.id.clone(), m.outbox.clone(), &mut None, m.hosted)
+                .add_pending(m.id.clone(), m.outbox.clone(), &mut None, asks(m.hosted))
                 .unwrap();
             lobby.dispatch(LobbyEvent::Joined {
                 seat: m.seat,
@@ -504,6 +527,7 @@ mod tests {
                 member: m.id.clone(),
                 users: Vec::new(),
                 host: Some(Host { seat: 1, epoch: 1 }),
+                spectators: None,
             });
         }
         lobby.dispatch(LobbyEvent::HostChanged(Host { seat: 2, epoch: 2 }));

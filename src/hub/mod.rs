@@ -55,10 +55,21 @@ struct LocalState {
     /// The lobby's host as of the last event that said (joins and host
     /// changes), for the members that asked to be told.
     host: Option<Host>,
+    /// The lobby's spectators as of the last event that said.
+    spectators: u32,
+    /// The count last told to the members that asked, and when: they are
+    /// told at most once a [`NOTICE_EVERY`].
+    noticed: Option<u32>,
+    noticed_at: Option<tokio::time::Instant>,
+    /// A notice is due at the end of the current [`NOTICE_EVERY`].
+    notice_due: bool,
     /// Set when the last local member left: this object is being torn down
     /// and a new joiner must start over with a fresh one.
     retired: bool,
 }
+
+/// The players are told the count of spectators at most this often.
+const NOTICE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl LocalState {
     /// Takes the members `which` picks out of the lobby, `tell` first telling
@@ -77,6 +88,23 @@ impl LocalState {
             !out
         });
     }
+
+    /// Tells the members that asked how many spectators watch, if that
+    /// changed since they were last told.
+    fn tell_spectators(&mut self) {
+        let count = self.spectators;
+        if self.noticed == Some(count) {
+            return;
+        }
+        self.noticed = Some(count);
+        self.noticed_at = Some(tokio::time::Instant::now());
+        let frame = Message::text(protocol::spectators(count));
+        for m in &mut self.members {
+            if m.asks.spectators && (m.seat.is_some() || m.watching) && m.give(frame.clone()) {
+                metrics::get().messages_out_event.increment(1);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -91,9 +119,15 @@ struct LocalMember {
     /// What `joined` says beyond protocol v1 (one pointer while there is
     /// nothing to say; dropped once `joined` is sent).
     answer: Option<Box<JoinAnswer>>,
-    /// The member asked to be told who is host (`"host":true`): `joined`
-    /// and `ready` name the host, and it gets `hostChanged`.
-    hosted: bool,
+    /// What the member asked to be told (`"host":true`: `joined` and
+    /// `ready` name the host, and it gets `hostChanged`;
+    /// `"spectators":true`: the count of spectators).
+    asks: Asks,
+    /// A spectator, once its watch event arrived: it gets every delivery,
+    /// as a member of no seat would.
+    watching: bool,
+    /// A spectator watching with a delay: its deliveries wait there.
+    delay: Option<Box<DelayLine>>,
     /// While a resuming member waits for its missed deliveries to be queued
     /// first: what arrived after its resume event, in order.
     backlog: Option<Vec<Message>>,
@@ -107,24 +141,102 @@ pub struct JoinAnswer {
     pub resume_secret: Option<Box<str>>,
     /// Quick match: the queue the lobby came from.
     pub queue: Option<Arc<str>>,
+    /// A spectator's delay (seconds) and the most bytes it may hold back.
+    pub delay: Option<(u32, usize)>,
 }
 
 impl JoinAnswer {
     /// `None` when there is nothing beyond protocol v1 to say.
     pub fn boxed(self) -> Option<Box<Self>> {
-        (self.resume_secret.is_some() || self.queue.is_some()).then(|| Box::new(self))
+        (self.resume_secret.is_some() || self.queue.is_some() || self.delay.is_some())
+            .then(|| Box::new(self))
+    }
+}
+
+/// What a member asked to be told beyond protocol v1.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Asks {
+    /// `"host":true`: the host in `joined`, `ready`, and `hostChanged`.
+    pub host: bool,
+    /// `"spectators":true`: the count of spectators.
+    pub spectators: bool,
+}
+
+/// A delayed spectator's deliveries, each handed to its connection `delay`
+/// after it arrived, by a task of its own; at most `cap` bytes wait (past
+/// that the spectator is closed: 1008).
+#[derive(Debug)]
+struct DelayLine {
+    tx: tokio::sync::mpsc::UnboundedSender<(tokio::time::Instant, Message)>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    delay: std::time::Duration,
+    cap: usize,
+    outbox: Outbox,
+}
+
+impl DelayLine {
+    fn start(outbox: Outbox, delay: std::time::Duration, cap: usize) -> Box<Self> {
+        use std::sync::atomic::Ordering;
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Message)>();
+        let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (out, left) = (outbox.clone(), waiting.clone());
+        tokio::spawn(async move {
+            while let Some((due, message)) = rx.recv().await {
+                tokio::time::sleep_until(due).await;
+                left.fetch_sub(message.len(), Ordering::Relaxed);
+                out.deliver(message);
+            }
+        });
+        Box::new(Self {
+            tx,
+            waiting,
+            delay,
+            cap,
+            outbox,
+        })
+    }
+
+    /// Holds `message` back for the delay; false if it cannot be.
+    fn push(&self, message: Message) -> bool {
+        use std::sync::atomic::Ordering;
+        let len = message.len();
+        if self.waiting.fetch_add(len, Ordering::Relaxed) + len > self.cap {
+            self.waiting.fetch_sub(len, Ordering::Relaxed);
+            self.outbox.close(
+                CloseCode::Policy,
+                "too much to hold back for the delay: watch with a shorter one",
+            );
+            return false;
+        }
+        self.tx
+            .send((tokio::time::Instant::now() + self.delay, message))
+            .is_ok()
     }
 }
 
 impl LocalMember {
-    /// Queues a delivery (behind the backlog of a resuming member).
+    /// Queues a delivery (behind the backlog of a resuming member, or the
+    /// delay of a spectator).
     fn give(&mut self, message: Message) -> bool {
-        match &mut self.backlog {
-            Some(backlog) => {
+        match (&mut self.backlog, &self.delay) {
+            (Some(backlog), _) => {
                 backlog.push(message);
                 true
             }
-            None => self.outbox.deliver(message),
+            (None, Some(delay)) => delay.push(message),
+            (None, None) => self.outbox.deliver(message),
+        }
+    }
+
+    /// The seat whose deliveries the member gets: its own, or for a
+    /// spectator none (0: every delivery); `None` while it waits for its
+    /// join, resume or watch event.
+    fn receives_as(&self) -> Option<u8> {
+        match (self.seat, self.watching) {
+            (Some(seat), _) => Some(seat),
+            (None, true) => Some(0),
+            (None, false) => None,
         }
     }
 }
@@ -164,7 +276,14 @@ impl Hub {
     pub fn dispatch(&self, id: &LobbyId, event: LobbyEvent) {
         let lobby = self.lock().get(id).cloned();
         if let Some(lobby) = lobby {
+            let spectators = matches!(
+                event,
+                LobbyEvent::Watching { .. } | LobbyEvent::Spectators(_)
+            );
             lobby.dispatch(event);
+            if spectators {
+                lobby.notice_spectators();
+            }
         }
     }
 
@@ -244,7 +363,7 @@ impl LocalLobby {
         id: MemberId,
         outbox: Outbox,
         answer: &mut Option<Box<JoinAnswer>>,
-        hosted: bool,
+        asks: Asks,
     ) -> Option<oneshot::Receiver<u8>> {
         let mut state = self.lock();
         if state.retired {
@@ -262,7 +381,9 @@ impl LocalLobby {
             outbox,
             activated: Some(tx),
             answer: answer.take(),
-            hosted,
+            asks,
+            watching: false,
+            delay: None,
             backlog: None,
         });
         Some(rx)
@@ -307,6 +428,52 @@ impl LocalLobby {
         match &mut event {
             LobbyEvent::Relay { .. } => {}
             LobbyEvent::HostChanged(host) => state.host = Some(*host),
+            LobbyEvent::Spectators(count) => state.spectators = *count,
+            LobbyEvent::Watching {
+                member,
+                players,
+                capacity,
+                occupied,
+                users,
+                host,
+                spectators,
+            } => {
+                state.occupied = std::mem::take(occupied);
+                if host.is_some() {
+                    state.host = *host;
+                }
+                state.spectators = *spectators;
+                let host = state.host;
+                if let Some(m) = state
+                    .members
+                    .iter_mut()
+                    .find(|m| m.id == *member && m.receives_as().is_none())
+                {
+                    m.watching = true;
+                    let answer = m.answer.take().unwrap_or_default();
+                    if let Some((seconds, cap)) = answer.delay.filter(|(s, _)| *s > 0) {
+                        let delay = std::time::Duration::from_secs(u64::from(seconds));
+                        m.delay = Some(DelayLine::start(m.outbox.clone(), delay, cap));
+                    }
+                    if m.outbox
+                        .deliver(Message::text(protocol::joined(&protocol::Arrival {
+                            players: *players,
+                            capacity: *capacity,
+                            queue: answer.queue.as_deref(),
+                            users,
+                            host: host.filter(|_| m.asks.host),
+                            spectators: Some(*spectators),
+                            delay: answer.delay.map(|(seconds, _)| seconds).filter(|s| *s > 0),
+                            ..protocol::Arrival::default()
+                        })))
+                    {
+                        metrics::get().messages_out_event.increment(1);
+                    }
+                    if let Some(tx) = m.activated.take() {
+                        let _ = tx.send(0);
+                    }
+                }
+            }
             LobbyEvent::Joined {
                 seat,
                 players,
@@ -315,13 +482,20 @@ impl LocalLobby {
                 member,
                 users,
                 host,
+                spectators,
             } => {
                 // Taken, not cloned: `delivery` has no use for it.
                 state.occupied = std::mem::take(occupied);
                 if host.is_some() {
                     state.host = *host;
                 }
+                if let Some(count) = *spectators {
+                    // The joiner is told in `joined`, the others knew.
+                    state.spectators = count;
+                    state.noticed = Some(count);
+                }
                 let host = state.host;
+                let count = state.spectators;
                 if let Some(m) = state
                     .members
                     .iter_mut()
@@ -332,15 +506,19 @@ impl LocalLobby {
                     let token = answer
                         .resume_secret
                         .map(|secret| format!("{}.{seat}.{secret}", self.hex));
-                    if m.outbox.deliver(Message::text(protocol::joined(
-                        *players,
-                        *capacity,
-                        *seat,
-                        answer.queue.as_deref(),
-                        users,
-                        host.filter(|_| m.hosted),
-                        token.as_deref(),
-                    ))) {
+                    if m.outbox
+                        .deliver(Message::text(protocol::joined(&protocol::Arrival {
+                            players: *players,
+                            capacity: *capacity,
+                            seat: Some(*seat),
+                            queue: answer.queue.as_deref(),
+                            users,
+                            host: host.filter(|_| m.asks.host),
+                            spectators: Some(count).filter(|_| m.asks.spectators),
+                            resume_token: token.as_deref(),
+                            ..protocol::Arrival::default()
+                        })))
+                    {
                         metrics::get().messages_out_event.increment(1);
                     }
                     if let Some(tx) = m.activated.take() {
@@ -389,7 +567,7 @@ impl LocalLobby {
                     },
                 );
                 for m in &mut state.members {
-                    if m.seat.is_none() && m.id.same_member(member) {
+                    if m.receives_as().is_none() && m.id.same_member(member) {
                         // Its record may carry the user id of the old one.
                         m.id = member.clone();
                         m.seat = Some(seat);
@@ -419,7 +597,10 @@ impl LocalLobby {
         // each receiver gets a clone, which shares its bytes.
         let delivery = delivery(event);
         for m in &mut state.members {
-            let Some(frame) = m.seat.and_then(|s| delivery.frame_for(s, m.hosted)) else {
+            let Some(frame) = m
+                .receives_as()
+                .and_then(|s| delivery.frame_for(s, m.asks.host))
+            else {
                 continue;
             };
             if m.give(frame.clone()) {
@@ -434,6 +615,36 @@ impl LocalLobby {
     /// The lobby's host as of the last event this node saw.
     pub fn host(&self) -> Option<Host> {
         self.lock().host
+    }
+
+    /// The lobby's spectators changed: the members that asked are told
+    /// the count, at once or (if they were told less than
+    /// [`NOTICE_EVERY`] ago) at the end of that second, with the count as
+    /// it is then.
+    pub fn notice_spectators(self: &Arc<Self>) {
+        let mut state = self.lock();
+        if state.notice_due {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        match state.noticed_at {
+            Some(at) if now < at + NOTICE_EVERY => {
+                state.notice_due = true;
+                let lobby = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at + NOTICE_EVERY).await;
+                    let mut state = lobby.lock();
+                    state.notice_due = false;
+                    state.tell_spectators();
+                });
+            }
+            _ => state.tell_spectators(),
+        }
+    }
+
+    /// This node's spectators of the lobby.
+    pub fn spectators_here(&self) -> usize {
+        self.lock().members.iter().filter(|m| m.watching).count()
     }
 
     /// The occupied seats as of the last event this node saw.

@@ -26,7 +26,26 @@ pub enum LobbyEvent {
         /// The lobby's host after the join (`None` from a node of an older
         /// version, whose join events do not say).
         host: Option<Host>,
+        /// Spectators of the lobby (`None` where unknown: from a node of
+        /// an older version, or made up after an outage).
+        spectators: Option<u32>,
     },
+    /// Spectators: `member` started watching the lobby, which has
+    /// `players` of `capacity` in the seats `occupied` (authenticated ones:
+    /// `users`), host `host`, and now `spectators` spectators.
+    Watching {
+        member: MemberId,
+        players: u8,
+        capacity: u8,
+        occupied: Vec<u8>,
+        users: Vec<(u8, Arc<str>)>,
+        host: Option<Host>,
+        spectators: u32,
+    },
+    /// Spectators: the lobby has `count` spectators now (one stopped
+    /// watching, or its node was reaped). Not a delivery: players that
+    /// asked are told the count, at most once a second.
+    Spectators(u32),
     /// The member in `seat` left; `players` remain, in the seats `occupied`.
     Left {
         seat: u8,
@@ -139,6 +158,17 @@ pub enum Reservation {
     Reserved(LobbyId),
     /// The queue has as many lobbies as it may have; nothing changed.
     QueueFull,
+}
+
+/// The answer to a request to watch a lobby.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchOutcome {
+    /// The spectator is counted; its `Watching` event follows.
+    Watching,
+    /// The lobby has no player: nothing to watch.
+    NothingToWatch,
+    /// The lobby has as many spectators as it may have.
+    Full,
 }
 
 /// Whom a join limit counts: a client address, or an authenticated user

@@ -24,6 +24,7 @@ use super::event::Host;
 use super::{
     EventSink, Goodbye, JoinLimiter, JoinOutcome, LobbyEvent, LobbyMembership, LobbySink, MemberId,
     RateKey, Reservation, ResumeOutcome, ResumeRefusal, ResumeSetup, StoreError, StoreHealth,
+    WatchOutcome,
 };
 use crate::limits::JoinLimit;
 use crate::metrics;
@@ -185,10 +186,17 @@ impl Shared {
         if had_held && !has_held {
             self.held_lobbies.fetch_sub(1, Ordering::Relaxed);
         }
-        if lobby.taken() == 0 {
+        if lobby.players() == 0 {
+            // The next joiner opens the lobby anew (host, epoch 1).
             lobby.host = None;
-            if let Some(queue) = lobbies.remove(id).and_then(|l| l.queue) {
+        }
+        if lobby.taken() == 0 {
+            if let Some(queue) = lobby.queue.take() {
                 self.queues.forget_lobby(&queue, id);
+            }
+            // Spectators keep an empty lobby: they see the next players come.
+            if lobby.spectators == 0 {
+                lobbies.remove(id);
             }
         }
     }
@@ -273,6 +281,12 @@ impl LobbyMembership for MemoryStore {
         let seat = (index + 1) as u8;
         let players = players + 1;
         let host = *entry.host.get_or_insert(Host { seat, epoch: 1 });
+        entry.capacity = capacity;
+        if players >= capacity
+            && let Some(queue) = &entry.queue
+        {
+            shared.queues.filled(queue, *lobby);
+        }
         if let Some(setup) = resume {
             if entry.held.is_empty() {
                 shared.held_lobbies.fetch_add(1, Ordering::Relaxed);
@@ -303,12 +317,65 @@ impl LobbyMembership for MemoryStore {
             member: member.clone(),
             users: users(&entry.seats),
             host: Some(host),
+            spectators: Some(entry.spectators),
         };
         // Everybody but the joiner is told; the joiner too when it fills the
         // lobby (ready).
         let skip = if players >= capacity { 0 } else { seat };
         shared.emit(&mut lobbies, lobby, skip, event);
         Ok(JoinOutcome::Seated { seat, players })
+    }
+
+    async fn watch(
+        &self,
+        lobby: &LobbyId,
+        member: &MemberId,
+        max: u32,
+    ) -> Result<WatchOutcome, StoreError> {
+        let shared = &self.shared;
+        let mut lobbies = shared.lock();
+        let Some(entry) = lobbies.get_mut(lobby).filter(|l| l.players() > 0) else {
+            return Ok(WatchOutcome::NothingToWatch);
+        };
+        if entry.spectators >= max {
+            return Ok(WatchOutcome::Full);
+        }
+        entry.spectators += 1;
+        let occupied = entry.occupied();
+        let event = LobbyEvent::Watching {
+            member: member.clone(),
+            players: occupied.len() as u8,
+            capacity: entry.capacity,
+            occupied,
+            users: users(&entry.seats),
+            host: entry.host,
+            spectators: entry.spectators,
+        };
+        // Not a delivery to the players (nothing held for resume).
+        shared.hub.deliver(lobby, event);
+        Ok(WatchOutcome::Watching)
+    }
+
+    async fn unwatch(&self, lobby: &LobbyId, _member: &MemberId) -> Result<(), StoreError> {
+        let shared = &self.shared;
+        let mut lobbies = shared.lock();
+        let Some(entry) = lobbies.get_mut(lobby) else {
+            return Ok(());
+        };
+        entry.spectators = entry.spectators.saturating_sub(1);
+        let count = entry.spectators;
+        shared.forget_if_empty(&mut lobbies, lobby, false);
+        shared.hub.deliver(lobby, LobbyEvent::Spectators(count));
+        Ok(())
+    }
+
+    async fn latest_game(&self, queue: &QueueName) -> Result<Option<LobbyId>, StoreError> {
+        let lobbies = self.shared.lock();
+        Ok(self
+            .shared
+            .queues
+            .latest(queue)
+            .filter(|id| lobbies.get(id).is_some_and(|l| l.players() > 0)))
     }
 
     async fn reserve(

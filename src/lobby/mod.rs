@@ -35,6 +35,7 @@ use crate::passphrase::LobbyId;
 use crate::queue::QueueName;
 pub use event::{
     JoinOutcome, LobbyEvent, RateKey, Reservation, ResumeOutcome, ResumeRefusal, ResumeSetup,
+    WatchOutcome,
 };
 
 /// Where a store hands the events of the lobbies this node has members in
@@ -181,6 +182,33 @@ pub trait LobbyMembership: Send + Sync + 'static {
         received: u64,
         member: &MemberId,
     ) -> impl Future<Output = Result<ResumeOutcome, StoreError>> + Send;
+
+    /// Spectators: `member` starts watching `lobby` (this node subscribed
+    /// to it first): refused if the lobby has no player, or has `max`
+    /// spectators already; else counted (for its node, so that a reaper
+    /// can take a dead node's spectators off) and [`LobbyEvent::Watching`]
+    /// is emitted, in the lobby's order.
+    fn watch(
+        &self,
+        lobby: &LobbyId,
+        member: &MemberId,
+        max: u32,
+    ) -> impl Future<Output = Result<WatchOutcome, StoreError>> + Send;
+
+    /// Spectators: `member` stops watching `lobby`; emits
+    /// [`LobbyEvent::Spectators`] with the new count.
+    fn unwatch(
+        &self,
+        lobby: &LobbyId,
+        member: &MemberId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Spectators: the lobby of `queue` that filled last (a game under
+    /// way), if it still has players.
+    fn latest_game(
+        &self,
+        queue: &QueueName,
+    ) -> impl Future<Output = Result<Option<LobbyId>, StoreError>> + Send;
 
     /// Frees `seat` if `member` still holds it and emits [`LobbyEvent::Left`];
     /// when the lobby is empty afterwards, nothing of it remains. Seat 0

@@ -151,6 +151,7 @@ async fn a_held_seat_is_resumed_through_a_fresh_attach() {
             JoinOptions {
                 resume: true,
                 host: true,
+                spectators: false,
             },
             &oa,
         )

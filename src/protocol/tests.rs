@@ -10,8 +10,7 @@ fn join_in_both_forms() {
     let short = parse_text(r#"{"join":"jump-rocket"}"#).unwrap();
     let want = ClientMessage::Join {
         passphrase: "jump-rocket".into(),
-        resume: false,
-        host: false,
+        asks: Asks::default(),
     };
     assert_eq!(long, want);
     assert_eq!(short, want);
@@ -47,7 +46,7 @@ fn a_join_or_resume_may_ask_for_the_host() {
         ),
     ] {
         match parse_text(text) {
-            Ok(ClientMessage::Join { host: asked, .. }) => assert_eq!(asked, host, "{text}"),
+            Ok(ClientMessage::Join { asks, .. }) => assert_eq!(asks.host, host, "{text}"),
             other => panic!("{text}: {other:?}"),
         }
     }
@@ -263,16 +262,45 @@ fn auth_is_a_control_message_only_where_authentication_is_on() {
 #[test]
 fn events_have_the_documented_shape() {
     assert_eq!(
-        joined(1, 2, 1, None, &[], None, None),
+        joined(&Arrival {
+            players: 1,
+            capacity: 2,
+            seat: Some(1),
+            users: &[],
+            ..Arrival::default()
+        }),
         r#"{"type":"joined","players":1,"capacity":2,"seat":1}"#
     );
     assert_eq!(ready(2, &[], None), r#"{"type":"ready","players":2}"#);
     // For a member that asked for the host.
     let host = Some(Host { seat: 2, epoch: 7 });
     assert_eq!(
-        joined(3, 4, 1, Some("duel"), &[], host, Some("t")),
-        r#"{"type":"joined","players":3,"capacity":4,"seat":1,"queue":"duel","host":2,"epoch":7,"resumeToken":"t"}"#
+        joined(&Arrival {
+            players: 3,
+            capacity: 4,
+            seat: Some(1),
+            queue: Some("duel"),
+            users: &[],
+            host,
+            spectators: Some(5),
+            resume_token: Some("t"),
+            ..Arrival::default()
+        }),
+        r#"{"type":"joined","players":3,"capacity":4,"seat":1,"queue":"duel","host":2,"epoch":7,"spectators":5,"resumeToken":"t"}"#
     );
+    // To a spectator.
+    assert_eq!(
+        joined(&Arrival {
+            players: 2,
+            capacity: 2,
+            users: &[],
+            spectators: Some(3),
+            delay: Some(30),
+            ..Arrival::default()
+        }),
+        r#"{"type":"watching","players":2,"capacity":2,"spectators":3,"delay":30}"#
+    );
+    assert_eq!(spectators(4), r#"{"type":"spectators","count":4}"#);
     assert_eq!(
         ready(2, &[], host),
         r#"{"type":"ready","players":2,"host":2,"epoch":7}"#

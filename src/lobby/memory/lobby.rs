@@ -18,6 +18,10 @@ pub(super) struct MemLobby {
     pub(super) host: Option<Host>,
     /// The queue of a quick-match lobby.
     pub(super) queue: Option<QueueName>,
+    /// Spectators watching the lobby.
+    pub(super) spectators: u32,
+    /// The capacity given by the joins (for spectators' `watching`).
+    pub(super) capacity: u8,
     /// Quick match: the seats reserved, by member, until when.
     pub(super) reserved: Vec<(MemberId, tokio::time::Instant)>,
 }

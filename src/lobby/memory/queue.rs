@@ -25,6 +25,8 @@ struct MemQueue {
     open: Option<LobbyId>,
     /// The queue's lobbies (the open one included).
     lobbies: u32,
+    /// The lobby that filled last (a game to watch).
+    latest: Option<LobbyId>,
 }
 
 impl Queues {
@@ -77,6 +79,19 @@ impl Queues {
         Reservation::Reserved(id)
     }
 
+    /// A lobby of `queue` has filled: the game spectators of the queue
+    /// watch.
+    pub(super) fn filled(&self, queue: &QueueName, lobby: LobbyId) {
+        if let Some(q) = self.lock().get_mut(queue) {
+            q.latest = Some(lobby);
+        }
+    }
+
+    /// The lobby of `queue` that filled last.
+    pub(super) fn latest(&self, queue: &QueueName) -> Option<LobbyId> {
+        self.lock().get(queue).and_then(|q| q.latest)
+    }
+
     /// A lobby of `queue` has free seats again (a reservation given up):
     /// it is the queue's open one if the queue has none.
     pub(super) fn reopen(&self, queue: &QueueName, lobby: LobbyId) {
@@ -94,6 +109,9 @@ impl Queues {
             q.lobbies = q.lobbies.saturating_sub(1);
             if q.open == Some(*id) {
                 q.open = None;
+            }
+            if q.latest == Some(*id) {
+                q.latest = None;
             }
             if q.lobbies == 0 {
                 queues.remove(queue);

@@ -87,7 +87,12 @@ impl Fixture {
         let member = self.identity.new_member(user);
         let (outbox, inbox) = outbox::channel(1 << 20);
         self.local()
-            .add_pending(member.clone(), outbox.clone(), &mut None, false)
+            .add_pending(
+                member.clone(),
+                outbox.clone(),
+                &mut None,
+                crate::hub::Asks::default(),
+            )
             .expect("lobby not retired");
         let outcome = self
             .store

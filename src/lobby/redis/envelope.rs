@@ -11,6 +11,9 @@
 //!   authenticated, and no host: such a join has no host.
 //! - `H` seat epoch: the host's seat was freed and `seat` is host now
 //!   (epoch in decimal)
+//! - `W` players capacity occupied\[players\] member, then as in `J`: a
+//!   spectator started watching (the tail's last part: the spectators)
+//! - `S` count: the lobby's spectators now (decimal)
 //! - `L` seat players occupied\[players\]: a leave
 //! - `A` seat grace: a resumable member's connection is gone (grace in ms,
 //!   decimal)
@@ -19,8 +22,10 @@
 use bytes::Bytes;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::lobby::LobbyEvent;
+use std::sync::Arc;
+
 use crate::lobby::event::Host;
+use crate::lobby::{LobbyEvent, MemberId};
 
 pub const TEXT: u8 = b'T';
 pub const BINARY: u8 = b'B';
@@ -29,6 +34,8 @@ pub const LEFT: u8 = b'L';
 pub const AWAY: u8 = b'A';
 pub const BACK: u8 = b'K';
 pub const HOST: u8 = b'H';
+pub const WATCHING: u8 = b'W';
+pub const SPECTATORS: u8 = b'S';
 
 /// The envelope of a game message from `from_seat`; `None` for frames that
 /// are not relayed (control frames).
@@ -67,33 +74,39 @@ pub fn decode(payload: &[u8]) -> Option<LobbyEvent> {
         JOINED => match rest {
             [seat, players, capacity, more @ ..] if more.len() >= usize::from(*players) => {
                 let (occupied, rest) = more.split_at(usize::from(*players));
-                let rest = std::str::from_utf8(rest).ok()?;
-                let mut parts = rest.split('\0');
-                let member = parts.next()?;
-                let mut users: Vec<(u8, std::sync::Arc<str>)> = occupied
-                    .iter()
-                    .zip(parts.by_ref())
-                    .filter(|(_, user)| !user.is_empty())
-                    .map(|(&seat, user)| (seat, user.into()))
-                    .collect();
-                users.sort_unstable_by_key(|(seat, _)| *seat);
-                let host = parts.next().and_then(|part| {
-                    let (&seat, epoch) = part.as_bytes().strip_prefix(b"h")?.split_first()?;
-                    let epoch = std::str::from_utf8(epoch).ok()?.parse().ok()?;
-                    Some(Host { seat, epoch })
-                });
+                let tail = Tail::read(occupied, rest)?;
                 Some(LobbyEvent::Joined {
                     seat: *seat,
                     players: *players,
                     capacity: *capacity,
                     occupied: sorted(occupied),
-                    member: member.into(),
-                    users,
-                    host,
+                    member: tail.member,
+                    users: tail.users,
+                    host: tail.host,
+                    spectators: tail.spectators,
                 })
             }
             _ => None,
         },
+        WATCHING => match rest {
+            [players, capacity, more @ ..] if more.len() >= usize::from(*players) => {
+                let (occupied, rest) = more.split_at(usize::from(*players));
+                let tail = Tail::read(occupied, rest)?;
+                Some(LobbyEvent::Watching {
+                    member: tail.member,
+                    players: *players,
+                    capacity: *capacity,
+                    occupied: sorted(occupied),
+                    users: tail.users,
+                    host: tail.host,
+                    spectators: tail.spectators.unwrap_or_default(),
+                })
+            }
+            _ => None,
+        },
+        SPECTATORS => Some(LobbyEvent::Spectators(
+            std::str::from_utf8(rest).ok()?.parse().ok()?,
+        )),
         LEFT => match rest {
             [seat, players, occupied @ ..] if occupied.len() == usize::from(*players) => {
                 Some(LobbyEvent::Left {
@@ -126,6 +139,50 @@ pub fn decode(payload: &[u8]) -> Option<LobbyEvent> {
             })
         }
         _ => None,
+    }
+}
+
+/// What a join (or watch) event says after its seats: the member id, the
+/// users by seat, then (newer nodes) the host and the spectators.
+struct Tail {
+    member: MemberId,
+    users: Vec<(u8, Arc<str>)>,
+    host: Option<Host>,
+    spectators: Option<u32>,
+}
+
+impl Tail {
+    fn read(occupied: &[u8], rest: &[u8]) -> Option<Tail> {
+        let rest = std::str::from_utf8(rest).ok()?;
+        let mut parts = rest.split('\0');
+        let member = parts.next()?;
+        let mut users: Vec<(u8, Arc<str>)> = occupied
+            .iter()
+            .zip(parts.by_ref())
+            .filter(|(_, user)| !user.is_empty())
+            .map(|(&seat, user)| (seat, user.into()))
+            .collect();
+        users.sort_unstable_by_key(|(seat, _)| *seat);
+        let mut tail = Tail {
+            member: member.into(),
+            users,
+            host: None,
+            spectators: None,
+        };
+        for part in parts {
+            match part.as_bytes().split_first() {
+                Some((b'h', rest)) => {
+                    let (&seat, epoch) = rest.split_first()?;
+                    let epoch = std::str::from_utf8(epoch).ok()?.parse().ok()?;
+                    tail.host = Some(Host { seat, epoch });
+                }
+                Some((b's', count)) => {
+                    tail.spectators = Some(std::str::from_utf8(count).ok()?.parse().ok()?);
+                }
+                _ => {} // a later addition: skipped, as older nodes skip these
+            }
+        }
+        Some(tail)
     }
 }
 
@@ -165,6 +222,7 @@ mod tests {
                 member,
                 users,
                 host: None,
+                spectators: None,
             }) => {
                 assert_eq!(occupied, [1, 2]);
                 assert_eq!(member.as_str(), "node-a/7.1");
@@ -174,11 +232,12 @@ mod tests {
         }
         // As join.lua writes it now: every seat's user (none here), then
         // the host (seat 1, epoch 12).
-        match decode(b"J\x02\x02\x02\x02\x01node-a/7.1\0\0\0h\x0112") {
+        match decode(b"J\x02\x02\x02\x02\x01node-a/7.1\0\0\0h\x0112\0s3\0zlater") {
             Some(LobbyEvent::Joined {
                 member,
                 users,
                 host: Some(Host { seat: 1, epoch: 12 }),
+                spectators: Some(3),
                 ..
             }) => {
                 assert_eq!(member.as_str(), "node-a/7.1");
@@ -186,6 +245,23 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        match decode(b"W\x02\x02\x01\x02node-b/3.9\0\0alice\0h\x011\0s4") {
+            Some(LobbyEvent::Watching {
+                member,
+                players: 2,
+                capacity: 2,
+                occupied,
+                users,
+                host: Some(Host { seat: 1, epoch: 1 }),
+                spectators: 4,
+            }) => {
+                assert_eq!(member.as_str(), "node-b/3.9");
+                assert_eq!(occupied, [1, 2]);
+                assert_eq!(users, [(2, "alice".into())]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(decode(b"S0"), Some(LobbyEvent::Spectators(0))));
         match decode(b"H\x037") {
             Some(LobbyEvent::HostChanged(Host { seat: 3, epoch: 7 })) => {}
             other => panic!("{other:?}"),
@@ -245,6 +321,9 @@ mod tests {
             b"H",
             b"H\x01",
             b"H\x01x",
+            b"S",
+            b"Sx",
+            b"W\x02",
         ] {
             assert!(decode(bad).is_none(), "{bad:?}");
         }

@@ -326,6 +326,7 @@ async fn reconcile(live: &Liveness) -> Result<(), StoreError> {
                     member: "".into(),
                     users: users.clone(),
                     host: None,
+                    spectators: None,
                 },
             );
         }

@@ -75,7 +75,7 @@ const RESERVATION: Duration = Duration::from_secs(10);
 
 use super::{
     EventSink, Goodbye, JoinLimiter, JoinOutcome, LobbyMembership, LobbySink, MemberId, RateKey,
-    Reservation, ResumeOutcome, ResumeRefusal, ResumeSetup, StoreError, StoreHealth,
+    Reservation, ResumeOutcome, ResumeRefusal, ResumeSetup, StoreError, StoreHealth, WatchOutcome,
 };
 use crate::cluster_view::ClusterView;
 use crate::identity::Identity;
@@ -316,6 +316,74 @@ impl LobbyMembership for RedisStore {
                 "join.lua returned seat {seat}, players {players}"
             ))),
         }
+    }
+
+    async fn watch(
+        &self,
+        lobby: &LobbyId,
+        member: &MemberId,
+        max: u32,
+    ) -> Result<WatchOutcome, StoreError> {
+        let hex = lobby.to_string();
+        // Indexed first, like a seat: a reaper of this node takes its
+        // spectators off the lobby's count.
+        self.liveness.index_lobbies(&[&hex]).await?;
+        let watching: i64 = self
+            .held
+            .invoke(
+                self.held
+                    .scripts
+                    .watch
+                    .key(lobby_key(&hex))
+                    .arg(member.as_str())
+                    .arg(&*self.liveness.identity.key())
+                    .arg(max)
+                    .arg(channel(&hex))
+                    .arg(self.liveness.lobby_capacity),
+            )
+            .await?;
+        Ok(match watching {
+            1 => WatchOutcome::Watching,
+            -1 => WatchOutcome::Full,
+            _ => WatchOutcome::NothingToWatch,
+        })
+    }
+
+    async fn unwatch(&self, lobby: &LobbyId, _member: &MemberId) -> Result<(), StoreError> {
+        let hex = lobby.to_string();
+        let _: i64 = self
+            .held
+            .invoke(
+                self.held
+                    .scripts
+                    .unwatch
+                    .key(lobby_key(&hex))
+                    .arg(&*self.liveness.identity.key())
+                    .arg(channel(&hex)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn latest_game(&self, queue: &QueueName) -> Result<Option<LobbyId>, StoreError> {
+        let mut conn = self.link.conn_when_up().await?;
+        let latest: Option<String> = timed(
+            redis::cmd("HGET")
+                .arg(queue_key(queue.as_str()))
+                .arg("latest")
+                .query_async(&mut conn),
+        )
+        .await?;
+        let Some(id) = latest.as_deref().and_then(LobbyId::from_hex) else {
+            return Ok(None);
+        };
+        let players: i64 = timed(
+            redis::cmd("HLEN")
+                .arg(lobby_key(&id.to_string()))
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok((players > 0).then_some(id))
     }
 
     async fn reserve(

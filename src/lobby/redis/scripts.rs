@@ -30,6 +30,10 @@ pub struct Scripts {
     pub reserve: redis::Script,
     /// Quick match: gives a reservation up.
     pub unreserve: redis::Script,
+    /// Spectators: starts watching a lobby.
+    pub watch: redis::Script,
+    /// Spectators: stops watching a lobby.
+    pub unwatch: redis::Script,
 }
 
 impl Scripts {
@@ -50,6 +54,8 @@ impl Scripts {
             due: redis::Script::new(include_str!("lua/due.lua")),
             reserve: held_script(include_str!("lua/reserve.lua"), publish),
             unreserve: held_script(include_str!("lua/unreserve.lua"), publish),
+            watch: held_script(include_str!("lua/watch.lua"), publish),
+            unwatch: held_script(include_str!("lua/unwatch.lua"), publish),
         }
     }
 }

@@ -29,16 +29,19 @@
 -- it die in between, the index heals: a reaper re-adds the held seats of a
 -- dead node, and expire.lua drops entries of seats no longer held.
 --
--- The host (every lobby has one):
+-- The host (every lobby has one), and the spectators:
 --   lr:meta:{HASH}           hash: 'host' the host's seat, 'epoch' a number
---                            that grows by one whenever the host changes;
---                            deleted with the lobby
+--                            that grows by one whenever the host changes,
+--                            'sp:<node key>' how many spectators watch from
+--                            that node; deleted with the lobby (kept while
+--                            spectators watch an empty one)
 --
 -- Quick match (a join naming a queue):
 --   lr:queue:{q:NAME}        hash: 'open' the hash of the queue's lobby with
 --                            free seats (at most one), 'lobbies' how many
---                            lobbies the queue has; deleted with its last
---                            lobby
+--                            lobbies the queue has, 'latest' the lobby that
+--                            filled last (what spectators of the queue
+--                            watch); deleted with its last lobby
 --   lr:meta:{HASH}           of a queue's lobby, also: 'queue' the key of its
 --                            queue, and per reserved seat 'r:<member id>'
 --                            until when (ms since the epoch); it expires by
@@ -95,6 +98,9 @@ local function forget_queue_lobby(queue, hex)
   if redis.call('HGET', queue, 'open') == hex then
     redis.call('HDEL', queue, 'open')
   end
+  if redis.call('HGET', queue, 'latest') == hex then
+    redis.call('HDEL', queue, 'latest')
+  end
   if redis.call('HINCRBY', queue, 'lobbies', -1) <= 0 then
     redis.call('DEL', queue)
   end
@@ -110,6 +116,68 @@ local function lowest_seat(lobby)
     end
   end
   return lowest
+end
+
+-- The user id in a member id (`<node key>.<n>|<user id>`), or ''.
+local function user_of(member)
+  local bar = string.find(member, '|', 1, true)
+  if bar then
+    return string.sub(member, bar + 1)
+  end
+  return ''
+end
+
+-- How many spectators watch the lobby of `meta` (the sum of its 'sp:<node
+-- key>' fields: each node counts its own, so that a reaper can take a dead
+-- node's spectators off).
+local function spectators_of(meta)
+  local total = 0
+  local fields = redis.call('HGETALL', meta)
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 3) == 'sp:' then
+      total = total + tonumber(fields[i + 1])
+    end
+  end
+  return total
+end
+
+-- What the join and watch events say of a lobby (with at least one member):
+-- its occupied seats (one byte each, in Redis's order), and the rest of the
+-- event after them: `member`, then for each seat in the same order a NUL and
+-- its user id (empty for an anonymous member), then a NUL, 'h', the host's
+-- seat (one byte) and the epoch (decimal), then a NUL, 's' and the number of
+-- spectators (decimal). A lobby without a host (its first join, or made by
+-- an older node, or Redis lost it) gets the lowest occupied seat.
+local function lobby_state(lobby, member)
+  local seats = {}
+  local users = {}
+  local fields = redis.call('HGETALL', lobby)
+  for i = 1, #fields, 2 do
+    seats[#seats + 1] = string.char(tonumber(fields[i]))
+    users[#users + 1] = user_of(fields[i + 1])
+  end
+  local meta = meta_of(lobby)
+  local host = redis.call('HGET', meta, 'host')
+  local epoch
+  if host and redis.call('HEXISTS', lobby, host) == 1 then
+    epoch = redis.call('HGET', meta, 'epoch')
+  else
+    host = lowest_seat(lobby)
+    epoch = redis.call('HINCRBY', meta, 'epoch', 1)
+    redis.call('HSET', meta, 'host', host)
+  end
+  return table.concat(seats), member .. '\0' .. table.concat(users, '\0') .. '\0h' ..
+    string.char(tonumber(host)) .. epoch .. '\0s' .. spectators_of(meta)
+end
+
+-- An empty lobby's record goes, unless spectators still watch it (they see
+-- the next players come); the next joiner is its first (host, epoch 1).
+local function drop_meta(meta)
+  if spectators_of(meta) == 0 then
+    redis.call('DEL', meta)
+  else
+    redis.call('HDEL', meta, 'host', 'epoch', 'queue')
+  end
 end
 
 -- After seats were freed: if the host's seat is no longer occupied (or the
@@ -262,10 +330,10 @@ local function free_seat(lobby, res, seat, channel)
       redis.call('HDEL', meta, 'host')
       redis.call('PEXPIRE', meta, 10000)
     else
-      redis.call('DEL', meta)
       if queue then
         forget_queue_lobby(queue, string.sub(lobby, 11, -2))
       end
+      drop_meta(meta)
     end
   else
     hold(res, tonumber(seat), event)

@@ -24,7 +24,8 @@
 -- The event: 'J', seat, players, capacity, then one byte per occupied seat
 -- (players bytes), then the member id; then for each occupied seat in the
 -- same order a NUL byte and its user id (empty for an anonymous member);
--- then a NUL byte, 'h', the host's seat (one byte) and the epoch (decimal).
+-- then a NUL byte, 'h', the host's seat (one byte) and the epoch (decimal);
+-- then a NUL byte, 's' and the number of spectators (decimal).
 -- (A node of an older version reads the member id and the users, and never
 -- gets as far as the host.) The first joiner of a lobby is its host (epoch
 -- 1); a lobby without a host record (made by an older node, or Redis lost
@@ -47,13 +48,6 @@ if queue ~= '' then
 end
 if taken >= capacity then
   return {0, players}
-end
-local function user_of(member)
-  local bar = string.find(member, '|', 1, true)
-  if bar then
-    return string.sub(member, bar + 1)
-  end
-  return ''
 end
 local user = ARGV[5]
 if user ~= '' then
@@ -79,24 +73,12 @@ if ARGV[6] ~= '' then
   redis.call('HSET', res, 'seats', seats .. string.char(seat), 'cap_n', ARGV[7], 'cap_b', ARGV[8],
     'grace', ARGV[9], seat .. ':tok', ARGV[6], seat .. ':n', 0, seat .. ':b', 0, seat .. ':sent', 0)
 end
-local seats = {}
-local users = {}
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  seats[#seats + 1] = string.char(tonumber(fields[i]))
-  users[#users + 1] = user_of(fields[i + 1])
+if queue ~= '' and players >= capacity then
+  -- A game under way: what spectators of the queue watch.
+  redis.call('HSET', queue, 'latest', ARGV[4])
 end
-local host = redis.call('HGET', meta, 'host')
-local epoch
-if host and redis.call('HEXISTS', KEYS[1], host) == 1 then
-  epoch = redis.call('HGET', meta, 'epoch')
-else
-  host = lowest_seat(KEYS[1])
-  epoch = redis.call('HINCRBY', meta, 'epoch', 1)
-  redis.call('HSET', meta, 'host', host)
-end
-local event = 'J' .. string.char(seat, players, capacity) .. table.concat(seats) .. ARGV[1] ..
-  '\0' .. table.concat(users, '\0') .. '\0h' .. string.char(tonumber(host)) .. epoch
+local seats, tail = lobby_state(KEYS[1], ARGV[1])
+local event = 'J' .. string.char(seat, players, capacity) .. seats .. tail
 redis.call(PUBLISH, ARGV[3], event)
 -- Everybody but the joiner is told; the joiner too when it fills the lobby
 -- (ready).

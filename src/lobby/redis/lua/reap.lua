@@ -7,6 +7,7 @@
 -- ARGV[1]  the member id prefix of the dead node: '<node key>.'
 -- ARGV[2]  the lobby's pub/sub channel
 -- ARGV[3]  now, in ms since the epoch
+-- Its spectators are taken off the lobby's count ('S' event).
 -- Returns how many members were removed or marked away.
 local fields = redis.call('HGETALL', KEYS[1])
 local prefix = ARGV[1]
@@ -26,4 +27,13 @@ for i = 1, #fields, 2 do
   end
 end
 settle_host(KEYS[1], ARGV[2])
+-- The dead node's spectators watch no more.
+local meta = meta_of(KEYS[1])
+if redis.call('HDEL', meta, 'sp:' .. string.sub(prefix, 1, -2)) == 1 then
+  local total = spectators_of(meta)
+  if total == 0 and redis.call('HLEN', KEYS[1]) == 0 then
+    redis.call('DEL', meta)
+  end
+  redis.call(PUBLISH, ARGV[2], 'S' .. total)
+end
 return removed
