@@ -15,6 +15,9 @@
 //! - The playground runs on the JavaScript client (it imports
 //!   `/client/v1.js`; its frames panel comes from the client's `frame`
 //!   event, its resume from the client's).
+//! - Quick match: two pages, one per node, press "Quick match" and meet in
+//!   one lobby; the host's tank (seat 1) wears a crown in both, which moves
+//!   to seat 2 when the host leaves.
 //! - The playground's Join button is disabled while a join is on its way,
 //!   while joined and while resuming, and enabled again after Leave and
 //!   after a refused join.
@@ -925,6 +928,93 @@ async fn the_join_button_is_disabled_while_joined_or_joining() {
         let _ = tokio::time::timeout(WAIT, page.close()).await;
     };
     within_two_minutes(&logs, "browser Join button test", test).await;
+}
+
+/// Quick match: two pages, one per node, press "Quick match" and meet in one
+/// lobby of the queue "playground" (both see `ready` and the other's
+/// tank); seat 1 wears the host's crown in both, and the host chip says
+/// so. When the host leaves, the other page hears `hostChanged` and its
+/// crown moves to seat 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pages_quick_match_and_show_the_host() {
+    let driver = Chromedriver::start();
+    let relays = Relays::redis();
+    let logs = relays.logs();
+    let test = async {
+        let page_a = driver.browser().await;
+        let page_b = driver.browser().await;
+        for (page, addr, name, seat) in [
+            (&page_a, relays.addr_a(), "A", 1),
+            (&page_b, relays.addr_b(), "B", 2),
+        ] {
+            bounded(
+                "open the playground",
+                page.goto(&format!("http://{addr}/playground")),
+            )
+            .await;
+            wait_js(
+                page,
+                "return window.playground.state.socket === 'open'
+                    && !document.getElementById('quick-match').disabled",
+                &format!("page {name} is connected, Quick match enabled"),
+            )
+            .await;
+            let button = bounded("find Quick match", page.find(Locator::Id("quick-match"))).await;
+            bounded("click Quick match", button.click()).await;
+            wait_js(
+                page,
+                &format!(
+                    "const s = window.playground.state;
+                     return s.seat === {seat} && s.queue === 'playground'
+                         && document.getElementById('quick-match').disabled
+                         && document.getElementById('join').disabled"
+                ),
+                &format!("page {name} is seated in the queue's lobby, seat {seat}"),
+            )
+            .await;
+        }
+        for (page, name, other) in [(&page_a, "A", 2), (&page_b, "B", 1)] {
+            wait_js(
+                page,
+                &format!(
+                    "const p = window.playground, s = p.state;
+                     const sent = [...document.querySelectorAll('#frames .out')].map(l => l.textContent);
+                     return s.ready && s.events.includes('ready') && s.tanks[{other}] !== undefined
+                         && s.host === 1 && s.epoch === 1
+                         && p.hostMark(1) === '♛ host' && p.hostMark(2) === ''
+                         && document.getElementById('host').textContent.includes('seat 1')
+                         && sent.some(t => t.includes('{{\"type\":\"join\",\"queue\":\"playground\",\"resume\":true,\"host\":true}}'))"
+                ),
+                &format!("page {name} sees ready, the other tank, and the crown on seat 1"),
+            )
+            .await;
+        }
+        screenshot(&page_b, "playground-quick-match.png", false).await;
+
+        // The host leaves: B hears hostChanged, and the crown moves to B.
+        let leave = bounded("find Leave", page_a.find(Locator::Id("leave"))).await;
+        bounded("click Leave", leave.click()).await;
+        wait_js(
+            &page_b,
+            "const p = window.playground, s = p.state;
+             return s.events.includes('hostChanged') && s.host === 2 && s.epoch === 2
+                 && p.hostMark(2) === '♛ host' && p.hostMark(1) === ''
+                 && document.getElementById('host').textContent.includes('seat 2 (you)')",
+            "page B is host after A left, epoch 2",
+        )
+        .await;
+        let hosts = bounded(
+            "read page A's host",
+            page_a.execute("return window.playground.state.host", vec![]),
+        )
+        .await;
+        assert_eq!(hosts, Value::Null, "page A left: no host shown");
+        screenshot(&page_b, "playground-host-changed.png", false).await;
+        for page in [page_a, page_b] {
+            let _ = tokio::time::timeout(WAIT, page.close()).await;
+        }
+    };
+    within_two_minutes(&logs, "quick match test", test).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

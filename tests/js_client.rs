@@ -22,7 +22,11 @@
 //! - the seat is lost after the grace period: `seatLost`, then (with
 //!   `rejoinOnSeatLost`) a new `joined`;
 //! - Redis down: the join gets `unavailable` and is tried again until Redis
-//!   is back, then succeeds.
+//!   is back, then succeeds;
+//! - quick match: two clients on two nodes call joinQueue at once and meet
+//!   in one lobby; `invalid_queue` rejects; the host: when it leaves, the
+//!   other gets `hostChanged` (epoch 2), not counted as a delivery (its
+//!   resume after that is taken).
 //!
 //! And without a relay: `node --test clients/js/test/unit.mjs` (the client
 //! against a scripted fake WebSocket), and `tsc -p clients/js` (the module
@@ -370,6 +374,149 @@ async fn two_players_join_exchange_ping_and_leave(relays: Relays) {
     assert_eq!(b.messages().len(), 2, "B's messages");
     // B's deliveries: ready, chat, move, playerLeft (what a resume counts).
     assert_eq!(state["received"], 4, "{state}");
+}
+
+// ---------------------------------------------------------------------------
+// Quick match and host
+// ---------------------------------------------------------------------------
+
+redis_only!(two_clients_quick_match_across_two_nodes => js_quick_match_redis);
+
+/// A (node a) and B (node b) call joinQueue on one queue at once: both are
+/// seated in one lobby (seats 1 and 2, `queue` in `joined`), both get
+/// `ready`, and a game message crosses. A third client queueing next opens
+/// a new lobby (seat 1). An invalid queue name is refused with its code.
+async fn two_clients_quick_match_across_two_nodes(relays: Relays) {
+    let queue = format!("js-duel-{}", unique());
+    let mut a = JsClient::start("A", &[relays.url_a()], json!({})).await;
+    let mut b = JsClient::start("B", &[relays.url_b()], json!({})).await;
+    // Both commands go out before either answer is read.
+    a.command(json!({"op": "joinQueue", "queue": queue})).await;
+    b.command(json!({"op": "joinQueue", "queue": queue})).await;
+    let mut seats = Vec::new();
+    for c in [&mut a, &mut b] {
+        let ok = c.next_until_any(&["joinOk", "joinFailed"]).await;
+        assert_eq!(ok["ev"], "joinOk", "{}: {ok}", c.name);
+        let joined = &ok["message"];
+        assert_eq!(joined["type"], "joined", "{}: {joined}", c.name);
+        assert_eq!(joined["queue"], queue.as_str(), "{}: {joined}", c.name);
+        assert_eq!(joined["capacity"], 2, "{}: {joined}", c.name);
+        // The client asks for the host by default; the first seated is host.
+        assert_eq!(joined["host"], 1, "{}: {joined}", c.name);
+        assert_eq!(joined["epoch"], 1, "{}: {joined}", c.name);
+        seats.push(joined["seat"].as_u64().expect("a seat"));
+    }
+    seats.sort_unstable();
+    assert_eq!(seats, [1, 2], "one lobby, both seats");
+    for c in [&mut a, &mut b] {
+        let ready = c.wait_ready().await;
+        assert_eq!(ready["players"], 2, "{}: {ready}", c.name);
+        assert_eq!(ready["host"], 1, "{}: {ready}", c.name);
+    }
+    a.command(json!({"op": "send", "json": {"type": "hello", "from": "a"}}))
+        .await;
+    let hello = b.wait_for_message("hello").await;
+    assert_eq!(hello["text"], r#"{"from":"a","type":"hello"}"#);
+    b.command(json!({"op": "send", "json": {"type": "hi", "from": "b"}}))
+        .await;
+    let hi = a.wait_for_message("hi").await;
+    assert_eq!(hi["text"], r#"{"from":"b","type":"hi"}"#);
+
+    // The queue's lobby is full: the next player gets a new one.
+    let mut c = JsClient::start("C", &[relays.url_b()], json!({})).await;
+    c.command(json!({"op": "joinQueue", "queue": queue})).await;
+    let ok = c.next_until_any(&["joinOk", "joinFailed"]).await;
+    assert_eq!(ok["message"]["seat"], 1, "a new lobby: {ok}");
+    assert_eq!(ok["message"]["players"], 1, "a new lobby: {ok}");
+    assert!(
+        !a.names().iter().any(|n| n == "playerJoined") && a.messages().len() == 1,
+        "A's lobby saw nothing of C: {:?}",
+        a.names()
+    );
+
+    // Refused: the promise rejects with the relay's code; the connection
+    // serves the next join.
+    let mut d = JsClient::start("D", &[relays.url_a()], json!({})).await;
+    d.command(json!({"op": "joinQueue", "queue": "x"})).await;
+    let failed = d.next_until_any(&["joinOk", "joinFailed"]).await;
+    assert_eq!(failed["ev"], "joinFailed", "{failed}");
+    assert_eq!(failed["code"], "invalid_queue", "{failed}");
+    d.command(json!({"op": "joinQueue", "queue": queue})).await;
+    let ok = d.next_until_any(&["joinOk", "joinFailed"]).await;
+    assert_eq!(
+        (ok["ev"].clone(), ok["message"]["seat"].clone()),
+        (json!("joinOk"), json!(2)),
+        "D joins C's lobby: {ok}"
+    );
+    c.wait_ready().await;
+}
+
+both_flavours!(the_host_leaves_and_the_other_is_told_without_a_delivery => js_host_redis, js_host_memory);
+
+/// A (seat 1) is host, epoch 1, as both clients say. A leaves: B gets
+/// `playerLeft`, then `hostChanged` (host 2, epoch 2), and `client.host`
+/// follows; B's delivery count grows by the `playerLeft` only. The count is
+/// the one B's resume presents: B's connection is cut, and its resume is
+/// taken (a count off by one would be refused), with the host as it is now.
+async fn the_host_leaves_and_the_other_is_told_without_a_delivery(relays: Relays) {
+    let proxy = TcpProxy::start(relays.addr_b()).await;
+    let proxied = format!("ws://127.0.0.1:{}/", proxy.port());
+    let pass = format!("js-host-{}", unique());
+    let (mut a, mut b) = js_pair(&relays.url_a(), &proxied, &pass, json!({})).await;
+    for c in [&mut a, &mut b] {
+        c.command(json!({"op": "state"})).await;
+        let state = c.wait_for("state").await;
+        assert_eq!(
+            (state["host"].clone(), state["epoch"].clone()),
+            (json!(1), json!(1)),
+            "{}: {state}",
+            c.name
+        );
+    }
+    b.command(json!({"op": "state"})).await;
+    let before = b.wait_for("state").await["received"]
+        .as_u64()
+        .expect("a count");
+    assert_eq!(before, 1, "B's deliveries: ready");
+
+    a.command(json!({"op": "leave"})).await;
+    let left = b.wait_for("playerLeft").await;
+    assert_eq!(left["seat"], 1);
+    let changed = b.wait_for("hostChanged").await;
+    assert_eq!(
+        changed,
+        json!({"ev": "hostChanged", "type": "hostChanged", "host": 2, "epoch": 2})
+    );
+    b.command(json!({"op": "state"})).await;
+    let state = b.wait_for("state").await;
+    assert_eq!(
+        (state["host"].clone(), state["epoch"].clone()),
+        (json!(2), json!(2)),
+        "{state}"
+    );
+    assert_eq!(
+        state["received"],
+        before + 1,
+        "playerLeft counts, hostChanged does not: {state}"
+    );
+
+    proxy.cut();
+    b.wait_for("reconnecting").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.restore();
+    let resumed = b.next_until_any(&["resumed", "seatLost", "joined"]).await;
+    assert_eq!(resumed["ev"], "resumed", "the count was right: {resumed}");
+    assert_eq!(resumed["replayed"], 0, "{resumed}");
+    assert_eq!(
+        (resumed["host"].clone(), resumed["epoch"].clone()),
+        (json!(2), json!(2)),
+        "{resumed}"
+    );
+    assert_eq!(
+        b.seen.iter().filter(|e| e["ev"] == "hostChanged").count(),
+        1,
+        "hostChanged is never replayed"
+    );
 }
 
 // ---------------------------------------------------------------------------

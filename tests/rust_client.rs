@@ -1,7 +1,8 @@
 //! The Rust client (clients/rust, `lobby-relay-client`) against real relay
 //! nodes and a real Redis: what a game sees through it. Connections are cut
 //! from outside by a TCP proxy between the client and a node; Redis is
-//! killed and restarted.
+//! killed and restarted. Quick match (join_queue) across two nodes, and the
+//! host: `HostChanged` with a growing epoch, not counted for resume.
 
 use crate::support;
 
@@ -482,4 +483,154 @@ async fn a_killed_node_is_left_for_the_other_with_nothing_lost_or_twice() {
     );
     a.ping().await.unwrap();
     assert_eq!(a.node().as_deref(), Some("b"), "resumed on the other node");
+}
+
+// Quick match across two nodes: two clients call join_queue on one queue at
+// once and meet in one lobby (seats 1 and 2, `queue` and the host in
+// `Joined`), get `Ready`, and a game message crosses; a bad queue name is
+// refused with its code.
+redis_only!(two_clients_quick_match_and_exchange_a_message => two_clients_quick_match_and_exchange_a_message_redis);
+async fn two_clients_quick_match_and_exchange_a_message(relays: Relays) {
+    let queue = format!("rust-duel-{}", unique());
+    let mut a = Client::connect(&relays.url_a(), Options::default()).unwrap();
+    let mut b = Client::connect(&relays.url_b(), Options::default()).unwrap();
+    a.join_queue(&queue);
+    b.join_queue(&queue);
+    let mut seats = Vec::new();
+    for client in [&mut a, &mut b] {
+        let joined = wait_for(client, "joined", |e| {
+            matches!(e, Event::Joined { .. } | Event::Error(_))
+        })
+        .await;
+        let Event::Joined {
+            seat,
+            capacity,
+            host,
+            epoch,
+            queue: joined_queue,
+            ..
+        } = joined
+        else {
+            panic!("not joined: {joined:?}");
+        };
+        assert_eq!(joined_queue.as_deref(), Some(queue.as_str()));
+        assert_eq!((capacity, host, epoch), (2, Some(1), Some(1)));
+        seats.push(seat);
+    }
+    seats.sort_unstable();
+    assert_eq!(seats, [1, 2], "one lobby, both seats");
+    for client in [&mut a, &mut b] {
+        let ready = wait_for(client, "ready", |e| matches!(e, Event::Ready { .. })).await;
+        assert!(
+            matches!(
+                ready,
+                Event::Ready {
+                    players: 2,
+                    host: Some(1),
+                    epoch: Some(1),
+                    ..
+                }
+            ),
+            "{ready:?}"
+        );
+        assert_eq!((client.host(), client.epoch()), (Some(1), Some(1)));
+    }
+    let state = a.resume_state().expect("resumable");
+    assert_eq!(state.queue.as_deref(), Some(queue.as_str()));
+    a.send_json(&json!({"type": "hello", "from": "a"})).unwrap();
+    let hello = wait_for(&mut b, "hello", |e| matches!(e, Event::Message(_))).await;
+    let Event::Message(GameMessage::Json { kind, text, .. }) = hello else {
+        panic!("{hello:?}");
+    };
+    assert_eq!(
+        (kind.as_str(), text.as_str()),
+        ("hello", r#"{"from":"a","type":"hello"}"#)
+    );
+
+    let mut c = Client::connect(&relays.url_a(), Options::default()).unwrap();
+    c.join_queue("x");
+    let refused = wait_for(&mut c, "refused", |e| {
+        matches!(e, Event::Error(_) | Event::Joined { .. })
+    })
+    .await;
+    assert!(
+        matches!(&refused, Event::Error(error) if error.code == "invalid_queue" && !error.will_retry),
+        "{refused:?}"
+    );
+    // The queue's lobby is full: the next player opens a new one.
+    c.join_queue(&queue);
+    let joined = wait_for(&mut c, "joined", |e| matches!(e, Event::Joined { .. })).await;
+    assert!(
+        matches!(
+            joined,
+            Event::Joined {
+                seat: 1,
+                players: 1,
+                ..
+            }
+        ),
+        "{joined:?}"
+    );
+}
+
+// The host: A (seat 1) is host, epoch 1. A leaves: B gets `PlayerLeft`,
+// then `HostChanged` (2, epoch 2), which is not counted for resume. A joins
+// again (seat 1) and is told the host is B, epoch 2; B leaves: A gets
+// `HostChanged` (1, epoch 3).
+both_flavours!(the_host_changes_with_a_growing_epoch => the_host_changes_with_a_growing_epoch_redis, the_host_changes_with_a_growing_epoch_memory);
+async fn the_host_changes_with_a_growing_epoch(relays: Relays) {
+    let lobby = passphrase("host");
+    let mut a = joined(&relays.url_a(), &lobby, Options::default()).await;
+    let mut b = joined(&relays.url_b(), &lobby, Options::default()).await;
+    for client in [&mut a, &mut b] {
+        wait_for(client, "ready", |e| matches!(e, Event::Ready { .. })).await;
+        assert_eq!((client.host(), client.epoch()), (Some(1), Some(1)));
+    }
+    assert_eq!(b.resume_state().expect("resumable").received, 1, "ready");
+
+    a.leave();
+    let left = wait_for(&mut b, "playerLeft", |e| {
+        matches!(e, Event::PlayerLeft { .. })
+    })
+    .await;
+    assert!(
+        matches!(left, Event::PlayerLeft { seat: 1, .. }),
+        "{left:?}"
+    );
+    // Right after the playerLeft.
+    let changed = wait_for(&mut b, "the next event", |_| true).await;
+    assert_eq!(changed, Event::HostChanged { host: 2, epoch: 2 });
+    assert_eq!((b.host(), b.epoch()), (Some(2), Some(2)));
+    assert_eq!(
+        b.resume_state().expect("resumable").received,
+        2,
+        "playerLeft counts, hostChanged does not"
+    );
+    assert_eq!((a.host(), a.seat()), (None, None), "A left");
+
+    a.join(&lobby);
+    let again = wait_for(&mut a, "joined again", |e| {
+        matches!(e, Event::Joined { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            again,
+            Event::Joined {
+                seat: 1,
+                host: Some(2),
+                epoch: Some(2),
+                ..
+            }
+        ),
+        "a later joiner never takes the host over: {again:?}"
+    );
+    wait_for(&mut a, "ready", |e| matches!(e, Event::Ready { .. })).await;
+    b.leave();
+    let changed = wait_for(&mut a, "hostChanged", |e| {
+        matches!(e, Event::HostChanged { .. })
+    })
+    .await;
+    assert_eq!(changed, Event::HostChanged { host: 1, epoch: 3 });
+    assert_eq!((a.host(), a.epoch()), (Some(1), Some(3)));
 }

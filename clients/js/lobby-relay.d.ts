@@ -36,8 +36,14 @@ export interface LobbyRelayOptions {
   /** Join with `"resume":true` (default true): a dropped connection then
    * takes its seat back, with every delivery it missed. */
   resume?: boolean;
+  /** Join (and resume) with `"host":true` (default true): `joined`,
+   * `ready` and `resumed` then name the lobby's host seat and its epoch,
+   * and `hostChanged` tells when the host changes (docs/protocol.md,
+   * "Host"). */
+  host?: boolean;
   /** After the seat is lost (grace period over, or a drop without resume),
-   * join the same passphrase again, as a new player. Default false. */
+   * join the same passphrase (or queue: a quick match again) again, as a
+   * new player. Default false. */
   rejoinOnSeatLost?: boolean;
   /** Most game messages waiting for the seat while reconnecting; past it
    * send() throws `queue_full`. Default 256. */
@@ -61,6 +67,9 @@ export interface LobbyRelayOptions {
 export interface JoinOptions {
   /** Overrides the client's `resume` option for this join. */
   resume?: boolean;
+  /** Overrides the client's `host` option for this join (default true):
+   * sent as `"host":true` in the join and in its resumes. */
+  host?: boolean;
   /** A resume token kept by the game (`resumeState.token`): the client
    * first tries to take that seat back, and joins anew if it is gone. */
   token?: string;
@@ -69,7 +78,10 @@ export interface JoinOptions {
 }
 
 export interface ResumeState {
+  /** The lobby's passphrase; "" for a quick-match seat (see `queue`). */
   passphrase: string;
+  /** The queue of a quick-match seat (`joinQueue(queue, { token, received })`). */
+  queue?: string;
   token: string;
   received: number;
 }
@@ -86,8 +98,13 @@ export interface JoinedMessage {
   players: number;
   capacity: number;
   seat: number;
+  /** The queue, for a quick match (joinQueue). */
+  queue?: string;
   resumeToken?: string;
   users?: Users;
+  /** The host's seat and epoch (joined with `host`). */
+  host?: number;
+  epoch?: number;
 }
 export interface ResumedMessage {
   type: "resumed";
@@ -97,8 +114,14 @@ export interface ResumedMessage {
   replayed: number;
   sent: number;
   resumeToken: string;
+  /** The host as it is now (resumed with `host`). */
+  host?: number;
+  epoch?: number;
 }
-export interface ReadyEvent { type: "ready"; players: number; users?: Users }
+export interface ReadyEvent { type: "ready"; players: number; users?: Users; host?: number; epoch?: number }
+/** The host's seat was freed: `host` is the new host's seat; `epoch` grew.
+ * Not a delivery (not counted for resume, never replayed). */
+export interface HostChangedEvent { type: "hostChanged"; host: number; epoch: number }
 export interface PlayerJoinedEvent { type: "playerJoined"; players: number; seat: number; users?: Users }
 export interface PlayerLeftEvent { type: "playerLeft"; players: number; seat: number }
 export interface PlayerAwayEvent { type: "playerAway"; seat: number; grace: number }
@@ -176,6 +199,7 @@ export interface LobbyRelayEvents {
   playerLeft: PlayerLeftEvent;
   playerAway: PlayerAwayEvent;
   playerBack: PlayerBackEvent;
+  hostChanged: HostChangedEvent;
   message: GameMessage;
   error: ErrorEvent;
   reconnecting: ReconnectingEvent;
@@ -191,7 +215,9 @@ export type Sendable = { type: string; [field: string]: unknown } | string | Arr
 
 export class LobbyRelayError extends Error {
   constructor(code: string, message: string);
-  /** The protocol's code, or the client's: `already_joined`, `queue_full`, `not_in_lobby`,
+  /** The protocol's code (`queue_full` from joinQueue() is the relay's: too
+   * many lobbies in that queue), or the client's: `already_joined`,
+   * `queue_full` (from send()), `not_in_lobby`,
    * `not_connected`, `ping_timeout`, `closed`, `left`, `invalid_message`,
    * `invalid_url`. */
   code: string;
@@ -218,6 +244,11 @@ export class LobbyRelayClient {
   readonly seat: number | null;
   readonly players: number;
   readonly capacity: number | null;
+  /** The lobby's host seat, as last told (joined, ready, resumed,
+   * hostChanged); null when unknown (not joined with `host`). */
+  readonly host: number | null;
+  /** The host's epoch, as last told; null when unknown. */
+  readonly epoch: number | null;
   readonly node: string | null;
   readonly queued: number;
   readonly received: number;
@@ -227,6 +258,8 @@ export class LobbyRelayClient {
   off<K extends keyof LobbyRelayEvents>(name: K, listener: (event: LobbyRelayEvents[K]) => void): void;
   once<K extends keyof LobbyRelayEvents>(name: K): Promise<LobbyRelayEvents[K]>;
   join(passphrase: string, options?: JoinOptions): Promise<JoinedMessage | ResumedMessage>;
+  /** Quick match: a seat in the queue's open lobby or a new one. */
+  joinQueue(queue: string, options?: JoinOptions): Promise<JoinedMessage | ResumedMessage>;
   send(message: Sendable): void;
   leave(): void;
   close(): void;

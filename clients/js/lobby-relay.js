@@ -3,8 +3,8 @@
 // One dependency-free ES module; its types are in lobby-relay.d.ts, and
 // docs/clients.md is its guide. It speaks the wire protocol of
 // docs/protocol.md (version 1) and does for a game what its connection
-// manager would: join a lobby by passphrase, hand the lobby's events and
-// game messages to the game, send game messages, and survive dropped
+// manager would: join a lobby by passphrase (or by quick match, a queue),
+// hand the lobby's events and game messages to the game, send game messages, and survive dropped
 // connections by resuming the seat (with every message missed, none twice),
 // on whichever node answers.
 //
@@ -38,11 +38,12 @@ export const CLIENT_VERSION = "1.0.0";
 // Types a game message may not have (the relay answers `reserved_type`).
 const RESERVED_TYPES = new Set([
   "join", "leave", "ping", "joined", "ready", "playerJoined", "playerLeft", "pong", "error",
-  "resume", "resumed", "playerAway", "playerBack", "auth", "authenticated",
+  "resume", "resumed", "playerAway", "playerBack", "auth", "authenticated", "hostChanged",
 ]);
 // What the relay sends that is not a delivery (not counted for resume):
-// answers to this connection. Everything else received in a seat is.
-const NOT_DELIVERIES = new Set(["joined", "resumed", "pong", "error", "authenticated"]);
+// answers to this connection, and `hostChanged` (state, not history: never
+// replayed). Everything else received in a seat is.
+const NOT_DELIVERIES = new Set(["joined", "resumed", "pong", "error", "authenticated", "hostChanged"]);
 // Lobby events, each its own event of the client.
 const LOBBY_EVENTS = new Set(["ready", "playerJoined", "playerLeft", "playerAway", "playerBack"]);
 // Answers to a join or resume that are tried again later, not failures.
@@ -57,6 +58,7 @@ const NODE_FULL_DELAY_MS = 1000;
 
 const DEFAULTS = {
   resume: true,
+  host: true,
   rejoinOnSeatLost: false,
   queueLimit: 256,
   resendLimit: 256,
@@ -137,8 +139,10 @@ export class LobbyRelayClient {
   #authed = false;
   /** @type {string | null} */ #node = null;
 
-  // The lobby the game wants to be in (from join() until leave()).
-  /** @type {{ passphrase: string, resume: boolean } | null} */ #lobby = null;
+  // The lobby the game wants to be in (from join() or joinQueue() until
+  // leave()): by passphrase, or by quick match (a queue).
+  /** @type {{ passphrase: string | null, queue: string | null, resume: boolean, host: boolean } | null} */
+  #lobby = null;
   /** @type {"join" | "resume" | "auth" | null} */ #pending = null;
   /** @type {Array<{ resolve: (m: JoinedMessage | ResumedMessage) => void, reject: (e: Error) => void }>} */
   #waiters = [];
@@ -152,6 +156,9 @@ export class LobbyRelayClient {
   /** @type {number | null} */ #seat = null;
   #players = 0;
   /** @type {number | null} */ #capacity = null;
+  /** The lobby's host seat and its epoch (joined with `host`). */
+  /** @type {number | null} */ #host = null;
+  /** @type {number | null} */ #epoch = null;
   /** @type {string | null} */ #token = null;
   #received = 0;
   #sent = 0;
@@ -190,6 +197,7 @@ export class LobbyRelayClient {
     this.#WebSocket = WS;
     this.#options = {
       resume: options.resume ?? DEFAULTS.resume,
+      host: options.host ?? DEFAULTS.host,
       rejoinOnSeatLost: options.rejoinOnSeatLost ?? DEFAULTS.rejoinOnSeatLost,
       queueLimit: options.queueLimit ?? DEFAULTS.queueLimit,
       resendLimit: options.resendLimit ?? DEFAULTS.resendLimit,
@@ -214,6 +222,10 @@ export class LobbyRelayClient {
   get seat() { return this.#seat; }
   get players() { return this.#players; }
   get capacity() { return this.#capacity; }
+  /** The lobby's host seat, as last told (joined with `host`); null when unknown. */
+  get host() { return this.#host; }
+  /** The host's epoch, as last told: it only grows while the lobby exists. */
+  get epoch() { return this.#epoch; }
   /** The id of the node this connection is on (known after a ping). */
   get node() { return this.#node; }
   /** Game messages waiting for the seat (sent while reconnecting). */
@@ -225,12 +237,17 @@ export class LobbyRelayClient {
 
   /**
    * What a resume needs, for a game that keeps it itself (pass it back as
-   * `join(passphrase, { token, received })`); null without a resumable seat.
+   * `join(passphrase, { token, received })`, or `joinQueue(queue, {...})`
+   * for a quick-match seat, whose state has `queue` and an empty
+   * `passphrase`); null without a resumable seat.
    * @returns {ResumeState | null}
    */
   get resumeState() {
     if (this.#lobby === null || this.#token === null) return null;
-    return { passphrase: this.#lobby.passphrase, token: this.#token, received: this.#received };
+    if (this.#lobby.queue !== null) {
+      return { passphrase: "", queue: this.#lobby.queue, token: this.#token, received: this.#received };
+    }
+    return { passphrase: /** @type {string} */ (this.#lobby.passphrase), token: this.#token, received: this.#received };
   }
 
   // -------------------------------------------------------------------------
@@ -307,11 +324,37 @@ export class LobbyRelayClient {
    * @returns {Promise<JoinedMessage | ResumedMessage>}
    */
   join(passphrase, options = {}) {
+    return this.#startJoin(passphrase, null, options);
+  }
+
+  /**
+   * Quick match: a seat in the oldest lobby of `queue` with room, or a new
+   * one (`{"type":"join","queue":...}`). The same options and the same
+   * result as join(); `joined` carries `queue`. Rejects with `invalid_queue`
+   * or `queue_full` (the relay's: too many lobbies in that queue) as join()
+   * does with its refusals. A lost seat rejoined (`rejoinOnSeatLost`) queues
+   * again.
+   * @param {string} queue
+   * @param {JoinOptions} [options]
+   * @returns {Promise<JoinedMessage | ResumedMessage>}
+   */
+  joinQueue(queue, options = {}) {
+    return this.#startJoin(null, queue, options);
+  }
+
+  /**
+   * @param {string | null} passphrase
+   * @param {string | null} queue
+   * @param {JoinOptions} options
+   * @returns {Promise<JoinedMessage | ResumedMessage>}
+   */
+  #startJoin(passphrase, queue, options) {
     if (this.#lobby !== null) {
       return Promise.reject(new LobbyRelayError("already_joined", "this client is in a lobby: leave() first"));
     }
     const resume = options.resume ?? this.#options.resume;
-    this.#lobby = { passphrase, resume };
+    const host = options.host ?? this.#options.host;
+    this.#lobby = { passphrase, queue, resume, host };
     this.#closing = false;
     this.#fatal = false;
     this.#token = null;
@@ -320,7 +363,7 @@ export class LobbyRelayClient {
       this.#token = options.token;
       this.#received = options.received ?? 0;
     } else if (resume) {
-      const kept = this.#loadKept(passphrase);
+      const kept = this.#loadKept();
       if (kept) {
         this.#token = kept.token;
         this.#received = kept.received;
@@ -462,12 +505,18 @@ export class LobbyRelayClient {
     }
     if (this.#token !== null) {
       this.#pending = "resume";
-      this.#sendControl({ type: "resume", token: this.#token, received: this.#received });
+      /** @type {Record<string, unknown>} */
+      const resume = { type: "resume", token: this.#token, received: this.#received };
+      if (this.#lobby.host) resume.host = true;
+      this.#sendControl(resume);
     } else {
       this.#pending = "join";
       /** @type {Record<string, unknown>} */
-      const join = { type: "join", passphrase: this.#lobby.passphrase };
+      const join = { type: "join" };
+      if (this.#lobby.queue !== null) join.queue = this.#lobby.queue;
+      else join.passphrase = this.#lobby.passphrase;
       if (this.#lobby.resume) join.resume = true;
+      if (this.#lobby.host) join.host = true;
       this.#sendControl(join);
     }
   }
@@ -642,6 +691,11 @@ export class LobbyRelayClient {
       case "resumed": return this.#onResumed(m);
       case "pong": return this.#onPong(m);
       case "error": return this.#onError(m);
+      case "hostChanged":
+        if (!this.#inSeat) return;
+        this.#setHost(m);
+        this.#emit("hostChanged", { type: "hostChanged", host: m.host, epoch: m.epoch });
+        return;
       case "authenticated":
         this.#authed = true;
         this.#emit("authenticated", m);
@@ -650,6 +704,7 @@ export class LobbyRelayClient {
     }
     if (LOBBY_EVENTS.has(type)) {
       if (typeof m.players === "number") this.#players = m.players;
+      if (type === "ready") this.#setHost(m);
       this.#emit(/** @type {"ready"} */ (type), m);
       return;
     }
@@ -686,6 +741,20 @@ export class LobbyRelayClient {
     this.#players = m.players;
     this.#capacity = m.capacity;
     this.#token = token;
+    this.#host = null;
+    this.#epoch = null;
+    this.#setHost(m);
+  }
+
+  /**
+   * The host as a message names it (`host` and `epoch`, where present).
+   * @param {{ host?: unknown, epoch?: unknown }} m
+   */
+  #setHost(m) {
+    if (typeof m.host === "number" && typeof m.epoch === "number") {
+      this.#host = m.host;
+      this.#epoch = m.epoch;
+    }
   }
 
   /** @param {JoinedMessage} m */
@@ -806,6 +875,8 @@ export class LobbyRelayClient {
     this.#token = null;
     this.#inSeat = false;
     this.#seat = null;
+    this.#host = null;
+    this.#epoch = null;
     this.#received = 0;
     this.#sent = 0;
     this.#unacked = [];
@@ -875,6 +946,8 @@ export class LobbyRelayClient {
     this.#seat = null;
     this.#players = 0;
     this.#capacity = null;
+    this.#host = null;
+    this.#epoch = null;
     this.#token = null;
     this.#received = 0;
     this.#sent = 0;
@@ -920,21 +993,29 @@ export class LobbyRelayClient {
 
   #keep() {
     if (this.#storage === null || this.#lobby === null || this.#token === null) return;
-    const kept = { passphrase: normalizePassphrase(this.#lobby.passphrase), token: this.#token, received: this.#received };
+    const name = this.#lobby.queue !== null
+      ? { queue: normalizePassphrase(this.#lobby.queue) }
+      : { passphrase: normalizePassphrase(/** @type {string} */ (this.#lobby.passphrase)) };
+    const kept = { ...name, token: this.#token, received: this.#received };
     try {
       this.#storage.setItem(this.#options.storageKey, JSON.stringify(kept));
     } catch (_) { /* storage full or refused: resume within this page still works */ }
   }
 
   /**
-   * @param {string} passphrase
+   * The kept state of the lobby being joined (the same passphrase, or the
+   * same queue), if any.
    * @returns {{ token: string, received: number } | null}
    */
-  #loadKept(passphrase) {
-    if (this.#storage === null) return null;
+  #loadKept() {
+    if (this.#storage === null || this.#lobby === null) return null;
+    const { passphrase, queue } = this.#lobby;
     try {
       const kept = JSON.parse(this.#storage.getItem(this.#options.storageKey) ?? "null");
-      if (kept && kept.passphrase === normalizePassphrase(passphrase)
+      const same = queue !== null
+        ? typeof kept?.queue === "string" && kept.queue === normalizePassphrase(queue)
+        : typeof kept?.passphrase === "string" && kept.passphrase === normalizePassphrase(/** @type {string} */ (passphrase));
+      if (kept && same
           && typeof kept.token === "string" && Number.isInteger(kept.received)) {
         return { token: kept.token, received: kept.received };
       }

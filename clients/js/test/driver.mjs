@@ -10,7 +10,8 @@
 // <client JSON>: {"urls": [...], "options": {...}} (options as the
 // constructor takes them; "storage": true gives it an in-memory storage).
 //
-// Commands: {"op":"join","passphrase":P,"options":{...}}, {"op":"send",
+// Commands: {"op":"join","passphrase":P,"options":{...}},
+// {"op":"joinQueue","queue":Q,"options":{...}}, {"op":"send",
 // "json":{...}} | {"op":"send","text":"..."} | {"op":"send","hex":"00ff"},
 // {"op":"sendNumbered","from":1,"to":100,"every":5} (game messages
 // {"type":"n","n":i}), {"op":"ping"}, {"op":"leave"}, {"op":"close"},
@@ -45,7 +46,7 @@ if (options.storage === true) options.storage = memoryStorage();
 const client = new LobbyRelayClient(config.urls, options);
 
 for (const name of ["joined", "ready", "playerJoined", "playerLeft", "playerAway", "playerBack",
-  "error", "reconnecting", "resumed", "seatLost", "closed", "authenticated"]) {
+  "hostChanged", "error", "reconnecting", "resumed", "seatLost", "closed", "authenticated"]) {
   client.on(/** @type {any} */ (name), (event) => out({ ev: name, ...event }));
 }
 client.on("message", (m) => {
@@ -70,6 +71,10 @@ function send(message) {
 
 const commands = {
   join: (c) => client.join(c.passphrase, c.options ?? {}).then(
+    (m) => out({ ev: "joinOk", message: m }),
+    (e) => out({ ev: "joinFailed", ...failure(e) }),
+  ),
+  joinQueue: (c) => client.joinQueue(c.queue, c.options ?? {}).then(
     (m) => out({ ev: "joinOk", message: m }),
     (e) => out({ ev: "joinFailed", ...failure(e) }),
   ),
@@ -98,7 +103,7 @@ const commands = {
   state: () => out({
     ev: "state", state: client.state, seat: client.seat, players: client.players,
     inLobby: client.inLobby, queued: client.queued, received: client.received,
-    resumable: client.resumable, node: client.node,
+    resumable: client.resumable, node: client.node, host: client.host, epoch: client.epoch,
   }),
   exit: () => process.exit(0),
 };

@@ -19,8 +19,14 @@ export async function game(url: string): Promise<void> {
   });
   relay.on("reconnecting", (e) => console.log(e.attempt, e.delay, e.code));
   relay.on("error", (e) => console.log(e.code, e.willRetry));
-  const joined = await relay.join(normalizePassphrase(" Jump-Rocket "), { resume: true });
+  const joined = await relay.join(normalizePassphrase(" Jump-Rocket "), { resume: true, host: true });
   if (joined.type === "resumed") console.log(joined.replayed);
+  else console.log(joined.host, joined.epoch, joined.queue);
+  relay.on("hostChanged", (e) => {
+    const host: number = e.host;
+    const epoch: number = e.epoch;
+    console.log(host, epoch, relay.host, relay.epoch);
+  });
   relay.send({ type: "move", x: 1 });
   relay.send('{"type":"move"}');
   relay.send(new Uint8Array([1, 2]));
@@ -34,4 +40,8 @@ export async function game(url: string): Promise<void> {
   }
   relay.close();
   (await connect(url, "jump-rocket", { storage: sessionStorage })).close();
+  const matched = new LobbyRelayClient(url, { host: false });
+  const seated = await matched.joinQueue("duel", { resume: true });
+  const queue: string | undefined = seated.type === "joined" ? seated.queue : matched.resumeState?.queue;
+  console.log(queue, matched.host === null);
 }

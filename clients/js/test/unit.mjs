@@ -46,7 +46,7 @@ async function joined(options = {}) {
   const join = client.join("Jump-Rocket");
   const socket = FakeSocket.last();
   socket.open();
-  assert.deepEqual(socket.sent, [{ type: "join", passphrase: "Jump-Rocket", resume: true }]);
+  assert.deepEqual(socket.sent, [{ type: "join", passphrase: "Jump-Rocket", resume: true, host: true }]);
   socket.receive({ type: "joined", players: 1, capacity: 2, seat: 1, resumeToken: "tok-1" });
   assert.equal((await join).seat, 1);
   return { client, socket, events };
@@ -67,7 +67,7 @@ test("a drop is resumed on the next URL with the count, then the queue goes out 
   assert.notEqual(second, socket);
   assert.equal(second.url, "ws://two/");
   second.open();
-  assert.deepEqual(second.sent, [{ type: "resume", token: "tok-1", received: 2 }]);
+  assert.deepEqual(second.sent, [{ type: "resume", token: "tok-1", received: 2, host: true }]);
   // The relay took only the first of our two sends: the second goes again.
   second.receive({ type: "resumed", seat: 1, players: 2, capacity: 2, replayed: 1, sent: 1, resumeToken: "tok-2" });
   assert.deepEqual(second.sent.slice(1), [{ type: "mine", n: 2 }, { type: "mine", n: 3 }]);
@@ -90,7 +90,7 @@ test("after the relay dropped a game message, nothing is sent twice on resume", 
   const second = FakeSocket.last();
   second.open();
   second.receive({ type: "resumed", seat: 1, players: 2, capacity: 2, replayed: 0, sent: 1, resumeToken: "tok-2" });
-  assert.deepEqual(second.sent, [{ type: "resume", token: "tok-1", received: 0 }]);
+  assert.deepEqual(second.sent, [{ type: "resume", token: "tok-1", received: 0, host: true }]);
   assert.equal(events.find(([n]) => n === "resumed")[1].resent, 0);
   client.close();
 });
@@ -134,7 +134,7 @@ test("unavailable and rate_limited answers to a join are tried again", async () 
   await tick(30);
   socket.receive({ type: "error", code: "rate_limited", message: "slow down" });
   await tick(30);
-  assert.deepEqual(socket.sent, Array(3).fill({ type: "join", passphrase: "p-q-r" }));
+  assert.deepEqual(socket.sent, Array(3).fill({ type: "join", passphrase: "p-q-r", host: true }));
   socket.receive({ type: "joined", players: 1, capacity: 2, seat: 1 });
   assert.equal((await join).seat, 1);
   assert.deepEqual(errors.map((e) => [e.code, e.willRetry]), [["unavailable", true], ["rate_limited", true]]);
@@ -149,7 +149,7 @@ test("a refused resume is a lost seat; rejoinOnSeatLost joins again", async () =
   const second = FakeSocket.last();
   second.open();
   second.receive({ type: "error", code: "invalid_resume_token", message: "gone" });
-  assert.deepEqual(second.sent[1], { type: "join", passphrase: "Jump-Rocket", resume: true });
+  assert.deepEqual(second.sent[1], { type: "join", passphrase: "Jump-Rocket", resume: true, host: true });
   const lost = events.find(([n]) => n === "seatLost")[1];
   assert.equal(lost.reason, "invalid_resume_token");
   assert.equal(lost.rejoining, true);
@@ -171,7 +171,7 @@ test("without resume a drop loses the seat; with rejoinOnSeatLost the client joi
   assert.deepEqual(lost, [{ reason: "disconnected", seat: 1, code: 1012, dropped: 0, rejoining: true }]);
   await tick();
   FakeSocket.last().open();
-  assert.deepEqual(FakeSocket.last().sent, [{ type: "join", passphrase: "p-q-r" }]);
+  assert.deepEqual(FakeSocket.last().sent, [{ type: "join", passphrase: "p-q-r", host: true }]);
   FakeSocket.last().receive({ type: "joined", players: 2, capacity: 2, seat: 2 });
   assert.deepEqual(FakeSocket.last().sent.at(-1), { type: "queued" });
   client.close();
@@ -196,7 +196,7 @@ test("a kept resume state resumes after a reload; leave forgets it", async () =>
   const again = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket, storage });
   const join = again.join("jump-rocket");
   FakeSocket.last().open();
-  assert.deepEqual(FakeSocket.last().sent, [{ type: "resume", token: "tok-1", received: 1 }]);
+  assert.deepEqual(FakeSocket.last().sent, [{ type: "resume", token: "tok-1", received: 1, host: true }]);
   FakeSocket.last().receive({ type: "resumed", seat: 1, players: 2, capacity: 2, replayed: 0, sent: 0, resumeToken: "tok-9" });
   assert.equal((await join).type, "resumed");
   again.leave();
@@ -231,7 +231,7 @@ test("frame events: every frame in order, deliveries numbered", async () => {
   socket.onmessage({ data: new Uint8Array([7, 8]).buffer });
   socket.receive("not json");
   assert.deepEqual(frames, [
-    ["out", '{"type":"join","passphrase":"p","resume":true}', null],
+    ["out", '{"type":"join","passphrase":"p","resume":true,"host":true}', null],
     ["in", '{"type":"joined","players":1,"capacity":2,"seat":1,"resumeToken":"t"}', null],
     ["in", '{"type":"ready","players":2}', 1],
     ["out", '{"type":"move"}', null],
@@ -258,7 +258,7 @@ test("open() connects without joining: ping before a join, join on that connecti
   assert.equal(client.node, "b");
   const join = client.join("p");
   assert.equal(FakeSocket.all.length, 1, "the same connection");
-  assert.deepEqual(socket.sent[1], { type: "join", passphrase: "p", resume: true });
+  assert.deepEqual(socket.sent[1], { type: "join", passphrase: "p", resume: true, host: true });
   // leave() before the answer calls the join off: a late `joined` is ignored.
   client.leave();
   await assert.rejects(join, (e) => e.code === "left");
@@ -291,5 +291,147 @@ test("leave() while reconnecting: the attempt under way goes on outside the lobb
   attempt.open();
   assert.equal(client.state, "open");
   assert.deepEqual(attempt.sent, [], "no resume, no join");
+  client.close();
+});
+
+test("host: asked for by default, tracked from joined, ready, hostChanged and resumed; hostChanged is no delivery", async () => {
+  FakeSocket.all = [];
+  const client = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket });
+  const changes = [];
+  const frames = [];
+  client.on("hostChanged", (e) => changes.push(e));
+  client.on("frame", (f) => { if (f.direction === "in") frames.push([JSON.parse(f.data).type, f.delivery]); });
+  const join = client.join("p");
+  const socket = FakeSocket.last();
+  socket.open();
+  assert.deepEqual(socket.sent, [{ type: "join", passphrase: "p", resume: true, host: true }]);
+  assert.equal(client.host, null);
+  socket.receive({ type: "joined", players: 1, capacity: 3, seat: 2, host: 1, epoch: 1, resumeToken: "t1" });
+  const m = await join;
+  assert.deepEqual([m.host, m.epoch], [1, 1]);
+  assert.deepEqual([client.host, client.epoch], [1, 1]);
+  socket.receive({ type: "playerLeft", players: 1, seat: 1 });
+  socket.receive({ type: "hostChanged", host: 2, epoch: 2 });
+  assert.deepEqual(changes, [{ type: "hostChanged", host: 2, epoch: 2 }]);
+  assert.deepEqual([client.host, client.epoch], [2, 2]);
+  socket.receive({ type: "ready", players: 3, host: 2, epoch: 2 });
+  // playerLeft and ready are deliveries; hostChanged is not.
+  assert.equal(client.received, 2);
+  assert.deepEqual(frames, [["joined", null], ["playerLeft", 1], ["hostChanged", null], ["ready", 2]]);
+  // A hostChanged cannot be sent as a game message (the relay reserves it).
+  assert.throws(() => client.send({ type: "hostChanged", host: 1 }), (e) => e.code === "invalid_message");
+  // The resume asks again, and `resumed` names the host as it is now.
+  socket.drop();
+  await tick();
+  const second = FakeSocket.last();
+  second.open();
+  assert.deepEqual(second.sent, [{ type: "resume", token: "t1", received: 2, host: true }]);
+  second.receive({ type: "resumed", seat: 2, players: 3, capacity: 3, replayed: 0, sent: 0, host: 3, epoch: 3, resumeToken: "t2" });
+  assert.deepEqual([client.host, client.epoch], [3, 3]);
+  assert.equal(client.received, 2);
+  client.leave();
+  assert.deepEqual([client.host, client.epoch], [null, null]);
+  client.close();
+});
+
+test("host: false sends no host field, in the join or the resume", async () => {
+  FakeSocket.all = [];
+  const client = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket, host: false });
+  const join = client.join("p");
+  FakeSocket.last().open();
+  assert.deepEqual(FakeSocket.last().sent, [{ type: "join", passphrase: "p", resume: true }]);
+  FakeSocket.last().receive({ type: "joined", players: 1, capacity: 2, seat: 1, resumeToken: "t" });
+  await join;
+  assert.equal(client.host, null);
+  FakeSocket.last().drop();
+  await tick();
+  FakeSocket.last().open();
+  assert.deepEqual(FakeSocket.last().sent, [{ type: "resume", token: "t", received: 0 }]);
+  client.close();
+  // Per join, too.
+  FakeSocket.all = [];
+  const other = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket });
+  other.joinQueue("duel", { host: false, resume: false }).catch(() => {});
+  FakeSocket.last().open();
+  assert.deepEqual(FakeSocket.last().sent, [{ type: "join", queue: "duel" }]);
+  other.close();
+});
+
+test("joinQueue: a queue join, resolved with joined (queue, host); a lost seat queues again", async () => {
+  FakeSocket.all = [];
+  const client = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket, rejoinOnSeatLost: true });
+  const lost = [];
+  client.on("seatLost", (e) => lost.push(e));
+  const join = client.joinQueue("duel");
+  const socket = FakeSocket.last();
+  socket.open();
+  assert.deepEqual(socket.sent, [{ type: "join", queue: "duel", resume: true, host: true }]);
+  socket.receive({ type: "joined", players: 2, capacity: 2, seat: 2, queue: "duel", host: 1, epoch: 1, resumeToken: "q1" });
+  const m = await join;
+  assert.deepEqual([m.seat, m.queue, m.host, m.epoch], [2, "duel", 1, 1]);
+  assert.deepEqual(client.resumeState, { passphrase: "", queue: "duel", token: "q1", received: 0 });
+  // already joined: a second joinQueue is refused.
+  await assert.rejects(client.joinQueue("duel"), (e) => e.code === "already_joined");
+  // The seat is lost (the resume refused): the client queues again, not a passphrase join.
+  socket.drop();
+  await tick();
+  const second = FakeSocket.last();
+  second.open();
+  assert.deepEqual(second.sent, [{ type: "resume", token: "q1", received: 0, host: true }]);
+  second.receive({ type: "error", code: "invalid_resume_token", message: "gone" });
+  assert.equal(lost.length, 1);
+  assert.equal(lost[0].rejoining, true);
+  assert.deepEqual(second.sent[1], { type: "join", queue: "duel", resume: true, host: true });
+  client.close();
+});
+
+test("joinQueue: invalid_queue and queue_full reject like other join refusals", async () => {
+  FakeSocket.all = [];
+  const client = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket });
+  const errors = [];
+  client.on("error", (e) => errors.push([e.code, e.willRetry]));
+  const bad = client.joinQueue("x");
+  const socket = FakeSocket.last();
+  socket.open();
+  socket.receive({ type: "error", code: "invalid_queue", message: "3 to 64 characters" });
+  await assert.rejects(bad, (e) => e instanceof LobbyRelayError && e.code === "invalid_queue");
+  const full = client.joinQueue("duel");
+  assert.deepEqual(socket.sent[1], { type: "join", queue: "duel", resume: true, host: true });
+  socket.receive({ type: "error", code: "queue_full", message: "too many lobbies" });
+  await assert.rejects(full, (e) => e instanceof LobbyRelayError && e.code === "queue_full");
+  assert.deepEqual(errors, [["invalid_queue", false], ["queue_full", false]]);
+  assert.equal(client.state, "open", "the connection stays open");
+  // And the same connection can join afterwards.
+  const ok = client.join("p");
+  socket.receive({ type: "joined", players: 1, capacity: 2, seat: 1 });
+  assert.equal((await ok).seat, 1);
+  client.close();
+});
+
+test("joinQueue: a kept quick-match seat is resumed after a reload, a passphrase join does not take it", async () => {
+  const items = new Map();
+  const storage = { getItem: (k) => items.get(k) ?? null, setItem: (k, v) => items.set(k, v), removeItem: (k) => items.delete(k) };
+  FakeSocket.all = [];
+  const client = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket, storage });
+  const join = client.joinQueue("Duel");
+  FakeSocket.last().open();
+  FakeSocket.last().receive({ type: "joined", players: 1, capacity: 2, seat: 1, queue: "duel", resumeToken: "q1" });
+  await join;
+  assert.deepEqual(JSON.parse(items.get("lobby-relay.resume")), { queue: "duel", token: "q1", received: 0 });
+  // A page with the same storage joining a passphrase "duel" joins anew.
+  FakeSocket.all = [];
+  const other = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket, storage });
+  other.join("duel").catch(() => {});
+  FakeSocket.last().open();
+  assert.deepEqual(FakeSocket.last().sent, [{ type: "join", passphrase: "duel", resume: true, host: true }]);
+  other.leave();
+  // The kept state was forgotten by that leave; keep it again and reload.
+  items.set("lobby-relay.resume", JSON.stringify({ queue: "duel", token: "q1", received: 0 }));
+  FakeSocket.all = [];
+  const again = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket, storage });
+  again.joinQueue("duel").catch(() => {});
+  FakeSocket.last().open();
+  assert.deepEqual(FakeSocket.last().sent, [{ type: "resume", token: "q1", received: 0, host: true }]);
+  again.close();
   client.close();
 });

@@ -64,6 +64,12 @@ pub enum Event {
         resumable: bool,
         /// Signed-in members.
         users: Users,
+        /// The host's seat ([`Options::host`](crate::Options::host)).
+        host: Option<u32>,
+        /// The host's epoch: it only grows while the lobby exists.
+        epoch: Option<u64>,
+        /// The queue, for a quick match ([`Client::join_queue`](crate::Client::join_queue)).
+        queue: Option<String>,
     },
     /// The seat was taken back after a drop.
     Resumed {
@@ -77,6 +83,10 @@ pub enum Event {
         sent: u64,
         /// How many of ours the client sent again (swallowed by the drop).
         resent: usize,
+        /// The host's seat as it is now ([`Options::host`](crate::Options::host)).
+        host: Option<u32>,
+        /// The host's epoch as it is now.
+        epoch: Option<u64>,
     },
     /// The lobby is full: start the game.
     Ready {
@@ -84,6 +94,10 @@ pub enum Event {
         players: u32,
         /// Signed-in members.
         users: Users,
+        /// The host's seat ([`Options::host`](crate::Options::host)).
+        host: Option<u32>,
+        /// The host's epoch.
+        epoch: Option<u64>,
     },
     /// Another player joined (lobbies above capacity 2).
     PlayerJoined {
@@ -112,6 +126,16 @@ pub enum Event {
     PlayerBack {
         /// Its seat.
         seat: u32,
+    },
+    /// The host's seat was freed: `host` is the new host
+    /// ([`Options::host`](crate::Options::host)). State, not a delivery: not
+    /// counted for resume, never replayed (a resume's [`Event::Resumed`]
+    /// names the host as it is then).
+    HostChanged {
+        /// The new host's seat.
+        host: u32,
+        /// The host's epoch: one more than before.
+        epoch: u64,
     },
     /// A game message from another member.
     Message(GameMessage),
@@ -178,8 +202,11 @@ pub enum State {
 /// restart of the app): give it to [`Client::join_with`](crate::Client::join_with).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResumeState {
-    /// The lobby's passphrase.
+    /// The lobby's passphrase; empty for a quick-match seat (see `queue`).
     pub passphrase: String,
+    /// The queue of a quick-match seat: give the state to
+    /// [`Client::join_queue_with`](crate::Client::join_queue_with).
+    pub queue: Option<String>,
     /// The latest resume token.
     pub token: String,
     /// Deliveries received in the seat.

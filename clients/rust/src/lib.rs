@@ -1,5 +1,7 @@
 //! The Rust client of [lobby-relay](https://github.com/): the game's side of
-//! the relay. It joins a lobby by passphrase, hands the lobby's events and
+//! the relay. It joins a lobby by passphrase (or by quick match: a queue,
+//! [`Client::join_queue`]), tells which seat is the lobby's host
+//! ([`Event::HostChanged`], [`Client::host`]), hands the lobby's events and
 //! game messages to the game, sends game messages, and survives dropped
 //! connections by taking the seat back (resume) with every message it
 //! missed, none twice, on whichever node answers.
@@ -85,17 +87,25 @@ const RESERVED_TYPES: &[&str] = &[
     "playerBack",
     "auth",
     "authenticated",
+    "hostChanged",
 ];
 
 enum Command {
     Join {
-        passphrase: String,
+        target: Target,
         resume: Option<bool>,
         kept: Option<(String, u64)>,
     },
     Leave,
     Close,
     Ping(oneshot::Sender<Result<Duration, ClientError>>),
+}
+
+/// What a join names: a lobby's passphrase, or a quick-match queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Passphrase(String),
+    Queue(String),
 }
 
 /// What the game's thread and the client's task share.
@@ -121,6 +131,7 @@ struct Status {
     players: u32,
     node: Option<String>,
     resume: Option<ResumeState>,
+    host: Option<(u32, u64)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -222,7 +233,27 @@ impl Client {
     /// an [`Event::Error`]) follows. Game messages may be sent right away:
     /// they wait for the seat.
     pub fn join(&self, passphrase: &str) {
-        self.request_join(passphrase, None, None);
+        self.request_join(Target::Passphrase(passphrase.to_owned()), None, None);
+    }
+
+    /// Quick match: a seat in the oldest lobby of `queue` with room, or a
+    /// new one; [`Event::Joined`] (with `queue`) or an [`Event::Error`]
+    /// (`invalid_queue`, `queue_full`) follows. From there on it is an
+    /// ordinary lobby; a lost seat rejoined
+    /// ([`Options::rejoin_on_seat_lost`]) queues again.
+    pub fn join_queue(&self, queue: &str) {
+        self.request_join(Target::Queue(queue.to_owned()), None, None);
+    }
+
+    /// [`Client::join_queue`], as [`Client::join_with`] is to
+    /// [`Client::join`]: overriding [`Options::resume`], or first taking a
+    /// kept quick-match seat back.
+    pub fn join_queue_with(&self, queue: &str, resume: bool, kept: Option<ResumeState>) {
+        self.request_join(
+            Target::Queue(queue.to_owned()),
+            Some(resume),
+            kept.map(|state| (state.token, state.received)),
+        );
     }
 
     /// Joins, overriding [`Options::resume`] for this lobby, or first trying
@@ -230,16 +261,16 @@ impl Client {
     /// is still held, else a new join).
     pub fn join_with(&self, passphrase: &str, resume: bool, kept: Option<ResumeState>) {
         self.request_join(
-            passphrase,
+            Target::Passphrase(passphrase.to_owned()),
             Some(resume),
             kept.map(|state| (state.token, state.received)),
         );
     }
 
-    fn request_join(&self, passphrase: &str, resume: Option<bool>, kept: Option<(String, u64)>) {
+    fn request_join(&self, target: Target, resume: Option<bool>, kept: Option<(String, u64)>) {
         lock(&self.shared.out).in_lobby = true;
         let _ = self.commands.send(Command::Join {
-            passphrase: passphrase.to_owned(),
+            target,
             resume,
             kept,
         });
@@ -328,6 +359,18 @@ impl Client {
     /// This player's seat while seated.
     pub fn seat(&self) -> Option<u32> {
         lock(&self.shared.status).seat
+    }
+
+    /// The lobby's host seat, as last told (joined, ready, resumed,
+    /// [`Event::HostChanged`]); `None` outside a lobby or without
+    /// [`Options::host`].
+    pub fn host(&self) -> Option<u32> {
+        lock(&self.shared.status).host.map(|(host, _)| host)
+    }
+
+    /// The host's epoch, as last told: it only grows while the lobby exists.
+    pub fn epoch(&self) -> Option<u64> {
+        lock(&self.shared.status).host.map(|(_, epoch)| epoch)
     }
 
     /// Members of the lobby, as last told.

@@ -46,8 +46,14 @@ pub struct Options {
     /// Join with `"resume":true` (default true): a dropped connection then
     /// takes its seat back, with every delivery it missed.
     pub resume: bool,
+    /// Join (and resume) with `"host":true` (default true): [`Event::Joined`](crate::Event::Joined),
+    /// [`Event::Ready`](crate::Event::Ready) and [`Event::Resumed`](crate::Event::Resumed) then name
+    /// the lobby's host seat and its epoch, and [`Event::HostChanged`](crate::Event::HostChanged)
+    /// tells when the host changes.
+    pub host: bool,
     /// After the seat is lost (grace period over, or a drop without resume),
-    /// join the same passphrase again, as a new player. Default false.
+    /// join the same passphrase again (or, for [`Client::join_queue`](crate::Client::join_queue),
+    /// queue again), as a new player. Default false.
     pub rejoin_on_seat_lost: bool,
     /// Most game messages waiting for the seat while reconnecting; past it
     /// the send methods return [`ClientError::QueueFull`](crate::ClientError::QueueFull). Default 256.
@@ -70,6 +76,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             resume: true,
+            host: true,
             rejoin_on_seat_lost: false,
             queue_limit: 256,
             resend_limit: 256,

@@ -21,7 +21,7 @@ mod relay;
 
 use crate::{
     ClientError, Command, Event, Options, RelayError, ResumeState, SeatLostReason, Shared, State,
-    lock,
+    Target, lock,
 };
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -32,7 +32,15 @@ type Connecting = Pin<Box<dyn Future<Output = Result<Ws, String>> + Send>>;
 pub(crate) type Frame = Message;
 
 /// What the relay sends that is not a delivery (not counted for resume).
-const NOT_DELIVERIES: &[&str] = &["joined", "resumed", "pong", "error", "authenticated"];
+/// `hostChanged` is state, not history: never counted, never replayed.
+const NOT_DELIVERIES: &[&str] = &[
+    "joined",
+    "resumed",
+    "pong",
+    "error",
+    "authenticated",
+    "hostChanged",
+];
 /// Answers to a join or resume that are tried again later.
 const RETRIED: &[&str] = &["unavailable", "rate_limited"];
 /// A refused player token: the relay closes with 1008.
@@ -54,8 +62,10 @@ enum Pending {
 }
 
 struct Lobby {
-    passphrase: String,
+    target: Target,
     resume: bool,
+    /// Asked for the host (`"host":true` in the join and its resumes).
+    host: bool,
     /// join() started from a kept token: a refused resume joins anew.
     joining: bool,
 }
@@ -83,6 +93,8 @@ pub(crate) struct Task {
     in_seat: bool,
     seat: Option<u32>,
     players: u32,
+    /// The host's seat and epoch, as last told.
+    host: Option<(u32, u64)>,
     token: Option<String>,
     received: u64,
     sent: u64,
@@ -123,6 +135,7 @@ impl Task {
             in_seat: false,
             seat: None,
             players: 0,
+            host: None,
             token: None,
             received: 0,
             sent: 0,
@@ -174,7 +187,7 @@ impl Task {
     async fn command(&mut self, command: Command) {
         match command {
             Command::Join {
-                passphrase,
+                target,
                 resume,
                 kept,
             } => {
@@ -191,8 +204,9 @@ impl Task {
                     self.received = received;
                 }
                 self.lobby = Some(Lobby {
-                    passphrase,
+                    target,
                     resume,
+                    host: self.options.host,
                     joining,
                 });
                 self.attempt = 0;
@@ -253,10 +267,10 @@ impl Task {
 
     /// The next step towards a seat: connect, authenticate, resume or join.
     async fn request(&mut self) {
-        let Some((passphrase, resume)) = self
+        let Some((target, resume, host)) = self
             .lobby
             .as_ref()
-            .map(|lobby| (lobby.passphrase.clone(), lobby.resume))
+            .map(|lobby| (lobby.target.clone(), lobby.resume, lobby.host))
         else {
             return;
         };
@@ -272,17 +286,23 @@ impl Task {
             self.control(message).await;
             return;
         }
-        let message = if let Some(token) = &self.token {
+        let mut message = if let Some(token) = &self.token {
             self.pending = Some(Pending::Resume);
             json!({"type": "resume", "token": token, "received": self.received})
         } else {
             self.pending = Some(Pending::Join);
-            let mut join = json!({"type": "join", "passphrase": passphrase});
+            let mut join = match target {
+                Target::Passphrase(passphrase) => json!({"type": "join", "passphrase": passphrase}),
+                Target::Queue(queue) => json!({"type": "join", "queue": queue}),
+            };
             if resume {
                 join["resume"] = Value::Bool(true);
             }
             join
         };
+        if host {
+            message["host"] = Value::Bool(true);
+        }
         self.control(message).await;
     }
 
@@ -438,6 +458,7 @@ impl Task {
         self.in_seat = false;
         self.seat = None;
         self.players = 0;
+        self.host = None;
         self.token = None;
         self.received = 0;
         self.sent = 0;
@@ -482,6 +503,7 @@ impl Task {
         let mut status = lock(&self.shared.status);
         status.seat = if self.in_seat { self.seat } else { None };
         status.players = self.players;
+        status.host = if self.in_seat { self.host } else { None };
         drop(status);
         self.publish_resume_state();
     }
@@ -489,7 +511,14 @@ impl Task {
     fn publish_resume_state(&self) {
         let resume = match (&self.lobby, &self.token) {
             (Some(lobby), Some(token)) => Some(ResumeState {
-                passphrase: lobby.passphrase.clone(),
+                passphrase: match &lobby.target {
+                    Target::Passphrase(passphrase) => passphrase.clone(),
+                    Target::Queue(_) => String::new(),
+                },
+                queue: match &lobby.target {
+                    Target::Passphrase(_) => None,
+                    Target::Queue(queue) => Some(queue.clone()),
+                },
                 token: token.clone(),
                 received: self.received,
             }),

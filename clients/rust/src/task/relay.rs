@@ -97,10 +97,19 @@ impl Task {
             }
             "ready" => {
                 self.set_players(players);
+                self.set_host(host(&message));
                 self.emit(Event::Ready {
                     players,
                     users: users(&message),
+                    host: host(&message).map(|(host, _)| host),
+                    epoch: host(&message).map(|(_, epoch)| epoch),
                 });
+            }
+            "hostChanged" => {
+                if let (true, Some((host, epoch))) = (self.in_seat, host(&message)) {
+                    self.set_host(Some((host, epoch)));
+                    self.emit(Event::HostChanged { host, epoch });
+                }
             }
             "playerJoined" => {
                 self.set_players(players);
@@ -127,6 +136,14 @@ impl Task {
         }
     }
 
+    /// The host as a message names it, if it does.
+    fn set_host(&mut self, host: Option<(u32, u64)>) {
+        if host.is_some() {
+            self.host = host;
+            lock(&self.shared.status).host = host;
+        }
+    }
+
     fn count(&mut self) {
         self.received += 1;
         self.publish_resume_state();
@@ -140,6 +157,7 @@ impl Task {
         self.in_seat = true;
         self.seat = Some(number("seat"));
         self.players = number("players");
+        self.host = host(message);
         self.token = message
             .get("resumeToken")
             .and_then(Value::as_str)
@@ -167,6 +185,12 @@ impl Task {
             capacity: number("capacity"),
             resumable: self.token.is_some(),
             users: users(message),
+            host: self.host.map(|(host, _)| host),
+            epoch: self.host.map(|(_, epoch)| epoch),
+            queue: message
+                .get("queue")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         });
         self.seat_opened(Vec::new()).await;
     }
@@ -201,6 +225,8 @@ impl Task {
             replayed: number("replayed"),
             sent: taken,
             resent: again.len(),
+            host: self.host.map(|(host, _)| host),
+            epoch: self.host.map(|(_, epoch)| epoch),
         });
         if lost > 0 {
             self.emit(Event::Error(RelayError {
@@ -297,6 +323,7 @@ impl Task {
             dropped
         };
         let seat = self.seat.take();
+        self.host = None;
         self.token = None;
         self.in_seat = false;
         self.received = 0;
@@ -320,6 +347,14 @@ impl Task {
             }
         }
     }
+}
+
+/// `host` and `epoch` of a `joined`, `ready`, `resumed` or `hostChanged`
+/// (both, or none).
+fn host(message: &serde_json::Map<String, Value>) -> Option<(u32, u64)> {
+    let host = message.get("host").and_then(Value::as_u64)?;
+    let epoch = message.get("epoch").and_then(Value::as_u64)?;
+    Some((u32::try_from(host).ok()?, epoch))
 }
 
 /// Users of a `joined`/`ready`/`playerJoined`: seat (a string) to user id.
