@@ -2,10 +2,12 @@
 
 use crate::support;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::{Client, RedisCluster, Relays, pair};
 
 fn run(redis_url: &str, args: &[&str]) -> Output {
@@ -312,4 +314,109 @@ fn inspect_names_the_cluster_seeds_it_could_not_reach() {
     }
     assert!(stderr.contains("Redis Cluster"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------
+// Quick match and the host, as `inspect` and the admin view show them
+// ---------------------------------------------------------------------------
+
+/// The admin token of these tests.
+const ADMIN_TOKEN: &str = "inspect-test-admin-token";
+
+/// `GET /admin/api/cluster` of the node at `addr`, with the token: the JSON.
+fn admin_view(addr: SocketAddr) -> Value {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let request = format!(
+        "GET /admin/api/cluster HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Authorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{response}");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Queues with `{"type":"join","queue":queue,"resume":true}`; returns the
+/// lobby's hash (from the resume token) and `joined`.
+async fn queue_up(client: &mut Client, queue: &str) -> (String, Value) {
+    client
+        .send_json(json!({"type": "join", "queue": queue, "resume": true}))
+        .await;
+    let joined = client.recv_json().await;
+    assert_eq!(joined["type"], "joined", "{}: {joined}", client.name());
+    assert_eq!(joined["queue"], queue, "{joined}");
+    let token = joined["resumeToken"].as_str().expect("a resume token");
+    (token.split('.').next().unwrap().to_owned(), joined)
+}
+
+/// Receives until a message of type `kind` (what comes before is checked
+/// by the protocol tests, not here).
+async fn recv_until(client: &mut Client, kind: &str) -> Value {
+    for _ in 0..10 {
+        let message = client.recv_json().await;
+        if message["type"] == kind {
+            return message;
+        }
+    }
+    panic!("{}: no {kind}", client.name());
+}
+
+/// The row of `rows` whose `field` is `value`.
+fn row_of<'a>(rows: &'a Value, field: &str, value: &str) -> &'a Value {
+    rows.as_array()
+        .and_then(|rows| rows.iter().find(|r| r[field] == value))
+        .unwrap_or_else(|| panic!("no {field} {value}: {rows}"))
+}
+
+/// The admin view's lobby of hash `hex` (by its prefix).
+fn admin_lobby<'a>(view: &'a Value, hex: &str) -> &'a Value {
+    row_of(&view["lobbies"], "lobby", &hex[..8])
+}
+
+/// Without Redis, the admin view shows what the node knows: each lobby's
+/// host and queue, and the node's queues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_view_of_a_memory_node_shows_hosts_and_queues() {
+    let c = Relays::memory_with(&["--admin-token", ADMIN_TOKEN]);
+    let queue = format!("q-{}", support::unique());
+    let pass = format!("admin-host-{}", support::unique());
+    let mut a = Client::connect(&c.url_a(), "A").await;
+    let mut b = Client::connect(&c.url_a(), "B").await;
+    let mut cc = Client::connect(&c.url_a(), "C").await;
+    let mut d = Client::connect(&c.url_a(), "D").await;
+    let (l1, _) = queue_up(&mut a, &queue).await;
+    queue_up(&mut b, &queue).await;
+    recv_until(&mut b, "ready").await;
+    let (l2, _) = queue_up(&mut cc, &queue).await;
+    d.join(&pass).await;
+
+    let view = admin_view(c.addr_a());
+    let lobby = admin_lobby(&view, &l1);
+    assert_eq!(lobby["host"], 1, "{lobby}");
+    assert_eq!(lobby["epoch"], 1, "{lobby}");
+    assert_eq!(lobby["queue"], queue.as_str(), "{lobby}");
+    let plain = admin_lobby(&view, &support::lobby_id(&pass));
+    assert_eq!(plain["host"], 1, "{plain}");
+    assert_eq!(plain["queue"], Value::Null, "{plain}");
+    assert_eq!(
+        view["queues"],
+        json!([{"queue": queue, "lobbies": 2, "open": &l2[..8], "open_players": 1}]),
+        "{view}"
+    );
+
+    a.leave().await;
+    recv_until(&mut b, "playerLeft").await;
+    let view = admin_view(c.addr_a());
+    let lobby = admin_lobby(&view, &l1);
+    assert_eq!(
+        (&lobby["host"], &lobby["epoch"]),
+        (&json!(2), &json!(2)),
+        "{lobby}"
+    );
+    assert_eq!(lobby["queue"], queue.as_str(), "{lobby}");
 }
