@@ -500,7 +500,7 @@ def seats_in_redis(h):
 def seats_from_inspect(node, passphrase, h):
     out = compose("exec", "-T", node, "lobby-relay", "inspect", passphrase)
     check(f"lobby:   {h}" in out, f"inspect in {node} names another lobby: {out!r}")
-    return {int(m.group(1)): m.group(2) for m in re.finditer(r"^seat (\d+): (\S+)$", out, re.M)}, out
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r"^seat (\d+): (\S+)(?: \([^)]*\))*$", out, re.M)}, out
 
 
 def node_key(member):  # relay-2/1f2e3d4c.7 -> relay-2/1f2e3d4c
@@ -639,7 +639,7 @@ def readme_recipes(h, seats):
 
     def check_inspect(out):
         check(f"lobby:   {h}" in out, f"not the game's lobby: {out!r}")
-        got = {int(m.group(1)): m.group(2) for m in re.finditer(r"^seat (\d+): (\S+)$", out, re.M)}
+        got = {int(m.group(1)): m.group(2) for m in re.finditer(r"^seat (\d+): (\S+)(?: \([^)]*\))*$", out, re.M)}
         check(got == seats, f"seats {got}, the game's: {seats}")
         return f"the lobby's hash and its seats {sorted(got)}"
 

@@ -21,7 +21,8 @@ use hyper::header::HeaderValue;
 use sha2::{Digest, Sha256};
 
 pub use crate::cluster_view::{
-    ClusterView, LOBBY_LIMIT, LOBBY_PREFIX, LobbyView, NodeView, SeatView, lobby_prefix,
+    ClusterView, LOBBY_LIMIT, LOBBY_PREFIX, LobbyView, LocalQueues, NodeView, QueueView, SeatView,
+    lobby_prefix,
 };
 use crate::hub::Hub;
 use crate::limits::FailureLimit;
@@ -81,8 +82,11 @@ fn csp_hash(script: &str) -> String {
     )
 }
 
-/// The view of a node without Redis: itself and its own lobbies.
-pub fn local_view(node_id: &str, key: &str, hub: &Hub) -> ClusterView {
+/// The view of a node without Redis: itself and its own lobbies, each with
+/// its host as the node last saw it and its queue as the store has it
+/// (`queues`, from the store's
+/// [`local_queues`](crate::lobby::StoreHealth::local_queues)).
+pub fn local_view(node_id: &str, key: &str, hub: &Hub, mut queues: LocalQueues) -> ClusterView {
     let mut lobbies: Vec<_> = hub.lobbies();
     lobbies.sort_by(|a, b| a.hex.cmp(&b.hex));
     let truncated = lobbies.len() > LOBBY_LIMIT;
@@ -98,10 +102,14 @@ pub fn local_view(node_id: &str, key: &str, hub: &Hub) -> ClusterView {
                     node: node_id.to_owned(),
                 })
                 .collect();
+            let host = lobby.host();
             LobbyView {
                 lobby: lobby_prefix(&lobby.hex),
                 players: seats.len(),
                 seats,
+                host: host.map(|h| u32::from(h.seat)),
+                epoch: host.map(|h| h.epoch),
+                queue: queues.lobbies.remove(&*lobby.hex),
             }
         })
         .filter(|lobby| lobby.players > 0)
@@ -119,6 +127,7 @@ pub fn local_view(node_id: &str, key: &str, hub: &Hub) -> ClusterView {
         }],
         lobbies,
         lobbies_truncated: truncated,
+        queues: queues.queues,
     }
 }
 

@@ -1,7 +1,10 @@
 //! The cluster as the admin view shows it (`GET /admin/api/cluster`): its
-//! nodes, their figures and its lobbies by hash prefix. A leaf shared by
+//! nodes, their figures, its lobbies by hash prefix (with their host and
+//! quick-match queue) and the queues of those lobbies. A leaf shared by
 //! the admin view (`admin.rs`, which also builds the memory-mode view) and
 //! the Redis store (`lobby/redis/view.rs`, which reads it from Redis).
+
+use std::collections::HashMap;
 
 use serde::Serialize;
 
@@ -25,6 +28,9 @@ pub struct ClusterView {
     pub lobbies: Vec<LobbyView>,
     /// Whether there were more lobbies than listed.
     pub lobbies_truncated: bool,
+    /// Quick-match queues: with Redis, those of the listed lobbies; in
+    /// memory mode, every queue of the node. By name.
+    pub queues: Vec<QueueView>,
 }
 
 /// One node of [`ClusterView`].
@@ -50,6 +56,27 @@ pub struct LobbyView {
     pub lobby: String,
     pub players: usize,
     pub seats: Vec<SeatView>,
+    /// The host's seat, if known.
+    pub host: Option<u32>,
+    /// The host's epoch (grows by one whenever the host changes), if known.
+    pub epoch: Option<u64>,
+    /// The quick-match queue the lobby belongs to (`None`: a passphrase
+    /// lobby).
+    pub queue: Option<String>,
+}
+
+/// A quick-match queue of [`ClusterView`].
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueView {
+    /// The queue's name (not secret).
+    pub queue: String,
+    /// How many lobbies the queue has, full ones included.
+    pub lobbies: u64,
+    /// The [`LOBBY_PREFIX`] hex digits of its lobby waiting for players, if
+    /// any.
+    pub open: Option<String>,
+    /// The players seated in that lobby.
+    pub open_players: Option<usize>,
 }
 
 /// A seat of a [`LobbyView`] and the node its player is connected to.
@@ -57,6 +84,16 @@ pub struct LobbyView {
 pub struct SeatView {
     pub seat: u32,
     pub node: String,
+}
+
+/// What a store that knows only this node (memory) says of its quick-match
+/// queues, for the admin view of that node.
+#[derive(Debug, Default)]
+pub struct LocalQueues {
+    /// The queue of each quick-match lobby, by the lobby's hex id.
+    pub lobbies: HashMap<String, String>,
+    /// Every queue, by name.
+    pub queues: Vec<QueueView>,
 }
 
 /// The first hex digits of a lobby id, all the admin view ever shows of it.

@@ -28,8 +28,9 @@ struct Cli {
 enum Command {
     /// Run a relay node (the default).
     Serve(Box<ServeArgs>),
-    /// Read what Redis holds: `inspect nodes`, `inspect lobbies`, or one
-    /// lobby (`inspect lobby PASSPHRASE`, or just `inspect PASSPHRASE`).
+    /// Read what Redis holds: `inspect nodes`, `inspect lobbies`,
+    /// `inspect queues` (quick match), or one lobby (`inspect lobby
+    /// PASSPHRASE`, or just `inspect PASSPHRASE`).
     /// Tables for people; `--json` for scripts. The passphrase is read from
     /// standard input when it is `-` or missing, so that it stays out of shell
     /// history; it is hashed here and never sent to Redis.
@@ -56,12 +57,21 @@ enum InspectWhat {
         #[command(flatten)]
         common: InspectArgs,
     },
-    /// Every lobby: hash, players, seats, nodes.
+    /// Every lobby: hash, players, seats, host seat and epoch, queue (quick
+    /// match), nodes.
     Lobbies {
         #[command(flatten)]
         common: InspectArgs,
     },
-    /// One lobby, by passphrase or hash: its key, channel, seats and nodes.
+    /// Every quick-match queue: its name, how many lobbies it has (full ones
+    /// included), its open lobby (the one waiting for players; `-` if none)
+    /// and the players seated in it.
+    Queues {
+        #[command(flatten)]
+        common: InspectArgs,
+    },
+    /// One lobby, by passphrase or hash: its key, channel, host and epoch,
+    /// queue (quick match), seats and nodes.
     Lobby {
         #[command(flatten)]
         lobby: LobbyArgs,
@@ -115,6 +125,7 @@ fn main() -> ExitCode {
             Some(InspectWhat::Lobby { lobby, common }) => inspect_lobby(lobby, common),
             Some(InspectWhat::Nodes { common }) => inspect_list(common, "nodes"),
             Some(InspectWhat::Lobbies { common }) => inspect_list(common, "lobbies"),
+            Some(InspectWhat::Queues { common }) => inspect_list(common, "queues"),
         },
         Some(Command::Token(args)) => match lobby_relay::auth::token::mint(&args) {
             Ok(token) => {
@@ -280,6 +291,7 @@ fn inspect_list(common: InspectArgs, what: &str) -> ExitCode {
     let result = inspect_store(&url, common.redis_ca_cert.as_deref()).and_then(|mut store| {
         let rows = match what {
             "nodes" => inspect::nodes(&mut store),
+            "queues" => inspect::queues(&mut store),
             _ => inspect::all_lobbies(&mut store),
         };
         rows.map(|rows| (rows, store.is_cluster()))
@@ -292,9 +304,15 @@ fn inspect_list(common: InspectArgs, what: &str) -> ExitCode {
         Ok((rows, cluster)) => {
             let columns: &[&str] = match what {
                 "nodes" => &["node", "alive", "ttl_ms", "lobbies", "members"],
-                // In a cluster, also the master each lobby is on.
-                _ if cluster => &["lobby", "players", "seats", "nodes", "shard"],
-                _ => &["lobby", "players", "seats", "nodes"],
+                // In a cluster, also the master each queue or lobby is on.
+                "queues" if cluster => &["queue", "lobbies", "open", "open_players", "shard"],
+                "queues" => &["queue", "lobbies", "open", "open_players"],
+                _ if cluster => &[
+                    "lobby", "players", "seats", "host", "epoch", "queue", "nodes", "shard",
+                ],
+                _ => &[
+                    "lobby", "players", "seats", "host", "epoch", "queue", "nodes",
+                ],
             };
             println!("{}", inspect::table(&rows, columns));
             ExitCode::SUCCESS
@@ -367,6 +385,14 @@ fn inspect_lobby(lobby: LobbyArgs, common: InspectArgs) -> ExitCode {
     if common.redis_url.is_none() {
         return ExitCode::SUCCESS;
     }
+    match (report["host"].as_u64(), report["epoch"].as_u64()) {
+        (Some(host), Some(epoch)) => println!("host:    seat {host} (epoch {epoch})"),
+        (Some(host), None) => println!("host:    seat {host}"),
+        _ => println!("host:    none recorded"),
+    }
+    if let Some(queue) = report["queue"].as_str() {
+        println!("queue:   {queue}");
+    }
     match report["seats"].as_array() {
         Some(seats) if !seats.is_empty() => {
             for seat in seats {
@@ -375,8 +401,9 @@ fn inspect_lobby(lobby: LobbyArgs, common: InspectArgs) -> ExitCode {
                     (true, false) => " (resumable)",
                     _ => "",
                 };
+                let host = if seat["host"] == true { " (host)" } else { "" };
                 println!(
-                    "seat {}: {}{state}",
+                    "seat {}: {}{host}{state}",
                     seat["seat"],
                     seat["member"].as_str().unwrap_or_default()
                 );

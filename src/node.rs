@@ -187,7 +187,12 @@ impl<S: StoreHealth> Node<S> {
     pub async fn cluster_view(&self) -> Result<ClusterView, StoreError> {
         Ok(match self.store.cluster_view().await? {
             Some(view) => view,
-            None => admin::local_view(&self.config.node_id, &self.identity.key(), &self.hub),
+            None => admin::local_view(
+                &self.config.node_id,
+                &self.identity.key(),
+                &self.hub,
+                self.store.local_queues(),
+            ),
         })
     }
 }

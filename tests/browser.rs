@@ -417,9 +417,12 @@ async fn two_pages_play_through_two_nodes_and_the_admin_view_follows() {
                 "const nodes = [...document.querySelectorAll('#nodes tbody tr')].map(r => r.dataset.node);
                  const lobby = document.querySelector('#lobbies tbody tr[data-lobby=\"{prefix}\"]');
                  return nodes.includes('a') && nodes.includes('b') && lobby !== null
-                     && lobby.textContent.includes('→ a') && lobby.textContent.includes('→ b')"
+                     && lobby.textContent.includes('→ a') && lobby.textContent.includes('→ b')
+                     && lobby.cells[2].textContent === 'seat 1 (epoch 1)'
+                     && lobby.cells[3].textContent === '–'
+                     && lobby.cells[4].textContent.startsWith('1 (host) → ')"
             ),
-            "the admin view shows nodes a and b and the lobby's seats on both",
+            "the admin view shows nodes a and b, the lobby's seats on both and its host",
         )
         .await;
         let fragment = bounded("read the URL", admin.current_url()).await;

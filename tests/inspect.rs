@@ -2,10 +2,12 @@
 
 use crate::support;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::{Client, RedisCluster, Relays, pair};
 
 fn run(redis_url: &str, args: &[&str]) -> Output {
@@ -79,6 +81,10 @@ async fn inspect_matches_the_players() {
     assert_eq!(find(&l1)["players"], 2);
     assert_eq!(find(&l1)["nodes"].as_array().unwrap().len(), 2);
     assert_eq!(find(&l2)["players"], 1);
+    // A passphrase lobby has a host (its first joiner) and no queue.
+    assert_eq!(find(&l1)["host"], 1);
+    assert_eq!(find(&l1)["epoch"], 1);
+    assert_eq!(find(&l1)["queue"], Value::Null);
 
     let hex = support::lobby_id(&l1);
     let one = json(&url, &["lobby", "--hash", &hex]);
@@ -93,6 +99,11 @@ async fn inspect_matches_the_players() {
         seats[1]["node"].as_str().unwrap().starts_with("b/"),
         "{one}"
     );
+    assert_eq!(one["host"], 1, "{one}");
+    assert_eq!(one["epoch"], 1, "{one}");
+    assert_eq!(one["queue"], Value::Null, "{one}");
+    assert_eq!(seats[0]["host"], true, "{one}");
+    assert_eq!(seats[1]["host"], false, "{one}");
     assert_eq!(json(&url, &["lobby", &l1]), one, "by passphrase or by hash");
     // Shards are for a Redis Cluster only.
     assert_eq!(one.get("shard"), None, "{one}");
@@ -108,8 +119,28 @@ async fn inspect_matches_the_players() {
     let table = inspect(&url, &["lobbies"]);
     assert!(table.contains(&support::lobby_id(&l2)), "{table}");
     assert!(table.lines().next().unwrap().ends_with("NODES"), "{table}");
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "LOBBY", "PLAYERS", "SEATS", "HOST", "EPOCH", "QUEUE", "NODES"
+        ],
+        "{table}"
+    );
     let text = inspect(&url, &["lobby", &l1]);
     assert!(!text.contains("shard:"), "{text}");
+    assert!(text.contains("\nhost:    seat 1 (epoch 1)\n"), "{text}");
+    assert!(!text.contains("queue:"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("seat 1: a/") && l.ends_with(" (host)")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("seat 2: b/") && !l.contains("(host)")),
+        "{text}"
+    );
 }
 
 /// A seat held for a resume shows as such: resumable while its player
@@ -254,7 +285,9 @@ fn inspect_reads_every_shard_of_a_redis_cluster() {
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["LOBBY", "PLAYERS", "SEATS", "NODES", "SHARD"],
+        [
+            "LOBBY", "PLAYERS", "SEATS", "HOST", "EPOCH", "QUEUE", "NODES", "SHARD"
+        ],
         "{table}"
     );
     assert_eq!(table.lines().count(), lobbies.len() + 1, "{table}");
@@ -312,4 +345,246 @@ fn inspect_names_the_cluster_seeds_it_could_not_reach() {
     }
     assert!(stderr.contains("Redis Cluster"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------
+// Quick match and the host, as `inspect` and the admin view show them
+// ---------------------------------------------------------------------------
+
+/// The admin token of these tests.
+const ADMIN_TOKEN: &str = "inspect-test-admin-token";
+
+/// `GET /admin/api/cluster` of the node at `addr`, with the token: the JSON.
+fn admin_view(addr: SocketAddr) -> Value {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let request = format!(
+        "GET /admin/api/cluster HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Authorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{response}");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Queues with `{"type":"join","queue":queue,"resume":true}`; returns the
+/// lobby's hash (from the resume token) and `joined`.
+async fn queue_up(client: &mut Client, queue: &str) -> (String, Value) {
+    client
+        .send_json(json!({"type": "join", "queue": queue, "resume": true}))
+        .await;
+    let joined = client.recv_json().await;
+    assert_eq!(joined["type"], "joined", "{}: {joined}", client.name());
+    assert_eq!(joined["queue"], queue, "{joined}");
+    let token = joined["resumeToken"].as_str().expect("a resume token");
+    (token.split('.').next().unwrap().to_owned(), joined)
+}
+
+/// Receives until a message of type `kind` (what comes before is checked
+/// by the protocol tests, not here).
+async fn recv_until(client: &mut Client, kind: &str) -> Value {
+    for _ in 0..10 {
+        let message = client.recv_json().await;
+        if message["type"] == kind {
+            return message;
+        }
+    }
+    panic!("{}: no {kind}", client.name());
+}
+
+/// The row of `rows` whose `field` is `value`.
+fn row_of<'a>(rows: &'a Value, field: &str, value: &str) -> &'a Value {
+    rows.as_array()
+        .and_then(|rows| rows.iter().find(|r| r[field] == value))
+        .unwrap_or_else(|| panic!("no {field} {value}: {rows}"))
+}
+
+/// The admin view's lobby of hash `hex` (by its prefix).
+fn admin_lobby<'a>(view: &'a Value, hex: &str) -> &'a Value {
+    row_of(&view["lobbies"], "lobby", &hex[..8])
+}
+
+/// A and B (nodes a and b) quick-match into lobby L1, C (node a) waits in
+/// L2: `inspect queues` shows the queue with two lobbies and L2 open with
+/// one player; `inspect lobby` and `inspect lobbies` show L1's host (seat 1,
+/// epoch 1) and queue, and so does the admin view. A, the host, leaves: L1
+/// shows seat 2 as host with epoch 2, and the queue is unchanged (a full
+/// lobby never comes back to it).
+async fn quick_match_shows_queues_and_hosts(c: Relays) {
+    let url = c.redis_url().expect("redis");
+    let cluster = c.flavour() == "redis-cluster";
+    let queue = format!("q-{}", support::unique());
+    let mut a = Client::connect(&c.url_a(), "A").await;
+    let mut b = Client::connect(&c.url_b(), "B").await;
+    let mut cc = Client::connect(&c.url_a(), "C").await;
+    let (l1, _) = queue_up(&mut a, &queue).await;
+    let (l1_b, _) = queue_up(&mut b, &queue).await;
+    assert_eq!(l1, l1_b, "A and B are matched");
+    recv_until(&mut a, "ready").await;
+    recv_until(&mut b, "ready").await;
+    let (l2, _) = queue_up(&mut cc, &queue).await;
+    assert_ne!(l1, l2);
+
+    // inspect queues
+    let queues = json(&url, &["queues"]);
+    let row = row_of(&queues, "queue", &queue);
+    assert_eq!(row["lobbies"], 2, "{row}");
+    assert_eq!(row["open"], l2.as_str(), "{row}");
+    assert_eq!(row["open_players"], 1, "{row}");
+    assert_eq!(row.get("shard").is_some(), cluster, "{row}");
+    let table = inspect(&url, &["queues"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    let mut expected = vec!["QUEUE", "LOBBIES", "OPEN", "OPEN_PLAYERS"];
+    if cluster {
+        expected.push("SHARD");
+    }
+    assert_eq!(header, expected, "{table}");
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{queue} ")))
+        .unwrap_or_else(|| panic!("no {queue}: {table}"));
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cells[1..4], ["2", l2.as_str(), "1"], "{table}");
+
+    // inspect lobby and inspect lobbies: host, epoch, queue
+    let one = json(&url, &["lobby", "--hash", &l1]);
+    assert_eq!(one["host"], 1, "{one}");
+    assert_eq!(one["epoch"], 1, "{one}");
+    assert_eq!(one["queue"], queue.as_str(), "{one}");
+    assert_eq!(one["seats"][0]["host"], true, "{one}");
+    assert_eq!(one["seats"][1]["host"], false, "{one}");
+    let text = inspect(&url, &["lobby", "--hash", &l1]);
+    assert!(text.contains("\nhost:    seat 1 (epoch 1)\n"), "{text}");
+    assert!(text.contains(&format!("\nqueue:   {queue}\n")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("seat 1: a/") && l.contains(" (host)")),
+        "{text}"
+    );
+    let lobbies = json(&url, &["lobbies"]);
+    for (hex, players) in [(&l1, 2), (&l2, 1)] {
+        let row = row_of(&lobbies, "lobby", hex);
+        assert_eq!(row["players"], players, "{row}");
+        assert_eq!(row["host"], 1, "{row}");
+        assert_eq!(row["epoch"], 1, "{row}");
+        assert_eq!(row["queue"], queue.as_str(), "{row}");
+    }
+    let table = inspect(&url, &["lobbies"]);
+    let line = table.lines().find(|l| l.starts_with(&l1)).expect("L1");
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        cells[1..6],
+        ["2", "1,2", "1", "1", queue.as_str()],
+        "{table}"
+    );
+
+    // The admin view (node b's: it reads the same Redis).
+    let view = admin_view(c.addr_b());
+    let lobby = admin_lobby(&view, &l1);
+    assert_eq!(lobby["host"], 1, "{lobby}");
+    assert_eq!(lobby["epoch"], 1, "{lobby}");
+    assert_eq!(lobby["queue"], queue.as_str(), "{lobby}");
+    let summary = row_of(&view["queues"], "queue", &queue);
+    assert_eq!(
+        summary,
+        &json!({"queue": queue, "lobbies": 2, "open": &l2[..8], "open_players": 1}),
+        "{view}"
+    );
+
+    // The host leaves: seat 2 is host, epoch 2.
+    a.leave().await;
+    recv_until(&mut b, "playerLeft").await;
+    let one = json(&url, &["lobby", "--hash", &l1]);
+    assert_eq!(one["host"], 2, "{one}");
+    assert_eq!(one["epoch"], 2, "{one}");
+    assert_eq!(one["players"], 1, "{one}");
+    assert_eq!(one["seats"][0]["seat"], 2, "{one}");
+    assert_eq!(one["seats"][0]["host"], true, "{one}");
+    let text = inspect(&url, &["lobby", "--hash", &l1]);
+    assert!(text.contains("\nhost:    seat 2 (epoch 2)\n"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("seat 2: b/") && l.contains(" (host)")),
+        "{text}"
+    );
+    let row = row_of(&json(&url, &["lobbies"]), "lobby", &l1).clone();
+    assert_eq!(
+        (&row["host"], &row["epoch"]),
+        (&json!(2), &json!(2)),
+        "{row}"
+    );
+    let queues = json(&url, &["queues"]);
+    let row = row_of(&queues, "queue", &queue);
+    assert_eq!(row["lobbies"], 2, "{row}");
+    assert_eq!(row["open"], l2.as_str(), "{row}");
+    let view = admin_view(c.addr_a());
+    let lobby = admin_lobby(&view, &l1);
+    assert_eq!(
+        (&lobby["host"], &lobby["epoch"]),
+        (&json!(2), &json!(2)),
+        "{lobby}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_shows_queues_and_hosts_redis() {
+    quick_match_shows_queues_and_hosts(Relays::redis_with(&["--admin-token", ADMIN_TOKEN])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_shows_queues_and_hosts_redis_cluster() {
+    quick_match_shows_queues_and_hosts(Relays::redis_cluster_with(
+        3,
+        0,
+        &["--admin-token", ADMIN_TOKEN],
+    ))
+    .await;
+}
+
+/// Without Redis, the admin view shows what the node knows: each lobby's
+/// host and queue, and the node's queues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_view_of_a_memory_node_shows_hosts_and_queues() {
+    let c = Relays::memory_with(&["--admin-token", ADMIN_TOKEN]);
+    let queue = format!("q-{}", support::unique());
+    let pass = format!("admin-host-{}", support::unique());
+    let mut a = Client::connect(&c.url_a(), "A").await;
+    let mut b = Client::connect(&c.url_a(), "B").await;
+    let mut cc = Client::connect(&c.url_a(), "C").await;
+    let mut d = Client::connect(&c.url_a(), "D").await;
+    let (l1, _) = queue_up(&mut a, &queue).await;
+    queue_up(&mut b, &queue).await;
+    recv_until(&mut b, "ready").await;
+    let (l2, _) = queue_up(&mut cc, &queue).await;
+    d.join(&pass).await;
+
+    let view = admin_view(c.addr_a());
+    let lobby = admin_lobby(&view, &l1);
+    assert_eq!(lobby["host"], 1, "{lobby}");
+    assert_eq!(lobby["epoch"], 1, "{lobby}");
+    assert_eq!(lobby["queue"], queue.as_str(), "{lobby}");
+    let plain = admin_lobby(&view, &support::lobby_id(&pass));
+    assert_eq!(plain["host"], 1, "{plain}");
+    assert_eq!(plain["queue"], Value::Null, "{plain}");
+    assert_eq!(
+        view["queues"],
+        json!([{"queue": queue, "lobbies": 2, "open": &l2[..8], "open_players": 1}]),
+        "{view}"
+    );
+
+    a.leave().await;
+    recv_until(&mut b, "playerLeft").await;
+    let view = admin_view(c.addr_a());
+    let lobby = admin_lobby(&view, &l1);
+    assert_eq!(
+        (&lobby["host"], &lobby["epoch"]),
+        (&json!(2), &json!(2)),
+        "{lobby}"
+    );
+    assert_eq!(lobby["queue"], queue.as_str(), "{lobby}");
 }

@@ -590,6 +590,11 @@ impl StoreHealth for MemoryStore {
     fn is_healthy(&self) -> bool {
         true
     }
+
+    fn local_queues(&self) -> crate::cluster_view::LocalQueues {
+        let lobbies = self.shared.lock();
+        self.shared.queues.view(&lobbies)
+    }
 }
 
 impl Goodbye for MemoryStore {

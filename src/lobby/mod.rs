@@ -27,7 +27,7 @@ use std::future::Future;
 
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::cluster_view::ClusterView;
+use crate::cluster_view::{ClusterView, LocalQueues};
 pub use crate::identity::MemberId;
 use crate::limits::JoinLimit;
 use crate::outbox::Outbox;
@@ -261,6 +261,13 @@ pub trait StoreHealth: Send + Sync + 'static {
     /// the caller then shows the node itself.
     fn cluster_view(&self) -> impl Future<Output = Result<Option<ClusterView>, StoreError>> + Send {
         async { Ok(None) }
+    }
+
+    /// For the admin view of a store that knows only this node (memory): its
+    /// quick-match queues and the queue of each of its lobbies. Empty for a
+    /// store whose [`cluster_view`](Self::cluster_view) says it all.
+    fn local_queues(&self) -> LocalQueues {
+        LocalQueues::default()
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::lobby::MemLobby;
+use crate::cluster_view::{LocalQueues, QueueView, lobby_prefix};
 use crate::lobby::{MemberId, Reservation};
 use crate::passphrase::LobbyId;
 use crate::queue::QueueName;
@@ -117,6 +118,30 @@ impl Queues {
                 queues.remove(queue);
             }
         }
+    }
+
+    /// Every queue and the queue of each quick-match lobby, for the admin
+    /// view; `lobbies` being the store's, locked (read only).
+    pub(super) fn view(&self, lobbies: &HashMap<LobbyId, MemLobby>) -> LocalQueues {
+        let mut view = LocalQueues {
+            lobbies: lobbies
+                .iter()
+                .filter_map(|(id, lobby)| Some((id.to_string(), lobby.queue.as_ref()?.to_string())))
+                .collect(),
+            queues: Vec::new(),
+        };
+        for (name, q) in self.lock().iter() {
+            view.queues.push(QueueView {
+                queue: name.to_string(),
+                lobbies: u64::from(q.lobbies),
+                open: q.open.map(|id| lobby_prefix(&id.to_string())),
+                open_players: q
+                    .open
+                    .map(|id| lobbies.get(&id).map_or(0, |l| usize::from(l.players()))),
+            });
+        }
+        view.queues.sort_by(|a, b| a.queue.cmp(&b.queue));
+        view
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<QueueName, MemQueue>> {

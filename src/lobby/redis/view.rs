@@ -1,14 +1,17 @@
 //! The cluster as the admin view shows it, read from Redis by any node:
 //! the nodes of `lr:{nodes}` with the figures of their heartbeats, and their
 //! lobbies (from each node's `lr:node-lobbies:*` index, not a `SCAN`) with
-//! the node of each seat. Read-only; a handful of pipelined round trips (in
-//! a Redis Cluster, concurrent commands, each to its shard).
+//! the node of each seat, their host and queue (`lr:meta:*`), and the queues
+//! of those lobbies (`lr:queue:*`). Read-only; a handful of pipelined round
+//! trips (in a Redis Cluster, concurrent commands, each to its shard).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::connections::{Link, timed};
-use super::keys::{NODES_KEY, lobby_key, node_key, node_lobbies_key};
-use crate::cluster_view::{ClusterView, LOBBY_LIMIT, LobbyView, NodeView, SeatView, lobby_prefix};
+use super::keys::{NODES_KEY, lobby_key, meta_key, node_key, node_lobbies_key};
+use crate::cluster_view::{
+    ClusterView, LOBBY_LIMIT, LobbyView, NodeView, QueueView, SeatView, lobby_prefix,
+};
 use crate::identity::{node_id_of_key, node_key_of};
 use crate::lobby::StoreError;
 use crate::metrics::Figures;
@@ -93,15 +96,30 @@ pub async fn cluster_view(link: &Link, served_by: &str) -> Result<ClusterView, S
     truncated |= hexes.len() > LOBBY_LIMIT;
     let hexes: Vec<String> = hexes.into_iter().take(LOBBY_LIMIT).collect();
     let mut lobbies = Vec::new();
+    // The queue key of each listed quick-match lobby.
+    let mut queue_keys = BTreeSet::new();
     if !hexes.is_empty() {
         let reads = hexes
             .iter()
             .map(|hex| command("HGETALL", &lobby_key(hex)))
             .collect();
         let seats: Vec<BTreeMap<u32, String>> = convert(link.exec_all(reads).await?)?;
-        for (hex, seats) in hexes.iter().zip(seats) {
+        let reads = hexes
+            .iter()
+            .map(|hex| {
+                let mut cmd = command("HMGET", &meta_key(hex));
+                cmd.arg("host").arg("epoch").arg("queue");
+                cmd
+            })
+            .collect();
+        let metas: Vec<(Option<u32>, Option<u64>, Option<String>)> =
+            convert(link.exec_all(reads).await?)?;
+        for ((hex, seats), (host, epoch, queue)) in hexes.iter().zip(seats).zip(metas) {
             if seats.is_empty() {
                 continue; // emptied since it was indexed
+            }
+            if let Some(key) = &queue {
+                queue_keys.insert(key.clone());
             }
             lobbies.push(LobbyView {
                 lobby: lobby_prefix(hex),
@@ -113,9 +131,13 @@ pub async fn cluster_view(link: &Link, served_by: &str) -> Result<ClusterView, S
                         node: node_id_of_key(node_key_of(&member)).to_owned(),
                     })
                     .collect(),
+                host,
+                epoch,
+                queue: queue.as_deref().map(queue_name),
             });
         }
     }
+    let queues = queues(link, queue_keys).await?;
     Ok(ClusterView {
         store: if link.is_cluster() {
             "redis-cluster"
@@ -126,5 +148,50 @@ pub async fn cluster_view(link: &Link, served_by: &str) -> Result<ClusterView, S
         nodes,
         lobbies,
         lobbies_truncated: truncated,
+        queues,
     })
+}
+
+/// The queues of these keys (`lr:queue:{q:NAME}`): each one's count of
+/// lobbies and its open lobby with the players in it. A queue gone since
+/// its lobby was read is left out.
+async fn queues(link: &Link, keys: BTreeSet<String>) -> Result<Vec<QueueView>, StoreError> {
+    let reads = keys
+        .iter()
+        .map(|key| {
+            let mut cmd = command("HMGET", key);
+            cmd.arg("open").arg("lobbies");
+            cmd
+        })
+        .collect();
+    let states: Vec<(Option<String>, Option<u64>)> = convert(link.exec_all(reads).await?)?;
+    let reads = states
+        .iter()
+        .filter_map(|(open, _)| open.as_deref())
+        .map(|hex| command("HLEN", &lobby_key(hex)))
+        .collect();
+    let mut open_players = convert::<usize>(link.exec_all(reads).await?)?.into_iter();
+    let mut queues = Vec::new();
+    for (key, (open, lobbies)) in keys.iter().zip(states) {
+        let players = open.as_ref().and_then(|_| open_players.next());
+        let Some(lobbies) = lobbies else {
+            continue;
+        };
+        queues.push(QueueView {
+            queue: queue_name(key),
+            lobbies,
+            open: open.as_deref().map(lobby_prefix),
+            open_players: players,
+        });
+    }
+    Ok(queues)
+}
+
+/// A queue's name from its key (`lr:queue:{q:NAME}`, see
+/// [`super::keys::queue_key`]).
+fn queue_name(key: &str) -> String {
+    key.strip_prefix("lr:queue:{q:")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .unwrap_or(key)
+        .to_owned()
 }
