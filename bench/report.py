@@ -502,9 +502,10 @@ def main():
             w("")
 
     # The Redis Cluster section is written by scripts/bench-cluster.sh
-    # (bench/cluster_report.py), the soak's by scripts/soak.sh; both are
-    # kept here as they are.
-    for kept in (kept_section(a.out, "bench-cluster"), kept_section(a.out, "soak")):
+    # (bench/cluster_report.py), the soak's by scripts/soak.sh, quick
+    # match's by scripts/bench-quickmatch.sh; all are kept here as they are.
+    for kept in (kept_section(a.out, "bench-cluster"), kept_section(a.out, "soak"),
+                 kept_section(a.out, "bench-quickmatch")):
         if kept:
             w(kept)
             w("")

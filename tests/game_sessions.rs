@@ -749,3 +749,51 @@ async fn a_queue_can_be_watched(c: Relays) {
     assert_eq!(s.recv_json().await["x"], 1);
     assert_eq!(b.recv_json().await["x"], 1);
 }
+
+/// The node of a spectator is killed (SIGKILL): once it is reaped, the
+/// players that asked are told the count without it, and Redis no longer
+/// counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_spectators_are_taken_off_the_count() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let args = ["--redis-url", url.as_str(), "--node-timeout", "2s"];
+    let a_node = Node::start("a", &args);
+    let mut b_node = Node::start("b", &args);
+    let pass = format!("dead-watcher-{}", unique());
+    let mut a = Client::connect(&a_node.url(), "A").await;
+    a.send_json(json!({"type": "join", "passphrase": pass, "spectators": true}))
+        .await;
+    assert_eq!(a.recv_json().await["type"], "joined");
+    let mut s = Client::connect(&b_node.url(), "S").await;
+    send_watch(&mut s, &pass, json!({})).await;
+    assert_eq!(s.recv_json().await["type"], "watching");
+    a.expect_json(json!({"type": "spectators", "count": 1}))
+        .await;
+    b_node.kill9();
+    let notice = a.recv_json_within(Duration::from_secs(10)).await;
+    assert_eq!(notice, json!({"type": "spectators", "count": 0}));
+    let probe = support::RedisProbe::connect(&url).await;
+    let meta = probe.hgetall(&meta_key(&pass)).await;
+    assert!(!meta.keys().any(|k| k.starts_with("sp:")), "{meta:?}");
+}
+
+/// Queue joins and watches count against the join rate limit like
+/// passphrase joins: past it, `rate_limited`, and nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_joins_and_watches_count_against_the_join_limit() {
+    let relays = Relays::memory_with(&["--join-rate", "1", "--join-burst", "2"]);
+    let pass = format!("limited-{}", unique());
+    let mut a = Client::connect(&relays.url_a(), "A").await;
+    a.join(&pass).await; // 1
+    let mut s = Client::connect(&relays.url_a(), "S").await;
+    send_watch(&mut s, &pass, json!({})).await; // 2
+    assert_eq!(s.recv_json().await["type"], "watching");
+    let mut t = Client::connect(&relays.url_a(), "T").await;
+    send_watch(&mut t, &pass, json!({})).await;
+    t.expect_error("rate_limited").await;
+    t.send_json(json!({"type": "join", "queue": "limited"}))
+        .await;
+    t.expect_error("rate_limited").await;
+    t.assert_open().await;
+}

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::RunArgs;
 use crate::cpu::{self, Sample, Watched};
-use crate::join::{form_lobby, random_prefix, resolve};
+use crate::join::{Lobby, form_lobby, random_prefix, resolve};
 use crate::players::{
     EXAMPLES, Player, Shared, new_live, progress, receive, schedule, send_saturated, send_scheduled,
 };
@@ -75,7 +75,13 @@ pub async fn run(args: RunArgs) -> Result<Summary, String> {
     {
         let (a, b, timeout) = (&target_a, &target_b, args.join_timeout);
         let mut attempts = futures_util::stream::iter(0..args.lobbies)
-            .map(|i| form_lobby(a, b, format!("{prefix}-{i}"), idle, args.resume, timeout))
+            .map(|i| {
+                let lobby = match &args.queue {
+                    Some(queue) => Lobby::Queue(queue.clone()),
+                    None => Lobby::Passphrase(format!("{prefix}-{i}")),
+                };
+                form_lobby(a, b, lobby, idle, args.resume, timeout)
+            })
             .buffer_unordered(args.join_concurrency);
         while let Some(result) = attempts.next().await {
             match result {

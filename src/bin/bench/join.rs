@@ -59,15 +59,29 @@ async fn connect(target: &Target, idle: bool) -> Result<Ws, String> {
     Ok(ws)
 }
 
+/// What the two players of a "lobby" join: one passphrase, or a queue
+/// (quick match: each is seated by the relay, not necessarily with the
+/// other; both wait for `ready` all the same).
+#[derive(Debug, Clone)]
+pub enum Lobby {
+    Passphrase(String),
+    Queue(String),
+}
+
 /// Connects, joins and waits for `ready`.
 async fn join_player(
     target: &Target,
-    passphrase: &str,
+    lobby: &Lobby,
     idle: bool,
     resume: bool,
 ) -> Result<Ws, String> {
     let mut ws = connect(target, idle).await?;
-    let join = format!(r#"{{"type":"join","passphrase":"{passphrase}","resume":{resume}}}"#);
+    let join = match lobby {
+        Lobby::Passphrase(passphrase) => {
+            format!(r#"{{"type":"join","passphrase":"{passphrase}","resume":{resume}}}"#)
+        }
+        Lobby::Queue(queue) => format!(r#"{{"type":"join","queue":"{queue}","resume":{resume}}}"#),
+    };
     ws.send(Message::text(join))
         .await
         .map_err(|e| format!("send join: {e}"))?;
@@ -114,7 +128,7 @@ pub struct Formed {
 pub async fn form_lobby(
     a: &Target,
     b: &Target,
-    passphrase: String,
+    lobby: Lobby,
     idle: bool,
     resume: bool,
     timeout: Duration,
@@ -122,8 +136,8 @@ pub async fn form_lobby(
     let started = Instant::now();
     let both = async {
         let (pa, pb) = tokio::join!(
-            join_player(a, &passphrase, idle, resume),
-            join_player(b, &passphrase, idle, resume)
+            join_player(a, &lobby, idle, resume),
+            join_player(b, &lobby, idle, resume)
         );
         Ok::<_, String>((
             pa.map_err(|e| format!("player A: {e}"))?,

@@ -150,6 +150,13 @@ pub struct RunArgs {
     #[arg(long, default_value = "250us", value_parser = humantime::parse_duration)]
     pub tick: Duration,
 
+    /// Quick match: every player joins this queue instead of a passphrase
+    /// of its pair (`{"type":"join","queue":NAME}`); the relay pairs them as
+    /// it likes, so only with `--idle` (the joins, not the messages, are
+    /// measured). Default: passphrases.
+    #[arg(long, requires = "idle")]
+    pub queue: Option<String>,
+
     /// Players join with `"resume":true` (the relay keeps their recent
     /// deliveries for a resume: what that costs).
     #[arg(long)]
