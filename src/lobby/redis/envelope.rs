@@ -37,6 +37,15 @@ pub const HOST: u8 = b'H';
 pub const WATCHING: u8 = b'W';
 pub const SPECTATORS: u8 = b'S';
 
+/// Whether this version knows events of tag `tag` (an unknown one is a
+/// newer node's, during a rolling upgrade: skipped quietly).
+pub fn is_known(tag: u8) -> bool {
+    matches!(
+        tag,
+        TEXT | BINARY | JOINED | LEFT | AWAY | BACK | HOST | WATCHING | SPECTATORS
+    )
+}
+
 /// The envelope of a game message from `from_seat`; `None` for frames that
 /// are not relayed (control frames).
 pub fn encode_relay(from_seat: u8, message: &Message) -> Option<Vec<u8>> {

@@ -223,10 +223,17 @@ fn dispatch(hub: &dyn EventSink, channel_name: &str, payload: &[u8]) {
         return;
     };
     let Some(event) = envelope::decode(payload) else {
-        tracing::warn!(
-            len = payload.len(),
-            "undecodable message on a lobby channel"
-        );
+        match payload.first() {
+            // A newer node's event (a rolling upgrade): not for this one.
+            Some(&tag) if !envelope::is_known(tag) => tracing::debug!(
+                tag = %char::from(tag),
+                "a lobby event of a newer version, skipped"
+            ),
+            _ => tracing::warn!(
+                len = payload.len(),
+                "undecodable message on a lobby channel"
+            ),
+        }
         return;
     };
     hub.deliver(&lobby, event);
