@@ -83,8 +83,8 @@ fn csp_hash(script: &str) -> String {
 }
 
 /// The view of a node without Redis: itself and its own lobbies, each with
-/// its host as the node last saw it and its queue as the store has it
-/// (`queues`, from the store's
+/// its host and spectators as the node last saw them and its queue as the
+/// store has it (`queues`, from the store's
 /// [`local_queues`](crate::lobby::StoreHealth::local_queues)).
 pub fn local_view(node_id: &str, key: &str, hub: &Hub, mut queues: LocalQueues) -> ClusterView {
     let mut lobbies: Vec<_> = hub.lobbies();
@@ -110,9 +110,11 @@ pub fn local_view(node_id: &str, key: &str, hub: &Hub, mut queues: LocalQueues) 
                 host: host.map(|h| u32::from(h.seat)),
                 epoch: host.map(|h| h.epoch),
                 queue: queues.lobbies.remove(&*lobby.hex),
+                spectators: u64::from(lobby.spectators()),
             }
         })
-        .filter(|lobby| lobby.players > 0)
+        // A lobby watched while it has no player is listed too.
+        .filter(|lobby| lobby.players > 0 || lobby.spectators > 0)
         .collect();
     ClusterView {
         store: "memory",

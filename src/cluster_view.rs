@@ -1,6 +1,6 @@
 //! The cluster as the admin view shows it (`GET /admin/api/cluster`): its
-//! nodes, their figures, its lobbies by hash prefix (with their host and
-//! quick-match queue) and the queues of those lobbies. A leaf shared by
+//! nodes, their figures, its lobbies by hash prefix (with their host,
+//! quick-match queue and spectators) and the queues of those lobbies. A leaf shared by
 //! the admin view (`admin.rs`, which also builds the memory-mode view) and
 //! the Redis store (`lobby/redis/view.rs`, which reads it from Redis).
 
@@ -63,6 +63,9 @@ pub struct LobbyView {
     /// The quick-match queue the lobby belongs to (`None`: a passphrase
     /// lobby).
     pub queue: Option<String>,
+    /// How many spectators watch it (every node's). A lobby with no player
+    /// but spectators is listed too (`players` 0, no seats).
+    pub spectators: u64,
 }
 
 /// A quick-match queue of [`ClusterView`].

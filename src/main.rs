@@ -58,7 +58,8 @@ enum InspectWhat {
         common: InspectArgs,
     },
     /// Every lobby: hash, players, seats, host seat and epoch, queue (quick
-    /// match), nodes.
+    /// match), spectators, nodes (a lobby watched while it has no player
+    /// too).
     Lobbies {
         #[command(flatten)]
         common: InspectArgs,
@@ -71,7 +72,7 @@ enum InspectWhat {
         common: InspectArgs,
     },
     /// One lobby, by passphrase or hash: its key, channel, host and epoch,
-    /// queue (quick match), seats and nodes.
+    /// queue (quick match), spectators (by node), seats and nodes.
     Lobby {
         #[command(flatten)]
         lobby: LobbyArgs,
@@ -308,10 +309,25 @@ fn inspect_list(common: InspectArgs, what: &str) -> ExitCode {
                 "queues" if cluster => &["queue", "lobbies", "open", "open_players", "shard"],
                 "queues" => &["queue", "lobbies", "open", "open_players"],
                 _ if cluster => &[
-                    "lobby", "players", "seats", "host", "epoch", "queue", "nodes", "shard",
+                    "lobby",
+                    "players",
+                    "seats",
+                    "host",
+                    "epoch",
+                    "queue",
+                    "spectators",
+                    "nodes",
+                    "shard",
                 ],
                 _ => &[
-                    "lobby", "players", "seats", "host", "epoch", "queue", "nodes",
+                    "lobby",
+                    "players",
+                    "seats",
+                    "host",
+                    "epoch",
+                    "queue",
+                    "spectators",
+                    "nodes",
                 ],
             };
             println!("{}", inspect::table(&rows, columns));
@@ -393,6 +409,21 @@ fn inspect_lobby(lobby: LobbyArgs, common: InspectArgs) -> ExitCode {
     if let Some(queue) = report["queue"].as_str() {
         println!("queue:   {queue}");
     }
+    // The spectators, and how many watch from each node.
+    let spectators = report["spectators"].as_u64().unwrap_or(0);
+    let by_node = report["spectators_by_node"]
+        .as_object()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .map(|(node, count)| format!("{node} {count}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    if spectators > 0 {
+        println!("watched: {spectators} spectator(s) ({by_node})");
+    }
     match report["seats"].as_array() {
         Some(seats) if !seats.is_empty() => {
             for seat in seats {
@@ -409,6 +440,7 @@ fn inspect_lobby(lobby: LobbyArgs, common: InspectArgs) -> ExitCode {
                 );
             }
         }
+        _ if spectators > 0 => println!("no players: only spectators watch it"),
         _ => println!("no members: the lobby does not exist right now"),
     }
     ExitCode::SUCCESS

@@ -130,6 +130,10 @@ pub struct Figures {
     pub lobbies: u64,
     /// This node's members of lobbies.
     pub members: u64,
+    /// Spectators watching from this node (0 in the heartbeat of a node
+    /// older than spectators).
+    #[serde(default)]
+    pub spectators: u64,
     /// Messages received from clients (text and binary frames).
     pub messages_in: u64,
     /// Messages sent to clients: relayed game messages and lobby events.
@@ -150,6 +154,7 @@ pub fn figures() -> Figures {
         connections: m.connections.value(),
         lobbies: m.lobbies.value(),
         members: m.members.value(),
+        spectators: m.spectators.value(),
         messages_in: m.messages_in_text.value() + m.messages_in_binary.value(),
         messages_out: m.messages_out_text.value()
             + m.messages_out_binary.value()

@@ -418,9 +418,10 @@ async fn two_pages_play_through_two_nodes_and_the_admin_view_follows() {
                  const lobby = document.querySelector('#lobbies tbody tr[data-lobby=\"{prefix}\"]');
                  return nodes.includes('a') && nodes.includes('b') && lobby !== null
                      && lobby.textContent.includes('→ a') && lobby.textContent.includes('→ b')
-                     && lobby.cells[2].textContent === 'seat 1 (epoch 1)'
-                     && lobby.cells[3].textContent === '–'
-                     && lobby.cells[4].textContent.startsWith('1 (host) → ')"
+                     && lobby.cells[2].textContent === '0'
+                     && lobby.cells[3].textContent === 'seat 1 (epoch 1)'
+                     && lobby.cells[4].textContent === '–'
+                     && lobby.cells[5].textContent.startsWith('1 (host) → ')"
             ),
             "the admin view shows nodes a and b, the lobby's seats on both and its host",
         )

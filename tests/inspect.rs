@@ -123,7 +123,14 @@ async fn inspect_matches_the_players() {
     assert_eq!(
         header,
         [
-            "LOBBY", "PLAYERS", "SEATS", "HOST", "EPOCH", "QUEUE", "NODES"
+            "LOBBY",
+            "PLAYERS",
+            "SEATS",
+            "HOST",
+            "EPOCH",
+            "QUEUE",
+            "SPECTATORS",
+            "NODES"
         ],
         "{table}"
     );
@@ -286,7 +293,15 @@ fn inspect_reads_every_shard_of_a_redis_cluster() {
     assert_eq!(
         header,
         [
-            "LOBBY", "PLAYERS", "SEATS", "HOST", "EPOCH", "QUEUE", "NODES", "SHARD"
+            "LOBBY",
+            "PLAYERS",
+            "SEATS",
+            "HOST",
+            "EPOCH",
+            "QUEUE",
+            "SPECTATORS",
+            "NODES",
+            "SHARD"
         ],
         "{table}"
     );
@@ -587,4 +602,195 @@ async fn the_admin_view_of_a_memory_node_shows_hosts_and_queues() {
         "{lobby}"
     );
     assert_eq!(lobby["queue"], queue.as_str(), "{lobby}");
+}
+
+// ---------------------------------------------------------------------------
+// Spectators, as `inspect`, the admin view and /metrics show them
+// ---------------------------------------------------------------------------
+
+/// Watches `passphrase` with `{"type":"join","passphrase":P,"spectate":true}`;
+/// returns `watching`.
+async fn watch(client: &mut Client, passphrase: &str) -> Value {
+    client
+        .send_json(json!({"type": "join", "passphrase": passphrase, "spectate": true}))
+        .await;
+    let watching = client.recv_json().await;
+    assert_eq!(
+        watching["type"],
+        "watching",
+        "{}: {watching}",
+        client.name()
+    );
+    watching
+}
+
+/// Retries `check` (which says what it saw when it fails) for a few
+/// seconds: a `leave` has no answer, so what it changes is seen a little
+/// later.
+async fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(seen) if Instant::now() > deadline => panic!("{what}: {seen}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// The value of the un-labelled metric `name` in a `/metrics` text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok())
+}
+
+/// A (node a) and B (node b) play; S1 watches from node a, S2 from node b:
+/// `inspect lobby` counts 2 spectators, one by each node, `inspect
+/// lobbies` and the admin view 2, and each node's `/metrics` 1. S2 leaves:
+/// 1 (node a's) everywhere. Then A and B leave: the lobby, watched while it
+/// has no player, is still listed with 0 players and 1 spectator.
+async fn spectators_show_by_node(c: Relays) {
+    let url = c.redis_url().expect("redis");
+    let pass = format!("inspect-watched-{}", support::unique());
+    let hex = support::lobby_id(&pass);
+    let (mut a, mut b) = pair(&c, &pass).await;
+    let mut s1 = Client::connect(&c.url_a(), "S1").await;
+    let mut s2 = Client::connect(&c.url_b(), "S2").await;
+    assert_eq!(watch(&mut s1, &pass).await["spectators"], 1);
+    assert_eq!(watch(&mut s2, &pass).await["spectators"], 2);
+
+    // inspect lobby: the total and each node's.
+    let one = json(&url, &["lobby", "--hash", &hex]);
+    assert_eq!(one["spectators"], 2, "{one}");
+    let by_node = one["spectators_by_node"].as_object().expect("by node");
+    assert_eq!(by_node.len(), 2, "{one}");
+    for node in ["a/", "b/"] {
+        let (_, count) = by_node
+            .iter()
+            .find(|(key, _)| key.starts_with(node))
+            .unwrap_or_else(|| panic!("no {node}: {one}"));
+        assert_eq!(count, 1, "{one}");
+    }
+    let text = inspect(&url, &["lobby", "--hash", &hex]);
+    assert!(text.contains("\nwatched: 2 spectator(s) (a/"), "{text}");
+    assert!(text.contains(" 1, b/"), "{text}");
+
+    // inspect lobbies: a column of its own, after the queue.
+    let row = row_of(&json(&url, &["lobbies"]), "lobby", &hex).clone();
+    assert_eq!(
+        (&row["players"], &row["spectators"]),
+        (&json!(2), &json!(2))
+    );
+    let table = inspect(&url, &["lobbies"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header[5..8], ["QUEUE", "SPECTATORS", "NODES"], "{table}");
+    let line = table.lines().find(|l| l.starts_with(&hex)).expect("L");
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cells[1..7], ["2", "1,2", "1", "1", "-", "2"], "{table}");
+
+    // The admin view (either node: it reads Redis) and each node's gauge.
+    let lobby = admin_lobby(&admin_view(c.addr_b()), &hex).clone();
+    assert_eq!(lobby["spectators"], 2, "{lobby}");
+    for addr in [c.addr_a(), c.addr_b()] {
+        let text = support::scrape_metrics(addr);
+        assert_eq!(metric(&text, "lobby_relay_spectators"), Some(1.0), "{text}");
+    }
+
+    // S2 stops watching.
+    s2.leave().await;
+    eventually("S2's leave counted", || {
+        let one = json(&url, &["lobby", "--hash", &hex]);
+        let by_node = one["spectators_by_node"].as_object().cloned();
+        match by_node
+            .map(|n| n.into_iter().collect::<Vec<_>>())
+            .as_deref()
+        {
+            Some([(node, count)]) if node.starts_with("a/") && *count == 1 => (one["spectators"]
+                == 1)
+                .then_some(())
+                .ok_or(one.to_string()),
+            _ => Err(one.to_string()),
+        }
+    })
+    .await;
+    let row = row_of(&json(&url, &["lobbies"]), "lobby", &hex).clone();
+    assert_eq!(row["spectators"], 1, "{row}");
+    let lobby = admin_lobby(&admin_view(c.addr_a()), &hex).clone();
+    assert_eq!(lobby["spectators"], 1, "{lobby}");
+    let text = support::scrape_metrics(c.addr_b());
+    assert_eq!(metric(&text, "lobby_relay_spectators"), Some(0.0), "{text}");
+    let text = support::scrape_metrics(c.addr_a());
+    assert_eq!(metric(&text, "lobby_relay_spectators"), Some(1.0), "{text}");
+
+    // The players leave; S1 keeps watching the empty lobby.
+    a.leave().await;
+    b.leave().await;
+    eventually("the players' leaves", || {
+        let row = row_of(&json(&url, &["lobbies"]), "lobby", &hex).clone();
+        (row["players"] == 0).then_some(()).ok_or(row.to_string())
+    })
+    .await;
+    let row = row_of(&json(&url, &["lobbies"]), "lobby", &hex).clone();
+    assert_eq!(row["spectators"], 1, "{row}");
+    let text = inspect(&url, &["lobby", "--hash", &hex]);
+    assert!(
+        text.contains("no players: only spectators watch it"),
+        "{text}"
+    );
+    let lobby = admin_lobby(&admin_view(c.addr_b()), &hex).clone();
+    assert_eq!(
+        (&lobby["players"], &lobby["spectators"]),
+        (&json!(0), &json!(1))
+    );
+    drop(s1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_shows_spectators_by_node_redis() {
+    spectators_show_by_node(Relays::redis_with(&["--admin-token", ADMIN_TOKEN])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_shows_spectators_by_node_redis_cluster() {
+    spectators_show_by_node(Relays::redis_cluster_with(
+        3,
+        0,
+        &["--admin-token", ADMIN_TOKEN],
+    ))
+    .await;
+}
+
+/// Without Redis, the admin view counts each lobby's spectators and the
+/// node's figures count them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_view_of_a_memory_node_shows_spectators() {
+    let c = Relays::memory_with(&["--admin-token", ADMIN_TOKEN]);
+    let pass = format!("admin-watched-{}", support::unique());
+    let hex = support::lobby_id(&pass);
+    let mut a = Client::connect(&c.url_a(), "A").await;
+    let mut b = Client::connect(&c.url_a(), "B").await;
+    a.join(&pass).await;
+    b.join(&pass).await;
+    let mut s1 = Client::connect(&c.url_a(), "S1").await;
+    let mut s2 = Client::connect(&c.url_a(), "S2").await;
+    watch(&mut s1, &pass).await;
+    assert_eq!(watch(&mut s2, &pass).await["spectators"], 2);
+
+    let view = admin_view(c.addr_a());
+    assert_eq!(admin_lobby(&view, &hex)["spectators"], 2, "{view}");
+    assert_eq!(view["nodes"][0]["stats"]["spectators"], 2, "{view}");
+
+    s2.leave().await;
+    eventually("S2's leave counted", || {
+        let view = admin_view(c.addr_a());
+        let seen = (
+            &admin_lobby(&view, &hex)["spectators"],
+            &view["nodes"][0]["stats"]["spectators"],
+        );
+        (seen == (&json!(1), &json!(1)))
+            .then_some(())
+            .ok_or(view.to_string())
+    })
+    .await;
 }

@@ -10,6 +10,7 @@
 //! and as what frame, is the one rule of `delivery.rs`.
 
 mod delivery;
+mod view;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -3,9 +3,11 @@
 //!
 //! - `inspect nodes`: live nodes (heartbeat, time left) and their members.
 //! - `inspect lobbies`: every lobby with its players, host seat and epoch,
-//!   and the queue of a quick-match lobby.
+//!   the queue of a quick-match lobby and its spectators (a lobby watched
+//!   while it has no player too).
 //! - `inspect lobby PASSPHRASE` (or `--hash HEX`): one lobby's key, channel,
-//!   host, queue, seats and the node of each seat.
+//!   host, queue, seats and the node of each seat, and its spectators by
+//!   node.
 //! - `inspect queues`: every quick-match queue, its count of lobbies and its
 //!   open lobby (the one waiting for players) with the players in it.
 //!
@@ -51,27 +53,44 @@ fn lobbies(store: &mut Store) -> Result<Vec<Lobby>, String> {
 }
 
 /// What a lobby's `lr:meta:{hex}` says: its host seat and epoch, and the
-/// name of its queue (quick match). Each `None` when absent.
+/// name of its queue (quick match), each `None` when absent; and how many
+/// spectators watch it from each node (its `sp:<node key>` fields).
 struct Meta {
     host: Option<u32>,
     epoch: Option<u64>,
     queue: Option<String>,
+    spectators: BTreeMap<String, u64>,
+}
+
+impl Meta {
+    /// The lobby's spectators: the sum of every node's.
+    fn spectators(&self) -> u64 {
+        self.spectators.values().sum()
+    }
 }
 
 fn meta(store: &mut Store, hex: &str) -> Result<Meta, String> {
-    let (host, epoch, queue): (Option<u32>, Option<u64>, Option<String>) = store.query(
-        redis::cmd("HMGET")
-            .arg(meta_key(hex))
-            .arg("host")
-            .arg("epoch")
-            .arg("queue"),
-    )?;
+    // A handful of fields: host, epoch, queue, reservations, spectators.
+    let fields: BTreeMap<String, String> = store.query(redis::cmd("HGETALL").arg(meta_key(hex)))?;
+    let number = |name: &str| fields.get(name).and_then(|v| v.parse().ok());
     Ok(Meta {
-        host,
-        epoch,
-        queue: queue.as_deref().map(queue_name),
+        host: number("host").and_then(|h: u64| u32::try_from(h).ok()),
+        epoch: number("epoch"),
+        queue: fields.get("queue").map(|key| queue_name(key)),
+        spectators: fields
+            .iter()
+            .filter_map(|(field, count)| {
+                let node = field.strip_prefix(SPECTATORS_PREFIX)?;
+                Some((node.to_owned(), count.parse().ok()?))
+            })
+            .filter(|(_, count)| *count > 0)
+            .collect(),
     })
 }
+
+/// The start of a meta field counting one node's spectators
+/// (`sp:<node key>`, see `lobby/redis/lua/held.lua`).
+const SPECTATORS_PREFIX: &str = "sp:";
 
 /// A queue's name from its key (`lr:queue:{q:NAME}`).
 fn queue_name(key: &str) -> String {
@@ -121,11 +140,40 @@ pub fn nodes(store: &mut Store) -> Result<Value, String> {
 }
 
 /// `inspect lobbies`: each lobby with its `host` seat, `epoch` and `queue`
-/// (null when absent); in a cluster each row also names its `shard`.
+/// (null when absent) and its count of `spectators`; in a cluster each row
+/// also names its `shard`. A lobby watched while it has no player (its
+/// `lr:meta` counts spectators, it has no `lr:lobby` hash) is listed too,
+/// with 0 players; a meta with no spectators and no lobby (a quick-match
+/// lobby reserved but not yet taken) is not.
 pub fn all_lobbies(store: &mut Store) -> Result<Value, String> {
     let mut rows = Vec::new();
-    for lobby in lobbies(store)? {
-        let meta = meta(store, &lobby.hex)?;
+    let mut found = lobbies(store)?;
+    let seated: std::collections::BTreeSet<String> = found.iter().map(|l| l.hex.clone()).collect();
+    let mut metas = BTreeMap::new();
+    for Found { key, shard } in store.scan("lr:meta:*")? {
+        let hex = key
+            .trim_start_matches("lr:meta:{")
+            .trim_end_matches('}')
+            .to_owned();
+        if seated.contains(&hex) {
+            continue;
+        }
+        let meta = meta(store, &hex)?;
+        if meta.spectators() > 0 {
+            metas.insert(hex.clone(), meta);
+            found.push(Lobby {
+                hex,
+                seats: BTreeMap::new(),
+                shard,
+            });
+        }
+    }
+    found.sort_by(|a, b| a.hex.cmp(&b.hex));
+    for lobby in found {
+        let meta = match metas.remove(&lobby.hex) {
+            Some(meta) => meta,
+            None => meta(store, &lobby.hex)?,
+        };
         let mut nodes: Vec<&str> = lobby.seats.values().map(|m| node_key_of(m)).collect();
         nodes.sort_unstable();
         nodes.dedup();
@@ -136,6 +184,7 @@ pub fn all_lobbies(store: &mut Store) -> Result<Value, String> {
             "host": meta.host,
             "epoch": meta.epoch,
             "queue": meta.queue,
+            "spectators": meta.spectators(),
             "nodes": nodes,
         });
         if let Some(shard) = lobby.shard {
@@ -177,7 +226,9 @@ pub fn queues(store: &mut Store) -> Result<Value, String> {
 /// A seat whose player opted in to resume is `resumable`; one held for a
 /// player whose connection is gone is `away`; the host's seat is `host`.
 /// The lobby's `host` seat, `epoch` and `queue` (quick match) come from its
-/// `lr:meta:{hex}`, null when absent. In a cluster: also the lobby's hash
+/// `lr:meta:{hex}`, null when absent, and so do its `spectators` (the
+/// total) and `spectators_by_node` (node key → count, from the meta's
+/// `sp:<node key>` fields). In a cluster: also the lobby's hash
 /// `slot` and the `shard` (master address) that serves it.
 pub fn lobby(store: Option<&mut Store>, hex: &str) -> Result<Value, String> {
     let mut shard = None;
@@ -226,6 +277,8 @@ pub fn lobby(store: Option<&mut Store>, hex: &str) -> Result<Value, String> {
         report["host"] = json!(meta.host);
         report["epoch"] = json!(meta.epoch);
         report["queue"] = json!(meta.queue);
+        report["spectators"] = json!(meta.spectators());
+        report["spectators_by_node"] = json!(meta.spectators);
     }
     if let Some((slot, shard)) = shard {
         report["slot"] = json!(slot);

@@ -1,11 +1,12 @@
 //! The cluster as the admin view shows it, read from Redis by any node:
 //! the nodes of `lr:{nodes}` with the figures of their heartbeats, and their
 //! lobbies (from each node's `lr:node-lobbies:*` index, not a `SCAN`) with
-//! the node of each seat, their host and queue (`lr:meta:*`), and the queues
+//! the node of each seat, their host, queue and spectators (`lr:meta:*`;
+//! a lobby watched while it has no player too), and the queues
 //! of those lobbies (`lr:queue:*`). Read-only; a handful of pipelined round
 //! trips (in a Redis Cluster, concurrent commands, each to its shard).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::connections::{Link, timed};
 use super::keys::{NODES_KEY, lobby_key, meta_key, node_key, node_lobbies_key};
@@ -104,21 +105,20 @@ pub async fn cluster_view(link: &Link, served_by: &str) -> Result<ClusterView, S
             .map(|hex| command("HGETALL", &lobby_key(hex)))
             .collect();
         let seats: Vec<BTreeMap<u32, String>> = convert(link.exec_all(reads).await?)?;
+        // The whole meta: host, epoch, queue and the spectators of each
+        // node (`sp:<node key>`); a handful of fields.
         let reads = hexes
             .iter()
-            .map(|hex| {
-                let mut cmd = command("HMGET", &meta_key(hex));
-                cmd.arg("host").arg("epoch").arg("queue");
-                cmd
-            })
+            .map(|hex| command("HGETALL", &meta_key(hex)))
             .collect();
-        let metas: Vec<(Option<u32>, Option<u64>, Option<String>)> =
-            convert(link.exec_all(reads).await?)?;
-        for ((hex, seats), (host, epoch, queue)) in hexes.iter().zip(seats).zip(metas) {
-            if seats.is_empty() {
+        let metas: Vec<HashMap<String, String>> = convert(link.exec_all(reads).await?)?;
+        for ((hex, seats), meta) in hexes.iter().zip(seats).zip(metas) {
+            let spectators = spectators(&meta);
+            if seats.is_empty() && spectators == 0 {
                 continue; // emptied since it was indexed
             }
-            if let Some(key) = &queue {
+            let queue = meta.get("queue");
+            if let Some(key) = queue {
                 queue_keys.insert(key.clone());
             }
             lobbies.push(LobbyView {
@@ -131,9 +131,10 @@ pub async fn cluster_view(link: &Link, served_by: &str) -> Result<ClusterView, S
                         node: node_id_of_key(node_key_of(&member)).to_owned(),
                     })
                     .collect(),
-                host,
-                epoch,
-                queue: queue.as_deref().map(queue_name),
+                host: meta.get("host").and_then(|v| v.parse().ok()),
+                epoch: meta.get("epoch").and_then(|v| v.parse().ok()),
+                queue: queue.map(|key| queue_name(key)),
+                spectators,
             });
         }
     }
@@ -185,6 +186,15 @@ async fn queues(link: &Link, keys: BTreeSet<String>) -> Result<Vec<QueueView>, S
         });
     }
     Ok(queues)
+}
+
+/// How many spectators a lobby's meta counts: the sum of its
+/// `sp:<node key>` fields (see `lua/held.lua`).
+fn spectators(meta: &HashMap<String, String>) -> u64 {
+    meta.iter()
+        .filter(|(field, _)| field.starts_with("sp:"))
+        .filter_map(|(_, count)| count.parse::<u64>().ok())
+        .sum()
 }
 
 /// A queue's name from its key (`lr:queue:{q:NAME}`, see
