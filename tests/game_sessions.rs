@@ -797,3 +797,49 @@ async fn queue_joins_and_watches_count_against_the_join_limit() {
     t.expect_error("rate_limited").await;
     t.assert_open().await;
 }
+
+both_flavours!(spectators_see_the_last_player_leave_and_the_next_ones_come
+    => spectators_see_the_last_player_leave_and_the_next_ones_come_redis,
+       spectators_see_the_last_player_leave_and_the_next_ones_come_memory);
+/// A spectator sees every `playerLeft`, the last player's too, and stays:
+/// the next players' `joined` events reach it (`playerJoined`, `ready`).
+async fn spectators_see_the_last_player_leave_and_the_next_ones_come(c: Relays) {
+    let pass = format!("emptied-{}", unique());
+    let (mut a, mut b) = support::pair(&c, &pass).await;
+    let mut s = Client::connect(&c.url_b(), "S").await;
+    send_watch(&mut s, &pass, json!({})).await;
+    assert_eq!(s.recv_json().await["type"], "watching");
+    a.leave().await;
+    s.expect_json(json!({"type": "playerLeft", "players": 1, "seat": 1}))
+        .await;
+    b.expect_json(json!({"type": "playerLeft", "players": 1, "seat": 1}))
+        .await;
+    b.leave().await;
+    s.expect_json(json!({"type": "playerLeft", "players": 0, "seat": 2}))
+        .await;
+    let mut c1 = Client::connect(&c.url_a(), "C1").await;
+    c1.join(&pass).await;
+    s.expect_json(json!({"type": "playerJoined", "players": 1, "seat": 1}))
+        .await;
+}
+
+redis_only!(spectators_see_the_last_player_go_from_a_node_with_no_player_left
+    => spectators_see_the_last_player_go_from_a_node_with_no_player_left_redis);
+/// Both players on node a, the spectator on node b: the players'
+/// connections end (no `leave`); the spectator sees both `playerLeft`.
+async fn spectators_see_the_last_player_go_from_a_node_with_no_player_left(c: Relays) {
+    let pass = format!("gone-{}", unique());
+    let mut a = Client::connect(&c.url_a(), "A").await;
+    let mut b = Client::connect(&c.url_a(), "B").await;
+    a.join(&pass).await;
+    b.join(&pass).await;
+    let mut s = Client::connect(&c.url_b(), "S").await;
+    send_watch(&mut s, &pass, json!({})).await;
+    assert_eq!(s.recv_json().await["type"], "watching");
+    drop(a);
+    s.expect_json(json!({"type": "playerLeft", "players": 1, "seat": 1}))
+        .await;
+    drop(b);
+    s.expect_json(json!({"type": "playerLeft", "players": 0, "seat": 2}))
+        .await;
+}
