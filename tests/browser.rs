@@ -986,7 +986,7 @@ async fn two_pages_quick_match_and_show_the_host() {
                          && s.host === 1 && s.epoch === 1
                          && p.hostMark(1) === '♛ host' && p.hostMark(2) === ''
                          && document.getElementById('host').textContent.includes('seat 1')
-                         && sent.some(t => t.includes('{{\"type\":\"join\",\"queue\":\"playground\",\"resume\":true,\"host\":true}}'))"
+                         && sent.some(t => t.includes('{{\"type\":\"join\",\"queue\":\"playground\",\"resume\":true,\"host\":true,\"spectators\":true}}'))"
                 ),
                 &format!("page {name} sees ready, the other tank, and the crown on seat 1"),
             )
