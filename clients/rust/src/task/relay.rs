@@ -332,8 +332,13 @@ impl Task {
             return;
         }
         if matches!(request, Some(Pending::Join | Pending::Auth)) {
-            // (The state changes before the game hears of it.)
+            // (The state changes before the game hears of it.) A join
+            // again after a drop (a spectator's watch, a rejoin) refused:
+            // the connection stays, outside a lobby.
             self.forget_lobby();
+            if self.ws.is_some() && self.state() == State::Reconnecting {
+                self.set_state(State::Open);
+            }
             self.emit(Event::Error(RelayError {
                 code,
                 message,
