@@ -549,3 +549,24 @@ test("watch: nothing_to_watch and spectators_full reject; spectators counts from
   assert.deepEqual(FakeSocket.last().sent.at(-1), { type: "move" });
   client.close();
 });
+
+test("watch: a watch again after a drop that is refused (the game is over) ends the watch, the connection open", async () => {
+  FakeSocket.all = [];
+  const client = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket });
+  const errors = [];
+  client.on("error", (e) => errors.push(e));
+  const watch = client.watch("p");
+  FakeSocket.last().open();
+  FakeSocket.last().receive({ type: "watching", players: 2, capacity: 2, spectators: 1 });
+  await watch;
+  FakeSocket.last().drop();
+  await tick();
+  FakeSocket.last().open();
+  FakeSocket.last().receive({ type: "error", code: "nothing_to_watch", message: "no game" });
+  assert.deepEqual(errors.map((e) => [e.code, e.willRetry]), [["nothing_to_watch", false]]);
+  assert.equal(client.spectating, false);
+  assert.equal(client.inLobby, false);
+  assert.equal(client.state, "open");
+  assert.throws(() => client.send({ type: "m" }), (e) => e.code === "not_in_lobby");
+  client.close();
+});
