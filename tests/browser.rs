@@ -17,7 +17,8 @@
 //!   event, its resume from the client's).
 //! - Quick match: two pages, one per node, press "Quick match" and meet in
 //!   one lobby; the host's tank (seat 1) wears a crown in both, which moves
-//!   to seat 2 when the host leaves.
+//!   to seat 2 when the host leaves. A third page pressing "Watch" with the
+//!   passphrase box empty watches that game (the queue's latest).
 //! - Watching: two pages play, a third presses "Watch" (on the other node)
 //!   and draws both tanks, moving as they move, with its keys doing
 //!   nothing and "watching (1 spectators)" shown; a player page shows
@@ -997,6 +998,32 @@ async fn two_pages_quick_match_and_show_the_host() {
             .await;
         }
         screenshot(&page_b, "playground-quick-match.png", false).await;
+
+        // Watch with the passphrase box empty: the queue's latest game.
+        let page_c = driver.browser().await;
+        bounded(
+            "open the playground",
+            page_c.goto(&format!("http://{}/playground", relays.addr_b())),
+        )
+        .await;
+        wait_js(
+            &page_c,
+            "return window.playground.state.socket === 'open' && !document.getElementById('watch').disabled",
+            "page C is connected, Watch enabled",
+        )
+        .await;
+        let watch = bounded("find Watch", page_c.find(Locator::Id("watch"))).await;
+        bounded("click Watch", watch.click()).await;
+        wait_js(
+            &page_c,
+            "const s = window.playground.state;
+             const sent = [...document.querySelectorAll('#frames .out')].map(l => l.textContent);
+             return s.watching && s.queue === 'playground' && s.players === 2 && s.host === 1
+                 && sent.some(t => t.includes('{\"type\":\"join\",\"queue\":\"playground\",\"spectate\":true'))",
+            "page C watches the queue's game",
+        )
+        .await;
+        let _ = tokio::time::timeout(WAIT, page_c.close()).await;
 
         // The host leaves: B hears hostChanged, and the crown moves to B.
         let leave = bounded("find Leave", page_a.find(Locator::Id("leave"))).await;
