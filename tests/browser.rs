@@ -17,7 +17,12 @@
 //!   event, its resume from the client's).
 //! - Quick match: two pages, one per node, press "Quick match" and meet in
 //!   one lobby; the host's tank (seat 1) wears a crown in both, which moves
-//!   to seat 2 when the host leaves.
+//!   to seat 2 when the host leaves. A third page pressing "Watch" with the
+//!   passphrase box empty watches that game (the queue's latest).
+//! - Watching: two pages play, a third presses "Watch" (on the other node)
+//!   and draws both tanks, moving as they move, with its keys doing
+//!   nothing and "watching (1 spectators)" shown; a player page shows
+//!   "1 watching".
 //! - The playground's Join button is disabled while a join is on its way,
 //!   while joined and while resuming, and enabled again after Leave and
 //!   after a refused join.
@@ -987,13 +992,39 @@ async fn two_pages_quick_match_and_show_the_host() {
                          && s.host === 1 && s.epoch === 1
                          && p.hostMark(1) === '♛ host' && p.hostMark(2) === ''
                          && document.getElementById('host').textContent.includes('seat 1')
-                         && sent.some(t => t.includes('{{\"type\":\"join\",\"queue\":\"playground\",\"resume\":true,\"host\":true}}'))"
+                         && sent.some(t => t.includes('{{\"type\":\"join\",\"queue\":\"playground\",\"resume\":true,\"host\":true,\"spectators\":true}}'))"
                 ),
                 &format!("page {name} sees ready, the other tank, and the crown on seat 1"),
             )
             .await;
         }
         screenshot(&page_b, "playground-quick-match.png", false).await;
+
+        // Watch with the passphrase box empty: the queue's latest game.
+        let page_c = driver.browser().await;
+        bounded(
+            "open the playground",
+            page_c.goto(&format!("http://{}/playground", relays.addr_b())),
+        )
+        .await;
+        wait_js(
+            &page_c,
+            "return window.playground.state.socket === 'open' && !document.getElementById('watch').disabled",
+            "page C is connected, Watch enabled",
+        )
+        .await;
+        let watch = bounded("find Watch", page_c.find(Locator::Id("watch"))).await;
+        bounded("click Watch", watch.click()).await;
+        wait_js(
+            &page_c,
+            "const s = window.playground.state;
+             const sent = [...document.querySelectorAll('#frames .out')].map(l => l.textContent);
+             return s.watching && s.queue === 'playground' && s.players === 2 && s.host === 1
+                 && sent.some(t => t.includes('{\"type\":\"join\",\"queue\":\"playground\",\"spectate\":true'))",
+            "page C watches the queue's game",
+        )
+        .await;
+        let _ = tokio::time::timeout(WAIT, page_c.close()).await;
 
         // The host leaves: B hears hostChanged, and the crown moves to B.
         let leave = bounded("find Leave", page_a.find(Locator::Id("leave"))).await;
@@ -1019,6 +1050,148 @@ async fn two_pages_quick_match_and_show_the_host() {
         }
     };
     within_two_minutes(&logs, "quick match test", test).await;
+}
+
+/// Presses the arrow `key` `times` times in `page`'s arena.
+async fn press(page: &Browser, key: Key, times: usize) {
+    let arena = bounded("find the arena", page.find(Locator::Id("arena"))).await;
+    bounded("focus the arena", arena.click()).await;
+    bounded(
+        "press an arrow",
+        arena.send_keys(&key.to_string().repeat(times)),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_page_watches_both_tanks_move() {
+    let driver = Chromedriver::start();
+    let relays = Relays::redis();
+    let logs = relays.logs();
+    let test = async {
+        let passphrase = format!("browser-watch-{}", support::unique());
+        let page_a = driver.browser().await;
+        let page_b = driver.browser().await;
+        open_and_join(&page_a, relays.addr_a(), &passphrase).await;
+        wait_js(
+            &page_a,
+            "return window.playground.state.seat === 1",
+            "page A holds seat 1",
+        )
+        .await;
+        open_and_join(&page_b, relays.addr_a(), &passphrase).await;
+        for (page, name) in [(&page_a, "A"), (&page_b, "B")] {
+            wait_js(
+                page,
+                "return window.playground.state.ready",
+                &format!("page {name} sees ready"),
+            )
+            .await;
+        }
+
+        // The spectator, on node b: the passphrase, then Watch.
+        let page_s = driver.browser().await;
+        bounded(
+            "open the playground",
+            page_s.goto(&format!("http://{}/playground", relays.addr_b())),
+        )
+        .await;
+        wait_js(
+            &page_s,
+            "return window.playground.state.socket === 'open' && !document.getElementById('watch').disabled",
+            "page S is connected, Watch enabled",
+        )
+        .await;
+        let input = bounded(
+            "find the passphrase box",
+            page_s.find(Locator::Id("passphrase")),
+        )
+        .await;
+        bounded("type the passphrase", input.send_keys(&passphrase)).await;
+        let watch = bounded("find Watch", page_s.find(Locator::Id("watch"))).await;
+        bounded("click Watch", watch.click()).await;
+        wait_js(
+            &page_s,
+            "const s = window.playground.state;
+             return s.watching && s.seat === null && s.players === 2 && s.events.includes('watching')
+                 && document.getElementById('watch').disabled && document.getElementById('join').disabled
+                 && !document.getElementById('leave').disabled",
+            "page S watches",
+        )
+        .await;
+        // The players are told (at most a second later) and show it; their
+        // tanks are sent again for the newcomer.
+        wait_js(
+            &page_a,
+            "const s = window.playground.state;
+             return s.spectators === 1 && document.getElementById('spectators').textContent === 'spectators: 1 watching'",
+            "page A shows 1 watching",
+        )
+        .await;
+        wait_js(
+            &page_s,
+            "const s = window.playground.state;
+             return s.tanks[1] !== undefined && s.tanks[2] !== undefined
+                 && document.getElementById('spectators').textContent === 'spectators: watching (1 spectators)'",
+            "page S draws both tanks and shows watching (1 spectators)",
+        )
+        .await;
+
+        // A moves right, B moves left: S sees both move.
+        let (a_before, b_before) = (
+            tank_x(&page_s, 1).await.expect("tank 1 on page S"),
+            tank_x(&page_s, 2).await.expect("tank 2 on page S"),
+        );
+        press(&page_a, Key::Right, 4).await;
+        press(&page_b, Key::Left, 3).await;
+        let want_a = tank_x(&page_a, 1).await.expect("A's own tank");
+        let want_b = tank_x(&page_b, 2).await.expect("B's own tank");
+        assert!(want_a > a_before && want_b < b_before, "the players moved");
+        wait_js(
+            &page_s,
+            &format!(
+                "const t = window.playground.state.tanks;
+                 return t[1] && t[2] && t[1].x === {want_a} && t[2].x === {want_b}"
+            ),
+            "page S sees both tanks where the players put them",
+        )
+        .await;
+
+        // The spectator's keys move nothing and send nothing.
+        press(&page_s, Key::Up, 3).await;
+        let arena = bounded("find the arena", page_s.find(Locator::Id("arena"))).await;
+        bounded("shoot", arena.send_keys(" ")).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = bounded(
+            "read S's state",
+            page_s.execute(
+                "const s = window.playground.state;
+                 return [[...document.querySelectorAll('#frames .out')]
+                            .filter(l => !l.textContent.includes('\"ping\"')).length,
+                         Object.keys(s.tanks).length, s.shots.length, s.tanks[1].x, s.tanks[2].x]",
+                vec![],
+            ),
+        )
+        .await;
+        assert_eq!(after[0], 1, "S sent its watch only (pings aside): {after}");
+        assert_eq!(after[1], 2, "S has no tank of its own: {after}");
+        assert_eq!(after[2], 0, "S fired nothing: {after}");
+        assert_eq!(
+            (after[3].as_f64(), after[4].as_f64()),
+            (Some(want_a), Some(want_b)),
+            "{after}"
+        );
+        assert_eq!(
+            (tank_x(&page_a, 1).await, tank_x(&page_b, 2).await),
+            (Some(want_a), Some(want_b)),
+            "the players' tanks did not move"
+        );
+        screenshot(&page_s, "playground-watching.png", false).await;
+        for page in [page_a, page_b, page_s] {
+            let _ = tokio::time::timeout(WAIT, page.close()).await;
+        }
+    };
+    within_two_minutes(&logs, "watching test", test).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,11 @@
 //!   in one lobby; `invalid_queue` rejects; the host: when it leaves, the
 //!   other gets `hostChanged` (epoch 2), not counted as a delivery (its
 //!   resume after that is taken).
+//! - spectators: a client on node b watches two players on node a and gets
+//!   each one's messages, all, once, in order; the players get the
+//!   `spectators` event (count 1), not counted as a delivery; the
+//!   spectator's send() is refused by the client (`spectating`); a cut
+//!   spectator watches again.
 //!
 //! And without a relay: `node --test clients/js/test/unit.mjs` (the client
 //! against a scripted fake WebSocket), and `tsc -p clients/js` (the module
@@ -516,6 +521,125 @@ async fn the_host_leaves_and_the_other_is_told_without_a_delivery(relays: Relays
         b.seen.iter().filter(|e| e["ev"] == "hostChanged").count(),
         1,
         "hostChanged is never replayed"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Spectators
+// ---------------------------------------------------------------------------
+
+redis_only!(a_spectator_on_another_node_watches_two_players => js_watch_redis);
+
+/// A and B play on node a; S watches from node b (through a proxy the test
+/// cuts). S's watch() resolves with `watching` (2 players, 1 spectator);
+/// A and B (who ask for the count by default) get the `spectators` event
+/// with count 1, which their delivery count leaves out. What A and B send
+/// reaches S, each side's messages all, once, in order, as the other player
+/// got them. S's send() is refused by the client (`spectating`) and nothing
+/// reaches the players. S's connection cut: it watches again (no resume)
+/// and sees what follows.
+async fn a_spectator_on_another_node_watches_two_players(relays: Relays) {
+    const N: u64 = 40;
+    let proxy = TcpProxy::start(relays.addr_b()).await;
+    let proxied = format!("ws://127.0.0.1:{}/", proxy.port());
+    let pass = format!("js-watch-{}", unique());
+    let (mut a, mut b) = js_pair(&relays.url_a(), &relays.url_a(), &pass, json!({})).await;
+    let mut s = JsClient::start("S", &[proxied], json!({})).await;
+    s.command(json!({"op": "watch", "passphrase": pass})).await;
+    let ok = s.next_until_any(&["watchOk", "watchFailed"]).await;
+    assert_eq!(ok["ev"], "watchOk", "{ok}");
+    assert_eq!(ok["message"]["type"], "watching", "{ok}");
+    assert_eq!(ok["message"]["players"], 2, "{ok}");
+    assert_eq!(ok["message"]["spectators"], 1, "{ok}");
+    for c in [&mut a, &mut b] {
+        let told = c.wait_for("spectators").await;
+        assert_eq!(
+            told,
+            json!({"ev": "spectators", "type": "spectators", "count": 1}),
+            "{}",
+            c.name
+        );
+        c.command(json!({"op": "state"})).await;
+        let state = c.wait_for("state").await;
+        assert_eq!(state["spectators"], 1, "{}: {state}", c.name);
+        assert_eq!(state["received"], 1, "{}: ready only: {state}", c.name);
+    }
+
+    // Both play: A sends n 1..=N, B sends m 1..=N, at once.
+    a.command(json!({"op": "sendNumbered", "from": 1, "to": N, "every": 5}))
+        .await;
+    for i in 1..=N {
+        b.command(json!({"op": "send", "json": {"type": "m", "n": i}}))
+            .await;
+    }
+    a.wait_seen("sentNumbered", |e| e["ev"] == "sentNumbered")
+        .await;
+    a.command(json!({"op": "send", "json": {"type": "end"}}))
+        .await;
+    b.wait_for_message("end").await;
+    s.wait_seen("A's end", |e| e["ev"] == "message" && e["type"] == "end")
+        .await;
+    let of = |c: &JsClient, kind: &str| -> Vec<u64> {
+        c.messages()
+            .into_iter()
+            .filter(|m| m["type"] == kind)
+            .map(|m| {
+                let v: Value =
+                    serde_json::from_str(m["text"].as_str().expect("text")).expect("JSON");
+                v["n"].as_u64().expect("n")
+            })
+            .collect()
+    };
+    let want: Vec<u64> = (1..=N).collect();
+    assert_eq!(of(&s, "n"), want, "S got A's messages once each, in order");
+    assert_eq!(of(&s, "m"), want, "S got B's messages once each, in order");
+    assert_eq!(of(&b, "n"), want, "B got A's messages");
+    assert_eq!(of(&a, "m"), want, "A got B's messages");
+    // (No message of S's own, no `spectators` as a message: A's, B's, end.)
+    assert_eq!(
+        s.messages().len() as u64,
+        2 * N + 1,
+        "nothing else reached S"
+    );
+
+    // The spectator's send() is refused by the client: nothing goes out.
+    s.command(json!({"op": "send", "json": {"type": "cheat"}}))
+        .await;
+    let refused = s.next_until_any(&["sent", "sendFailed"]).await;
+    assert_eq!(refused["ev"], "sendFailed", "{refused}");
+    assert_eq!(refused["code"], "spectating", "{refused}");
+    s.command(json!({"op": "state"})).await;
+    let state = s.wait_for("state").await;
+    assert_eq!(
+        (
+            state["spectating"].clone(),
+            state["seat"].clone(),
+            state["resumable"].clone()
+        ),
+        (json!(true), Value::Null, json!(false)),
+        "{state}"
+    );
+
+    // A cut: S watches again (no resume), and sees what comes next.
+    proxy.cut();
+    s.wait_for("reconnecting").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore();
+    let again = s
+        .next_until_any(&["watching", "seatLost", "resumed", "error"])
+        .await;
+    assert_eq!(again["ev"], "watching", "{again}");
+    assert_eq!(again["players"], 2, "{again}");
+    b.command(json!({"op": "send", "json": {"type": "after", "n": 1}}))
+        .await;
+    let after = s.wait_for_message("after").await;
+    assert_eq!(after["text"], r#"{"n":1,"type":"after"}"#);
+    assert!(
+        !a.messages()
+            .iter()
+            .chain(b.messages().iter())
+            .any(|m| m["type"] == "cheat"),
+        "nothing of S reached the players"
     );
 }
 

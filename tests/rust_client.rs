@@ -3,6 +3,9 @@
 //! from outside by a TCP proxy between the client and a node; Redis is
 //! killed and restarted. Quick match (join_queue) across two nodes, and the
 //! host: `HostChanged` with a growing epoch, not counted for resume.
+//! Spectators: a client on node b watches two players on node a (all
+//! their messages, in order), the players get `Spectators`, a cut
+//! spectator watches again.
 
 use crate::support;
 
@@ -633,4 +636,150 @@ async fn the_host_changes_with_a_growing_epoch(relays: Relays) {
     .await;
     assert_eq!(changed, Event::HostChanged { host: 1, epoch: 3 });
     assert_eq!((a.host(), a.epoch()), (Some(1), Some(3)));
+}
+
+// Spectators: A and B play on node a; S watches from node b, through a
+// proxy the test cuts. S gets `Watching` (2 players, 1 spectator); the
+// players (who ask by default) get `Spectators { count: 1 }`, which their
+// delivery count leaves out (a resume after it is taken). S receives each
+// player's messages, all, once, in order; its sends are refused by the
+// client (`Spectating`); cut, it watches again and sees what follows.
+redis_only!(a_spectator_on_another_node_watches_both_players => a_spectator_on_another_node_watches_both_players_redis);
+async fn a_spectator_on_another_node_watches_both_players(relays: Relays) {
+    const N: u64 = 40;
+    let lobby = passphrase("watch");
+    let mut a = joined(&relays.url_a(), &lobby, Options::default()).await;
+    let mut b = joined(&relays.url_a(), &lobby, Options::default()).await;
+    for (client, name) in [(&mut a, "a"), (&mut b, "b")] {
+        wait_for(client, name, |e| matches!(e, Event::Ready { .. })).await;
+    }
+    let proxy = TcpProxy::start(relays.addr_b()).await;
+    let proxied = format!("ws://127.0.0.1:{}/", proxy.port());
+    let mut s = Client::connect(&proxied, Options::default()).unwrap();
+    s.watch(&lobby);
+    let watching = wait_for(&mut s, "watching", |e| {
+        matches!(e, Event::Watching { .. } | Event::Error(_))
+    })
+    .await;
+    assert!(
+        matches!(
+            watching,
+            Event::Watching {
+                players: 2,
+                capacity: 2,
+                spectators: 1,
+                host: Some(1),
+                ..
+            }
+        ),
+        "{watching:?}"
+    );
+    assert!(s.spectating());
+    assert_eq!(
+        (s.seat(), s.spectators(), s.resume_state()),
+        (None, Some(1), None)
+    );
+    for (client, name) in [(&mut a, "a"), (&mut b, "b")] {
+        let told = wait_for(client, name, |e| matches!(e, Event::Spectators { .. })).await;
+        assert_eq!(told, Event::Spectators { count: 1 }, "{name}");
+        assert_eq!(client.spectators(), Some(1), "{name}");
+        assert_eq!(
+            client.resume_state().map(|r| r.received),
+            Some(1),
+            "{name}: ready counts, spectators does not"
+        );
+    }
+    assert_eq!(
+        s.send_json(&json!({"type": "cheat"})),
+        Err(ClientError::Spectating)
+    );
+
+    for n in 1..=N {
+        a.send_json(&json!({"type": "a", "n": n})).unwrap();
+        b.send_json(&json!({"type": "b", "n": n})).unwrap();
+    }
+    let events = collect_numbered(&mut s, 2 * N as usize, "s").await;
+    let of = |kind: &str| -> Vec<u64> {
+        events
+            .iter()
+            .filter_map(|event| match event {
+                Event::Message(GameMessage::Json { kind: k, value, .. }) if k == kind => {
+                    value["n"].as_u64()
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let want: Vec<u64> = (1..=N).collect();
+    assert_eq!(of("a"), want, "S got A's messages once each, in order");
+    assert_eq!(of("b"), want, "S got B's messages once each, in order");
+    assert_eq!(
+        numbers(&collect_numbered(&mut b, N as usize, "b").await),
+        want
+    );
+
+    // A cut: S watches again (no resume) and sees what comes next.
+    proxy.cut();
+    wait_for(&mut s, "reconnecting", |e| {
+        matches!(e, Event::Reconnecting { .. })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore();
+    let again = wait_for(&mut s, "watching again", |e| {
+        matches!(
+            e,
+            Event::Watching { .. }
+                | Event::Resumed { .. }
+                | Event::SeatLost { .. }
+                | Event::Error(_)
+        )
+    })
+    .await;
+    assert!(
+        matches!(again, Event::Watching { players: 2, .. }),
+        "{again:?}"
+    );
+    assert_eq!(s.state(), State::Open);
+    a.send_json(&json!({"type": "after", "n": 1})).unwrap();
+    let after = wait_for(&mut s, "after", |e| matches!(e, Event::Message(_))).await;
+    assert!(
+        matches!(&after, Event::Message(GameMessage::Json { kind, .. }) if kind == "after"),
+        "{after:?}"
+    );
+
+    // The game ends (both leave; S stays), then S is cut: its watch again
+    // is refused (`nothing_to_watch`), which ends the watch, the
+    // connection open. (S sees A's `playerLeft`; the last player's does
+    // not reach a spectator as of this writing: not asserted here.)
+    a.leave();
+    wait_for(&mut s, "playerLeft of seat 1", |e| {
+        matches!(e, Event::PlayerLeft { seat: 1, .. })
+    })
+    .await;
+    b.leave();
+    // The ping goes after the leave, on the same connection: answered, the
+    // leave is done.
+    b.ping().await.expect("b's ping after its leave");
+    proxy.cut();
+    wait_for(&mut s, "reconnecting", |e| {
+        matches!(e, Event::Reconnecting { .. })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore();
+    let refused = wait_for(&mut s, "the watch refused", |e| {
+        matches!(e, Event::Error(_) | Event::Watching { .. })
+    })
+    .await;
+    assert!(
+        matches!(&refused, Event::Error(e) if e.code == "nothing_to_watch" && !e.will_retry),
+        "{refused:?}"
+    );
+    assert!(!s.spectating());
+    assert_eq!(s.state(), State::Open);
+    assert_eq!(
+        s.send_json(&json!({"type": "m"})),
+        Err(ClientError::NotInLobby)
+    );
 }

@@ -41,6 +41,11 @@ export interface LobbyRelayOptions {
    * and `hostChanged` tells when the host changes (docs/protocol.md,
    * "Host"). */
   host?: boolean;
+  /** Join with `"spectators":true` (default true; watch() too): `joined`
+   * (and `watching`) then carry the lobby's count of spectators, and the
+   * `spectators` event tells when it changes (at most once a second).
+   * Not asked again by a resume (the relay reads it in joins only). */
+  spectators?: boolean;
   /** After the seat is lost (grace period over, or a drop without resume),
    * join the same passphrase (or queue: a quick match again) again, as a
    * new player. Default false. */
@@ -77,6 +82,16 @@ export interface JoinOptions {
   received?: number;
 }
 
+export interface WatchOptions {
+  /** Watch this many whole seconds behind the game (`"delay":N`; the relay
+   * refuses more than its `--max-spectator-delay`, 120 s by default, with
+   * `invalid_message`). */
+  delay?: number;
+  /** Overrides the client's `host` option: `watching` names the host and
+   * its epoch, and `hostChanged` follows it. */
+  host?: boolean;
+}
+
 export interface ResumeState {
   /** The lobby's passphrase; "" for a quick-match seat (see `queue`). */
   passphrase: string;
@@ -105,7 +120,28 @@ export interface JoinedMessage {
   /** The host's seat and epoch (joined with `host`). */
   host?: number;
   epoch?: number;
+  /** The lobby's spectators (joined with `spectators`). */
+  spectators?: number;
 }
+/** The answer to watch() and watchQueue(): the lobby as it is. */
+export interface WatchingMessage {
+  type: "watching";
+  players: number;
+  capacity: number;
+  /** The lobby's spectators, this one included. */
+  spectators: number;
+  /** The queue, for watchQueue(). */
+  queue?: string;
+  users?: Users;
+  /** The host's seat and epoch (watched with `host`). */
+  host?: number;
+  epoch?: number;
+  /** The delay asked for, in seconds. */
+  delay?: number;
+}
+/** The count of spectators changed (a player that asked, or a spectator).
+ * Not a delivery (not counted for resume, never replayed). */
+export interface SpectatorsEvent { type: "spectators"; count: number }
 export interface ResumedMessage {
   type: "resumed";
   seat: number;
@@ -200,6 +236,9 @@ export interface LobbyRelayEvents {
   playerAway: PlayerAwayEvent;
   playerBack: PlayerBackEvent;
   hostChanged: HostChangedEvent;
+  /** The answer to watch() or watchQueue(), and to each watch again after a drop. */
+  watching: WatchingMessage;
+  spectators: SpectatorsEvent;
   message: GameMessage;
   error: ErrorEvent;
   reconnecting: ReconnectingEvent;
@@ -217,7 +256,8 @@ export class LobbyRelayError extends Error {
   constructor(code: string, message: string);
   /** The protocol's code (`queue_full` from joinQueue() is the relay's: too
    * many lobbies in that queue), or the client's: `already_joined`,
-   * `queue_full` (from send()), `not_in_lobby`,
+   * `queue_full` (from send()), `not_in_lobby`, `spectating` (send() by a
+   * spectator),
    * `not_connected`, `ping_timeout`, `closed`, `left`, `invalid_message`,
    * `invalid_url`. */
   code: string;
@@ -240,7 +280,13 @@ export class LobbyRelayClient {
    * connection attempt). Nothing connects before join(). */
   constructor(url: string | string[], options?: LobbyRelayOptions);
   readonly state: ClientState;
+  /** In the seat (or watching) on an open connection right now. */
   readonly inLobby: boolean;
+  /** A spectator: from watch() or watchQueue() until leave(). */
+  readonly spectating: boolean;
+  /** The lobby's spectators, as last told (joined, watching, the
+   * `spectators` event); null when unknown. */
+  readonly spectators: number | null;
   readonly seat: number | null;
   readonly players: number;
   readonly capacity: number | null;
@@ -260,6 +306,11 @@ export class LobbyRelayClient {
   join(passphrase: string, options?: JoinOptions): Promise<JoinedMessage | ResumedMessage>;
   /** Quick match: a seat in the queue's open lobby or a new one. */
   joinQueue(queue: string, options?: JoinOptions): Promise<JoinedMessage | ResumedMessage>;
+  /** Watches the lobby of `passphrase` as a spectator (no seat, no resume:
+   * after a drop it watches again). send() then throws `spectating`. */
+  watch(passphrase: string, options?: WatchOptions): Promise<WatchingMessage>;
+  /** Watches the game of `queue` that filled last. */
+  watchQueue(queue: string, options?: WatchOptions): Promise<WatchingMessage>;
   send(message: Sendable): void;
   leave(): void;
   close(): void;

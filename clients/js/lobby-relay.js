@@ -19,6 +19,8 @@
 
 /** @typedef {import("./lobby-relay").LobbyRelayOptions} LobbyRelayOptions */
 /** @typedef {import("./lobby-relay").JoinOptions} JoinOptions */
+/** @typedef {import("./lobby-relay").WatchOptions} WatchOptions */
+/** @typedef {import("./lobby-relay").WatchingMessage} WatchingMessage */
 /** @typedef {import("./lobby-relay").LobbyRelayEvents} LobbyRelayEvents */
 /** @typedef {import("./lobby-relay").ClientState} ClientState */
 /** @typedef {import("./lobby-relay").ResumeState} ResumeState */
@@ -39,11 +41,14 @@ export const CLIENT_VERSION = "1.0.0";
 const RESERVED_TYPES = new Set([
   "join", "leave", "ping", "joined", "ready", "playerJoined", "playerLeft", "pong", "error",
   "resume", "resumed", "playerAway", "playerBack", "auth", "authenticated", "hostChanged",
+  "watching", "spectators",
 ]);
 // What the relay sends that is not a delivery (not counted for resume):
-// answers to this connection, and `hostChanged` (state, not history: never
-// replayed). Everything else received in a seat is.
-const NOT_DELIVERIES = new Set(["joined", "resumed", "pong", "error", "authenticated", "hostChanged"]);
+// answers to this connection, and `hostChanged` and `spectators` (state,
+// not history: never replayed). Everything else received in a seat is.
+const NOT_DELIVERIES = new Set([
+  "joined", "resumed", "watching", "pong", "error", "authenticated", "hostChanged", "spectators",
+]);
 // Lobby events, each its own event of the client.
 const LOBBY_EVENTS = new Set(["ready", "playerJoined", "playerLeft", "playerAway", "playerBack"]);
 // Answers to a join or resume that are tried again later, not failures.
@@ -59,6 +64,7 @@ const NODE_FULL_DELAY_MS = 1000;
 const DEFAULTS = {
   resume: true,
   host: true,
+  spectators: true,
   rejoinOnSeatLost: false,
   queueLimit: 256,
   resendLimit: 256,
@@ -70,7 +76,7 @@ const DEFAULTS = {
 
 /**
  * An error of the relay (its `code` is the protocol's) or of this client
- * (codes `already_joined`, `queue_full`, `not_in_lobby`, `not_connected`,
+ * (codes `already_joined`, `queue_full`, `not_in_lobby`, `spectating`, `not_connected`,
  * `ping_timeout`, `closed`, `left`, `invalid_message`, `invalid_url`).
  */
 export class LobbyRelayError extends Error {
@@ -139,12 +145,13 @@ export class LobbyRelayClient {
   #authed = false;
   /** @type {string | null} */ #node = null;
 
-  // The lobby the game wants to be in (from join() or joinQueue() until
-  // leave()): by passphrase, or by quick match (a queue).
-  /** @type {{ passphrase: string | null, queue: string | null, resume: boolean, host: boolean } | null} */
+  // The lobby the game wants to be in (from join(), joinQueue(), watch() or
+  // watchQueue() until leave()): by passphrase, or by quick match (a
+  // queue); as a player, or as a spectator (`spectate`, with its `delay`).
+  /** @type {{ passphrase: string | null, queue: string | null, resume: boolean, host: boolean, spectate: boolean, delay: number | null } | null} */
   #lobby = null;
   /** @type {"join" | "resume" | "auth" | null} */ #pending = null;
-  /** @type {Array<{ resolve: (m: JoinedMessage | ResumedMessage) => void, reject: (e: Error) => void }>} */
+  /** @type {Array<{ resolve: (m: any) => void, reject: (e: Error) => void }>} */
   #waiters = [];
   /** open() calls waiting for the connection. */
   /** @type {Array<{ resolve: () => void, reject: (e: Error) => void }>} */
@@ -159,6 +166,8 @@ export class LobbyRelayClient {
   /** The lobby's host seat and its epoch (joined with `host`). */
   /** @type {number | null} */ #host = null;
   /** @type {number | null} */ #epoch = null;
+  /** The lobby's spectators, as last told (`joined`, `watching`, `spectators`). */
+  /** @type {number | null} */ #spectators = null;
   /** @type {string | null} */ #token = null;
   #received = 0;
   #sent = 0;
@@ -198,6 +207,7 @@ export class LobbyRelayClient {
     this.#options = {
       resume: options.resume ?? DEFAULTS.resume,
       host: options.host ?? DEFAULTS.host,
+      spectators: options.spectators ?? DEFAULTS.spectators,
       rejoinOnSeatLost: options.rejoinOnSeatLost ?? DEFAULTS.rejoinOnSeatLost,
       queueLimit: options.queueLimit ?? DEFAULTS.queueLimit,
       resendLimit: options.resendLimit ?? DEFAULTS.resendLimit,
@@ -216,8 +226,15 @@ export class LobbyRelayClient {
 
   /** @returns {ClientState} */
   get state() { return this.#state; }
-  /** Whether this client holds its seat on an open connection right now. */
+  /** Whether this client holds its seat (or watches, as a spectator) on an
+   * open connection right now. */
   get inLobby() { return this.#inSeat; }
+  /** Whether this client is a spectator (from watch() or watchQueue() until
+   * leave(), reconnections included). */
+  get spectating() { return this.#lobby !== null && this.#lobby.spectate; }
+  /** The lobby's spectators, as last told (a player that asked, with the
+   * `spectators` option, or a spectator); null when unknown. */
+  get spectators() { return this.#spectators; }
   /** Our seat (1..capacity), kept while reconnecting; null outside a lobby. */
   get seat() { return this.#seat; }
   get players() { return this.#players; }
@@ -324,7 +341,7 @@ export class LobbyRelayClient {
    * @returns {Promise<JoinedMessage | ResumedMessage>}
    */
   join(passphrase, options = {}) {
-    return this.#startJoin(passphrase, null, options);
+    return this.#startJoin(passphrase, null, options, false);
   }
 
   /**
@@ -339,27 +356,61 @@ export class LobbyRelayClient {
    * @returns {Promise<JoinedMessage | ResumedMessage>}
    */
   joinQueue(queue, options = {}) {
-    return this.#startJoin(null, queue, options);
+    return this.#startJoin(null, queue, options, false);
+  }
+
+  /**
+   * Watches the game of `passphrase` as a spectator
+   * (`{"type":"join","passphrase":...,"spectate":true}`): no seat; every
+   * game message and lobby event of the lobby, as the players get them
+   * (`delay` seconds later with that option). Resolves with `watching`.
+   * Rejects with `nothing_to_watch` (no player in that lobby),
+   * `spectators_full`, or the other refusals of a join. send() throws
+   * `spectating`. A spectator has no resume: after a drop the client
+   * watches again, with the backoff of a join. leave() stops watching.
+   * @param {string} passphrase
+   * @param {WatchOptions} [options]
+   * @returns {Promise<WatchingMessage>}
+   */
+  watch(passphrase, options = {}) {
+    return /** @type {Promise<any>} */ (this.#startJoin(passphrase, null, options, true));
+  }
+
+  /**
+   * Watches the game of `queue` that filled last (quick match), as watch().
+   * The game is chosen again on each reconnection.
+   * @param {string} queue
+   * @param {WatchOptions} [options]
+   * @returns {Promise<WatchingMessage>}
+   */
+  watchQueue(queue, options = {}) {
+    return /** @type {Promise<any>} */ (this.#startJoin(null, queue, options, true));
   }
 
   /**
    * @param {string | null} passphrase
    * @param {string | null} queue
-   * @param {JoinOptions} options
+   * @param {JoinOptions & WatchOptions} options
+   * @param {boolean} spectate
    * @returns {Promise<JoinedMessage | ResumedMessage>}
    */
-  #startJoin(passphrase, queue, options) {
+  #startJoin(passphrase, queue, options, spectate) {
     if (this.#lobby !== null) {
       return Promise.reject(new LobbyRelayError("already_joined", "this client is in a lobby: leave() first"));
     }
-    const resume = options.resume ?? this.#options.resume;
+    // A spectator takes no resume token.
+    const resume = !spectate && (options.resume ?? this.#options.resume);
     const host = options.host ?? this.#options.host;
-    this.#lobby = { passphrase, queue, resume, host };
+    const delay = spectate && typeof options.delay === "number" ? options.delay : null;
+    this.#lobby = { passphrase, queue, resume, host, spectate, delay };
     this.#closing = false;
     this.#fatal = false;
     this.#token = null;
     this.#received = 0;
-    if (resume && typeof options.token === "string") {
+    this.#spectators = null;
+    if (spectate) {
+      // Nothing kept to resume.
+    } else if (resume && typeof options.token === "string") {
       this.#token = options.token;
       this.#received = options.received ?? 0;
     } else if (resume) {
@@ -387,6 +438,9 @@ export class LobbyRelayClient {
   send(message) {
     const frame = encode(message);
     if (this.#lobby === null) throw new LobbyRelayError("not_in_lobby", "join a lobby first");
+    if (this.#lobby.spectate) {
+      throw new LobbyRelayError("spectating", "a spectator sends no game messages (the relay would refuse them)");
+    }
     if (this.#inSeat && this.#isOpen()) {
       this.#write(frame);
       return;
@@ -403,7 +457,8 @@ export class LobbyRelayClient {
   /**
    * Leaves the lobby: the seat is given up at once (the others get
    * `playerLeft`), queued messages are dropped, a kept token is forgotten.
-   * The connection stays open for another join().
+   * A spectator stops watching. The connection stays open for another
+   * join() or watch().
    */
   leave() {
     if (this.#lobby === null) return;
@@ -515,8 +570,11 @@ export class LobbyRelayClient {
       const join = { type: "join" };
       if (this.#lobby.queue !== null) join.queue = this.#lobby.queue;
       else join.passphrase = this.#lobby.passphrase;
+      if (this.#lobby.spectate) join.spectate = true;
+      if (this.#lobby.delay !== null) join.delay = this.#lobby.delay;
       if (this.#lobby.resume) join.resume = true;
       if (this.#lobby.host) join.host = true;
+      if (this.#options.spectators) join.spectators = true;
       this.#sendControl(join);
     }
   }
@@ -598,6 +656,13 @@ export class LobbyRelayClient {
     if (this.#lobby === null) {
       // Not in a lobby: nothing to come back to.
       this.#stopped(code, reason, false);
+      return;
+    }
+    if (this.#lobby.spectate) {
+      // No resume for a spectator: it watches again (what was sent
+      // meanwhile is not replayed to it).
+      this.#received = 0;
+      this.#retryLater(code, reason);
       return;
     }
     if (hadSeat && this.#token === null) {
@@ -689,6 +754,12 @@ export class LobbyRelayClient {
     switch (type) {
       case "joined": return this.#onJoined(m);
       case "resumed": return this.#onResumed(m);
+      case "watching": return this.#onWatching(m);
+      case "spectators":
+        if (!this.#inSeat || typeof m.count !== "number") return;
+        this.#spectators = m.count;
+        this.#emit("spectators", { type: "spectators", count: m.count });
+        return;
       case "pong": return this.#onPong(m);
       case "error": return this.#onError(m);
       case "hostChanged":
@@ -763,6 +834,8 @@ export class LobbyRelayClient {
     // seat up again).
     if (this.#lobby === null) return;
     this.#takeSeat(m, typeof m.resumeToken === "string" ? m.resumeToken : null);
+    // (A resumed seat keeps the count it knew: resume does not ask again.)
+    this.#spectators = typeof m.spectators === "number" ? m.spectators : null;
     this.#received = 0;
     this.#sent = 0;
     this.#unacked = [];
@@ -771,6 +844,26 @@ export class LobbyRelayClient {
     this.#emit("joined", m);
     this.#settle(m);
     this.#flushQueue();
+  }
+
+  /** @param {WatchingMessage} m */
+  #onWatching(m) {
+    if (this.#lobby === null || !this.#lobby.spectate) return;   // called off by leave()
+    this.#pending = null;
+    this.#attempt = 0;
+    this.#inSeat = true;
+    this.#state = "open";
+    this.#seat = null;
+    this.#players = m.players;
+    this.#capacity = m.capacity;
+    this.#token = null;
+    this.#host = null;
+    this.#epoch = null;
+    this.#setHost(m);
+    this.#spectators = typeof m.spectators === "number" ? m.spectators : null;
+    this.#received = 0;
+    this.#emit("watching", m);
+    this.#settle(/** @type {any} */ (m));
   }
 
   /** @param {ResumedMessage} m */
@@ -846,6 +939,8 @@ export class LobbyRelayClient {
       this.#pending = null;
       this.#emit("error", { code, message, fatal: false, willRetry: false });
       this.#forgetLobby(new LobbyRelayError(code, message));
+      // (A join again after a drop, refused: the connection stays, outside a lobby.)
+      if (this.#isOpen() && this.#state === "reconnecting") this.#state = "open";
       return;
     }
     // About a game message (or a seat_lost, after which the relay closes
@@ -948,6 +1043,7 @@ export class LobbyRelayClient {
     this.#capacity = null;
     this.#host = null;
     this.#epoch = null;
+    this.#spectators = null;
     this.#token = null;
     this.#received = 0;
     this.#sent = 0;
@@ -992,7 +1088,7 @@ export class LobbyRelayClient {
   // options.storage: the resume state kept across a page reload (opt-in).
 
   #keep() {
-    if (this.#storage === null || this.#lobby === null || this.#token === null) return;
+    if (this.#storage === null || this.#lobby === null || this.#lobby.spectate || this.#token === null) return;
     const name = this.#lobby.queue !== null
       ? { queue: normalizePassphrase(this.#lobby.queue) }
       : { passphrase: normalizePassphrase(/** @type {string} */ (this.#lobby.passphrase)) };
@@ -1008,7 +1104,7 @@ export class LobbyRelayClient {
    * @returns {{ token: string, received: number } | null}
    */
   #loadKept() {
-    if (this.#storage === null || this.#lobby === null) return null;
+    if (this.#storage === null || this.#lobby === null || this.#lobby.spectate) return null;
     const { passphrase, queue } = this.#lobby;
     try {
       const kept = JSON.parse(this.#storage.getItem(this.#options.storageKey) ?? "null");

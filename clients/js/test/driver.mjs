@@ -11,7 +11,9 @@
 // constructor takes them; "storage": true gives it an in-memory storage).
 //
 // Commands: {"op":"join","passphrase":P,"options":{...}},
-// {"op":"joinQueue","queue":Q,"options":{...}}, {"op":"send",
+// {"op":"joinQueue","queue":Q,"options":{...}}, {"op":"watch",
+// "passphrase":P,"options":{...}}, {"op":"watchQueue","queue":Q,
+// "options":{...}} (answered "watchOk" or "watchFailed"), {"op":"send",
 // "json":{...}} | {"op":"send","text":"..."} | {"op":"send","hex":"00ff"},
 // {"op":"sendNumbered","from":1,"to":100,"every":5} (game messages
 // {"type":"n","n":i}), {"op":"ping"}, {"op":"leave"}, {"op":"close"},
@@ -46,7 +48,7 @@ if (options.storage === true) options.storage = memoryStorage();
 const client = new LobbyRelayClient(config.urls, options);
 
 for (const name of ["joined", "ready", "playerJoined", "playerLeft", "playerAway", "playerBack",
-  "hostChanged", "error", "reconnecting", "resumed", "seatLost", "closed", "authenticated"]) {
+  "hostChanged", "watching", "spectators", "error", "reconnecting", "resumed", "seatLost", "closed", "authenticated"]) {
   client.on(/** @type {any} */ (name), (event) => out({ ev: name, ...event }));
 }
 client.on("message", (m) => {
@@ -78,6 +80,14 @@ const commands = {
     (m) => out({ ev: "joinOk", message: m }),
     (e) => out({ ev: "joinFailed", ...failure(e) }),
   ),
+  watch: (c) => client.watch(c.passphrase, c.options ?? {}).then(
+    (m) => out({ ev: "watchOk", message: m }),
+    (e) => out({ ev: "watchFailed", ...failure(e) }),
+  ),
+  watchQueue: (c) => client.watchQueue(c.queue, c.options ?? {}).then(
+    (m) => out({ ev: "watchOk", message: m }),
+    (e) => out({ ev: "watchFailed", ...failure(e) }),
+  ),
   send: (c) => {
     const message = "json" in c ? c.json : "text" in c ? c.text : new Uint8Array(Buffer.from(c.hex, "hex"));
     const failed = send(message);
@@ -104,6 +114,7 @@ const commands = {
     ev: "state", state: client.state, seat: client.seat, players: client.players,
     inLobby: client.inLobby, queued: client.queued, received: client.received,
     resumable: client.resumable, node: client.node, host: client.host, epoch: client.epoch,
+    spectating: client.spectating, spectators: client.spectators,
   }),
   exit: () => process.exit(0),
 };

@@ -44,4 +44,15 @@ export async function game(url: string): Promise<void> {
   const seated = await matched.joinQueue("duel", { resume: true });
   const queue: string | undefined = seated.type === "joined" ? seated.queue : matched.resumeState?.queue;
   console.log(queue, matched.host === null);
+  const spectator = new LobbyRelayClient(url, { spectators: true });
+  spectator.on("spectators", (e) => {
+    const count: number = e.count;
+    console.log(count, spectator.spectators);
+  });
+  spectator.on("watching", (w) => console.log(w.players, w.spectators, w.delay));
+  const watching = await spectator.watch("jump-rocket", { delay: 30, host: true });
+  const watchers: number = watching.spectators;
+  const latest = await spectator.watchQueue("duel");
+  const spectating: boolean = spectator.spectating;
+  console.log(watchers, latest.queue, spectating, joined.type === "joined" ? joined.spectators : 0);
 }

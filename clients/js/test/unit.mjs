@@ -46,7 +46,7 @@ async function joined(options = {}) {
   const join = client.join("Jump-Rocket");
   const socket = FakeSocket.last();
   socket.open();
-  assert.deepEqual(socket.sent, [{ type: "join", passphrase: "Jump-Rocket", resume: true, host: true }]);
+  assert.deepEqual(socket.sent, [{ type: "join", passphrase: "Jump-Rocket", resume: true, host: true, spectators: true }]);
   socket.receive({ type: "joined", players: 1, capacity: 2, seat: 1, resumeToken: "tok-1" });
   assert.equal((await join).seat, 1);
   return { client, socket, events };
@@ -134,7 +134,7 @@ test("unavailable and rate_limited answers to a join are tried again", async () 
   await tick(30);
   socket.receive({ type: "error", code: "rate_limited", message: "slow down" });
   await tick(30);
-  assert.deepEqual(socket.sent, Array(3).fill({ type: "join", passphrase: "p-q-r", host: true }));
+  assert.deepEqual(socket.sent, Array(3).fill({ type: "join", passphrase: "p-q-r", host: true, spectators: true }));
   socket.receive({ type: "joined", players: 1, capacity: 2, seat: 1 });
   assert.equal((await join).seat, 1);
   assert.deepEqual(errors.map((e) => [e.code, e.willRetry]), [["unavailable", true], ["rate_limited", true]]);
@@ -149,7 +149,7 @@ test("a refused resume is a lost seat; rejoinOnSeatLost joins again", async () =
   const second = FakeSocket.last();
   second.open();
   second.receive({ type: "error", code: "invalid_resume_token", message: "gone" });
-  assert.deepEqual(second.sent[1], { type: "join", passphrase: "Jump-Rocket", resume: true, host: true });
+  assert.deepEqual(second.sent[1], { type: "join", passphrase: "Jump-Rocket", resume: true, host: true, spectators: true });
   const lost = events.find(([n]) => n === "seatLost")[1];
   assert.equal(lost.reason, "invalid_resume_token");
   assert.equal(lost.rejoining, true);
@@ -171,7 +171,7 @@ test("without resume a drop loses the seat; with rejoinOnSeatLost the client joi
   assert.deepEqual(lost, [{ reason: "disconnected", seat: 1, code: 1012, dropped: 0, rejoining: true }]);
   await tick();
   FakeSocket.last().open();
-  assert.deepEqual(FakeSocket.last().sent, [{ type: "join", passphrase: "p-q-r", host: true }]);
+  assert.deepEqual(FakeSocket.last().sent, [{ type: "join", passphrase: "p-q-r", host: true, spectators: true }]);
   FakeSocket.last().receive({ type: "joined", players: 2, capacity: 2, seat: 2 });
   assert.deepEqual(FakeSocket.last().sent.at(-1), { type: "queued" });
   client.close();
@@ -231,7 +231,7 @@ test("frame events: every frame in order, deliveries numbered", async () => {
   socket.onmessage({ data: new Uint8Array([7, 8]).buffer });
   socket.receive("not json");
   assert.deepEqual(frames, [
-    ["out", '{"type":"join","passphrase":"p","resume":true,"host":true}', null],
+    ["out", '{"type":"join","passphrase":"p","resume":true,"host":true,"spectators":true}', null],
     ["in", '{"type":"joined","players":1,"capacity":2,"seat":1,"resumeToken":"t"}', null],
     ["in", '{"type":"ready","players":2}', 1],
     ["out", '{"type":"move"}', null],
@@ -258,7 +258,7 @@ test("open() connects without joining: ping before a join, join on that connecti
   assert.equal(client.node, "b");
   const join = client.join("p");
   assert.equal(FakeSocket.all.length, 1, "the same connection");
-  assert.deepEqual(socket.sent[1], { type: "join", passphrase: "p", resume: true, host: true });
+  assert.deepEqual(socket.sent[1], { type: "join", passphrase: "p", resume: true, host: true, spectators: true });
   // leave() before the answer calls the join off: a late `joined` is ignored.
   client.leave();
   await assert.rejects(join, (e) => e.code === "left");
@@ -304,7 +304,7 @@ test("host: asked for by default, tracked from joined, ready, hostChanged and re
   const join = client.join("p");
   const socket = FakeSocket.last();
   socket.open();
-  assert.deepEqual(socket.sent, [{ type: "join", passphrase: "p", resume: true, host: true }]);
+  assert.deepEqual(socket.sent, [{ type: "join", passphrase: "p", resume: true, host: true, spectators: true }]);
   assert.equal(client.host, null);
   socket.receive({ type: "joined", players: 1, capacity: 3, seat: 2, host: 1, epoch: 1, resumeToken: "t1" });
   const m = await join;
@@ -339,7 +339,7 @@ test("host: false sends no host field, in the join or the resume", async () => {
   const client = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket, host: false });
   const join = client.join("p");
   FakeSocket.last().open();
-  assert.deepEqual(FakeSocket.last().sent, [{ type: "join", passphrase: "p", resume: true }]);
+  assert.deepEqual(FakeSocket.last().sent, [{ type: "join", passphrase: "p", resume: true, spectators: true }]);
   FakeSocket.last().receive({ type: "joined", players: 1, capacity: 2, seat: 1, resumeToken: "t" });
   await join;
   assert.equal(client.host, null);
@@ -353,7 +353,7 @@ test("host: false sends no host field, in the join or the resume", async () => {
   const other = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket });
   other.joinQueue("duel", { host: false, resume: false }).catch(() => {});
   FakeSocket.last().open();
-  assert.deepEqual(FakeSocket.last().sent, [{ type: "join", queue: "duel" }]);
+  assert.deepEqual(FakeSocket.last().sent, [{ type: "join", queue: "duel", spectators: true }]);
   other.close();
 });
 
@@ -365,7 +365,7 @@ test("joinQueue: a queue join, resolved with joined (queue, host); a lost seat q
   const join = client.joinQueue("duel");
   const socket = FakeSocket.last();
   socket.open();
-  assert.deepEqual(socket.sent, [{ type: "join", queue: "duel", resume: true, host: true }]);
+  assert.deepEqual(socket.sent, [{ type: "join", queue: "duel", resume: true, host: true, spectators: true }]);
   socket.receive({ type: "joined", players: 2, capacity: 2, seat: 2, queue: "duel", host: 1, epoch: 1, resumeToken: "q1" });
   const m = await join;
   assert.deepEqual([m.seat, m.queue, m.host, m.epoch], [2, "duel", 1, 1]);
@@ -381,7 +381,7 @@ test("joinQueue: a queue join, resolved with joined (queue, host); a lost seat q
   second.receive({ type: "error", code: "invalid_resume_token", message: "gone" });
   assert.equal(lost.length, 1);
   assert.equal(lost[0].rejoining, true);
-  assert.deepEqual(second.sent[1], { type: "join", queue: "duel", resume: true, host: true });
+  assert.deepEqual(second.sent[1], { type: "join", queue: "duel", resume: true, host: true, spectators: true });
   client.close();
 });
 
@@ -396,7 +396,7 @@ test("joinQueue: invalid_queue and queue_full reject like other join refusals", 
   socket.receive({ type: "error", code: "invalid_queue", message: "3 to 64 characters" });
   await assert.rejects(bad, (e) => e instanceof LobbyRelayError && e.code === "invalid_queue");
   const full = client.joinQueue("duel");
-  assert.deepEqual(socket.sent[1], { type: "join", queue: "duel", resume: true, host: true });
+  assert.deepEqual(socket.sent[1], { type: "join", queue: "duel", resume: true, host: true, spectators: true });
   socket.receive({ type: "error", code: "queue_full", message: "too many lobbies" });
   await assert.rejects(full, (e) => e instanceof LobbyRelayError && e.code === "queue_full");
   assert.deepEqual(errors, [["invalid_queue", false], ["queue_full", false]]);
@@ -423,7 +423,7 @@ test("joinQueue: a kept quick-match seat is resumed after a reload, a passphrase
   const other = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket, storage });
   other.join("duel").catch(() => {});
   FakeSocket.last().open();
-  assert.deepEqual(FakeSocket.last().sent, [{ type: "join", passphrase: "duel", resume: true, host: true }]);
+  assert.deepEqual(FakeSocket.last().sent, [{ type: "join", passphrase: "duel", resume: true, host: true, spectators: true }]);
   other.leave();
   // The kept state was forgotten by that leave; keep it again and reload.
   items.set("lobby-relay.resume", JSON.stringify({ queue: "duel", token: "q1", received: 0 }));
@@ -433,5 +433,140 @@ test("joinQueue: a kept quick-match seat is resumed after a reload, a passphrase
   FakeSocket.last().open();
   assert.deepEqual(FakeSocket.last().sent, [{ type: "resume", token: "q1", received: 0, host: true }]);
   again.close();
+  client.close();
+});
+
+test("watch: a spectate join (delay, host), resolved with watching; deliveries come as events, send() is refused locally", async () => {
+  FakeSocket.all = [];
+  const client = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket, storage: { getItem: () => { throw new Error("read"); }, setItem: () => { throw new Error("kept"); }, removeItem: () => {} } });
+  const events = [];
+  for (const name of ["watching", "spectators", "ready", "message", "hostChanged"]) client.on(name, (e) => events.push([name, e]));
+  const frames = [];
+  client.on("frame", (f) => frames.push([f.direction, f.delivery]));
+  const watch = client.watch("Jump-Rocket", { delay: 30 });
+  const socket = FakeSocket.last();
+  socket.open();
+  // No resume asked (a spectator has none), host and spectators by default.
+  assert.deepEqual(socket.sent, [{ type: "join", passphrase: "Jump-Rocket", spectate: true, delay: 30, host: true, spectators: true }]);
+  socket.receive({ type: "watching", players: 2, capacity: 2, spectators: 1, host: 1, epoch: 1, delay: 30 });
+  const watching = await watch;
+  assert.equal(watching.type, "watching");
+  assert.equal(watching.spectators, 1);
+  assert.equal(client.spectating, true);
+  assert.equal(client.spectators, 1);
+  assert.equal(client.seat, null);
+  assert.equal(client.host, 1);
+  assert.equal(client.resumable, false);
+  assert.equal(client.resumeState, null);
+  socket.receive({ type: "move", n: 1 });
+  socket.receive({ type: "spectators", count: 2 });
+  socket.receive({ type: "move", n: 2 });
+  socket.receive({ type: "hostChanged", host: 2, epoch: 2 });
+  assert.equal(client.spectators, 2);
+  assert.equal(client.host, 2);
+  assert.deepEqual(events.map(([n, e]) => n === "message" ? e.data.n : n),
+    ["watching", 1, "spectators", 2, "hostChanged"]);
+  assert.deepEqual(events[2][1], { type: "spectators", count: 2 });
+  // watching and spectators are no deliveries.
+  assert.deepEqual(frames.filter(([d]) => d === "in").map(([, n]) => n), [null, 1, null, 2, null]);
+  // send() while watching: refused before anything goes out.
+  const before = socket.sent.length;
+  assert.throws(() => client.send({ type: "move" }), (e) => e instanceof LobbyRelayError && e.code === "spectating");
+  assert.throws(() => client.send(new Uint8Array([1])), (e) => e.code === "spectating");
+  assert.equal(socket.sent.length, before);
+  // watching and spectators are reserved for games too.
+  client.leave();
+  assert.deepEqual(socket.sent.slice(before), [{ type: "leave" }]);
+  assert.equal(client.spectating, false);
+  assert.equal(client.spectators, null);
+  assert.throws(() => client.send({ type: "watching" }), (e) => e.code === "invalid_message");
+  assert.throws(() => client.send({ type: "spectators" }), (e) => e.code === "invalid_message");
+  client.close();
+});
+
+test("watch: after a drop the spectator watches again (no resume), with the join's backoff", async () => {
+  FakeSocket.all = [];
+  const client = new LobbyRelayClient(["ws://one/", "ws://two/"], { WebSocket: FakeSocket, spectators: false, backoff: { initialDelay: 20, maxDelay: 40 } });
+  const events = [];
+  for (const name of ["watching", "reconnecting", "seatLost", "error"]) client.on(name, (e) => events.push([name, e]));
+  const watch = client.watchQueue("duel", { host: false });
+  FakeSocket.last().open();
+  assert.deepEqual(FakeSocket.last().sent, [{ type: "join", queue: "duel", spectate: true }]);
+  FakeSocket.last().receive({ type: "watching", players: 2, capacity: 2, spectators: 1, queue: "duel" });
+  assert.equal((await watch).queue, "duel");
+  FakeSocket.last().receive({ type: "m", n: 1 });
+  FakeSocket.last().drop();
+  assert.equal(client.state, "reconnecting");
+  assert.equal(client.spectating, true);
+  assert.throws(() => client.send({ type: "m" }), (e) => e.code === "spectating");
+  await tick();
+  // The first attempt at once, on the next URL: a watch, not a resume.
+  FakeSocket.last().open();
+  assert.equal(FakeSocket.last().url, "ws://two/");
+  assert.deepEqual(FakeSocket.last().sent, [{ type: "join", queue: "duel", spectate: true }]);
+  // Then with the backoff: the attempt fails, the next waits.
+  FakeSocket.last().drop();
+  await tick(60);
+  FakeSocket.last().open();
+  assert.deepEqual(FakeSocket.last().sent, [{ type: "join", queue: "duel", spectate: true }]);
+  FakeSocket.last().receive({ type: "watching", players: 2, capacity: 2, spectators: 1, queue: "duel" });
+  assert.equal(client.state, "open");
+  assert.equal(client.inLobby, true);
+  assert.equal(client.received, 0);
+  const reconnecting = events.filter(([n]) => n === "reconnecting").map(([, e]) => e);
+  assert.deepEqual(reconnecting.map((e) => e.attempt), [1, 2]);
+  assert.equal(reconnecting[0].delay, 0);
+  assert.ok(reconnecting[1].delay <= 20, JSON.stringify(reconnecting));
+  assert.deepEqual(events.map(([n]) => n), ["watching", "reconnecting", "reconnecting", "watching"]);
+  client.close();
+});
+
+test("watch: nothing_to_watch and spectators_full reject; spectators counts from joined and events for a player", async () => {
+  FakeSocket.all = [];
+  const client = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket });
+  const watch = client.watch("nobody-here-yet");
+  FakeSocket.last().open();
+  FakeSocket.last().receive({ type: "error", code: "nothing_to_watch", message: "no game" });
+  await assert.rejects(watch, (e) => e instanceof LobbyRelayError && e.code === "nothing_to_watch");
+  assert.equal(client.spectating, false);
+  const full = client.watch("p");
+  FakeSocket.last().receive({ type: "error", code: "spectators_full", message: "full" });
+  await assert.rejects(full, (e) => e.code === "spectators_full");
+  // A player: the count from joined, then the events; no delivery.
+  const counts = [];
+  client.on("spectators", (e) => counts.push(e.count));
+  const join = client.join("p", { resume: false });
+  assert.deepEqual(FakeSocket.last().sent.at(-1), { type: "join", passphrase: "p", host: true, spectators: true });
+  FakeSocket.last().receive({ type: "joined", players: 1, capacity: 2, seat: 1, spectators: 3 });
+  await join;
+  assert.equal(client.spectators, 3);
+  FakeSocket.last().receive({ type: "spectators", count: 1 });
+  FakeSocket.last().receive({ type: "ready", players: 2 });
+  assert.deepEqual(counts, [1]);
+  assert.equal(client.spectators, 1);
+  assert.equal(client.received, 1, "ready counts, spectators does not");
+  client.send({ type: "move" });
+  assert.deepEqual(FakeSocket.last().sent.at(-1), { type: "move" });
+  client.close();
+});
+
+test("watch: a watch again after a drop that is refused (the game is over) ends the watch, the connection open", async () => {
+  FakeSocket.all = [];
+  const client = new LobbyRelayClient("ws://one/", { WebSocket: FakeSocket });
+  const errors = [];
+  client.on("error", (e) => errors.push(e));
+  const watch = client.watch("p");
+  FakeSocket.last().open();
+  FakeSocket.last().receive({ type: "watching", players: 2, capacity: 2, spectators: 1 });
+  await watch;
+  FakeSocket.last().drop();
+  await tick();
+  FakeSocket.last().open();
+  FakeSocket.last().receive({ type: "error", code: "nothing_to_watch", message: "no game" });
+  assert.deepEqual(errors.map((e) => [e.code, e.willRetry]), [["nothing_to_watch", false]]);
+  assert.equal(client.spectating, false);
+  assert.equal(client.inLobby, false);
+  assert.equal(client.state, "open");
+  assert.throws(() => client.send({ type: "m" }), (e) => e.code === "not_in_lobby");
   client.close();
 });

@@ -70,6 +70,33 @@ pub enum Event {
         epoch: Option<u64>,
         /// The queue, for a quick match ([`Client::join_queue`](crate::Client::join_queue)).
         queue: Option<String>,
+        /// The lobby's spectators ([`Options::spectators`](crate::Options::spectators)).
+        spectators: Option<u32>,
+    },
+    /// Watching a game as a spectator ([`Client::watch`](crate::Client::watch)), and again
+    /// after each reconnection (a spectator has no resume: what was sent
+    /// meanwhile is not replayed).
+    Watching {
+        /// Players in the lobby.
+        players: u32,
+        /// The lobby's capacity.
+        capacity: u32,
+        /// The lobby's spectators, this one included.
+        spectators: u32,
+        /// The host's seat ([`WatchOptions::host`](crate::WatchOptions::host)).
+        host: Option<u32>,
+        /// The host's epoch.
+        epoch: Option<u64>,
+        /// The queue, for [`Client::watch_queue`](crate::Client::watch_queue).
+        queue: Option<String>,
+        /// The delay asked for, in seconds.
+        delay: Option<u32>,
+    },
+    /// The lobby's count of spectators changed ([`Options::spectators`](crate::Options::spectators)).
+    /// State, not a delivery: not counted for resume, never replayed.
+    Spectators {
+        /// Spectators now.
+        count: u32,
     },
     /// The seat was taken back after a drop.
     Resumed {
@@ -219,6 +246,10 @@ pub enum ClientError {
     /// Not in a lobby: join first.
     #[error("not in a lobby: join first")]
     NotInLobby,
+    /// A spectator sends no game messages (the relay would refuse them with
+    /// `spectating`): nothing was sent.
+    #[error("spectating: a spectator sends no game messages")]
+    Spectating,
     /// Too many game messages already wait for the connection.
     #[error("{0} messages already wait for the connection (queue_limit)")]
     QueueFull(usize),

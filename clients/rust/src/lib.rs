@@ -4,7 +4,9 @@
 //! ([`Event::HostChanged`], [`Client::host`]), hands the lobby's events and
 //! game messages to the game, sends game messages, and survives dropped
 //! connections by taking the seat back (resume) with every message it
-//! missed, none twice, on whichever node answers.
+//! missed, none twice, on whichever node answers. It can also watch a game
+//! as a spectator ([`Client::watch`], [`Event::Watching`]), and tells the
+//! players how many watch ([`Event::Spectators`]).
 //!
 //! It speaks the wire protocol of the relay's `docs/protocol.md` (version 1)
 //! and behaves like the JavaScript client (`clients/js`): the same events,
@@ -64,7 +66,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 pub use events::{
     ClientError, Event, GameMessage, RelayError, ResumeState, SeatLostReason, State, Users,
 };
-pub use options::{Backoff, Options};
+pub use options::{Backoff, Options, WatchOptions};
 use task::Frame;
 
 /// The wire protocol version this client speaks.
@@ -88,6 +90,8 @@ const RESERVED_TYPES: &[&str] = &[
     "auth",
     "authenticated",
     "hostChanged",
+    "watching",
+    "spectators",
 ];
 
 enum Command {
@@ -95,6 +99,8 @@ enum Command {
         target: Target,
         resume: Option<bool>,
         kept: Option<(String, u64)>,
+        /// Watch, as a spectator, rather than take a seat.
+        watch: Option<WatchOptions>,
     },
     Leave,
     Close,
@@ -119,6 +125,8 @@ struct Shared {
 /// `limit`) while it is not.
 struct Outgoing {
     in_lobby: bool,
+    /// A spectator: game messages are refused.
+    spectating: bool,
     seat_open: bool,
     queue: VecDeque<Frame>,
     limit: usize,
@@ -132,6 +140,7 @@ struct Status {
     node: Option<String>,
     resume: Option<ResumeState>,
     host: Option<(u32, u64)>,
+    spectators: Option<u32>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -201,6 +210,7 @@ impl Client {
         let shared = Arc::new(Shared {
             out: Mutex::new(Outgoing {
                 in_lobby: false,
+                spectating: false,
                 seat_open: false,
                 queue: VecDeque::new(),
                 limit: options.queue_limit,
@@ -233,7 +243,7 @@ impl Client {
     /// an [`Event::Error`]) follows. Game messages may be sent right away:
     /// they wait for the seat.
     pub fn join(&self, passphrase: &str) {
-        self.request_join(Target::Passphrase(passphrase.to_owned()), None, None);
+        self.request_join(Target::Passphrase(passphrase.to_owned()), None, None, None);
     }
 
     /// Quick match: a seat in the oldest lobby of `queue` with room, or a
@@ -242,7 +252,40 @@ impl Client {
     /// ordinary lobby; a lost seat rejoined
     /// ([`Options::rejoin_on_seat_lost`]) queues again.
     pub fn join_queue(&self, queue: &str) {
-        self.request_join(Target::Queue(queue.to_owned()), None, None);
+        self.request_join(Target::Queue(queue.to_owned()), None, None, None);
+    }
+
+    /// Watches the game of `passphrase` as a spectator
+    /// (`{"type":"join","passphrase":...,"spectate":true}`): no seat, every
+    /// game message and lobby event as the players get them;
+    /// [`Event::Watching`] (or an [`Event::Error`]: `nothing_to_watch`,
+    /// `spectators_full`, ...) follows. The send methods return
+    /// [`ClientError::Spectating`]. No resume: after a drop the client
+    /// watches again, with the backoff of a join. [`Client::leave`] stops
+    /// watching.
+    pub fn watch(&self, passphrase: &str) {
+        self.watch_with(passphrase, WatchOptions::default());
+    }
+
+    /// [`Client::watch`] with a delay, or overriding [`Options::host`].
+    pub fn watch_with(&self, passphrase: &str, options: WatchOptions) {
+        self.request_join(
+            Target::Passphrase(passphrase.to_owned()),
+            None,
+            None,
+            Some(options),
+        );
+    }
+
+    /// Watches the game of `queue` that filled last (chosen again on each
+    /// reconnection), as [`Client::watch`].
+    pub fn watch_queue(&self, queue: &str) {
+        self.watch_queue_with(queue, WatchOptions::default());
+    }
+
+    /// [`Client::watch_queue`] with [`WatchOptions`].
+    pub fn watch_queue_with(&self, queue: &str, options: WatchOptions) {
+        self.request_join(Target::Queue(queue.to_owned()), None, None, Some(options));
     }
 
     /// [`Client::join_queue`], as [`Client::join_with`] is to
@@ -253,6 +296,7 @@ impl Client {
             Target::Queue(queue.to_owned()),
             Some(resume),
             kept.map(|state| (state.token, state.received)),
+            None,
         );
     }
 
@@ -264,15 +308,31 @@ impl Client {
             Target::Passphrase(passphrase.to_owned()),
             Some(resume),
             kept.map(|state| (state.token, state.received)),
+            None,
         );
     }
 
-    fn request_join(&self, target: Target, resume: Option<bool>, kept: Option<(String, u64)>) {
-        lock(&self.shared.out).in_lobby = true;
+    fn request_join(
+        &self,
+        target: Target,
+        resume: Option<bool>,
+        kept: Option<(String, u64)>,
+        watch: Option<WatchOptions>,
+    ) {
+        {
+            let mut out = lock(&self.shared.out);
+            // (A join while in a lobby is refused by the task: it changes
+            // nothing here either.)
+            if !out.in_lobby {
+                out.in_lobby = true;
+                out.spectating = watch.is_some();
+            }
+        }
         let _ = self.commands.send(Command::Join {
             target,
             resume,
             kept,
+            watch,
         });
     }
 
@@ -304,6 +364,9 @@ impl Client {
             let mut out = lock(&self.shared.out);
             if !out.in_lobby {
                 return Err(ClientError::NotInLobby);
+            }
+            if out.spectating {
+                return Err(ClientError::Spectating);
             }
             if !out.seat_open && out.queue.len() >= out.limit {
                 return Err(ClientError::QueueFull(out.queue.len()));
@@ -371,6 +434,19 @@ impl Client {
     /// The host's epoch, as last told: it only grows while the lobby exists.
     pub fn epoch(&self) -> Option<u64> {
         lock(&self.shared.status).host.map(|(_, epoch)| epoch)
+    }
+
+    /// Whether the client watches (from [`Client::watch`] until
+    /// [`Client::leave`], reconnections included).
+    pub fn spectating(&self) -> bool {
+        let out = lock(&self.shared.out);
+        out.in_lobby && out.spectating
+    }
+
+    /// The lobby's spectators, as last told ([`Event::Joined`],
+    /// [`Event::Watching`], [`Event::Spectators`]); `None` when unknown.
+    pub fn spectators(&self) -> Option<u32> {
+        lock(&self.shared.status).spectators
     }
 
     /// Members of the lobby, as last told.
@@ -486,6 +562,32 @@ mod tests {
         client.send_binary(vec![2]).unwrap();
         assert_eq!(client.send_binary(vec![3]), Err(ClientError::QueueFull(2)));
         assert_eq!(client.queued(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_spectator_sends_nothing() {
+        let client = Client::connect("ws://127.0.0.1:9/", Options::default()).unwrap();
+        client.watch("jump-rocket");
+        assert!(client.spectating());
+        assert_eq!(
+            client.send_json(&serde_json::json!({"type": "a"})),
+            Err(ClientError::Spectating)
+        );
+        assert_eq!(client.send_binary(vec![1]), Err(ClientError::Spectating));
+        assert_eq!(client.queued(), 0);
+        // A join while watching changes nothing.
+        client.join("other");
+        assert_eq!(client.send_binary(vec![1]), Err(ClientError::Spectating));
+        client.leave();
+        assert!(!client.spectating());
+        client.join("jump-rocket");
+        assert_eq!(client.send_binary(vec![1]), Ok(()));
+        assert_eq!(
+            check_game_message(&serde_json::json!({"type": "spectators"})),
+            Err(ClientError::InvalidMessage(
+                "`spectators` is one of the protocol's own types".into()
+            ))
+        );
     }
 
     #[tokio::test]

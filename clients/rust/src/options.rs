@@ -40,6 +40,18 @@ impl Backoff {
     }
 }
 
+/// How to watch a game ([`Client::watch_with`](crate::Client::watch_with)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchOptions {
+    /// Watch this many whole seconds behind the game (`"delay":N`; the relay
+    /// refuses more than its `--max-spectator-delay`, 120 s by default, with
+    /// `invalid_message`).
+    pub delay: Option<u32>,
+    /// Overrides [`Options::host`]: [`Event::Watching`](crate::Event::Watching) then names the host,
+    /// and [`Event::HostChanged`](crate::Event::HostChanged) follows it.
+    pub host: Option<bool>,
+}
+
 /// How the client behaves; [`Options::default`](crate::Options::default) suits a game.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -51,6 +63,11 @@ pub struct Options {
     /// the lobby's host seat and its epoch, and [`Event::HostChanged`](crate::Event::HostChanged)
     /// tells when the host changes.
     pub host: bool,
+    /// Join with `"spectators":true` (default true; watching too):
+    /// [`Event::Joined`](crate::Event::Joined) then carries the lobby's count of spectators, and
+    /// [`Event::Spectators`](crate::Event::Spectators) tells when it changes (at most once a
+    /// second). A resume does not ask again (the relay reads it in joins only).
+    pub spectators: bool,
     /// After the seat is lost (grace period over, or a drop without resume),
     /// join the same passphrase again (or, for [`Client::join_queue`](crate::Client::join_queue),
     /// queue again), as a new player. Default false.
@@ -77,6 +94,7 @@ impl Default for Options {
         Self {
             resume: true,
             host: true,
+            spectators: true,
             rejoin_on_seat_lost: false,
             queue_limit: 256,
             resend_limit: 256,

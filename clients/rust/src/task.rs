@@ -32,14 +32,17 @@ type Connecting = Pin<Box<dyn Future<Output = Result<Ws, String>> + Send>>;
 pub(crate) type Frame = Message;
 
 /// What the relay sends that is not a delivery (not counted for resume).
-/// `hostChanged` is state, not history: never counted, never replayed.
+/// `hostChanged` and `spectators` are state, not history: never counted,
+/// never replayed.
 const NOT_DELIVERIES: &[&str] = &[
     "joined",
     "resumed",
+    "watching",
     "pong",
     "error",
     "authenticated",
     "hostChanged",
+    "spectators",
 ];
 /// Answers to a join or resume that are tried again later.
 const RETRIED: &[&str] = &["unavailable", "rate_limited"];
@@ -68,6 +71,11 @@ struct Lobby {
     host: bool,
     /// join() started from a kept token: a refused resume joins anew.
     joining: bool,
+    /// A spectator (watch()): no seat, no resume; after a drop it watches
+    /// again.
+    spectate: bool,
+    /// With `spectate`: seconds behind the game.
+    delay: Option<u32>,
 }
 
 pub(crate) struct Task {
@@ -95,6 +103,8 @@ pub(crate) struct Task {
     players: u32,
     /// The host's seat and epoch, as last told.
     host: Option<(u32, u64)>,
+    /// The lobby's spectators, as last told.
+    spectators: Option<u32>,
     token: Option<String>,
     received: u64,
     sent: u64,
@@ -136,6 +146,7 @@ impl Task {
             seat: None,
             players: 0,
             host: None,
+            spectators: None,
             token: None,
             received: 0,
             sent: 0,
@@ -190,12 +201,21 @@ impl Task {
                 target,
                 resume,
                 kept,
+                watch,
             } => {
                 if self.lobby.is_some() {
                     self.emit_error("already_joined", "this client is in a lobby: leave first");
                     return;
                 }
-                let resume = resume.unwrap_or(self.options.resume);
+                let spectate = watch.is_some();
+                // A spectator takes no resume token.
+                let resume = !spectate && resume.unwrap_or(self.options.resume);
+                let host = watch
+                    .as_ref()
+                    .and_then(|w| w.host)
+                    .unwrap_or(self.options.host);
+                let delay = watch.and_then(|w| w.delay);
+                self.set_spectators(None);
                 self.token = None;
                 self.received = 0;
                 let joining = resume && kept.is_some();
@@ -206,8 +226,10 @@ impl Task {
                 self.lobby = Some(Lobby {
                     target,
                     resume,
-                    host: self.options.host,
+                    host,
                     joining,
+                    spectate,
+                    delay,
                 });
                 self.attempt = 0;
                 self.request().await;
@@ -267,11 +289,15 @@ impl Task {
 
     /// The next step towards a seat: connect, authenticate, resume or join.
     async fn request(&mut self) {
-        let Some((target, resume, host)) = self
-            .lobby
-            .as_ref()
-            .map(|lobby| (lobby.target.clone(), lobby.resume, lobby.host))
-        else {
+        let Some((target, resume, host, spectate, delay)) = self.lobby.as_ref().map(|lobby| {
+            (
+                lobby.target.clone(),
+                lobby.resume,
+                lobby.host,
+                lobby.spectate,
+                lobby.delay,
+            )
+        }) else {
             return;
         };
         if self.ws.is_none() {
@@ -295,8 +321,17 @@ impl Task {
                 Target::Passphrase(passphrase) => json!({"type": "join", "passphrase": passphrase}),
                 Target::Queue(queue) => json!({"type": "join", "queue": queue}),
             };
+            if spectate {
+                join["spectate"] = Value::Bool(true);
+            }
+            if let Some(delay) = delay {
+                join["delay"] = json!(delay);
+            }
             if resume {
                 join["resume"] = Value::Bool(true);
+            }
+            if self.options.spectators {
+                join["spectators"] = Value::Bool(true);
             }
             join
         };
@@ -351,7 +386,10 @@ impl Task {
             self.set_state(State::Idle);
             return;
         }
-        if had_seat && self.token.is_none() {
+        if self.lobby.as_ref().is_some_and(|lobby| lobby.spectate) {
+            // No resume for a spectator: it watches again.
+            self.received = 0;
+        } else if had_seat && self.token.is_none() {
             // Not resumable: the relay gave the seat up with the connection.
             self.seat_lost(SeatLostReason::Disconnected);
             if self.lobby.is_none() {
@@ -459,6 +497,7 @@ impl Task {
         self.seat = None;
         self.players = 0;
         self.host = None;
+        self.set_spectators(None);
         self.token = None;
         self.received = 0;
         self.sent = 0;
@@ -497,6 +536,11 @@ impl Task {
     fn set_players(&mut self, players: u32) {
         self.players = players;
         lock(&self.shared.status).players = players;
+    }
+
+    fn set_spectators(&mut self, count: Option<u32>) {
+        self.spectators = count;
+        lock(&self.shared.status).spectators = count;
     }
 
     fn publish_seat(&self) {

@@ -65,6 +65,15 @@ impl Task {
         match kind.as_str() {
             "joined" => self.joined(&message).await,
             "resumed" => self.resumed(&message).await,
+            "watching" => self.watching(&message),
+            "spectators" => {
+                let count = message.get("count").and_then(Value::as_u64);
+                if let (true, Some(count)) = (self.in_seat, count) {
+                    let count = u32::try_from(count).unwrap_or(u32::MAX);
+                    self.set_spectators(Some(count));
+                    self.emit(Event::Spectators { count });
+                }
+            }
             "pong" => {
                 if let Some(node) = message.get("node").and_then(Value::as_str) {
                     lock(&self.shared.status).node = Some(node.to_owned());
@@ -170,6 +179,8 @@ impl Task {
     async fn joined(&mut self, message: &serde_json::Map<String, Value>) {
         let number = |field: &str| message.get(field).and_then(Value::as_u64).unwrap_or(0) as u32;
         self.take_seat(message);
+        // (A resumed seat keeps the count it knew: resume does not ask again.)
+        self.set_spectators(spectators(message));
         self.received = 0;
         self.sent = 0;
         self.unacked.clear();
@@ -191,8 +202,44 @@ impl Task {
                 .get("queue")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            spectators: self.spectators,
         });
         self.seat_opened(Vec::new()).await;
+    }
+
+    /// Watching (the answer to a spectator's join): in the lobby, without
+    /// a seat; nothing of ours ever goes out.
+    fn watching(&mut self, message: &serde_json::Map<String, Value>) {
+        if !self.lobby.as_ref().is_some_and(|lobby| lobby.spectate) {
+            return; // called off by leave()
+        }
+        let number = |field: &str| message.get(field).and_then(Value::as_u64).unwrap_or(0) as u32;
+        self.pending = None;
+        self.attempt = 0;
+        self.in_seat = true;
+        self.seat = None;
+        self.players = number("players");
+        self.host = host(message);
+        self.token = None;
+        self.received = 0;
+        self.set_spectators(spectators(message));
+        self.set_state(State::Open);
+        self.publish_seat();
+        self.emit(Event::Watching {
+            players: number("players"),
+            capacity: number("capacity"),
+            spectators: number("spectators"),
+            host: self.host.map(|(host, _)| host),
+            epoch: self.host.map(|(_, epoch)| epoch),
+            queue: message
+                .get("queue")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            delay: message
+                .get("delay")
+                .and_then(Value::as_u64)
+                .map(|d| d as u32),
+        });
     }
 
     async fn resumed(&mut self, message: &serde_json::Map<String, Value>) {
@@ -285,8 +332,13 @@ impl Task {
             return;
         }
         if matches!(request, Some(Pending::Join | Pending::Auth)) {
-            // (The state changes before the game hears of it.)
+            // (The state changes before the game hears of it.) A join
+            // again after a drop (a spectator's watch, a rejoin) refused:
+            // the connection stays, outside a lobby.
             self.forget_lobby();
+            if self.ws.is_some() && self.state() == State::Reconnecting {
+                self.set_state(State::Open);
+            }
             self.emit(Event::Error(RelayError {
                 code,
                 message,
@@ -355,6 +407,12 @@ fn host(message: &serde_json::Map<String, Value>) -> Option<(u32, u64)> {
     let host = message.get("host").and_then(Value::as_u64)?;
     let epoch = message.get("epoch").and_then(Value::as_u64)?;
     Some((u32::try_from(host).ok()?, epoch))
+}
+
+/// `spectators` of a `joined` or `watching`.
+fn spectators(message: &serde_json::Map<String, Value>) -> Option<u32> {
+    let count = message.get("spectators").and_then(Value::as_u64)?;
+    u32::try_from(count).ok()
 }
 
 /// Users of a `joined`/`ready`/`playerJoined`: seat (a string) to user id.
