@@ -34,7 +34,6 @@ case ${1:-} in
   "") ;;
   *) echo "${0##*/}: unknown argument $1 (try --help)" >&2; exit 2 ;;
 esac
-STARTED_AT=$(date +%s)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/lobby-relay-bench-quickmatch.XXXXXX")
 PIDS=()
 cleanup() {
@@ -67,6 +66,7 @@ echo "==> building (release)" >&2
 (cd "$ROOT" && cargo build --release --locked --bins >&2)
 RELAY=$TARGET/release/lobby-relay
 BENCH=$TARGET/release/lobby-relay-bench
+STARTED_AT=$(date +%s)
 
 REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
