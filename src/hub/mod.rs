@@ -59,10 +59,10 @@ struct LocalState {
     /// The lobby's spectators as of the last event that said.
     spectators: u32,
     /// The count last told to the members that asked, and when: they are
-    /// told at most once a [`NOTICE_EVERY`].
+    /// told at most once a `NOTICE_EVERY`.
     noticed: Option<u32>,
     noticed_at: Option<tokio::time::Instant>,
-    /// A notice is due at the end of the current [`NOTICE_EVERY`].
+    /// A notice is due at the end of the current `NOTICE_EVERY`.
     notice_due: bool,
     /// Set when the last local member left: this object is being torn down
     /// and a new joiner must start over with a fresh one.
@@ -620,7 +620,7 @@ impl LocalLobby {
 
     /// The lobby's spectators changed: the members that asked are told
     /// the count, at once or (if they were told less than
-    /// [`NOTICE_EVERY`] ago) at the end of that second, with the count as
+    /// `NOTICE_EVERY` ago) at the end of that second, with the count as
     /// it is then.
     pub fn notice_spectators(self: &Arc<Self>) {
         let mut state = self.lock();
