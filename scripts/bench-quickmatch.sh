@@ -22,6 +22,7 @@
 # not start. Everything it started is stopped by its pid, on exit too.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PROG=${0##*/}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 ROUNDS=${BENCH_ROUNDS:-5}
 LOBBIES=${BENCH_LOBBIES:-2000}
@@ -32,40 +33,15 @@ case ${1:-} in
     exit 0
     ;;
   "") ;;
-  *) echo "${0##*/}: unknown argument $1 (try --help)" >&2; exit 2 ;;
+  *) echo "$PROG: unknown argument $1 (try --help)" >&2; exit 2 ;;
 esac
+# shellcheck source=scripts/bench-lib.sh
+. "$ROOT/scripts/bench-lib.sh"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/lobby-relay-bench-quickmatch.XXXXXX")
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'cleanup; rm -rf "$WORK"' EXIT
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-wait_ready() {
-  for _ in $(seq 100); do
-    curl -fs -o /dev/null "http://127.0.0.1:$1/readyz" && return 0
-    sleep 0.1
-  done
-  echo "a relay node did not become ready (logs in $WORK)" >&2
-  exit 4
-}
-
-echo "==> building (release)" >&2
-(cd "$ROOT" && cargo build --release --locked --bins >&2)
-RELAY=$TARGET/release/lobby-relay
-BENCH=$TARGET/release/lobby-relay-bench
+need_bench_tools
+build_release
 STARTED_AT=$(date +%s)
 
 REDIS_PORT=$(free_port)
@@ -73,25 +49,15 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
   --dir "$WORK" --logfile "$WORK/redis.log" &
 REDIS_PID=$!
 PIDS+=("$REDIS_PID")
-for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" PING >/dev/null 2>&1 && break; sleep 0.1; done
-redis-cli -p "$REDIS_PORT" PING >/dev/null 2>&1 || { echo "redis-server did not start" >&2; exit 4; }
-
-OPTS=(--log-format json --max-connections 100000 --max-connections-per-address 100000
+wait_port "$REDIS_PORT" "" "$REDIS_PID" || die 4 "redis-server did not start (see $WORK/redis.log)"
+REDIS_URL=redis://127.0.0.1:$REDIS_PORT/
+RELAY_OPTS=(--log-format json --max-connections 100000 --max-connections-per-address 100000
   --join-rate 100000000 --join-burst 1000000 --message-rate 10000000 --message-burst 10000000
   --shutdown-timeout 3s)
-N1=$(free_port)
-N2=$(free_port)
-"$RELAY" serve --listen "127.0.0.1:$N1" --node-id qm-1 --redis-url "redis://127.0.0.1:$REDIS_PORT/" \
-  "${OPTS[@]}" >"$WORK/relay-1.log" 2>&1 &
-N1_PID=$!
-PIDS+=("$N1_PID")
-"$RELAY" serve --listen "127.0.0.1:$N2" --node-id qm-2 --redis-url "redis://127.0.0.1:$REDIS_PORT/" \
-  "${OPTS[@]}" >"$WORK/relay-2.log" 2>&1 &
-N2_PID=$!
-PIDS+=("$N2_PID")
-wait_ready "$N1"
-wait_ready "$N2"
-URLS=(--url-a "ws://127.0.0.1:$N1/" --url-b "ws://127.0.0.1:$N2/")
+N1_PORT=$(free_port)
+N2_PORT=$(free_port)
+start_relay_pair qm "$WORK/relay-1.log" "$WORK/relay-2.log"
+URLS=(--url-a "ws://127.0.0.1:$N1_PORT/" --url-b "ws://127.0.0.1:$N2_PORT/")
 WATCH="relay-1=$N1_PID,relay-2=$N2_PID,redis=$REDIS_PID"
 
 # run NAME [bench options]: one run of LOBBIES lobbies, held 1 s, its JSON in
@@ -102,7 +68,7 @@ run() {
   echo "==> $name" >&2
   "$BENCH" --quiet --label "$name" --json "$WORK/$name.json" "${URLS[@]}" --pids "$WATCH" \
     --lobbies "$LOBBIES" --idle --duration 1s "$@" >"$WORK/$name.txt" ||
-    { cat "$WORK/$name.txt" >&2; echo "$name failed" >&2; exit 1; }
+    { cat "$WORK/$name.txt" >&2; die 1 "$name failed"; }
   for _ in $(seq 100); do
     [ -z "$(redis-cli -p "$REDIS_PORT" --scan --pattern 'lr:lobby:*' | head -1)" ] && return 0
     sleep 0.1
