@@ -503,9 +503,10 @@ def main():
 
     # The Redis Cluster section is written by scripts/bench-cluster.sh
     # (bench/cluster_report.py), the soak's by scripts/soak.sh, quick
-    # match's by scripts/bench-quickmatch.sh; all are kept here as they are.
+    # match's by scripts/bench-quickmatch.sh, TLS's by scripts/bench-tls.sh;
+    # all are kept here as they are.
     for kept in (kept_section(a.out, "bench-cluster"), kept_section(a.out, "soak"),
-                 kept_section(a.out, "bench-quickmatch")):
+                 kept_section(a.out, "bench-quickmatch"), kept_section(a.out, "bench-tls")):
         if kept:
             w(kept)
             w("")

@@ -26,8 +26,8 @@ fn sample_all(watched: &[Watched]) -> Vec<Option<Sample>> {
 
 /// A whole run: form, (warm up, measure, drain), report.
 pub async fn run(args: RunArgs) -> Result<Summary, String> {
-    let target_a = resolve(&args.url_a)?;
-    let target_b = resolve(args.url_b())?;
+    let target_a = resolve(&args.url_a, args.ca_cert.as_deref())?;
+    let target_b = resolve(args.url_b(), args.ca_cert.as_deref())?;
     let watched = args.pids.clone();
     let before = sample_all(&watched);
     let own_before = cpu::own_cpu_seconds();

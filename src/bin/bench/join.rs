@@ -1,38 +1,83 @@
-//! Forming the lobbies: connecting to a relay (`ws://`), joining, and
-//! waiting for both players of a lobby to be `ready`.
+//! Forming the lobbies: connecting to a relay (`ws://`, or `wss://` with
+//! the CA that signed its certificate), joining, and waiting for both
+//! players of a lobby to be `ready`.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, http::Uri};
+use tokio_util::either::Either;
 
-/// A player's connection.
-pub type Ws = WebSocketStream<TcpStream>;
+/// A player's connection: plain TCP, or TLS over it.
+pub type Ws = WebSocketStream<Either<TcpStream, TlsStream<TcpStream>>>;
 
-/// A relay address: the URL for the handshake, the socket address to dial.
-#[derive(Debug, Clone)]
+/// A relay address: the URL for the handshake, the socket address to dial,
+/// and for `wss://` the TLS client and the name its certificate must have.
+#[derive(Clone)]
 pub struct Target {
     pub url: String,
     addr: SocketAddr,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
 }
 
-/// Checks a `ws://` URL and resolves its host once.
-pub fn resolve(url: &str) -> Result<Target, String> {
+/// Checks a `ws://` or `wss://` URL and resolves its host once; a `wss://`
+/// relay's certificate is checked against the CA certificates (PEM) in
+/// `ca` (the generator trusts nothing else).
+pub fn resolve(url: &str, ca: Option<&Path>) -> Result<Target, String> {
     let uri: Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-    if uri.scheme_str() != Some("ws") {
-        return Err(format!("{url}: only ws:// URLs are supported"));
-    }
+    let secure = match uri.scheme_str() {
+        Some("ws") => false,
+        Some("wss") => true,
+        _ => return Err(format!("{url}: only ws:// and wss:// URLs are supported")),
+    };
     let host = uri.host().ok_or_else(|| format!("{url}: no host"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let addr = crate::resolve_host(host, uri.port_u16().unwrap_or(80))?;
+    let addr = crate::resolve_host(host, uri.port_u16().unwrap_or(if secure { 443 } else { 80 }))?;
+    let tls = match (secure, ca) {
+        (false, _) => None,
+        (true, None) => return Err(format!("{url}: a wss:// relay needs --ca-cert")),
+        (true, Some(ca)) => Some((
+            tls_connector(ca)?,
+            ServerName::try_from(host.to_owned()).map_err(|e| format!("{url}: {e}"))?,
+        )),
+    };
     Ok(Target {
         url: url.to_owned(),
         addr,
+        tls,
     })
+}
+
+/// A TLS client that trusts the CA certificates of the PEM file `ca`.
+fn tls_connector(ca: &Path) -> Result<TlsConnector, String> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read --ca-cert {}: {e}", ca.display()))?;
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("--ca-cert {}: {e}", ca.display()))?;
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 fn ws_config(idle: bool) -> WebSocketConfig {
@@ -49,9 +94,18 @@ async fn connect(target: &Target, idle: bool) -> Result<Ws, String> {
         .map_err(|e| format!("connect {}: {e}", target.addr))?;
     tcp.set_nodelay(true)
         .map_err(|e| format!("set TCP_NODELAY: {e}"))?;
+    let stream = match &target.tls {
+        None => Either::Left(tcp),
+        Some((connector, name)) => Either::Right(
+            connector
+                .connect(name.clone(), tcp)
+                .await
+                .map_err(|e| format!("TLS with {}: {e}", target.addr))?,
+        ),
+    };
     let (ws, _) = tokio_tungstenite::client_async_with_config(
         target.url.as_str(),
-        tcp,
+        stream,
         Some(ws_config(idle)),
     )
     .await
@@ -182,7 +236,8 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert!(resolve("ws://127.0.0.1:8765/").is_ok());
-        assert!(resolve("http://127.0.0.1:8765/").is_err());
+        assert!(resolve("ws://127.0.0.1:8765/", None).is_ok());
+        assert!(resolve("http://127.0.0.1:8765/", None).is_err());
+        assert!(resolve("wss://127.0.0.1:8765/", None).is_err());
     }
 }

@@ -68,7 +68,8 @@ enum Command {
 /// Options of a run.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Where player A of every lobby connects.
+    /// Where player A of every lobby connects (`ws://`, or `wss://` with
+    /// `--ca-cert`).
     #[arg(long, env = "BENCH_URL_A", default_value = "ws://127.0.0.1:8765/")]
     pub url_a: String,
 
@@ -149,6 +150,11 @@ pub struct RunArgs {
     /// and the players due at one tick are sent together (one wake-up).
     #[arg(long, default_value = "250us", value_parser = humantime::parse_duration)]
     pub tick: Duration,
+
+    /// PEM file of the CA certificate(s) that signed a `wss://` relay's
+    /// certificate (needed for `wss://` URLs; nothing else is trusted).
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
 
     /// Quick match: every player joins this queue instead of a passphrase
     /// of its pair (`{"type":"join","queue":NAME}`); the relay pairs them as
@@ -257,7 +263,7 @@ fn check(args: &RunArgs) -> Result<(), String> {
         }
     }
     for url in [args.url_a.as_str(), args.url_b()] {
-        join::resolve(url)?;
+        join::resolve(url, args.ca_cert.as_deref())?;
     }
     Ok(())
 }
