@@ -43,7 +43,10 @@ pub fn resolve(url: &str, ca: Option<&Path>) -> Result<Target, String> {
     };
     let host = uri.host().ok_or_else(|| format!("{url}: no host"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let addr = crate::resolve_host(host, uri.port_u16().unwrap_or(if secure { 443 } else { 80 }))?;
+    let addr = crate::resolve_host(
+        host,
+        uri.port_u16().unwrap_or(if secure { 443 } else { 80 }),
+    )?;
     let tls = match (secure, ca) {
         (false, _) => None,
         (true, None) => return Err(format!("{url}: a wss:// relay needs --ca-cert")),
