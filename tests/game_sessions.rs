@@ -843,3 +843,43 @@ async fn spectators_see_the_last_player_go_from_a_node_with_no_player_left(c: Re
     s.expect_json(json!({"type": "playerLeft", "players": 0, "seat": 2}))
         .await;
 }
+
+/// Redis restarts and loses everything: the node registers its spectators
+/// again with its seats (its `sp:` count of the lobby), so the lobby's
+/// count and `--max-spectators` hold after the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spectators_are_registered_again_after_redis_lost_everything() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let node = Node::start("a", &["--redis-url", url.as_str()]);
+    let pass = format!("relost-{}", unique());
+    let mut a = Client::connect(&node.url(), "A").await;
+    a.join(&pass).await;
+    let mut s = Client::connect(&node.url(), "S").await;
+    send_watch(&mut s, &pass, json!({})).await;
+    assert_eq!(s.recv_json().await["type"], "watching");
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.restart();
+    let probe = support::RedisProbe::connect(&url).await;
+    let key = meta_key(&pass);
+    probe
+        .wait_until(Duration::from_secs(10), move |probe| {
+            let key = key.clone();
+            async move {
+                let meta = probe.hgetall(&key).await;
+                let counted: Vec<&String> = meta
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("sp:"))
+                    .map(|(_, v)| v)
+                    .collect();
+                if counted == ["1"] {
+                    Ok(())
+                } else {
+                    Err(format!("lr:meta after the restart: {meta:?}"))
+                }
+            }
+        })
+        .await;
+    s.assert_open().await;
+}

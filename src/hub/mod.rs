@@ -340,6 +340,10 @@ impl EventSink for Hub {
         self.get(lobby).and_then(|l| l.host())
     }
 
+    fn spectators_here(&self, lobby: &LobbyId) -> usize {
+        self.get(lobby).map_or(0, |l| l.spectators_here())
+    }
+
     fn lose(&self, lobby: &LobbyId, member: &MemberId) {
         if let Some(lobby) = self.get(lobby) {
             lobby.lose(member);

@@ -62,6 +62,9 @@ pub trait EventSink: Send + Sync + 'static {
     /// The host of `lobby` as of the last event this node saw that said.
     fn host(&self, lobby: &LobbyId) -> Option<event::Host>;
 
+    /// How many spectators of `lobby` watch from this node.
+    fn spectators_here(&self, lobby: &LobbyId) -> usize;
+
     /// Takes `member` out of `lobby`: its seat is no longer its own in the
     /// store (it is told, and disconnected).
     fn lose(&self, lobby: &LobbyId, member: &MemberId);

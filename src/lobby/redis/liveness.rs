@@ -32,7 +32,9 @@ use std::sync::atomic::Ordering;
 
 use super::connections::timed;
 use super::held::HeldSeats;
-use super::keys::{NODES_KEY, channel, lobby_key, node_key, node_lobbies_key, reaped_key};
+use super::keys::{
+    NODES_KEY, channel, lobby_key, meta_key, node_key, node_lobbies_key, reaped_key,
+};
 use super::scripts::now_ms;
 use crate::identity::{self, Identity};
 use crate::lobby::EventSink;
@@ -236,7 +238,8 @@ pub fn lose_everything(live: &Liveness, key: &str) {
     );
 }
 
-/// Re-registers every seat this node holds (Redis may have lost them).
+/// Re-registers every seat this node holds (Redis may have lost them), and
+/// this node's count of each lobby's spectators.
 async fn resync(live: &Liveness) -> Result<(), StoreError> {
     let key = live.identity.key();
     let mut conn = live.held.link.conn()?;
@@ -250,6 +253,18 @@ async fn resync(live: &Liveness) -> Result<(), StoreError> {
     live.index_lobbies(&hexes).await?;
     let (mut kept, mut reclaimed, mut lost) = (0, 0, 0);
     for (lobby, hex) in &lobbies {
+        let watching = live.hub.spectators_here(lobby);
+        if watching > 0 {
+            // Set, not added: the same whether Redis lost it or not.
+            let _: i64 = timed(
+                redis::cmd("HSET")
+                    .arg(meta_key(hex))
+                    .arg(format!("sp:{key}"))
+                    .arg(watching)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        }
         let host = live.hub.host(lobby);
         for (member, seat) in live.hub.seated(lobby) {
             if !member.is_member_of(&key) {
