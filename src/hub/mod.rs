@@ -9,6 +9,7 @@
 //! never waits (see [`Outbox::deliver`]). Which members an event goes to,
 //! and as what frame, is the one rule of `delivery.rs`.
 
+mod delay;
 mod delivery;
 mod view;
 
@@ -25,6 +26,7 @@ use crate::metrics;
 use crate::outbox::Outbox;
 use crate::passphrase::LobbyId;
 use crate::protocol;
+use delay::DelayLine;
 use delivery::delivery;
 pub use delivery::frames_for_seat;
 
@@ -161,59 +163,6 @@ pub struct Asks {
     pub host: bool,
     /// `"spectators":true`: the count of spectators.
     pub spectators: bool,
-}
-
-/// A delayed spectator's deliveries, each handed to its connection `delay`
-/// after it arrived, by a task of its own; at most `cap` bytes wait (past
-/// that the spectator is closed: 1008).
-#[derive(Debug)]
-struct DelayLine {
-    tx: tokio::sync::mpsc::UnboundedSender<(tokio::time::Instant, Message)>,
-    waiting: Arc<std::sync::atomic::AtomicUsize>,
-    delay: std::time::Duration,
-    cap: usize,
-    outbox: Outbox,
-}
-
-impl DelayLine {
-    fn start(outbox: Outbox, delay: std::time::Duration, cap: usize) -> Box<Self> {
-        use std::sync::atomic::Ordering;
-        let (tx, mut rx) =
-            tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Message)>();
-        let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (out, left) = (outbox.clone(), waiting.clone());
-        tokio::spawn(async move {
-            while let Some((due, message)) = rx.recv().await {
-                tokio::time::sleep_until(due).await;
-                left.fetch_sub(message.len(), Ordering::Relaxed);
-                out.deliver(message);
-            }
-        });
-        Box::new(Self {
-            tx,
-            waiting,
-            delay,
-            cap,
-            outbox,
-        })
-    }
-
-    /// Holds `message` back for the delay; false if it cannot be.
-    fn push(&self, message: Message) -> bool {
-        use std::sync::atomic::Ordering;
-        let len = message.len();
-        if self.waiting.fetch_add(len, Ordering::Relaxed) + len > self.cap {
-            self.waiting.fetch_sub(len, Ordering::Relaxed);
-            self.outbox.close(
-                CloseCode::Policy,
-                "too much to hold back for the delay: watch with a shorter one",
-            );
-            return false;
-        }
-        self.tx
-            .send((tokio::time::Instant::now() + self.delay, message))
-            .is_ok()
-    }
 }
 
 impl LocalMember {
