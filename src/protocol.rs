@@ -281,7 +281,7 @@ pub fn parse_text_with(text: &str, auth: bool) -> Result<ClientMessage<'_>, Refu
                     (Some(Some(token)), Some(Ok(received))) => Ok(ClientMessage::Resume {
                         token,
                         received,
-                        host: asks_for(text, Ask::Host),
+                        host: Asks::read(text, None).host,
                     }),
                     _ => Err(Refusal::new(
                         ErrorCode::InvalidMessage,
@@ -297,7 +297,7 @@ pub fn parse_text_with(text: &str, auth: bool) -> Result<ClientMessage<'_>, Refu
                 },
                 "ping" => Ok(ClientMessage::Ping {
                     t: head.t.map(RawValue::get),
-                    node: asks_for(text, Ask::Node),
+                    node: asks_for_node(text),
                 }),
                 reserved
                     if RESERVED_TYPES.contains(&reserved)
@@ -346,7 +346,9 @@ pub struct Asks {
 }
 
 impl Asks {
-    /// The flags of a join (read apart from [`Head`], like [`asks_for`]).
+    /// The flags of a join or resume (read apart from [`Head`], so that
+    /// the fields of game messages stay unlooked at: a game message may
+    /// have a `host` field of any shape, twice even).
     fn read(text: &str, resume: Option<&RawValue>) -> Asks {
         #[derive(Deserialize)]
         struct Flags<'a> {
@@ -373,37 +375,21 @@ impl Asks {
     }
 }
 
-/// A flag of a control message that [`Head`] does not read.
-#[derive(Clone, Copy)]
-enum Ask {
-    /// `"node":true` in a ping.
-    Node,
-    /// `"host":true` in a join or resume.
-    Host,
-}
-
-/// Whether a control message carries `"node":true` or `"host":true` (read
-/// apart from [`Head`], so that the fields of game messages stay unlooked
-/// at: a game message may have a `host` field of any shape, twice even).
-fn asks_for(text: &str, ask: Ask) -> bool {
+/// Whether a ping carries `"node":true` (read apart from [`Head`], so that
+/// the fields of game messages stay unlooked at).
+fn asks_for_node(text: &str) -> bool {
     #[derive(Deserialize)]
-    struct Flags<'a> {
+    struct PingHead<'a> {
         #[serde(borrow, default)]
         node: Option<&'a RawValue>,
-        #[serde(borrow, default)]
-        host: Option<&'a RawValue>,
     }
-    let Ok(flags) = serde_json::from_str::<Flags<'_>>(text) else {
-        return false;
-    };
-    is_true(match ask {
-        Ask::Node => flags.node,
-        Ask::Host => flags.host,
-    })
+    serde_json::from_str::<PingHead<'_>>(text)
+        .ok()
+        .is_some_and(|head| is_true(head.node))
 }
 
 /// The `queue` field of a join: `None` without one, `Some(None)` if it is
-/// not a string (read apart from [`Head`], like [`asks_for`]).
+/// not a string (read apart from [`Head`], like [`Asks::read`]).
 fn queue_of(text: &str) -> Option<Option<Cow<'_, str>>> {
     #[derive(Deserialize)]
     struct QueueHead<'a> {
