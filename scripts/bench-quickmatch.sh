@@ -85,8 +85,9 @@ for round in $(seq "$ROUNDS"); do
   fi
 done
 
-python3 - "$WORK" "$ROUNDS" "$LOBBIES" "$OUT" "$(($(date +%s) - STARTED_AT))" <<'EOF'
-import datetime, json, os, re, statistics, subprocess, sys
+PYTHONPATH="$ROOT/bench" python3 - "$WORK" "$ROUNDS" "$LOBBIES" "$OUT" "$(($(date +%s) - STARTED_AT))" <<'EOF'
+import datetime, json, os, statistics, subprocess, sys
+from section import put_section
 work, rounds, lobbies, out, took = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 def runs(kind):
     return [json.load(open(os.path.join(work, f"{kind}-{r}.json"))) for r in range(1, rounds + 1)]
@@ -134,15 +135,5 @@ w(f"Quick match forms lobbies at {ratio * 100:.0f}% of the passphrase rate on th
 w("<!-- end bench-quickmatch -->")
 section = "\n".join(L)
 print("\n".join(L[1:-1]))
-if out != "-":
-    text = open(out).read() if os.path.exists(out) else "# Benchmarks\n"
-    pattern = re.compile(r"^<!-- begin bench-quickmatch.*?^<!-- end bench-quickmatch -->$", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    elif "\n## Every run" in text:
-        text = text.replace("\n## Every run", "\n" + section + "\n\n## Every run", 1)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    with open(out, "w") as f:
-        f.write(text)
+put_section(out, "bench-quickmatch", section)
 EOF

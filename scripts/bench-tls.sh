@@ -105,8 +105,9 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-python3 - "$WORK" "$ROUNDS" "$LOBBIES" "$OUT" "$(($(date +%s) - STARTED_AT))" <<'EOF'
-import datetime, json, os, re, statistics, subprocess, sys
+PYTHONPATH="$ROOT/bench" python3 - "$WORK" "$ROUNDS" "$LOBBIES" "$OUT" "$(($(date +%s) - STARTED_AT))" <<'EOF'
+import datetime, json, os, statistics, subprocess, sys
+from section import put_section
 work, rounds, lobbies, out, took = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 def load(name):
     return json.load(open(os.path.join(work, name + ".json")))
@@ -157,15 +158,5 @@ w(f"A TLS connection costs the node about {extra_conn:,.0f} µs more CPU than a 
 w("<!-- end bench-tls -->")
 section = "\n".join(L)
 print("\n".join(L[1:-1]))
-if out != "-":
-    text = open(out).read() if os.path.exists(out) else "# Benchmarks\n"
-    pattern = re.compile(r"^<!-- begin bench-tls.*?^<!-- end bench-tls -->$", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    elif "\n## Every run" in text:
-        text = text.replace("\n## Every run", "\n" + section + "\n\n## Every run", 1)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    with open(out, "w") as f:
-        f.write(text)
+put_section(out, "bench-tls", section)
 EOF

@@ -158,10 +158,11 @@ round soak $((MINUTES * 60))
 pause 5
 sample after
 
-python3 - "$SAMPLES" "$RESULTS" "$BOUND_MIB" "$MINUTES" "$WARMUP" "$LOBBIES" "$RATE" \
+PYTHONPATH="$ROOT/bench" python3 - "$SAMPLES" "$RESULTS" "$BOUND_MIB" "$MINUTES" "$WARMUP" "$LOBBIES" "$RATE" \
   "$COMMIT" \
   "$(($(date +%s) - STARTED_AT))" "${FAILED[*]+${FAILED[*]}}" "$OUT" "$STATE/verdict" "$ROOT" <<'EOF'
-import csv, datetime, json, os, re, sys
+import csv, datetime, json, os, sys
+from section import put_section
 (samples, results, bound, minutes, warmup, lobbies, rate, commit, took, failed, out,
  verdict_path, root) = sys.argv[1:]
 bound = float(bound)
@@ -241,16 +242,6 @@ print()
 print("\n".join(L[1:-1]))
 with open(verdict_path, "w") as f:
     f.write("ok\n" if not problems else "\n".join(problems) + "\n")
-if out != "-":
-    text = open(out).read() if os.path.exists(out) else "# Benchmarks\n"
-    pattern = re.compile(r"^<!-- begin soak.*?^<!-- end soak -->$", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    elif "\n## Every run" in text:
-        text = text.replace("\n## Every run", "\n" + section + "\n\n## Every run", 1)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    with open(out, "w") as f:
-        f.write(text)
+put_section(out, "soak", section)
 EOF
 [ "$(cat "$STATE/verdict")" = ok ] || exit 1
