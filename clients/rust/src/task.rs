@@ -271,12 +271,14 @@ impl Task {
         }
         // What the game sent before leaving goes first.
         self.flush().await;
-        if self.ws.is_some()
-            && (self.in_seat || matches!(self.pending, Some(Pending::Join | Pending::Resume)))
-        {
+        let tell = self.ws.is_some()
+            && (self.in_seat || matches!(self.pending, Some(Pending::Join | Pending::Resume)));
+        // Forgotten before the relay hears of it: once the others see this
+        // player leave, its own client shows no seat (nor host) either.
+        self.forget_lobby();
+        if tell {
             self.control(json!({"type": "leave"})).await;
         }
-        self.forget_lobby();
         self.retry_at = None;
         if self.ws.is_none() && self.connecting.is_none() {
             self.set_state(State::Idle);
